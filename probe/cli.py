@@ -1,0 +1,135 @@
+"""The ``probe`` command line: thin wrappers over the library, one subcommand each."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ProbeError
+
+EPILOG = "examples:\n  "
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="probe", description=__doc__ and "Look inside character-level "
+                                "LSTM language models, one cell at a time.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    t = sub.add_parser("train", help="train a character-level LSTM language model", formatter_class=fmt,
+                       epilog=EPILOG + "probe train --out runs/stdlib.pt --units 512 --steps 6000\n"
+                       "  probe train --text notes.txt --out runs/notes.pt --units 128 --steps 500\n"
+                       "  probe train --out runs/stdlib.pt --resume")
+    src = t.add_mutually_exclusive_group()
+    src.add_argument("--corpus", default="stdlib", help="built-in corpus: stdlib (default) or linux")
+    src.add_argument("--text", help="a UTF-8 text file or a folder of them")
+    t.add_argument("--glob", default="**/*", help="files to take from a --text folder (default **/*)")
+    t.add_argument("--out", required=True, help="checkpoint to write (best validation weights)")
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--units", type=int, default=512)
+    t.add_argument("--embedding", type=int, default=64)
+    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--batch", type=int, default=64, help="parallel streams per step")
+    t.add_argument("--seq", type=int, default=128, help="characters per TBPTT window")
+    t.add_argument("--steps", type=int, default=5000)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--clip", type=float, default=5.0, help="gradient-norm clip")
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--eval-chars", type=int, default=300_000, help="validation characters per eval")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--resume", action="store_true", help="continue from OUT's .resume.pt")
+    t.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate text from a model", formatter_class=fmt,
+                       epilog=EPILOG + "probe sample --prime 'def ' --length 400 --temperature 0.7 --seed 1")
+    s.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
+    s.add_argument("--prime", default="\n", help="text to start from")
+    s.add_argument("--length", type=int, default=500)
+    s.add_argument("--temperature", type=float, default=0.8, help="1 = model's distribution, 0 = greedy")
+    s.add_argument("--seed", type=int, default=None)
+
+    i = sub.add_parser("info", help="describe a model checkpoint or a recording", formatter_class=fmt,
+                       epilog=EPILOG + "probe info probe/models/stdlib.pt\n  probe info recordings/stdlib-test.h5")
+    i.add_argument("path", nargs="?", help="a .pt checkpoint or a .h5 recording (default: shipped model)")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for extra in _EXTRA_PARSERS:
+        extra(sub, fmt)
+    return p
+
+
+def cmd_train(a) -> int:
+    from .train import train
+    m = train(a.out, corpus=None if a.text else a.corpus, text=a.text, glob=a.glob, layers=a.layers,
+              units=a.units, embedding=a.embedding, dropout=a.dropout, batch=a.batch, seq=a.seq,
+              steps=a.steps, lr=a.lr, warmup=a.warmup, clip=a.clip, eval_every=a.eval_every,
+              eval_chars=a.eval_chars, seed=a.seed, resume=a.resume, force=a.force,
+              threads=a.threads, progress=not a.quiet)
+    line = f"saved {a.out}: validation {m['val_bpc']:.3f} bits/char"
+    if "test_bpc" in m:
+        line += f", test {m['test_bpc']:.3f} bits/char"
+    print(line + f", {m['chars']:,} characters in {m['train_seconds'] / 60:.1f} min")
+    return 0
+
+
+def cmd_sample(a) -> int:
+    from .model import load_model
+    from .sample import sample
+    model = load_model(a.model)
+    print(a.prime + sample(model, a.prime, a.length, a.temperature, a.seed))
+    return 0
+
+
+def model_summary(path: str | None) -> dict:
+    from .model import SHIPPED, file_sha256, read_checkpoint
+    p = Path(path) if path else SHIPPED
+    ck = read_checkpoint(p)
+    cfg = dict(ck["config"])
+    vocab = cfg.pop("vocab")
+    m = {k: v for k, v in ck["metrics"].items() if k != "history"}
+    return {"path": str(p), "sha256": file_sha256(p), "vocab_size": len(vocab), **cfg,
+            "parameters": sum(v.numel() for v in ck["state_dict"].values()), "metrics": m}
+
+
+def cmd_info(a) -> int:
+    if a.path and a.path.endswith((".h5", ".hdf5")):
+        from .recording import summary
+        info = summary(a.path)
+    else:
+        info = model_summary(a.path)
+    if a.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        _print_tree(info)
+    return 0
+
+
+def _print_tree(d: dict, indent: int = 0) -> None:
+    for k, v in d.items():
+        if isinstance(v, dict):
+            print(" " * indent + f"{k}:")
+            _print_tree(v, indent + 2)
+        else:
+            print(" " * indent + f"{k}: {v}")
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}
+_EXTRA_PARSERS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ProbeError as e:
+        print(f"probe: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("probe: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

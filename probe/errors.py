@@ -1,0 +1,9 @@
+"""The one exception type the CLI turns into a clean one-line message."""
+
+
+class ProbeError(Exception):
+    """A user-facing problem: bad input, a wrong file, a refused overwrite.
+
+    The message should name the file and the problem in one line; the CLI prints it
+    as ``probe: error: <message>`` and exits non-zero, with no traceback.
+    """

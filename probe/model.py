@@ -1,0 +1,137 @@
+"""The character-level LSTM language model and its checkpoint file.
+
+embedding → multi-layer ``torch.nn.LSTM`` (dropout between layers) → linear head.
+A checkpoint is one ``torch.save`` file of plain containers (readable with
+``torch.load(path, weights_only=True)``)::
+
+    {"format": "probe-model", "version": 1, "config": {...}, "state_dict": {...},
+     "metrics": {...}, "train_state": {...} | None}
+
+``config`` holds layers, units, embedding size, dropout, the vocabulary and the corpus
+description (with its fingerprint); ``metrics`` holds training results in bits/char.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import ProbeError
+
+FORMAT = "probe-model"
+VERSION = 1
+SHIPPED = Path(__file__).parent / "models" / "stdlib.pt"
+
+
+class CharLSTM(nn.Module):
+    """Embedding → LSTM(layers × units) → Linear over the vocabulary."""
+
+    def __init__(self, vocab: str, layers: int = 2, units: int = 512, embedding: int = 64,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.vocab = vocab
+        self.config = dict(vocab=vocab, layers=layers, units=units, embedding=embedding,
+                           dropout=dropout)
+        self.embed = nn.Embedding(len(vocab), embedding)
+        self.lstm = nn.LSTM(embedding, units, layers, batch_first=True,
+                            dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(units, len(vocab))
+
+    @property
+    def layers(self) -> int:
+        return self.lstm.num_layers
+
+    @property
+    def units(self) -> int:
+        return self.lstm.hidden_size
+
+    def forward(self, ids: torch.Tensor, state=None):
+        """ids [B, T] → logits [B, T, V], (h, c) each [layers, B, units]."""
+        out, state = self.lstm(self.embed(ids), state)  # [B, T, units]
+        return self.head(self.drop(out)), state
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, model: CharLSTM, corpus: dict | None = None,
+                    metrics: dict | None = None, train_state: dict | None = None) -> None:
+    """Write a checkpoint atomically (temporary name beside it, then rename)."""
+    path = Path(path)
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": {**model.config, "corpus": corpus or {}},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metrics": metrics or {},
+        "train_state": train_state,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate a checkpoint dict, or raise a one-line ProbeError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ProbeError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise ProbeError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
+            AttributeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise ProbeError(f"{path}: not a probe checkpoint (a pickle with arbitrary objects)") from None
+        raise ProbeError(f"{path}: not a readable checkpoint (corrupt or not a torch file: {first[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ProbeError(f"{path}: not a probe checkpoint (expected format {FORMAT!r})")
+    if ckpt.get("version") != VERSION:
+        raise ProbeError(f"{path}: probe checkpoint version {ckpt.get('version')!r} is not supported "
+                         f"(this probe reads version {VERSION})")
+    for key in ("config", "state_dict"):
+        if not isinstance(ckpt.get(key), dict):
+            raise ProbeError(f"{path}: probe checkpoint is missing its {key!r}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") -> CharLSTM:
+    cfg = ckpt["config"]
+    try:
+        model = CharLSTM(cfg["vocab"], cfg["layers"], cfg["units"], cfg["embedding"],
+                         cfg.get("dropout", 0.0))
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ProbeError(f"{path}: checkpoint weights do not match its config ({first[:120]})") from None
+    model.corpus = cfg.get("corpus", {})
+    model.metrics = ckpt.get("metrics", {})
+    return model
+
+
+def load_model(path: str | os.PathLike | None = None) -> CharLSTM:
+    """Load a probe checkpoint in eval mode; with no path, the model shipped in the package."""
+    p = Path(path) if path is not None else SHIPPED
+    if path is None and not p.exists():
+        raise ProbeError(f"{p}: the shipped model is missing from this installation")
+    model = model_from_checkpoint(read_checkpoint(p), p)
+    model.path = str(p)
+    model.sha256 = file_sha256(p)
+    return model.eval()
