@@ -57,9 +57,61 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("path", nargs="?", help="a .pt checkpoint or a .h5 recording (default: shipped model)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
 
+    r = sub.add_parser("record", help="record every layer's gates and states into HDF5", formatter_class=fmt,
+                       epilog=EPILOG + "probe record --corpus stdlib --split test --limit 200000 "
+                       "--out recordings/stdlib-test.h5\n  probe record --text mycode/ --glob '**/*.py' "
+                       "--out recordings/mycode.h5 --streams 16")
+    r.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
+    rsrc = r.add_mutually_exclusive_group()
+    rsrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
+    rsrc.add_argument("--text", help="a UTF-8 text file or a folder of them")
+    r.add_argument("--glob", default="**/*", help="files to take from a --text folder")
+    r.add_argument("--split", default="test", help="split of a built-in corpus: train, val, test (default)")
+    r.add_argument("--limit", type=int, default=None, help="record at most N characters")
+    r.add_argument("--out", required=True, help="recording to write (.h5)")
+    r.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    r.add_argument("--streams", type=int, default=1, help="batched mode: B pieces run in parallel")
+    r.add_argument("--burn-in", type=int, default=256, help="warm-up characters per piece in batched mode")
+    r.add_argument("--force", action="store_true", help="overwrite an existing recording")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
     for extra in _EXTRA_PARSERS:
         extra(sub, fmt)
     return p
+
+
+def cmd_record(a) -> int:
+    from .corpus import load
+    from .model import load_model
+    from .record import record
+    if a.limit is not None and a.limit < 1:
+        raise ProbeError(f"--limit must be a positive number of characters, got {a.limit}")
+    out = Path(a.out)
+    if out.exists() and not a.force:  # fail before the slow part
+        raise ProbeError(f"{out}: already exists; pass --force to overwrite")
+    model = load_model(a.model)
+    c = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
+    docs = limit_documents(c.documents, a.limit)
+    source = {**c.source, "limit": a.limit}
+    record(model, docs, out, source=source, dtype=a.dtype, streams=a.streams, burn_in=a.burn_in,
+           force=a.force, progress=not a.quiet)
+    n = sum(len(t) for _, t in docs)
+    print(f"wrote {out}: {n:,} characters, {len(docs)} documents, "
+          f"{out.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+def limit_documents(docs: list[tuple[str, str]], limit: int | None) -> list[tuple[str, str]]:
+    """The first ``limit`` characters of the documents, cutting the last one short."""
+    if limit is None:
+        return docs
+    out, n = [], 0
+    for name, text in docs:
+        if n >= limit:
+            break
+        out.append((name, text[: limit - n]))
+        n += len(out[-1][1])
+    return out
 
 
 def cmd_train(a) -> int:
@@ -117,7 +169,7 @@ def _print_tree(d: dict, indent: int = 0) -> None:
             print(" " * indent + f"{k}: {v}")
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record}
 _EXTRA_PARSERS: list = []
 
 

@@ -1,0 +1,455 @@
+"""Per-character features of a text: one number per character, aligned with it.
+
+A feature maps a text of T characters to an array of T values, the "ground truth" to
+hold a cell's activations against (a cell that is on inside strings, one that counts
+brackets). Binary features are 0/1 (int8); the others are counts (int32).
+
+Built-in features, with a tiny example (one value per character of the text):
+
+- ``in_string``: 1 inside a string literal; the quotes and prefix letters count as
+  inside. ``x=rb"a"`` -> 0 0 1 1 1 1 1
+- ``in_short_string``: 1 inside a one-line ``'...'`` or ``"..."`` literal.
+  ``'a'+'''b'''`` -> 1 1 1 0 0 0 0 0 0 0 0
+- ``in_long_string``: 1 inside a triple-quoted literal (mostly docstrings).
+  ``'a'+'''b'''`` -> 0 0 0 0 1 1 1 1 1 1 1
+- ``in_comment``: 1 from a ``#`` outside strings to the end of its line, newline
+  excluded. ``a # b\\n`` -> 0 0 1 1 1 0
+- ``column``: characters since the last newline (a newline has its line's length).
+  ``ab\\ncd`` -> 0 1 2 0 1
+- ``line_length``: length of the current line without its newline, for every character
+  of the line. ``ab\\n\\ncde`` -> 2 2 2 0 3 3 3
+- ``chars_to_eol``: characters left before the end of the line (the newline is 0; the
+  end of the text counts as a line end). ``ab\\ncd`` -> 2 1 0 2 1
+- ``bracket_depth``: nesting depth of ``()[]{}`` outside strings and comments; each
+  character has the depth *after* it is read, so an opener has the inner depth and a
+  closer the outer one. Kinds are not matched; unmatched closers clamp at 0.
+  ``f(a[1])`` -> 0 1 1 2 2 1 0 ; ``)(`` -> 0 1
+- ``indent``: number of leading spaces and tabs of the current line (a tab counts 1),
+  for every character of the line. `` a\\n\\tb`` -> 1 1 1 1 1
+
+Lexing modes (``python=``):
+
+- ``True`` or ``None`` (the default, "auto": Python rules): single, double and
+  triple quotes; backslash escapes (a backslash always protects the next character, in
+  raw strings too, as in Python; backslash-newline continues a short string); prefixes
+  r b f u rb br fr rf in any case, counted as inside; ``#`` comments outside strings.
+  Never fails on arbitrary text: an unterminated short string ends at the end of its
+  line, an unterminated triple-quoted string runs to the end of the document. f-strings
+  are ordinary strings (no nested same-kind quotes as in Python 3.12).
+- ``False`` (plain text, prose or other languages): a ``"`` pairs with the next
+  unescaped ``"`` on the same line; a ``'`` opens only when not preceded by a letter,
+  digit or underscore (so ``don't`` opens nothing) and closes at the next ``'`` on the
+  line that is not followed by one (so ``'it's'`` is one string). A quote without a
+  partner on its line is just a character. All such strings are short; there are no
+  comments (``in_comment`` is all 0: use a regex feature, e.g.
+  ``{"c_comment": r"/\\*[\\s\\S]*?\\*/|//.*"}``). Brackets count outside strings.
+
+Only ``\\n`` ends a line (a ``\\r`` is an ordinary character). With ``documents``, every
+document is lexed on its own: strings, comments, brackets and lines restart at its start.
+
+User features: ``regex={"name": pattern}`` is 1 on every character inside a match of
+the pattern (``re.MULTILINE``, over the whole text); ``custom={"name": fn}`` takes
+``fn(text)``, which must return T values.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .errors import ProbeError
+
+FEATURES: tuple[str, ...] = (
+    "in_string", "in_short_string", "in_long_string", "in_comment",
+    "column", "line_length", "chars_to_eol", "bracket_depth", "indent",
+)
+BINARY: set[str] = {"in_string", "in_short_string", "in_long_string", "in_comment"}
+_LEXICAL = BINARY | {"bracket_depth"}
+
+# ---- lexers: tokens found with one regex, masks filled with numpy ---------------------
+
+# Python: the leftmost '#' or quote starts a token; group 1 comment, 2 long, 3 short
+# string. Loops are "unrolled" ([^q\\]*(?:\\.[^q\\]*)*) so the engine never backtracks.
+_ESC = r"\\(?:\r\n|[\s\S]|\Z)"  # a backslash protects the next character (a newline too)
+_PY_TOKEN = re.compile(
+    r"(#[^\n]*)"
+    r"|('''[^'\\]*(?:(?:" + _ESC + r"|'(?!''))[^'\\]*)*(?:'''|\Z)"
+    r'|"""[^"\\]*(?:(?:' + _ESC + r'|"(?!""))[^"\\]*)*(?:"""|\Z))'
+    r"|('[^'\\\n]*(?:" + _ESC + r"[^'\\\n]*)*(?:'|(?=\n)|\Z)"
+    r'|"[^"\\\n]*(?:' + _ESC + r'[^"\\\n]*)*(?:"|(?=\n)|\Z))'
+)
+_PREFIXES = {"r", "b", "f", "u", "rb", "br", "fr", "rf"}
+
+# Plain text: pairs of quotes on one line; unpaired quotes match nothing.
+_PLAIN_TOKEN = re.compile(
+    r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
+    r"|(?<!\w)'[^'\\\n]*(?:(?:\\.|'(?=\w))[^'\\\n]*)*'(?!\w)"
+)
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _prefix_length(text: str, quote: int) -> int:
+    """How many prefix letters (r, b, f, u, rb, ...) stand right before the quote at ``quote``."""
+    for n in (2, 1):
+        start = quote - n
+        if start >= 0 and text[start:quote].lower() in _PREFIXES and (
+                start == 0 or not _is_word(text[start - 1])):
+            return n
+    return 0
+
+
+def _spans_python(text: str) -> tuple[list, list, list]:
+    """[start, stop) spans of short strings, long strings and comments of Python text."""
+    spans: tuple[list, list, list] = ([], [], [])  # short, long, comment
+    for m in _PY_TOKEN.finditer(text):
+        start, stop = m.span()
+        kind = m.lastindex
+        if kind == 1:
+            spans[2].append((start, stop))
+        else:
+            start -= _prefix_length(text, start)
+            spans[0 if kind == 3 else 1].append((start, stop))
+    return spans
+
+
+def _spans_plain(text: str) -> tuple[list, list, list]:
+    """[start, stop) spans of the quoted parts of plain text (all short; no comments)."""
+    return [m.span() for m in _PLAIN_TOKEN.finditer(text)], [], []
+
+
+def _mask(spans: list[tuple[int, int]], length: int) -> np.ndarray:
+    """Boolean [length] array, True inside any of the (possibly overlapping) spans."""
+    edges = np.zeros(length + 1, dtype=np.int32)
+    if spans:
+        se = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        se = se[se[:, 1] > se[:, 0]]
+        np.add.at(edges, se[:, 0], 1)
+        np.add.at(edges, se[:, 1], -1)
+    return np.cumsum(edges[:-1]) > 0
+
+
+def lex_python(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks (in_short_string, in_long_string, in_comment) of Python source.
+
+    >>> short, long, comment = lex_python("s = 'a#' # c")
+    >>> short.astype(int).tolist()
+    [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0]
+    >>> comment.astype(int).tolist()
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
+    """
+    return tuple(_mask(s, len(text)) for s in _spans_python(text))  # type: ignore[return-value]
+
+
+def lex_plain(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks (in_short_string, in_long_string, in_comment) of plain text.
+
+    >>> lex_plain("don't 'go'")[0].astype(int).tolist()
+    [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    """
+    return tuple(_mask(s, len(text)) for s in _spans_plain(text))  # type: ignore[return-value]
+
+
+# ---- numpy helpers ------------------------------------------------------------------
+
+def _codepoints(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+_BRACKET_STEP = np.zeros(128, dtype=np.int8)
+_BRACKET_STEP[[ord(c) for c in "([{"]] = 1
+_BRACKET_STEP[[ord(c) for c in ")]}"]] = -1
+
+
+def _clamped_depth(steps: np.ndarray) -> np.ndarray:
+    """Running sum of +1/-1 steps that never goes below 0 (d[i] = max(0, d[i-1] + s[i])).
+
+    With c the plain cumulative sum, the clamped sum is c - min(0, min(c[:i+1])): every
+    time c reaches a new minimum below 0 an unmatched closer was dropped.
+    """
+    c = np.cumsum(steps, dtype=np.int64)
+    return c - np.minimum(np.minimum.accumulate(c), 0) if c.size else c
+
+
+def _line_features(codes: np.ndarray, doc_starts: np.ndarray) -> dict[str, np.ndarray]:
+    """column, line_length, chars_to_eol and indent; a line also starts at every document start."""
+    n = codes.size
+    newline = codes == 10
+    is_start = np.zeros(n + 1, dtype=bool)
+    is_start[np.flatnonzero(newline) + 1] = True
+    is_start[doc_starts] = True
+    is_start[0] = True
+    starts = np.flatnonzero(is_start[:n])
+    nexts = np.append(starts[1:], n)  # where the following line starts
+    last = nexts - 1  # the line's last character: its newline, if it has one
+    ends = np.where(newline[last], last, nexts)  # end of content (exclusive)
+    line = np.cumsum(is_start[:n]) - 1
+    pos = np.arange(n)
+    blank = (codes == 32) | (codes == 9)
+    nonblank = np.append(np.flatnonzero(~blank), n)  # n: sentinel for a blank last line
+    first = np.minimum(nonblank[np.searchsorted(nonblank, starts)], ends)
+    return {
+        "column": (pos - starts[line]).astype(np.int32),
+        "line_length": (ends - starts)[line].astype(np.int32),
+        "chars_to_eol": (ends[line] - pos).astype(np.int32),
+        "indent": (first - starts)[line].astype(np.int32),
+    }
+
+
+def _lexical_features(text: str, bounds: list[tuple[int, int]], codes: np.ndarray,
+                      python: bool) -> dict[str, np.ndarray]:
+    """String, comment and bracket features, lexing every document separately."""
+    spans: tuple[list, list, list] = ([], [], [])
+    split = _spans_python if python else _spans_plain
+    for start, stop in bounds:
+        for acc, doc_spans in zip(spans, split(text[start:stop])):
+            acc.extend((a + start, b + start) for a, b in doc_spans)
+    n = len(text)
+    short, long, comment = (_mask(s, n) for s in spans)
+    in_str = short | long
+    steps = np.where(codes < 128, _BRACKET_STEP[np.minimum(codes, 127)], 0).astype(np.int8)
+    steps[in_str | comment] = 0
+    depth = np.empty(n, dtype=np.int32)
+    for start, stop in bounds:
+        depth[start:stop] = _clamped_depth(steps[start:stop])
+    return {
+        "in_string": in_str.astype(np.int8),
+        "in_short_string": short.astype(np.int8),
+        "in_long_string": long.astype(np.int8),
+        "in_comment": comment.astype(np.int8),
+        "bracket_depth": depth,
+    }
+
+
+# ---- user features ------------------------------------------------------------------
+
+def parse_feature_args(specs: list[str]) -> dict[str, str]:
+    """Turn CLI strings ``NAME=REGEX`` into ``{name: regex}`` (the regex may contain '=').
+
+    >>> parse_feature_args(["digit=[0-9]", "assign=\\\\s=\\\\s"])
+    {'digit': '[0-9]', 'assign': '\\\\s=\\\\s'}
+    """
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, eq, pattern = spec.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise ProbeError(f"feature {spec!r}: expected NAME=REGEX, e.g. digit=[0-9]")
+        if name in out:
+            raise ProbeError(f"feature {name!r} given twice")
+        out[name] = pattern
+    return out
+
+
+def regex_feature(text: str, pattern: str, name: str = "regex") -> np.ndarray:
+    """1 (int8) on every character inside a match of ``pattern`` (re.MULTILINE).
+
+    >>> regex_feature("a1b22", r"[0-9]+").tolist()
+    [0, 1, 0, 1, 1]
+    """
+    if not pattern:
+        raise ProbeError(f"feature regex {name!r}: empty pattern")
+    try:
+        rx = re.compile(pattern, re.MULTILINE)
+    except re.error as err:
+        raise ProbeError(f"feature regex {name!r}: does not compile: {err}") from None
+    return _mask([m.span() for m in rx.finditer(text)], len(text)).astype(np.int8)
+
+
+def _custom_feature(text: str, name: str, fn: Callable[[str], np.ndarray]) -> np.ndarray:
+    values = fn(text)
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.shape[0] != len(text):
+        got = arr.shape[0] if arr.ndim == 1 else f"shape {arr.shape}"
+        raise ProbeError(f"feature {name!r}: returned {got} values for a text of {len(text)} characters")
+    if arr.dtype == bool:
+        return arr.astype(np.int8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ProbeError(f"feature {name!r}: values must be numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def is_binary(name: str, values: np.ndarray | None = None) -> bool:
+    """Whether a feature is 0/1: built-ins by table, others by their values.
+
+    >>> is_binary("in_comment"), is_binary("column"), is_binary("mine", np.array([0, 1, 1]))
+    (True, False, True)
+    """
+    if name in FEATURES:
+        return name in BINARY
+    if values is None:
+        raise ProbeError(f"feature {name!r} is not built in: pass its values to tell if it is binary")
+    arr = np.asarray(values)
+    return bool(arr.size) and bool(np.isin(arr, (0, 1)).all())
+
+
+# ---- the entry point ----------------------------------------------------------------
+
+def _check_documents(documents, n: int) -> list[tuple[int, int]]:
+    if documents is None:
+        return [(0, n)]
+    bounds, expect = [], 0
+    for doc in documents:
+        try:
+            start, stop = (int(v) for v in doc)
+        except (TypeError, ValueError):
+            raise ProbeError(f"documents: expected (start, stop) pairs, got {doc!r}") from None
+        if start != expect or stop < start:
+            raise ProbeError(f"documents must cover the text in order without gaps: "
+                             f"got ({start}, {stop}) where a document starting at {expect} was expected")
+        bounds.append((start, stop))
+        expect = stop
+    if expect != n:
+        raise ProbeError(f"documents cover {expect} characters but the text has {n}")
+    return [b for b in bounds if b[1] > b[0]]
+
+
+def compute(text: str, names: list[str] | None = None, *,
+            documents: list[tuple[int, int]] | None = None, python: bool | None = None,
+            regex: dict[str, str] | None = None,
+            custom: dict[str, Callable[[str], np.ndarray]] | None = None) -> pd.DataFrame:
+    """A DataFrame with one row per character (index 0..T-1) and one column per feature.
+
+    ``names`` picks and orders the columns (default: the built-ins, then the ``regex``
+    features, then the ``custom`` ones). ``documents`` are [start, stop) offsets covering
+    the text, each lexed separately. ``python=False`` uses the plain-text rules.
+
+    >>> df = compute("f(x)  # (\\n", ["bracket_depth", "in_comment"])
+    >>> df["bracket_depth"].tolist()
+    [0, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    >>> compute("a1", regex={"digit": "[0-9]"}, custom={"one": lambda t: [1] * len(t)}).columns[-2:].tolist()
+    ['digit', 'one']
+    """
+    if not text:
+        raise ProbeError("empty text: no characters to compute features on")
+    regex, custom = dict(regex or {}), dict(custom or {})
+    for name in list(regex) + list(custom):
+        if name in FEATURES:
+            raise ProbeError(f"feature {name!r}: the name of a built-in feature; choose another")
+    both = set(regex) & set(custom)
+    if both:
+        raise ProbeError(f"feature {sorted(both)[0]!r}: given both as a regex and as a function")
+    available = list(FEATURES) + list(regex) + list(custom)
+    if names is None:
+        names = available
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ProbeError(f"unknown feature {unknown[0]!r}: available are {', '.join(available)}")
+    for name, pattern in regex.items():  # report a bad pattern even if not requested
+        if not pattern:
+            raise ProbeError(f"feature regex {name!r}: empty pattern")
+        try:
+            re.compile(pattern, re.MULTILINE)
+        except re.error as err:
+            raise ProbeError(f"feature regex {name!r}: does not compile: {err}") from None
+
+    n = len(text)
+    bounds = _check_documents(documents, n)
+    codes = _codepoints(text)
+    values: dict[str, np.ndarray] = {}
+    if any(name in _LEXICAL for name in names):
+        values.update(_lexical_features(text, bounds, codes, python is not False))
+    if any(name in FEATURES and name not in _LEXICAL for name in names):
+        values.update(_line_features(codes, np.array([s for s, _ in bounds], dtype=np.int64)))
+    for name in names:
+        if name in regex:
+            values[name] = regex_feature(text, regex[name], name)
+        elif name in custom:
+            values[name] = _custom_feature(text, name, custom[name])
+    return pd.DataFrame({name: values[name] for name in names}, index=pd.RangeIndex(n))
+
+
+# ---- one function per built-in feature (one document; "" gives an empty array) -------
+
+def _one(name: str, text: str, python: bool | None = None) -> np.ndarray:
+    if not text:
+        return np.zeros(0, dtype=np.int8 if name in BINARY else np.int32)
+    return compute(text, [name], python=python)[name].to_numpy()
+
+
+def in_string(text: str, python: bool | None = None) -> np.ndarray:
+    """1 inside a string literal, quotes and prefix letters included.
+
+    >>> in_string('x=rb"a"').tolist()
+    [0, 0, 1, 1, 1, 1, 1]
+    """
+    return _one("in_string", text, python)
+
+
+def in_short_string(text: str, python: bool | None = None) -> np.ndarray:
+    """1 inside a one-line quoted literal.
+
+    >>> in_short_string("'a'+'''b'''").tolist()
+    [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    """
+    return _one("in_short_string", text, python)
+
+
+def in_long_string(text: str, python: bool | None = None) -> np.ndarray:
+    """1 inside a triple-quoted literal.
+
+    >>> in_long_string("'a'+'''b'''").tolist()
+    [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    """
+    return _one("in_long_string", text, python)
+
+
+def in_comment(text: str, python: bool | None = None) -> np.ndarray:
+    """1 from a ``#`` outside strings to the end of the line (newline excluded).
+
+    >>> in_comment("a # b\\n").tolist()
+    [0, 0, 1, 1, 1, 0]
+    """
+    return _one("in_comment", text, python)
+
+
+def column(text: str) -> np.ndarray:
+    """Characters since the last newline.
+
+    >>> column("ab\\ncd").tolist()
+    [0, 1, 2, 0, 1]
+    """
+    return _one("column", text)
+
+
+def line_length(text: str) -> np.ndarray:
+    """Length of the current line, newline excluded.
+
+    >>> line_length("ab\\n\\ncde").tolist()
+    [2, 2, 2, 0, 3, 3, 3]
+    """
+    return _one("line_length", text)
+
+
+def chars_to_eol(text: str) -> np.ndarray:
+    """Characters left before the end of the line (the newline itself is 0).
+
+    >>> chars_to_eol("ab\\ncd").tolist()
+    [2, 1, 0, 2, 1]
+    """
+    return _one("chars_to_eol", text)
+
+
+def bracket_depth(text: str, python: bool | None = None) -> np.ndarray:
+    """Depth of ()[]{} after each character, outside strings and comments, clamped at 0.
+
+    >>> bracket_depth("f(a[1])").tolist()
+    [0, 1, 1, 2, 2, 1, 0]
+    >>> bracket_depth(")('(')").tolist()
+    [0, 1, 1, 1, 1, 0]
+    """
+    return _one("bracket_depth", text, python)
+
+
+def indent(text: str) -> np.ndarray:
+    """Leading spaces and tabs of the current line (a tab counts 1).
+
+    >>> indent(" a\\n\\tb").tolist()
+    [1, 1, 1, 1, 1]
+    """
+    return _one("indent", text)

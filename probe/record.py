@@ -1,0 +1,251 @@
+"""Record every layer's gates and states, per character, into an HDF5 recording.
+
+``torch.nn.LSTM`` returns only the top layer's h per step. To record everything exactly,
+each layer is run as its own one-layer ``nn.LSTM`` with the model's weights (giving that
+layer's h at every step), then the gates are recomputed for all steps at once from x_t
+and h_{t-1} with the same weights, and c is rebuilt with the recurrence
+c_t = f_t * c_{t-1} + i_t * g_t. Streams, in PyTorch's gate order: i f g o c h.
+
+The text is processed in blocks of ``BLOCK`` characters with the state carried, so
+memory does not grow with the text; the file is written under a temporary name and
+renamed when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from . import corpus as corpora
+from .errors import ProbeError
+from .model import CharLSTM
+
+STREAMS = ("i", "f", "g", "o", "c", "h")
+FORMAT = "probe-recording"
+VERSION = 1
+BLOCK = 8192          # characters per processing block (a multiple of CHUNK_T)
+CHUNK_T = 4096        # HDF5 chunk rows (time)
+CHUNK_UNITS = 64      # HDF5 chunk columns (units); see docs/recording-format.md
+LOG2E = 1.4426950408889634
+
+
+def layer_lstms(model: CharLSTM) -> list[nn.LSTM]:
+    """One single-layer nn.LSTM per model layer, sharing the model's weight tensors."""
+    out = []
+    for k in range(model.layers):
+        w_ih = getattr(model.lstm, f"weight_ih_l{k}")
+        one = nn.LSTM(w_ih.shape[1], model.units, 1, batch_first=True)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            setattr(one, f"{name}_l0", getattr(model.lstm, f"{name}_l{k}"))
+        one.flatten_parameters() if hasattr(one, "flatten_parameters") else None
+        out.append(one.eval())
+    return out
+
+
+@torch.no_grad()
+def run(model: CharLSTM, ids: torch.Tensor, state: list | None = None,
+        lstms: list[nn.LSTM] | None = None) -> tuple[dict, torch.Tensor, list]:
+    """Run ids [B, L] from ``state`` (per layer (h0, c0), each [B, units]; None = zeros).
+
+    Returns ``streams`` {(layer, s): [B, L, units]}, ``logp`` [B, L, V] (log-probabilities of
+    the next character after each position) and the final state per layer.
+    """
+    lstms = lstms or layer_lstms(model)
+    B, L = ids.shape
+    H = model.units
+    x = model.embed(ids)  # [B, L, E]
+    streams, new_state = {}, []
+    for k, lstm in enumerate(lstms):
+        h0, c0 = state[k] if state else (x.new_zeros(B, H), x.new_zeros(B, H))
+        h, (hT, cT) = lstm(x, (h0[None].contiguous(), c0[None].contiguous()))  # h [B, L, H]
+        h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1)  # [B, L, H]
+        pre = (x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
+               + h_prev @ lstm.weight_hh_l0.T)  # [B, L, 4H] in PyTorch's order i f g o
+        i = torch.sigmoid(pre[..., :H])
+        f = torch.sigmoid(pre[..., H:2 * H])
+        g = torch.tanh(pre[..., 2 * H:3 * H])
+        o = torch.sigmoid(pre[..., 3 * H:])
+        # c_t = f_t * c_{t-1} + i_t * g_t, time-major so each step is one contiguous op
+        f_t, ig_t = f.transpose(0, 1).contiguous(), (i * g).transpose(0, 1).contiguous()
+        c_t = torch.empty_like(f_t)  # [L, B, H]
+        prev = c0
+        for t in range(L):
+            torch.addcmul(ig_t[t], f_t[t], prev, out=c_t[t])
+            prev = c_t[t]
+        c = c_t.transpose(0, 1)
+        streams.update({(k, "i"): i, (k, "f"): f, (k, "g"): g, (k, "o"): o, (k, "c"): c, (k, "h"): h})
+        new_state.append((h[:, -1], c[:, -1].clone()))
+        x = h
+    logp = torch.log_softmax(model.head(x), dim=-1)  # [B, L, V]
+    return streams, logp, new_state
+
+
+def activations(model: CharLSTM, text: str) -> tuple[dict, np.ndarray]:
+    """In memory, for short texts (the dashboard's live box): {(layer, s): [T, units]}, loss [T]."""
+    ids, _ = corpora.encode(text, model.vocab)
+    if len(ids) == 0:
+        raise ProbeError("empty text")
+    streams, logp, _ = run(model.eval(), torch.from_numpy(ids)[None])
+    loss = np.full(len(ids), np.nan, dtype=np.float32)
+    nxt = torch.from_numpy(ids[1:])
+    loss[1:] = (-logp[0, :-1].gather(1, nxt[:, None])[:, 0] * LOG2E).numpy()
+    return {key: v[0].numpy() for key, v in streams.items()}, loss
+
+
+def _pieces(documents: list[tuple[int, int]], piece: int, burn_in: int) -> list[tuple[int, int, int]]:
+    """(warm_start, start, stop) of pieces of at most ``piece`` characters, never straddling
+    a document; each is warmed up on up to ``burn_in`` preceding characters of its document
+    (at least 1, so its first character has a prediction)."""
+    out = []
+    for d0, d1 in documents:
+        for s in range(d0, d1, piece):
+            warm = s if s == d0 else max(d0, s - max(burn_in, 1))
+            out.append((warm, s, min(s + piece, d1)))
+    return out
+
+
+def _blocks_sequential(model, ids, documents, lstms):
+    """Yield (start, streams {key: [n, units]}, loss [n]) blocks of BLOCK characters in order."""
+    doc_starts = {d0 for d0, _ in documents}
+    bounds = sorted({0, len(ids)} | {d0 for d0, _ in documents} | {d1 for _, d1 in documents})
+    state, last_logp = None, None
+    for b0 in range(0, len(ids), BLOCK):
+        b1 = min(b0 + BLOCK, len(ids))
+        cuts = [b0] + [x for x in bounds if b0 < x < b1] + [b1]
+        parts, losses = [], []
+        for s0, s1 in zip(cuts[:-1], cuts[1:]):
+            if s0 in doc_starts:
+                state, last_logp = None, None
+            x = torch.from_numpy(ids[s0:s1])
+            streams, logp, state = run(model, x[None], state, lstms)
+            loss = torch.empty(s1 - s0)
+            loss[1:] = -logp[0, :-1].gather(1, x[1:, None])[:, 0]
+            loss[0] = -last_logp[x[0]] if last_logp is not None else float("nan")
+            last_logp = logp[0, -1]
+            parts.append(streams)
+            losses.append(loss)
+        yield b0, {k: torch.cat([p[k][0] for p in parts]) for k in parts[0]}, torch.cat(losses) * LOG2E
+
+
+def _blocks_batched(model, ids, documents, lstms, batch, burn_in):
+    """Like _blocks_sequential, but B pieces of one block run as a batch, each warmed up."""
+    piece = max(1, BLOCK // batch)
+    pieces = _pieces(documents, piece, burn_in)
+    group: list = []
+    for p in pieces + [None]:
+        if p is not None and len(group) < batch:
+            group.append(p)
+            continue
+        # run the group: sequences warm..stop, right-padded, zero initial state
+        L = max(s1 - w for w, _, s1 in group)
+        x = torch.zeros(len(group), L, dtype=torch.long)
+        for j, (w, _, s1) in enumerate(group):
+            x[j, : s1 - w] = torch.from_numpy(ids[w:s1])
+        streams, logp, _ = run(model, x, None, lstms)
+        out, losses = {k: [] for k in streams}, []
+        for j, (w, s0, s1) in enumerate(group):
+            a, b = s0 - w, s1 - w
+            for k in streams:
+                out[k].append(streams[k][j, a:b])
+            loss = torch.full((b - a,), float("nan"))
+            tgt = x[j, a:b]
+            lo = 1 if a == 0 else 0  # a document's first character has no prediction
+            loss[lo:] = -logp[j, a - 1 + lo : b - 1].gather(1, tgt[lo:, None])[:, 0]
+            losses.append(loss)
+        start = group[0][1]
+        yield start, {k: torch.cat(v) for k, v in out.items()}, torch.cat(losses) * LOG2E
+        group = [p] if p is not None else []
+
+
+def record(model: CharLSTM, documents: list[tuple[str, str]], out: str | os.PathLike,
+           source: dict | None = None, dtype: str = "float16", streams: int = 1,
+           burn_in: int = 256, force: bool = False, progress: bool = True,
+           compression: str | None = "gzip") -> Path:
+    """Record ``documents`` [(name, text)] through ``model`` into the HDF5 file ``out``."""
+    out = Path(out)
+    if dtype not in ("float16", "float32"):
+        raise ProbeError(f"--dtype must be float16 or float32, got {dtype!r}")
+    if streams < 1:
+        raise ProbeError(f"--streams must be >= 1, got {streams}")
+    if not out.parent.is_dir():
+        raise ProbeError(f"{out.parent}: output folder does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise ProbeError(f"{out.parent}: output folder is not writable")
+    if out.exists() and not force:
+        raise ProbeError(f"{out}: already exists; pass --force to overwrite")
+    documents = [(n, t) for n, t in documents if t]
+    text = "".join(t for _, t in documents)
+    if not text:
+        raise ProbeError("empty text: nothing to record")
+    ids, n_unknown = corpora.encode(text, model.vocab)
+    T, H = len(ids), model.units
+    offsets = np.cumsum([0] + [len(t) for _, t in documents])
+    spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+    model = model.eval()
+    lstms = layer_lstms(model)
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    # a plain SIGTERM becomes KeyboardInterrupt so the temporary file is removed
+    main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
+    try:
+        with h5py.File(tmp, "w") as f:
+            a = f.attrs
+            a["format"], a["version"] = FORMAT, VERSION
+            cfg = dict(model.config)
+            a["model"] = json.dumps(cfg)
+            a["model_sha256"] = getattr(model, "sha256", "")
+            a["model_path"] = getattr(model, "path", "")
+            a["model_metrics"] = json.dumps({k: v for k, v in getattr(model, "metrics", {}).items()
+                                             if k != "history"}, default=str)
+            a["source"] = json.dumps(source or {})
+            a["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            a["streams"] = " ".join(STREAMS)
+            a["layers"], a["units"], a["length"] = model.layers, H, T
+            a["dtype"] = dtype
+            a["mode"] = json.dumps({"streams": streams, "burn_in": burn_in if streams > 1 else 0})
+            a["unknown_chars"] = n_unknown
+            f.create_dataset("text", data=corpora.codepoints(text), chunks=(min(T, 65536),),
+                             compression=compression)
+            dloss = f.create_dataset("loss", (T,), np.float32, chunks=(min(T, 65536),),
+                                     compression=compression)
+            docs = f.create_group("documents")
+            docs.create_dataset("name", data=[n for n, _ in documents], dtype=h5py.string_dtype())
+            docs.create_dataset("start", data=offsets[:-1].astype(np.int64))
+            docs.create_dataset("stop", data=offsets[1:].astype(np.int64))
+            chunks = (min(T, CHUNK_T), min(H, CHUNK_UNITS))
+            dsets = {}
+            for k in range(model.layers):
+                g = f.create_group(f"layers/{k}")
+                for s in STREAMS:
+                    dsets[(k, s)] = g.create_dataset(
+                        s, (T, H), dtype, chunks=chunks, compression=compression,
+                        shuffle=compression is not None)
+            blocks = (_blocks_sequential(model, ids, spans, lstms) if streams == 1
+                      else _blocks_batched(model, ids, spans, lstms, streams, burn_in))
+            bar = tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="recording")
+            for start, vals, loss in blocks:
+                n = len(loss)
+                for key, v in vals.items():
+                    dsets[key][start:start + n] = v.numpy().astype(dtype, copy=False)
+                dloss[start:start + n] = loss.numpy()
+                bar.update(n)
+            bar.close()
+            a["complete"] = True
+        os.replace(tmp, out)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old_term)
+        if tmp.exists():
+            tmp.unlink()
+    return out

@@ -1,0 +1,200 @@
+"""Read probe recordings lazily: text, documents, loss and [T, units] streams per layer.
+
+    with probe.open_recording("recordings/stdlib-test.h5") as rec:
+        c = rec.stream(1, "c")          # lazy [T, units], h5py-backed
+        quote = rec.unit(1, "c", 42)    # numpy [T]
+        df = rec.frame(1, "c", units=[42], start=0, stop=1000)
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .errors import ProbeError
+from .record import FORMAT, STREAMS, VERSION
+
+CACHE_BYTES = 64 << 20  # chunk cache: one unit over T touches T/4096 chunks of 512 KB
+
+
+class Recording:
+    """An open recording. Use as a context manager, or call ``close()``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        p = self.path
+        if not p.exists():
+            raise ProbeError(f"{p}: no such recording")
+        try:
+            self.file = h5py.File(p, "r", rdcc_nbytes=CACHE_BYTES)
+        except OSError:
+            raise ProbeError(f"{p}: not a readable HDF5 file (truncated or not HDF5)") from None
+        try:
+            self._validate()
+        except Exception:
+            self.file.close()
+            raise
+
+    def _validate(self) -> None:
+        p, f = self.path, self.file
+        fmt = f.attrs.get("format")
+        if fmt != FORMAT:
+            raise ProbeError(f"{p}: not a probe recording (attribute format={fmt!r}, expected {FORMAT!r})")
+        v = int(f.attrs.get("version", -1))
+        if v != VERSION:
+            raise ProbeError(f"{p}: probe recording version {v} is not supported (this probe reads {VERSION})")
+        for name in ["text", "loss", "documents/name", "documents/start", "documents/stop"] + [
+                f"layers/{k}/{s}" for k in range(self.layers) for s in self.streams]:
+            if name not in f:
+                raise ProbeError(f"{p}: recording is missing dataset {name!r}")
+        T = len(f["text"])
+        for k in range(self.layers):
+            for s in self.streams:
+                if f[f"layers/{k}/{s}"].shape != (T, self.units):
+                    raise ProbeError(f"{p}: dataset layers/{k}/{s} has shape {f[f'layers/{k}/{s}'].shape}, "
+                                     f"expected {(T, self.units)}")
+
+    # ---- metadata ------------------------------------------------------------------------
+    @property
+    def layers(self) -> int:
+        return int(self.file.attrs["layers"])
+
+    @property
+    def units(self) -> int:
+        return int(self.file.attrs["units"])
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(str(self.file.attrs.get("streams", " ".join(STREAMS))).split())
+
+    @property
+    def dtype(self) -> str:
+        return str(self.file.attrs.get("dtype", "float16"))
+
+    @cached_property
+    def model_config(self) -> dict:
+        return json.loads(self.file.attrs.get("model", "{}"))
+
+    @cached_property
+    def source(self) -> dict:
+        return json.loads(self.file.attrs.get("source", "{}"))
+
+    def __len__(self) -> int:
+        return len(self.file["text"])
+
+    # ---- per-character data --------------------------------------------------------------
+    @cached_property
+    def codepoints(self) -> np.ndarray:
+        return self.file["text"][:]  # int32 [T]
+
+    @cached_property
+    def text(self) -> str:
+        return self.codepoints.astype("<u4").tobytes().decode("utf-32-le")
+
+    @cached_property
+    def loss(self) -> np.ndarray:
+        return self.file["loss"][:]  # float32 [T], bits; NaN at document starts
+
+    @cached_property
+    def documents(self) -> pd.DataFrame:
+        d = self.file["documents"]
+        return pd.DataFrame({"name": d["name"].asstr()[:], "start": d["start"][:], "stop": d["stop"][:]})
+
+    def document_of(self, positions) -> np.ndarray:
+        """Index into ``documents`` of each position."""
+        return np.searchsorted(self.documents["start"].to_numpy(), positions, side="right") - 1
+
+    # ---- streams ---------------------------------------------------------------------------
+    def check(self, layer: int, stream: str, unit: int | None = None) -> None:
+        """Raise a one-line error for an out-of-range layer, unknown stream or unit."""
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.layers:
+            raise ProbeError(f"{self.path}: no layer {layer!r} (layers are 0..{self.layers - 1})")
+        if stream not in self.streams:
+            raise ProbeError(f"{self.path}: no stream {stream!r} (streams are {' '.join(self.streams)})")
+        if unit is not None and (not isinstance(unit, (int, np.integer)) or not 0 <= unit < self.units):
+            raise ProbeError(f"{self.path}: no unit {unit!r} (units are 0..{self.units - 1})")
+
+    def stream(self, layer: int, stream: str) -> h5py.Dataset:
+        """Lazy [T, units] array: slicing reads only what is asked for."""
+        self.check(layer, stream)
+        return self.file[f"layers/{layer}/{stream}"]
+
+    def unit(self, layer: int, stream: str, unit: int, start: int | None = None,
+             stop: int | None = None) -> np.ndarray:
+        """One unit's values over [start, stop) as float32 [n]."""
+        self.check(layer, stream, unit)
+        return self.file[f"layers/{layer}/{stream}"][start:stop, unit].astype(np.float32)
+
+    def window(self, layer: int, stream: str, start: int, stop: int) -> np.ndarray:
+        """All units over [start, stop) as float32 [n, units]."""
+        self.check(layer, stream)
+        return self.file[f"layers/{layer}/{stream}"][start:stop].astype(np.float32)
+
+    def frame(self, layer: int, stream: str, units=None, start: int | None = None,
+              stop: int | None = None) -> pd.DataFrame:
+        """Tidy frame: position, char, document, line, column, loss, then one column per unit."""
+        self.check(layer, stream)
+        T = len(self)
+        start, stop, _ = slice(start, stop).indices(T)
+        units = list(range(self.units)) if units is None else [int(u) for u in np.atleast_1d(units)]
+        for u in units:
+            self.check(layer, stream, u)
+        cps = self.codepoints
+        newline = np.concatenate([[0], np.cumsum(cps == 10)[:-1]])  # newlines before each position
+        pos = np.arange(start, stop)
+        doc = self.document_of(pos)
+        doc_start = self.documents["start"].to_numpy()[doc]
+        line = newline[pos] - newline[doc_start]
+        last_nl = np.maximum.accumulate(np.where(cps == 10, np.arange(T), -1))
+        prev_nl = np.concatenate([[-1], last_nl[:-1]])[pos]
+        column = pos - np.maximum(prev_nl + 1, doc_start)
+        vals = self.file[f"layers/{layer}/{stream}"][start:stop][:, units].astype(np.float32)
+        df = pd.DataFrame({"position": pos, "char": list(self.text[start:stop]), "document": doc,
+                           "line": line, "column": column, "loss": self.loss[start:stop]})
+        return pd.concat([df, pd.DataFrame(vals, columns=[f"unit_{u}" for u in units])], axis=1)
+
+    # ---- context manager -------------------------------------------------------------------
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "Recording":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Recording({str(self.path)!r}, {len(self)} chars, {self.layers} layers × "
+                f"{self.units} units, streams {' '.join(self.streams)})")
+
+
+def open_recording(path: str | os.PathLike) -> Recording:
+    """Open and validate a probe recording."""
+    return Recording(path)
+
+
+def summary(path: str | os.PathLike) -> dict:
+    """What ``probe info REC.h5`` prints."""
+    with open_recording(path) as rec:
+        a = rec.file.attrs
+        cfg = {k: v for k, v in rec.model_config.items() if k != "vocab"}
+        loss = rec.loss
+        return {
+            "path": str(rec.path), "format": f"{a['format']} v{int(a['version'])}",
+            "created": str(a.get("created", "")),
+            "model": {"path": str(a.get("model_path", "")), "sha256": str(a.get("model_sha256", "")),
+                      **cfg, "vocab_size": len(rec.model_config.get("vocab", ""))},
+            "source": rec.source, "mode": json.loads(a.get("mode", "{}")),
+            "documents": len(rec.documents), "length": len(rec), "layers": rec.layers,
+            "streams": " ".join(rec.streams), "units": rec.units, "dtype": rec.dtype,
+            "chunks": str(rec.file["layers/0/h"].chunks),
+            "size_on_disk": f"{rec.path.stat().st_size / 1e6:.1f} MB "
+                            f"({rec.path.stat().st_size / max(1, len(rec)):.0f} bytes/char)",
+            "mean_bits_per_char": round(float(np.nanmean(loss)), 4) if np.isfinite(loss).any() else None,
+            "unknown_chars": int(a.get("unknown_chars", 0)),
+        }
