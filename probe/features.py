@@ -123,14 +123,14 @@ def _spans_plain(text: str) -> tuple[list, list, list]:
 
 
 def _mask(spans: list[tuple[int, int]], length: int) -> np.ndarray:
-    """Boolean [length] array, True inside any of the (possibly overlapping) spans."""
-    edges = np.zeros(length + 1, dtype=np.int32)
+    """Boolean [length] array, True inside any of the non-overlapping [start, stop) spans."""
+    edges = np.zeros(length + 1, dtype=np.int8)
     if spans:
         se = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
         se = se[se[:, 1] > se[:, 0]]
-        np.add.at(edges, se[:, 0], 1)
-        np.add.at(edges, se[:, 1], -1)
-    return np.cumsum(edges[:-1]) > 0
+        edges[se[:, 0]] += 1  # starts are distinct, and so are stops: no lost updates
+        edges[se[:, 1]] -= 1
+    return np.cumsum(edges[:-1], dtype=np.int8) > 0
 
 
 def lex_python(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,7 +160,7 @@ def _codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-_BRACKET_STEP = np.zeros(128, dtype=np.int8)
+_BRACKET_STEP = np.zeros(128, dtype=np.int8)  # code points >= 127 all map to entry 127: 0
 _BRACKET_STEP[[ord(c) for c in "([{"]] = 1
 _BRACKET_STEP[[ord(c) for c in ")]}"]] = -1
 
@@ -186,18 +186,19 @@ def _line_features(codes: np.ndarray, doc_starts: np.ndarray) -> dict[str, np.nd
     starts = np.flatnonzero(is_start[:n])
     nexts = np.append(starts[1:], n)  # where the following line starts
     last = nexts - 1  # the line's last character: its newline, if it has one
-    ends = np.where(newline[last], last, nexts)  # end of content (exclusive)
-    line = np.cumsum(is_start[:n]) - 1
-    pos = np.arange(n)
+    ends = np.where(newline[last], last, nexts)  # end of its content (exclusive)
     blank = (codes == 32) | (codes == 9)
     nonblank = np.append(np.flatnonzero(~blank), n)  # n: sentinel for a blank last line
     first = np.minimum(nonblank[np.searchsorted(nonblank, starts)], ends)
-    return {
-        "column": (pos - starts[line]).astype(np.int32),
-        "line_length": (ends - starts)[line].astype(np.int32),
-        "chars_to_eol": (ends[line] - pos).astype(np.int32),
-        "indent": (first - starts)[line].astype(np.int32),
-    }
+    sizes = nexts - starts
+
+    def per_line(v: np.ndarray) -> np.ndarray:
+        return np.repeat(v.astype(np.int32), sizes)
+
+    col = np.arange(n, dtype=np.int32) - per_line(starts)
+    length = per_line(ends - starts)
+    return {"column": col, "line_length": length, "chars_to_eol": length - col,
+            "indent": per_line(first - starts)}
 
 
 def _lexical_features(text: str, bounds: list[tuple[int, int]], codes: np.ndarray,
@@ -211,7 +212,7 @@ def _lexical_features(text: str, bounds: list[tuple[int, int]], codes: np.ndarra
     n = len(text)
     short, long, comment = (_mask(s, n) for s in spans)
     in_str = short | long
-    steps = np.where(codes < 128, _BRACKET_STEP[np.minimum(codes, 127)], 0).astype(np.int8)
+    steps = _BRACKET_STEP[np.minimum(codes, 127)]
     steps[in_str | comment] = 0
     depth = np.empty(n, dtype=np.int32)
     for start, stop in bounds:

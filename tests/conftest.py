@@ -7,6 +7,8 @@ import torch
 from probe import corpus
 from probe.model import CharLSTM, save_checkpoint
 
+torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core machine
+
 TEXT = '''def greet(name):
     """Say hello (politely)."""
     # a comment with "quotes" and (brackets)
