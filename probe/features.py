@@ -265,8 +265,8 @@ def _custom_feature(text: str, name: str, fn: Callable[[str], np.ndarray]) -> np
     values = fn(text)
     arr = np.asarray(values)
     if arr.ndim != 1 or arr.shape[0] != len(text):
-        got = arr.shape[0] if arr.ndim == 1 else f"shape {arr.shape}"
-        raise ProbeError(f"feature {name!r}: returned {got} values for a text of {len(text)} characters")
+        got = f"{arr.shape[0]} values" if arr.ndim == 1 else f"an array of shape {arr.shape}"
+        raise ProbeError(f"feature {name!r}: returned {got} for a text of {len(text)} characters")
     if arr.dtype == bool:
         return arr.astype(np.int8)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):

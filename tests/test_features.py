@@ -1,0 +1,290 @@
+"""Per-character features: hand-checked examples, edge cases of the lexers, and a
+cross-check of the Python lexer against the standard library's own tokenizer."""
+import doctest
+import io
+import random
+import sysconfig
+import tokenize
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from probe import features as F
+from probe.errors import ProbeError
+from probe.features import compute
+
+
+def marks(text: str, name: str, **kw) -> str:
+    """A binary feature as a string aligned with the text: '1' inside, '.' outside."""
+    return "".join(".1"[v] for v in compute(text, [name], **kw)[name])
+
+
+def values(text: str, name: str, **kw) -> list[int]:
+    return compute(text, [name], **kw)[name].tolist()
+
+
+def tokenize_masks(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """(in_string, in_comment) from Python's tokenize: STRING and COMMENT tokens."""
+    starts = np.cumsum([0] + [len(line) + 1 for line in text.split("\n")])
+    string, comment = np.zeros(len(text), bool), np.zeros(len(text), bool)
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type in (tokenize.STRING, tokenize.COMMENT):
+            a = starts[tok.start[0] - 1] + tok.start[1]
+            b = starts[tok.end[0] - 1] + tok.end[1]
+            (string if tok.type == tokenize.STRING else comment)[a:b] = True
+    return string, comment
+
+
+def test_docstring_examples_hold():
+    assert doctest.testmod(F).failed == 0
+
+
+# ---- strings and comments (Python) --------------------------------------------------
+
+def test_escaped_quote_stays_inside():
+    text = r'x = "a\"b" + c'
+    assert marks(text, "in_string") == "....111111...."
+
+
+def test_other_quote_inside_a_string_does_not_close_it():
+    text = "s = \"it's\" + 'say \"hi\"'"
+    assert marks(text, "in_string") == "....111111...1111111111"
+
+
+def test_triple_quotes_span_lines_with_quotes_and_hash():
+    text = '"""a "b" \'c\'\n# d """ # e\nx'
+    assert marks(text, "in_long_string") == "1" * 20 + "." * 6
+    assert marks(text, "in_short_string") == "." * 26
+    assert marks(text, "in_comment") == "." * 21 + "111" + ".."
+
+
+def test_raw_string_backslash_still_protects_the_quote():
+    assert marks(r"r'\'' + 'x'", "in_string") == "11111...111"
+    assert marks(r"r'\\' # c", "in_string") == "11111...."
+    assert marks(r"r'\\' # c", "in_comment") == "......111"
+
+
+def test_prefix_letters_count_as_inside():
+    text = "f'{x!r}' + Rb\"y\" + if'z'"
+    assert marks(text, "in_string") == "11111111...11111.....111"  # the f of `if` is no prefix
+    assert marks("x = ub'a'", "in_string") == "......111"  # `ub` is no prefix: an identifier
+
+
+def test_hash_inside_a_string_is_not_a_comment():
+    text = "x = '#no' # yes\n"
+    assert marks(text, "in_comment") == "..........11111."
+    assert marks(text, "in_string") == "....11111......."
+
+
+def test_backslash_newline_continues_a_short_string():
+    text = "s = 'a\\\nb' + 1"
+    assert marks(text, "in_short_string") == "....111111...."
+
+
+def test_unterminated_short_string_ends_at_end_of_line():
+    text = "x = 'abc\ny = (1)"
+    assert marks(text, "in_string") == "....1111........"
+    assert values(text, "bracket_depth")[-3:] == [1, 1, 0]
+
+
+def test_unterminated_triple_quote_runs_to_end_of_document():
+    text = "x = '''abc\ny = (1) # c"
+    assert marks(text, "in_long_string") == "...." + "1" * 18
+    assert marks(text, "in_comment") == "." * 22
+
+
+def test_in_string_is_short_or_long():
+    text = "a = 'x' + '''y\n''' + \"z\"  # '\n"
+    df = compute(text)
+    assert (df.in_string == (df.in_short_string | df.in_long_string)).all()
+    assert df.in_long_string.sum() == 8 and df.in_short_string.sum() == 6
+
+
+# ---- brackets ------------------------------------------------------------------------
+
+def test_nested_brackets_depth_after_each_character():
+    assert values("a[(b, {c})]", "bracket_depth") == [0, 1, 2, 2, 2, 2, 3, 3, 2, 1, 0]
+
+
+def test_brackets_in_strings_and_comments_do_not_count():
+    text = 'f("(", \')\')  # (((\ng('
+    depth = values(text, "bracket_depth")
+    assert depth[:11] == [0] + [1] * 9 + [0]
+    assert depth[11:19] == [0] * 8
+    assert depth[-2:] == [0, 1]
+
+
+def test_unmatched_closers_clamp_at_zero():
+    assert values(")) (x))(", "bracket_depth") == [0, 0, 0, 1, 1, 0, 0, 1]
+
+
+def test_clamped_depth_matches_a_simple_loop():
+    rng = random.Random(0)
+    for _ in range(50):
+        text = "".join(rng.choice("()[]{}x") for _ in range(rng.randrange(1, 60)))
+        depth, expect = 0, []
+        for ch in text:
+            depth = max(0, depth + (ch in "([{") - (ch in ")]}"))
+            expect.append(depth)
+        assert values(text, "bracket_depth") == expect, text
+
+
+# ---- lines ---------------------------------------------------------------------------
+
+def test_line_features_on_a_small_multiline_text():
+    text = "ab\n\ncde\n  x"
+    assert values(text, "column") == [0, 1, 2, 0, 0, 1, 2, 3, 0, 1, 2]
+    assert values(text, "line_length") == [2, 2, 2, 0, 3, 3, 3, 3, 3, 3, 3]
+    assert values(text, "chars_to_eol") == [2, 1, 0, 0, 3, 2, 1, 0, 3, 2, 1]
+    assert values(text, "indent") == [0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2]
+
+
+def test_consecutive_newlines_are_empty_lines():
+    df = compute("\n\n\na")
+    assert df.column.tolist() == [0, 0, 0, 0]
+    assert df.line_length.tolist() == [0, 0, 0, 1]
+    assert df.chars_to_eol.tolist() == [0, 0, 0, 1]
+
+
+def test_tabs_count_one_each_in_indent():
+    text = "\tif x:\n\t\ty\n \tz\n"
+    assert values(text, "indent") == [1] * 7 + [2] * 4 + [2] * 4
+
+
+def test_blank_line_indent_is_its_whitespace():
+    assert values("   \nx", "indent") == [3, 3, 3, 3, 0]
+
+
+# ---- documents -----------------------------------------------------------------------
+
+def test_documents_reset_state():
+    doc1, doc2 = 'x = """open\n(a', "y = 1 # c\n"
+    text = doc1 + doc2
+    docs = [(0, len(doc1)), (len(doc1), len(text))]
+    df = compute(text, documents=docs)
+    second = df.iloc[len(doc1):]
+    assert second.in_string.sum() == 0
+    assert second.in_comment.tolist() == [0] * 6 + [1] * 3 + [0]
+    assert second.bracket_depth.sum() == 0
+    assert second.column.tolist()[:3] == [0, 1, 2]  # doc1 had no trailing newline
+    assert df.chars_to_eol.iloc[len(doc1) - 1] == 1  # doc1 ends its own line
+    # without the boundary the triple quote runs on through doc2
+    assert compute(text).in_string.iloc[len(doc1):].all()
+
+
+def test_documents_give_the_same_as_separate_calls():
+    docs = ["a = '''x\n", "(b # )\n  c", "'d' (", "\n\n[e]"]
+    text = "".join(docs)
+    bounds = np.cumsum([0] + [len(d) for d in docs])
+    together = compute(text, documents=list(zip(bounds[:-1], bounds[1:])))
+    apart = np.concatenate([compute(d).to_numpy() for d in docs])
+    np.testing.assert_array_equal(together.to_numpy(), apart)
+
+
+def test_documents_must_cover_the_text():
+    with pytest.raises(ProbeError, match="cover"):
+        compute("abcd", documents=[(0, 2)])
+    with pytest.raises(ProbeError, match="without gaps"):
+        compute("abcd", documents=[(0, 2), (3, 4)])
+
+
+# ---- plain text ----------------------------------------------------------------------
+
+def test_plain_text_rules():
+    text = "don't say \"no (\" or 'it's' # (x)"
+    assert marks(text, "in_string", python=False) == "." * 10 + "1" * 6 + "...." + "1" * 6 + "." * 6
+    assert marks(text, "in_comment", python=False) == "." * len(text)
+    assert values(text, "bracket_depth", python=False)[-4:] == [0, 1, 1, 0]
+    # a quote without a partner on its line is just a character
+    assert marks('a " b\n"c"', "in_string", python=False) == "......111"
+
+
+# ---- the DataFrame and user features -------------------------------------------------
+
+def test_compute_columns_dtypes_and_index():
+    df = compute("f(x)\n", regex={"x": "x"}, custom={"one": lambda t: np.ones(len(t))})
+    assert df.columns.tolist() == list(F.FEATURES) + ["x", "one"]
+    assert df.index.tolist() == [0, 1, 2, 3, 4]
+    assert all(df[n].dtype == np.int8 for n in F.BINARY)
+    assert df.column.dtype == np.int32 and df.bracket_depth.dtype == np.int32
+
+
+def test_regex_feature_marks_every_character_of_a_match():
+    df = compute("x = 10 + 2\ny", ["digits"], regex={"digits": r"\d+", "eol": "$"})
+    assert df.columns.tolist() == ["digits"]
+    assert "".join(".1"[v] for v in df.digits) == "....11...1.."
+
+
+def test_regex_feature_is_multiline():
+    assert marks("ab\nac", "a_start", regex={"a_start": "^a."}) == "11.11"
+
+
+def test_callable_feature_and_its_length_check():
+    df = compute("abc", ["upper"], custom={"upper": lambda t: [c.isupper() for c in t.upper()]})
+    assert df.upper.tolist() == [1, 1, 1] and df.upper.dtype == np.int8
+    with pytest.raises(ProbeError, match=r"'short': returned 2 values for a text of 3 characters"):
+        compute("abc", custom={"short": lambda t: [0, 1]})
+
+
+def test_bad_regex_error_message():
+    with pytest.raises(ProbeError) as err:
+        compute("abc", regex={"oops": "(a"})
+    assert str(err.value).startswith("feature regex 'oops': does not compile: missing )")
+
+
+def test_unknown_feature_lists_the_available_ones():
+    with pytest.raises(ProbeError, match="unknown feature 'depth'.*bracket_depth.*mine"):
+        compute("abc", ["depth"], regex={"mine": "a"})
+
+
+def test_user_feature_may_not_shadow_a_builtin():
+    with pytest.raises(ProbeError, match="built-in"):
+        compute("abc", regex={"column": "a"})
+
+
+def test_empty_text_is_an_error():
+    with pytest.raises(ProbeError, match="empty text"):
+        compute("")
+
+
+def test_parse_feature_args():
+    assert F.parse_feature_args(["eq=a==b", "d=\\d"]) == {"eq": "a==b", "d": "\\d"}
+    with pytest.raises(ProbeError, match="NAME=REGEX"):
+        F.parse_feature_args(["nodigits"])
+
+
+def test_is_binary():
+    assert F.is_binary("in_string") and not F.is_binary("indent")
+    assert F.is_binary("mine", np.array([0, 1, 0])) and not F.is_binary("mine", np.array([0, 2]))
+    with pytest.raises(ProbeError):
+        F.is_binary("mine")
+
+
+# ---- the Python lexer agrees with tokenize on real source ----------------------------
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+MODULES = ["json/decoder.py", "textwrap.py", "string.py", "shlex.py", "tokenize.py", "ast.py"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_lexer_agrees_with_tokenize_on_stdlib(module):
+    path = STDLIB / module
+    if not path.exists():
+        pytest.skip(f"{path} not in this Python")
+    text = path.read_text(encoding="utf-8")
+    string, comment = tokenize_masks(text)
+    assert string.any() and comment.any()
+    df = compute(text)
+    mismatch = np.flatnonzero((df.in_string.to_numpy() != string) | (df.in_comment.to_numpy() != comment))
+    assert mismatch.size == 0, f"first disagreement at {mismatch[0]}: {text[mismatch[0] - 40:mismatch[0] + 20]!r}"
+
+
+def test_lexer_agrees_with_tokenize_on_edge_cases():
+    text = ("a = r'\\'' + b'\\\\' + f\"{x!r:>{w}}\" + U'u' + bR'''\\''''' # '''\n"
+            "s = ('x' \"y\" '''z\n'\"#\n''')  # (\n"
+            "c = 'a\\\nb' if'q'else\"#\"\n")
+    string, comment = tokenize_masks(text)
+    df = compute(text)
+    assert (df.in_string.to_numpy() == string).all()
+    assert (df.in_comment.to_numpy() == comment).all()

@@ -1,0 +1,145 @@
+"""Corpus, model checkpoint, training and sampling: the pieces issue 2 promises."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from probe import ProbeError, corpus, load_model
+from probe.cli import main
+from probe.model import read_checkpoint, save_checkpoint
+from probe.sample import sample
+from probe.train import train
+
+
+def test_stdlib_split_is_deterministic_and_disjoint():
+    files = [name for name, _ in corpus.stdlib_files()]
+    assert files == sorted(files) and len(files) > 100
+    assert not any("/test/" in f or f.startswith("test/") for f in files)
+    splits = {name: corpus.split_of(name) for name in files}
+    assert splits == {name: corpus.split_of(name) for name in files}  # same answer twice
+    counts = {s: list(splits.values()).count(s) for s in corpus.SPLITS}
+    assert counts["train"] > 10 * counts["test"] > 0 and counts["val"] > 0
+    test = corpus.stdlib("test")
+    assert {n for n, _ in test.documents} == {n for n, s in splits.items() if s == "test"} - {
+        n for n, t in test.documents if not t}
+    assert test.source["fingerprint"] == corpus.fingerprint(test.text)
+
+
+def test_unknown_characters_are_mapped_and_counted():
+    vocab = corpus.build_vocab("abc\n")
+    ids, unknown = corpus.encode("abxc\u00e9\n", vocab)
+    assert vocab[0] == corpus.UNK
+    assert unknown == 2
+    assert corpus.decode(ids, vocab) == f"ab{corpus.UNK}c{corpus.UNK}\n"
+
+
+def test_checkpoint_round_trip_is_exact(tiny_model, tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, tiny_model, {"kind": "text", "fingerprint": "abc"}, {"val_bpc": 1.5})
+    ckpt = torch.load(path, weights_only=True)  # plain containers only
+    assert ckpt["config"]["units"] == 8 and ckpt["config"]["corpus"]["fingerprint"] == "abc"
+    loaded = load_model(path)
+    for (k, a), (_, b) in zip(tiny_model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert loaded.vocab == tiny_model.vocab and loaded.metrics == {"val_bpc": 1.5}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a readable checkpoint"),
+    (b"garbage bytes \x00\x01", "not a readable checkpoint"),
+    (pickle.dumps({"a": 1}), "not a readable checkpoint"),
+])
+def test_corrupt_checkpoints_give_one_clear_line(tmp_path, capsys, content, message):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    assert main(["sample", "--model", str(bad), "--length", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"probe: error: {bad}: {message}") and err.count("\n") == 1
+
+
+def test_foreign_and_truncated_checkpoints(tiny_model, tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ProbeError, match="not a probe checkpoint"):
+        read_checkpoint(foreign)
+
+    class Evil:  # a pickle with arbitrary objects is refused, never executed
+        def __reduce__(self):
+            return (print, ("pwned",))
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "probe-model", "x": Evil()}, evil)
+    with pytest.raises(ProbeError, match="not a probe checkpoint"):
+        read_checkpoint(evil)
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, tiny_model)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ProbeError, match="truncated.pt: not a readable checkpoint"):
+        read_checkpoint(truncated)
+    with pytest.raises(ProbeError, match="no such checkpoint"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_training_lowers_the_loss_and_never_overwrites(tmp_path, text):
+    src = tmp_path / "code.py"
+    src.write_text(text * 30)
+    out = tmp_path / "m.pt"
+    m = train(out, corpus=None, text=str(src), units=32, embedding=16, batch=8, seq=32,
+              steps=120, eval_every=40, lr=1e-2, warmup=10, progress=False)
+    vals = [h["val_bpc"] for h in m["history"]]
+    assert vals[-1] < vals[0] - 1.0  # from ~6 bits/char towards the text's structure
+    assert load_model(out).metrics["val_bpc"] == m["val_bpc"]
+    with pytest.raises(ProbeError, match="already exists"):
+        train(out, corpus=None, text=str(src), units=32, steps=5, progress=False)
+
+
+def test_seed_makes_training_repeatable_and_resume_continues(tmp_path, text):
+    src = tmp_path / "code.py"
+    src.write_text(text * 10)
+    kw = dict(corpus=None, text=str(src), units=16, embedding=8, batch=4, seq=16, steps=30,
+              eval_every=10, seed=3, progress=False)
+    a = train(tmp_path / "a.pt", **kw)
+    b = train(tmp_path / "b.pt", **kw)
+    assert a["history"] == b["history"]
+    # a resumed run reaches the same step count from the resumable checkpoint
+    c = train(tmp_path / "a.pt", resume=True, **kw)
+    assert c["step"] == 30
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, text):
+    with pytest.raises(ProbeError, match="no resumable checkpoint"):
+        train(tmp_path / "x.pt", corpus=None, text="whatever", resume=True, progress=False)
+
+
+def test_sampling_with_a_seed_repeats(tiny_model):
+    a = sample(tiny_model, "def ", 50, temperature=1.0, seed=7)
+    b = sample(tiny_model, "def ", 50, temperature=1.0, seed=7)
+    assert a == b and len(a) == 50 and corpus.UNK not in a
+    greedy = {sample(tiny_model, "def ", 30, temperature=0, seed=s) for s in range(3)}
+    assert len(greedy) == 1  # temperature 0 ignores the seed
+
+
+def test_sampling_rejects_unknown_prime_characters(model_path, capsys):
+    assert main(["sample", "--model", str(model_path), "--prime", "naïve €"]) == 1
+    assert "outside the model's vocabulary" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty text"),
+    (b"\x00\x01\x02binary", "binary file"),
+    (b"caf\xe9 latin-1", "not UTF-8 text (invalid byte at offset 3)"),
+])
+def test_bad_text_files(tmp_path, content, message):
+    f = tmp_path / "input.txt"
+    f.write_bytes(content)
+    with pytest.raises(ProbeError) as e:
+        corpus.text_files(f)
+    assert str(e.value) == f"{f}: {message}" or (message == "binary file" and "binary file" in str(e.value))
+
+
+def test_folder_without_matching_files(tmp_path):
+    with pytest.raises(ProbeError, match="no files match"):
+        corpus.text_files(tmp_path, "*.py")
