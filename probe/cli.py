@@ -75,6 +75,29 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="overwrite an existing recording")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    v = sub.add_parser("render", help="write one cell's coloured text as a standalone HTML page",
+                       formatter_class=fmt,
+                       epilog=EPILOG + "probe render recordings/stdlib-test.h5 --layer 1 --stream c --unit 42 "
+                       "--out cell.html\n  probe render rec.h5 --layer 0 --stream f --unit 7 --start 5000 "
+                       "--stop 9000 --out f7.html --force")
+    v.add_argument("recording", help="a .h5 recording")
+    v.add_argument("--layer", type=int, required=True)
+    v.add_argument("--stream", required=True, help="one of i f g o c h (c is coloured by tanh(c))")
+    v.add_argument("--unit", type=int, required=True)
+    v.add_argument("--start", type=int, default=0, help="first character (default 0)")
+    v.add_argument("--stop", type=int, default=None, help="end character (default start + 3000)")
+    v.add_argument("--out", required=True, help="HTML file to write")
+    v.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    x = sub.add_parser("export-lstmvis", help="write a recording as an LSTMVis project folder",
+                       formatter_class=fmt, epilog=EPILOG + "probe export-lstmvis recordings/stdlib-test.h5 "
+                       "lstmvis/stdlib-test --streams c,h")
+    x.add_argument("recording", help="a probe recording (.h5)")
+    x.add_argument("outdir", help="folder to write (lstm.yml, states.hdf5, chars.hdf5, chars.dict)")
+    x.add_argument("--streams", default="c,h", help="comma-separated streams to export (default c,h)")
+    x.add_argument("--force", action="store_true", help="replace a non-empty folder")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+
     for extra in _EXTRA_PARSERS:
         extra(sub, fmt)
     return p
@@ -89,6 +112,8 @@ def cmd_record(a) -> int:
     out = Path(a.out)
     if out.exists() and not a.force:  # fail before the slow part
         raise ProbeError(f"{out}: already exists; pass --force to overwrite")
+    if not out.parent.is_dir():
+        raise ProbeError(f"{out.parent}: output folder does not exist")
     model = load_model(a.model)
     c = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
     docs = limit_documents(c.documents, a.limit)
@@ -169,7 +194,27 @@ def _print_tree(d: dict, indent: int = 0) -> None:
             print(" " * indent + f"{k}: {v}")
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record}
+def cmd_render(a) -> int:
+    from .render import render_recording
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise ProbeError(f"{out}: already exists; pass --force to overwrite")
+    page = render_recording(a.recording, a.layer, a.stream, a.unit, a.start, a.stop)
+    out.write_text(page, encoding="utf-8")
+    print(f"wrote {out}: layer {a.layer}, stream {a.stream}, unit {a.unit}, {len(page) / 1e3:.0f} kB")
+    return 0
+
+
+def cmd_export_lstmvis(a) -> int:
+    from .export import export_lstmvis
+    streams = tuple(x.strip() for x in a.streams.split(",") if x.strip())
+    out = export_lstmvis(a.recording, a.outdir, streams, force=a.force, progress=not a.quiet)
+    print(f"wrote {out}/ (lstm.yml, states.hdf5, chars.hdf5, chars.dict)")
+    return 0
+
+
+COMMANDS = {"export-lstmvis": cmd_export_lstmvis, "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
+            "render": cmd_render}
 _EXTRA_PARSERS: list = []
 
 

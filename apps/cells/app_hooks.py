@@ -1,0 +1,24 @@
+"""Server hooks: find (or make) the recordings once, shared by every session.
+
+    bokeh serve apps/cells --args --recordings DIR     (default: recordings/ beside apps/)
+"""
+import sys
+from pathlib import Path
+
+from . import data
+
+ARGV = sys.argv[1:]  # Bokeh sets sys.argv to the --args while this module runs, not later
+
+
+def on_server_loaded(server_context):
+    args = data.parse_args(ARGV)
+    message = data.ensure_default(Path(args.recordings))
+    store = data.Store.from_argv(ARGV)
+    store.message = store.message if message is None else message
+    server_context.cells = store
+
+
+def on_server_unloaded(server_context):
+    store = getattr(server_context, "cells", None)
+    if store is not None:
+        store.close()
