@@ -98,6 +98,17 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="replace a non-empty folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    an = sub.add_parser("analyze", help="rank the cells that track each per-character feature",
+                        formatter_class=fmt, epilog=EPILOG + "probe analyze recordings/stdlib-test.h5 --top 3\n"
+                        "  probe analyze rec.h5 --feature 'digit=[0-9]' --feature 'self=self\\.' --json\n"
+                        "results are cached in REC.h5.analysis.npz; --refresh recomputes")
+    an.add_argument("recording", help="a .h5 recording")
+    an.add_argument("--top", type=int, default=5, help="cells per feature (default 5)")
+    an.add_argument("--json", action="store_true", help="machine-readable output")
+    an.add_argument("--refresh", action="store_true", help="recompute even if cached")
+    an.add_argument("--feature", action="append", default=[], metavar="NAME=REGEX",
+                    help="extra binary feature: 1 inside matches of REGEX (repeatable)")
+
     for extra in _EXTRA_PARSERS:
         extra(sub, fmt)
     return p
@@ -213,7 +224,23 @@ def cmd_export_lstmvis(a) -> int:
     return 0
 
 
-COMMANDS = {"export-lstmvis": cmd_export_lstmvis, "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
+def cmd_analyze(a) -> int:
+    from . import detectors
+    from .features import parse_feature_args
+    regex = parse_feature_args(a.feature)
+    if a.top < 1:
+        raise ProbeError(f"--top must be at least 1, got {a.top}")
+    res = detectors.analysis(a.recording, refresh=a.refresh, progress=sys.stderr.isatty(), regex=regex)
+    top = detectors.best(res["scores"], a.top)
+    sat = detectors.saturation_summary(res["saturation"])
+    if a.json:
+        print(detectors.report_json(top, sat, recording=str(a.recording)))
+    else:
+        print(detectors.report_text(top, sat, title=f"{a.recording}: top {a.top} cells per feature"))
+    return 0
+
+
+COMMANDS = {"analyze": cmd_analyze, "export-lstmvis": cmd_export_lstmvis, "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
             "render": cmd_render}
 _EXTRA_PARSERS: list = []
 

@@ -1,0 +1,795 @@
+"""Find the cells that track a feature: correlation, AUC, probes, saturation, contexts.
+
+    from probe import detectors
+    res = detectors.analysis("recordings/stdlib-test.h5")   # cached next to the recording
+    res["best"]                     # per feature, the top cells by |r| or AUC
+    with probe.open_recording("recordings/stdlib-test.h5") as rec:
+        detectors.top_contexts(rec, 1, "c", 42)
+
+Every (layer, stream, unit) is scored against every per-character feature of
+``probe.features`` in one streaming pass over each stream, in row chunks, so memory does
+not grow with the text: Pearson r from running sums (n, Σx, Σx², Σx·f) and, for binary
+features, ROC AUC from per-unit histograms of the values at positive and negative
+characters. Plain functions over arrays and DataFrames.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from . import features as features_mod
+from .errors import ProbeError
+from .recording import Recording, open_recording
+
+ANALYSIS_VERSION = 1      # bump when scores/saturation change meaning: invalidates caches
+CHUNK = 32768             # rows per streaming read
+AUC_BINS = 2048           # histogram bins per unit for AUC (ties within a bin count half)
+MAX_COMBOS = 8            # distinct 0/1 patterns of binary features histogrammed together
+GATES = ("i", "f", "o")
+# value range of each stream's histogram; other streams (c) are squashed by x / (1 + |x|)
+_RANGES = {"i": (0.0, 1.0), "f": (0.0, 1.0), "o": (0.0, 1.0), "g": (-1.0, 1.0), "h": (-1.0, 1.0)}
+_SCORE_COLUMNS = ["layer", "stream", "unit", "feature", "metric", "score"]
+_BEST_COLUMNS = ["feature", "rank", "layer", "stream", "unit", "metric", "score", "r", "auc"]
+_SAT_COLUMNS = ["layer", "gate", "unit", "left", "right"]
+
+
+# ---- inputs ---------------------------------------------------------------------------
+
+def _check_nonempty(rec: Recording) -> int:
+    T = len(rec)
+    if T == 0:
+        raise ProbeError(f"{rec.path}: empty recording (0 characters)")
+    return T
+
+
+def _documents(rec: Recording) -> list[tuple[int, int]]:
+    d = rec.documents
+    return list(zip(d["start"].astype(int).tolist(), d["stop"].astype(int).tolist()))
+
+
+def default_features(rec: Recording, regex: dict[str, str] | None = None) -> pd.DataFrame:
+    """The built-in features (plus ``regex`` ones) of the recording's text, per document."""
+    _check_nonempty(rec)
+    return features_mod.compute(rec.text, documents=_documents(rec), regex=regex)
+
+
+def _pairs(rec: Recording, layers, streams) -> list[tuple[int, str]]:
+    """(layer, stream) pairs to scan, checked against the recording (one-line errors)."""
+    layers = list(range(rec.layers)) if layers is None else list(np.atleast_1d(layers))
+    streams = list(rec.streams) if streams is None else [streams] if isinstance(streams, str) else list(streams)
+    for s in streams:
+        if s not in rec.streams:
+            raise ProbeError(f"{rec.path}: recording has no stream {s!r} (it has {' '.join(rec.streams)})")
+    for k in layers:
+        rec.check(k, streams[0] if streams else rec.streams[0])
+    return [(int(k), s) for k in layers for s in streams]
+
+
+class _FeatureSet:
+    """Features as centred columns, plus the binary ones packed into pattern codes."""
+
+    def __init__(self, feats: pd.DataFrame, T: int, where: object):
+        if not isinstance(feats, pd.DataFrame):
+            raise ProbeError("features must be a DataFrame with one row per character")
+        if len(feats) != T:
+            raise ProbeError(f"{where}: features have {len(feats)} rows but the recording has {T} characters")
+        if feats.shape[1] == 0:
+            raise ProbeError("no features to score")
+        self.names = [str(c) for c in feats.columns]
+        if len(set(self.names)) != len(self.names):
+            raise ProbeError(f"feature names must be unique, got {self.names}")
+        cols = []
+        for name in self.names:
+            v = feats[name].to_numpy()
+            if not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
+                raise ProbeError(f"feature {name!r}: values must be numbers, got dtype {v.dtype}")
+            cols.append(v)
+        self.cols = cols
+        self.mean = np.array([np.mean(c, dtype=np.float64) for c in cols])
+        cent = [c.astype(np.float64) - m for c, m in zip(cols, self.mean)]
+        self.sf = np.array([c.sum() for c in cent])            # Σ(f - mean): ~0
+        self.sff = np.array([np.dot(c, c) for c in cent])      # Σ(f - mean)²
+        self.binary = [j for j, n in enumerate(self.names) if features_mod.is_binary(n, cols[j])]
+        self.groups = self._group([(j, cols[j] != 0) for j in self.binary])
+
+    @staticmethod
+    def _group(bits: list[tuple[int, np.ndarray]]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+        """Pack binary features into groups whose rows show at most MAX_COMBOS distinct
+        patterns; each group is (feature indices, code per row, patterns [C, g])."""
+        groups, cur = [], []
+
+        def pack(members):
+            key = np.zeros(len(members[0][1]), dtype=np.int64)
+            for b, (_, m) in enumerate(members):
+                key |= m.astype(np.int64) << b
+            uniq, code = np.unique(key, return_inverse=True)
+            pats = ((uniq[:, None] >> np.arange(len(members))) & 1).astype(bool)
+            return uniq, code.astype(np.int32), pats
+
+        for item in bits:
+            trial = cur + [item]
+            if cur and len(pack(trial)[0]) > MAX_COMBOS:
+                groups.append(cur)
+                trial = [item]
+            cur = trial
+        if cur:
+            groups.append(cur)
+        out = []
+        for members in groups:
+            _, code, pats = pack(members)
+            out.append(([j for j, _ in members], code, pats))
+        return out
+
+    def centred(self, a: int, b: int) -> np.ndarray:
+        """A column of ones, then rows [a, b) of the centred features: float32 [n, 1 + F]."""
+        out = np.empty((b - a, 1 + len(self.cols)), dtype=np.float32)
+        out[:, 0] = 1.0
+        for j, (c, m) in enumerate(zip(self.cols, self.mean)):
+            out[:, 1 + j] = c[a:b].astype(np.float64) - m
+        return out
+
+
+def _bin_table(stream: str, bins: int = AUC_BINS) -> np.ndarray:
+    """Histogram bin of every float16 bit pattern (a monotonic map of the value).
+
+    Gates use their [0, 1] range, g and h [-1, 1]; unbounded streams (c) are squashed by
+    x / (1 + |x|) first: like tanh it is monotonic (AUC only depends on order), but it
+    does not round every |c| > 9 to 1.0 in float32, which would tie all large values.
+    """
+    v = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if stream in _RANGES:
+            lo, hi = _RANGES[stream]
+        else:
+            v = np.where(np.isinf(v), np.sign(v), v / (1 + np.abs(v)))
+            lo, hi = -1.0, 1.0
+        b = np.floor((v - lo) / (hi - lo) * bins)
+    return np.nan_to_num(np.clip(b, 0, bins - 1), nan=0.0).astype(np.intp)
+
+
+# ---- the streaming pass ---------------------------------------------------------------
+
+def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
+          sat: tuple[float, float] | None = None, bar=None) -> dict:
+    """One pass over a [T, U] dataset: sums for r, AUC histograms, saturation counts."""
+    import torch  # scatter_add_ into a persistent histogram: no per-call zeroing
+
+    U = ds.shape[1]
+    out: dict = {"n": 0}
+    if fx is not None:
+        nf = len(fx.names)
+        sx, sxx, sxf = np.zeros(U), np.zeros(U), np.zeros((U, nf))
+        lut = _bin_table(stream)
+        # int32 counts (T < 2**31): half the memory traffic of int64
+        hists = [torch.zeros(len(p) * U * AUC_BINS, dtype=torch.int32) for _, _, p in fx.groups]
+        # flat histogram index = (pattern * U + unit) * AUC_BINS + bin
+        unit_off = np.arange(U, dtype=np.intp) * AUC_BINS
+        row_off = [code.astype(np.intp) * (U * AUC_BINS) for _, code, _ in fx.groups]
+        sub = max(1, (1 << 20) // max(U, 1))  # rows per histogram block (~1M values)
+        ones = torch.ones(sub * U, dtype=torch.int32) if fx.groups else None
+        tshift = None
+    if sat is not None:
+        left, right = np.zeros(U, np.int64), np.zeros(U, np.int64)
+        low, high = np.float32(sat[0]), np.float32(sat[1])  # float32: exact for float16 data
+    for a in range(0, T, chunk):
+        b = min(a + chunk, T)
+        raw = ds[a:b]
+        if sat is not None:
+            left += np.count_nonzero(raw < low, axis=0)
+            right += np.count_nonzero(raw > high, axis=0)
+        if fx is not None:
+            if fx.groups:
+                with np.errstate(over="ignore"):
+                    half = raw if raw.dtype == np.float16 else raw.astype(np.float16)
+                codes = half.view(np.uint16)
+                for r0 in range(0, b - a, sub):
+                    r1 = min(r0 + sub, b - a)
+                    base = lut[codes[r0:r1]]
+                    base += unit_off
+                    for g, hist in enumerate(hists):
+                        rows = row_off[g][a + r0:a + r1, None]
+                        idx = np.add(base, rows, out=base if g == len(hists) - 1 else None)
+                        ti = torch.from_numpy(idx.reshape(-1))
+                        hist.scatter_add_(0, ti, ones[:ti.numel()])
+            if tshift is None:  # shifted sums: no cancellation in Σx² - (Σx)²/n
+                tshift = torch.from_numpy(raw.mean(axis=0, dtype=np.float64).astype(np.float32))
+            x = torch.from_numpy(raw).float().sub_(tshift).numpy()  # torch converts float16 faster
+            for r0 in range(0, b - a, 4096):  # float32 partial sums of 4096 rows, then float64
+                xs = x[r0:r0 + 4096]
+                sxx += np.einsum("ij,ij->j", xs, xs)
+            prod = (x.T @ fx.centred(a, b)).astype(np.float64)  # [U, 1 + F]: Σx, then Σx·f
+            sx += prod[:, 0]
+            sxf += prod[:, 1:]
+            del x
+        out["n"] += b - a
+        if bar is not None:
+            bar.update(b - a)
+    if fx is not None:
+        out.update(sx=sx, sxx=sxx, sxf=sxf,
+                   hists=[h.numpy().reshape(len(p), U, AUC_BINS) for h, (_, _, p) in zip(hists, fx.groups)])
+    if sat is not None:
+        out.update(left=left / max(out["n"], 1), right=right / max(out["n"], 1))
+    return out
+
+
+def _pearson(acc: dict, fx: _FeatureSet) -> np.ndarray:
+    """r [U, F] from the running sums; NaN where a unit or feature is constant."""
+    n = acc["n"]
+    mx, mf = acc["sx"] / n, fx.sf / n
+    ex2 = acc["sxx"] / n
+    vx = ex2 - mx ** 2
+    vf = fx.sff / n - mf ** 2
+    cov = acc["sxf"] / n - mx[:, None] * mf[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(np.outer(vx, vf))
+    bad_x = ~(vx > 1e-10 * ex2 + 1e-30)
+    bad_f = ~(vf > 1e-10 * (fx.sff / n) + 1e-30)
+    r[bad_x, :] = np.nan
+    r[:, bad_f] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def _auc_from_hist(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUC per row of [U, B] float histograms of positives and negatives (ties count half)."""
+    below = np.cumsum(neg, axis=1)
+    below -= 0.5 * neg   # negatives in lower bins, plus half of those in the same bin
+    num = np.einsum("ub,ub->u", pos, below)
+    den = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _aucs(acc: dict, fx: _FeatureSet) -> dict[int, np.ndarray]:
+    out = {}
+    for (members, _, pats), hist in zip(fx.groups, acc["hists"]):
+        hist = hist.astype(np.float64)  # counts < 2**53: exact
+        total = hist.sum(axis=0)
+        for col, j in enumerate(members):
+            pos = np.tensordot(pats[:, col].astype(np.float64), hist, axes=1)
+            out[j] = _auc_from_hist(pos, total - pos)
+    return out
+
+
+def _frame(layer: int, stream: str, fx: _FeatureSet, r: np.ndarray, aucs: dict) -> pd.DataFrame:
+    U, nf = r.shape
+    parts = [pd.DataFrame({"layer": layer, "stream": stream, "unit": np.repeat(np.arange(U), nf),
+                           "feature": np.tile(fx.names, U), "metric": "r", "score": r.reshape(-1)})]
+    if aucs:
+        js = sorted(aucs)
+        a = np.stack([aucs[j] for j in js], axis=1)
+        parts.append(pd.DataFrame({"layer": layer, "stream": stream, "unit": np.repeat(np.arange(U), len(js)),
+                                   "feature": np.tile([fx.names[j] for j in js], U), "metric": "auc",
+                                   "score": a.reshape(-1)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _bar(progress: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="char", unit_scale=True, disable=not progress, desc=desc)
+
+
+def scores(rec: Recording, feats: pd.DataFrame | None = None, *, layers=None, streams=None,
+           chunk: int = CHUNK, progress: bool = False) -> pd.DataFrame:
+    """Pearson r (metric "r") of every (layer, stream, unit) with every feature, and ROC AUC
+    (metric "auc") for binary features: columns layer, stream, unit, feature, metric, score.
+
+    One streaming pass per stream in ``chunk`` rows, so memory does not depend on the
+    length. ``feats`` defaults to the built-in features of the recording's text. r comes
+    from shifted running sums; AUC from per-unit histograms of AUC_BINS bins over each
+    value's float16 rounding (c squashed by x / (1 + |x|)), so two values in the same bin
+    count as a tie (half): it matches the exact AUC to ~1e-4. A constant unit or feature
+    gives NaN (and a constant unit an AUC of 0.5).
+    """
+    res, _ = _scores_and_saturation(rec, feats, layers=layers, streams=streams, chunk=chunk,
+                                    progress=progress, sat=None)
+    return res
+
+
+def _scores_and_saturation(rec, feats, *, layers, streams, chunk, progress, sat):
+    T = _check_nonempty(rec)
+    if chunk < 1:
+        raise ProbeError(f"chunk must be a positive number of rows, got {chunk}")
+    pairs = _pairs(rec, layers, streams)
+    fx = _FeatureSet(default_features(rec) if feats is None else feats, T, rec.path)
+    frames, sats = [], []
+    bar = _bar(progress, len(pairs) * T, "scoring")
+    try:
+        for k, s in pairs:
+            want_sat = sat if (sat is not None and s in GATES) else None
+            acc = _scan(rec.stream(k, s), T, chunk, fx, s, want_sat, bar)
+            frames.append(_frame(k, s, fx, _pearson(acc, fx), _aucs(acc, fx)))
+            if want_sat is not None:
+                sats.append(pd.DataFrame({"layer": k, "gate": s, "unit": np.arange(len(acc["left"])),
+                                          "left": acc["left"], "right": acc["right"]}))
+    finally:
+        bar.close()
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_SCORE_COLUMNS)
+    return df[_SCORE_COLUMNS], sats
+
+
+# ---- ranking --------------------------------------------------------------------------
+
+def _wide(scores_df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (layer, stream, unit, feature) with columns r and auc."""
+    w = scores_df.set_index(["layer", "stream", "unit", "feature", "metric"])["score"].unstack("metric")
+    for m in ("r", "auc"):
+        if m not in w:
+            w[m] = np.nan
+    return w.reset_index()
+
+
+def _strength(w: pd.DataFrame) -> tuple[str, np.ndarray]:
+    """Which metric ranks these rows of one feature, and the strength to sort by."""
+    if w["auc"].notna().any():
+        a = w["auc"].to_numpy(dtype=float)
+        return "auc", np.maximum(a, 1 - a)
+    return "r", np.abs(w["r"].to_numpy(dtype=float))
+
+
+def best(scores_df: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """Per feature, the ``top`` cells: binary features by max(auc, 1 - auc), others by |r|.
+
+    Columns feature, rank (1 = best), layer, stream, unit, metric, score (the raw, signed
+    value of the ranking metric), plus r and auc (NaN where not computed).
+    """
+    if top < 1:
+        raise ProbeError(f"--top must be at least 1, got {top}")
+    missing = set(_SCORE_COLUMNS) - set(scores_df.columns)
+    if missing:
+        raise ProbeError(f"scores table lacks columns {sorted(missing)}")
+    if scores_df.empty:
+        return pd.DataFrame(columns=_BEST_COLUMNS)
+    wide = _wide(scores_df)
+    rows = []
+    for feature in pd.unique(scores_df["feature"]):
+        w = wide[wide["feature"] == feature].reset_index(drop=True)
+        metric, key = _strength(w)
+        key = np.where(np.isnan(key), -np.inf, key)
+        order = np.argsort(-key, kind="stable")
+        order = [i for i in order if np.isfinite(key[i])][:top]
+        for rank, i in enumerate(order, 1):
+            rows.append({"feature": feature, "rank": rank, "layer": int(w.at[i, "layer"]),
+                         "stream": w.at[i, "stream"], "unit": int(w.at[i, "unit"]), "metric": metric,
+                         "score": float(w.at[i, metric]), "r": float(w.at[i, "r"]),
+                         "auc": float(w.at[i, "auc"])})
+    return pd.DataFrame(rows, columns=_BEST_COLUMNS)
+
+
+# ---- saturation -----------------------------------------------------------------------
+
+def _check_gates(rec: Recording) -> None:
+    missing = [g for g in GATES if g not in rec.streams]
+    if missing:
+        raise ProbeError(f"{rec.path}: saturation needs the gate streams i f o; "
+                         f"the recording has only {' '.join(rec.streams)}")
+
+
+def saturation(rec: Recording, low: float = 0.1, high: float = 0.9, chunk: int = CHUNK) -> pd.DataFrame:
+    """Per layer, gate (i f o) and unit: fraction of characters with the gate < ``low``
+    (``left``) and > ``high`` (``right``). Streaming."""
+    T = _check_nonempty(rec)
+    _check_gates(rec)
+    if not low <= high:
+        raise ProbeError(f"saturation thresholds must satisfy low <= high, got {low} and {high}")
+    frames = []
+    for k in range(rec.layers):
+        for g in GATES:
+            acc = _scan(rec.stream(k, g), T, chunk, None, g, (low, high))
+            frames.append(pd.DataFrame({"layer": k, "gate": g, "unit": np.arange(len(acc["left"])),
+                                        "left": acc["left"], "right": acc["right"]}))
+    return pd.concat(frames, ignore_index=True)[_SAT_COLUMNS]
+
+
+def saturation_summary(sat: pd.DataFrame) -> pd.DataFrame:
+    """Mean fraction saturated left/right over the units of each (layer, gate)."""
+    if sat.empty:
+        return pd.DataFrame(columns=["layer", "gate", "left", "right"])
+    return sat.groupby(["layer", "gate"], sort=False)[["left", "right"]].mean().reset_index()
+
+
+# ---- probes ---------------------------------------------------------------------------
+
+def _sample_rows(lo: int, hi: int, n: int, rng: np.random.Generator, block: int = 1024) -> np.ndarray:
+    """About ``n`` positions in [lo, hi): all of them if few, else random aligned blocks
+    (contiguous reads are cheap; scattered single rows are not)."""
+    size = hi - lo
+    if size <= n:
+        return np.arange(lo, hi)
+    nb = size // block
+    if nb == 0:
+        return np.arange(lo, hi)
+    m = min(nb, -(-n // block))
+    starts = lo + np.sort(rng.choice(nb, m, replace=False)) * block
+    return (starts[:, None] + np.arange(block)).reshape(-1)
+
+
+def _read_rows(ds, rows: np.ndarray) -> np.ndarray:
+    """ds[rows] for sorted rows made of contiguous runs, as float32."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    runs = np.split(rows, breaks)
+    return np.concatenate([ds[r[0]:r[-1] + 1] for r in runs]).astype(np.float32)
+
+
+def _auc_exact(score: np.ndarray, y: np.ndarray) -> float:
+    """Mann–Whitney AUC with average ranks for ties; NaN if y has one class."""
+    y = y.astype(bool)
+    P, N = int(y.sum()), int((~y).sum())
+    if P == 0 or N == 0:
+        return float("nan")
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    ranks = np.empty(len(s))
+    first = np.r_[True, s[1:] != s[:-1]]
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(s)]
+    avg = (starts + ends + 1) / 2.0  # 1-based average rank of each run of ties
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[y].sum() - P * (P + 1) / 2) / (P * N))
+
+
+RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # penalty per row on standardized columns
+
+
+def _r2(y: np.ndarray, pred: np.ndarray) -> float:
+    sst = ((y - y.mean()) ** 2).sum()
+    return float(1 - ((y - pred) ** 2).sum() / sst) if sst > 0 else float("nan")
+
+
+class _Ridge:
+    """Closed-form ridge on the leading k columns, for any k, from Gram matrices computed
+    once. The penalty is chosen on the last quarter of the training rows (later positions,
+    so no leakage), then the model is refitted on all of them."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray):
+        self.X, self.y = X, y
+        self.cut = max(1, int(len(y) * 0.75))
+        fit, y_fit = X[:self.cut], y[:self.cut]
+        self.mean_fit, self.mean_all = y_fit.mean(), y.mean()
+        self.G_fit, self.g_fit = fit.T @ fit, fit.T @ (y_fit - self.mean_fit)
+        self.G, self.g = X.T @ X, X.T @ (y - self.mean_all)
+
+    @staticmethod
+    def _solve(G, g, n, alpha):
+        return np.linalg.solve(G + alpha * n * np.eye(len(g)), g)
+
+    def r2(self, k: int, Xte: np.ndarray, yte: np.ndarray) -> float:
+        """R² on (Xte, yte) of the probe on the first k columns."""
+        val, y_val = self.X[self.cut:, :k], self.y[self.cut:]
+        alpha = RIDGE_ALPHAS[1]
+        if len(y_val) > 1:
+            fits = [_r2(y_val, val @ self._solve(self.G_fit[:k, :k], self.g_fit[:k], self.cut, a) + self.mean_fit)
+                    for a in RIDGE_ALPHAS]
+            if np.isfinite(fits).any():
+                alpha = RIDGE_ALPHAS[int(np.nanargmax(fits))]
+        w = self._solve(self.G[:k, :k], self.g[:k], len(self.y), alpha)
+        return _r2(yte, Xte @ w + self.mean_all)
+
+
+def _logistic_auc(Xtr, ytr, Xte, yte, l2: float = 1e-3, steps: int = 200) -> float:
+    """L2-regularised logistic regression (torch LBFGS, full batch), AUC on held-out rows."""
+    import torch
+    if len(np.unique(ytr)) < 2:
+        return float("nan")
+    X = torch.from_numpy(np.ascontiguousarray(Xtr, dtype=np.float32))
+    y = torch.from_numpy(ytr.astype(np.float32))
+    w = torch.zeros(X.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(X @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = (torch.from_numpy(np.ascontiguousarray(Xte, dtype=np.float32)) @ w + b).numpy()
+    return _auc_exact(pred.astype(np.float64), yte)
+
+
+def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
+                scores_df: pd.DataFrame | None = None, ks: Iterable[int] | None = None,
+                held_out: float = 0.2, layers=None, streams=("c", "h"), *,
+                max_rows: int = 8000, seed: int = 0) -> pd.DataFrame:
+    """How distributed a feature is: a linear probe on the top-k cells, for growing k.
+
+    Ridge regression (R² on held-out; penalty chosen on the end of the training part) for
+    a continuous feature, L2 logistic regression (AUC on held-out) for a binary one. The held-out part is the last ``held_out`` of the
+    positions (contiguous: no leakage through neighbouring characters); cells are ranked on
+    the training part only, unless ``scores_df`` is given (which must then come from
+    training positions only, or the curve leaks). Up to ``max_rows`` rows of each part
+    are sampled. ``ks`` defaults to 1, 2, 4, ... and all cells. Columns k, score, metric.
+    """
+    T = _check_nonempty(rec)
+    feats = default_features(rec) if feats is None else feats
+    if feature not in feats.columns:
+        raise ProbeError(f"unknown feature {feature!r}: available are {', '.join(map(str, feats.columns))}")
+    if len(feats) != T:
+        raise ProbeError(f"{rec.path}: features have {len(feats)} rows but the recording has {T} characters")
+    if not 0 < held_out < 1:
+        raise ProbeError(f"held_out must be a fraction between 0 and 1, got {held_out}")
+    cut = int(round(T * (1 - held_out)))
+    if cut < 2 or T - cut < 2:
+        raise ProbeError(f"{rec.path}: too short ({T} characters) to hold out {held_out:.0%} for a probe")
+    y_all = feats[feature].to_numpy()
+    binary = features_mod.is_binary(feature, y_all)
+    rng = np.random.default_rng(seed)
+    tr = _sample_rows(0, cut, max_rows, rng)
+    te = _sample_rows(cut, T, max(1, max_rows // 2), rng)
+    pairs = _pairs(rec, layers, streams)
+    cells, Xtr, Xte = [], [], []
+    for k, s in pairs:
+        ds = rec.stream(k, s)
+        Xtr.append(_read_rows(ds, tr))
+        Xte.append(_read_rows(ds, te))
+        cells += [(k, s, u) for u in range(ds.shape[1])]
+    Xtr, Xte = np.concatenate(Xtr, axis=1).astype(np.float64), np.concatenate(Xte, axis=1).astype(np.float64)
+    ytr, yte = y_all[tr].astype(np.float64), y_all[te].astype(np.float64)
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    sd[sd == 0] = 1.0
+    Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
+
+    # rank the cells
+    if scores_df is not None:
+        if not (scores_df["feature"] == feature).any():
+            raise ProbeError(f"the scores table has no rows for feature {feature!r}")
+        w = _wide(scores_df[scores_df["feature"] == feature])
+        _, key = _strength(w)
+        lookup = dict(zip(zip(w["layer"], w["stream"], w["unit"]), key))
+        strength = np.array([lookup.get(c, np.nan) for c in cells])
+    elif binary:
+        strength = np.array([_auc_exact(Xtr[:, j], ytr) for j in range(Xtr.shape[1])])
+        strength = np.maximum(strength, 1 - strength)
+    else:
+        yc = ytr - ytr.mean()
+        ysd = np.sqrt((yc ** 2).mean())
+        strength = np.abs(Xtr.T @ yc / len(yc)) / ysd if ysd > 0 else np.full(len(cells), np.nan)
+    order = np.argsort(-np.nan_to_num(strength, nan=-np.inf), kind="stable")
+    Xtr, Xte = Xtr[:, order], Xte[:, order]
+
+    n = len(cells)
+    if ks is None:
+        ks = [2 ** i for i in range(n.bit_length()) if 2 ** i < n] + [n]
+    ks = [int(k) for k in ks]
+    for k in ks:
+        if not 1 <= k <= n:
+            raise ProbeError(f"k={k} is out of range: there are {n} cells")
+    if not binary:  # Gram matrices once: the top-k columns are their leading block
+        ridge = _Ridge(Xtr[:, :max(ks)], ytr)
+    rows = []
+    for k in ks:
+        if binary:
+            score = _logistic_auc(Xtr[:, :k], ytr, Xte[:, :k], yte)
+        else:
+            score = ridge.r2(k, Xte[:, :k], yte)
+        rows.append({"k": k, "score": score, "metric": "auc" if binary else "r2"})
+    return pd.DataFrame(rows, columns=["k", "score", "metric"])
+
+
+# ---- one cell -------------------------------------------------------------------------
+
+def histogram(values, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) of the finite values; an empty input gives zero counts on [0, 1]."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.zeros(bins, dtype=np.int64), np.linspace(0.0, 1.0, bins + 1)
+    return np.histogram(v, bins=bins)
+
+
+def _contexts(rec: Recording, positions: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """[start, stop) of ``width`` characters either side, clipped to the document."""
+    positions = np.asarray(positions, dtype=np.int64)
+    d = rec.document_of(positions)
+    starts = rec.documents["start"].to_numpy()[d]
+    stops = rec.documents["stop"].to_numpy()[d]
+    return np.maximum(starts, positions - width), np.minimum(stops, positions + width + 1)
+
+
+def _pick(order: np.ndarray, k: int, width: int, T: int) -> list[int]:
+    """The first ``k`` positions of ``order``, skipping any within ``width`` of one taken."""
+    blocked = np.zeros(T, dtype=bool)
+    out: list[int] = []
+    for p in order:
+        if len(out) == k:
+            break
+        if not blocked[p]:
+            out.append(int(p))
+            blocked[max(0, p - width):p + width + 1] = True
+    return out
+
+
+def top_contexts(rec: Recording, layer: int, stream: str, unit: int, k: int = 10,
+                 width: int = 40) -> pd.DataFrame:
+    """The ``k`` highest (kind "top", highest first) and lowest ("bottom", lowest first)
+    positions of a cell, none within ``width`` characters of another of its kind (earlier
+    positions win ties). Columns kind, position, value, start, stop: the context is
+    ``width`` characters either side, clipped to the position's document."""
+    T = _check_nonempty(rec)
+    if k < 1 or width < 0:
+        raise ProbeError(f"k must be >= 1 and width >= 0, got k={k}, width={width}")
+    v = rec.unit(layer, stream, unit)
+    finite = np.flatnonzero(np.isfinite(v))
+    rows = []
+    for kind, sign in (("top", -1.0), ("bottom", 1.0)):
+        order = finite[np.argsort(sign * v[finite], kind="stable")]
+        picked = np.array(_pick(order, k, width, T), dtype=np.int64)
+        start, stop = _contexts(rec, picked, width)
+        rows.append(pd.DataFrame({"kind": kind, "position": picked, "value": v[picked].astype(float),
+                                  "start": start, "stop": stop}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def quantile_samples(rec: Recording, layer: int, stream: str, unit: int, bins: int = 5,
+                     per_bin: int = 2, width: int = 40, seed: int = 0) -> pd.DataFrame:
+    """``per_bin`` random positions from each of ``bins`` quantile bins of a cell's values
+    (lowest bin first). Columns bin, low, high, position, value, start, stop; bins that
+    ties leave empty are skipped."""
+    _check_nonempty(rec)
+    if bins < 1 or per_bin < 1:
+        raise ProbeError(f"bins and per_bin must be >= 1, got bins={bins}, per_bin={per_bin}")
+    v = rec.unit(layer, stream, unit)
+    finite = np.flatnonzero(np.isfinite(v))
+    cols = ["bin", "low", "high", "position", "value", "start", "stop"]
+    if finite.size == 0:
+        return pd.DataFrame(columns=cols)
+    edges = np.quantile(v[finite].astype(np.float64), np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, v[finite], side="right") - 1, 0, bins - 1)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(bins):
+        members = finite[which == i]
+        if members.size == 0:
+            continue
+        pick = np.sort(rng.choice(members, min(per_bin, members.size), replace=False))
+        start, stop = _contexts(rec, pick, width)
+        rows.append(pd.DataFrame({"bin": i, "low": edges[i], "high": edges[i + 1], "position": pick,
+                                  "value": v[pick].astype(float), "start": start, "stop": stop}))
+    return pd.concat(rows, ignore_index=True)[cols]
+
+
+# ---- the cached analysis ---------------------------------------------------------------
+
+def cache_path(path: str | os.PathLike) -> Path:
+    """The sidecar file of a recording: ``<recording>.analysis.npz``."""
+    p = Path(path)
+    return p.with_name(p.name + ".analysis.npz")
+
+
+def _cache_key(path: Path, rec: Recording) -> dict:
+    st = path.stat()
+    return {"version": ANALYSIS_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "created": str(rec.file.attrs.get("created", ""))}
+
+
+def _to_arrays(df: pd.DataFrame, prefix: str) -> dict[str, np.ndarray]:
+    """Columns as plain arrays (strings as codes + labels), loadable without pickle."""
+    out = {}
+    for c in df.columns:
+        col = df[c]
+        if col.dtype == object or isinstance(col.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(col):
+            codes, labels = pd.factorize(col.astype(str))
+            out[f"{prefix}/{c}@codes"] = codes.astype(np.int32)
+            out[f"{prefix}/{c}@labels"] = np.asarray(labels, dtype=str)
+        else:
+            out[f"{prefix}/{c}"] = col.to_numpy()
+    return out
+
+
+def _from_arrays(z, prefix: str, columns: list[str]) -> pd.DataFrame:
+    data = {}
+    for c in columns:
+        if f"{prefix}/{c}@codes" in z:
+            data[c] = z[f"{prefix}/{c}@labels"][z[f"{prefix}/{c}@codes"]]
+        else:
+            data[c] = z[f"{prefix}/{c}"]
+    return pd.DataFrame(data, columns=columns)
+
+
+def _read_cache(side: Path, key: dict, regex: dict[str, str]) -> dict | None:
+    """The cached analysis if it matches the key and covers the regex features, else None."""
+    try:
+        with np.load(side, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("key") != key:
+                return None
+            cached_regex = meta.get("regex", {})
+            if any(cached_regex.get(n) != p for n, p in regex.items()):
+                return None
+            sc = _from_arrays(z, "scores", _SCORE_COLUMNS)
+            sat = _from_arrays(z, "saturation", _SAT_COLUMNS)
+    except Exception:  # missing, truncated or from another version: recompute
+        return None
+    extra = set(cached_regex) - set(regex)
+    if extra:  # computed with more regex features than asked for now
+        sc = sc[~sc["feature"].isin(extra)].reset_index(drop=True)
+    return {"scores": sc, "saturation": sat}
+
+
+def _write_cache(side: Path, key: dict, regex: dict[str, str], sc: pd.DataFrame, sat: pd.DataFrame) -> bool:
+    """Write atomically (temporary name, then rename); False if the folder is not writable."""
+    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, meta=np.array(json.dumps({"key": key, "regex": regex})),
+                                **_to_arrays(sc, "scores"), **_to_arrays(sat, "saturation"))
+        os.replace(tmp, side)
+        return True
+    except OSError:
+        return False
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = False, *,
+             regex: dict[str, str] | None = None) -> dict:
+    """``{"scores", "best", "saturation"}`` of a recording (see ``scores``, ``best`` with
+    top=5, ``saturation``), computed once and cached in ``<recording>.analysis.npz``.
+
+    The cache is keyed by the recording's size, mtime_ns, ``created`` attribute and
+    ANALYSIS_VERSION (and must cover the ``regex`` features asked for); ``refresh``
+    recomputes. If the folder is read-only the result is simply not cached.
+    """
+    path = Path(path)
+    regex = dict(regex or {})
+    side = cache_path(path)
+    with open_recording(path) as rec:
+        key = _cache_key(path, rec)
+        cached = None if refresh else _read_cache(side, key, regex)
+        if cached is None:
+            feats = default_features(rec, regex)
+            has_gates = all(g in rec.streams for g in GATES)
+            sc, sats = _scores_and_saturation(rec, feats, layers=None, streams=None, chunk=CHUNK,
+                                              progress=progress, sat=(0.1, 0.9) if has_gates else None)
+            sat = (pd.concat(sats, ignore_index=True)[_SAT_COLUMNS] if sats
+                   else pd.DataFrame({c: [] for c in _SAT_COLUMNS}))
+            _write_cache(side, key, regex, sc, sat)
+            cached = {"scores": sc, "saturation": sat}
+    return {"scores": cached["scores"], "best": best(cached["scores"]), "saturation": cached["saturation"]}
+
+
+# ---- reports (the CLI's output) --------------------------------------------------------
+
+def _fmt(metric: str, value: float) -> str:
+    if not np.isfinite(value):
+        return ""
+    return f"r={value:+.3f}" if metric == "r" else f"auc={value:.3f}"
+
+
+def report_text(best_df: pd.DataFrame, sat_summary: pd.DataFrame, title: str = "") -> str:
+    """Per feature a table of its top cells, then the mean saturation per layer and gate."""
+    lines = [title] if title else []
+    for feature, g in best_df.groupby("feature", sort=False):
+        metric = g["metric"].iloc[0]
+        how = "binary: by AUC distance from 0.5" if metric == "auc" else "by |r|"
+        lines += ["", f"{feature}  ({how})", "  rank  layer  stream   unit  score      other"]
+        for row in g.itertuples():
+            other = _fmt("r", row.r) if metric == "auc" else _fmt("auc", row.auc)
+            lines.append(f"  {row.rank:>4}  {row.layer:>5}  {row.stream:<6} {row.unit:>5}  "
+                         f"{_fmt(metric, row.score):<9}  {other}".rstrip())
+    if best_df.empty:
+        lines += ["", "no feature varies in this recording: nothing to rank"]
+    if not sat_summary.empty:
+        lines += ["", "saturation: mean fraction of characters with gate < 0.1 (left) / > 0.9 (right)",
+                  "  layer  gate   left  right"]
+        for row in sat_summary.itertuples():
+            lines.append(f"  {row.layer:>5}  {row.gate:<4}  {row.left:5.3f}  {row.right:5.3f}")
+    return "\n".join(lines)
+
+
+def report_json(best_df: pd.DataFrame, sat_summary: pd.DataFrame, **extra) -> str:
+    """The same as ``report_text``, machine-readable (NaN becomes null)."""
+    def records(df):
+        return [{k: (None if isinstance(v, float) and not np.isfinite(v) else
+                     v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+                for r in df.to_dict("records")]
+    return json.dumps({**extra, "best": records(best_df), "saturation": records(sat_summary)}, indent=2)

@@ -1,0 +1,322 @@
+"""Detectors: streaming scores against plain numpy, planted cells found, saturation,
+contexts, the analysis cache, the ``probe analyze`` CLI and its one-line errors.
+
+Most tests build a synthetic recording with ``write_recording``: the HDF5 layout of
+probe/record.py written directly, with activations chosen by the test.
+"""
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from probe import detectors, features, open_recording
+from probe.cli import main
+from probe.errors import ProbeError
+
+STREAMS = ("i", "f", "g", "o", "c", "h")
+CODE = '''def f(a, b=[1, (2, 3)]):
+    """Add things."""  # a comment
+    s = 'x' + "y"
+    return {a: b}  # (done)
+'''
+
+
+def write_recording(path, text, data, documents=None, streams=STREAMS, dtype="float32"):
+    """A recording with ``data[(layer, stream)]`` = [T, units] arrays (missing ones random)."""
+    T = len(text)
+    layers = 1 + max(k for k, _ in data)
+    units = next(iter(data.values())).shape[1]
+    documents = documents or [("doc.py", 0, T)]
+    rng = np.random.default_rng(123)
+    with h5py.File(path, "w") as f:
+        a = f.attrs
+        a["format"], a["version"] = "probe-recording", 1
+        a["layers"], a["units"], a["length"] = layers, units, T
+        a["streams"] = " ".join(streams)
+        a["model"], a["source"] = json.dumps({"units": units}), json.dumps({"kind": "synthetic"})
+        a["created"] = "2024-01-01T00:00:00+00:00"
+        a["dtype"] = dtype
+        f.create_dataset("text", data=np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int32))
+        f.create_dataset("loss", data=np.zeros(T, np.float32))
+        f.create_dataset("documents/name", data=[n for n, _, _ in documents], dtype=h5py.string_dtype())
+        f.create_dataset("documents/start", data=np.array([s for _, s, _ in documents], np.int64))
+        f.create_dataset("documents/stop", data=np.array([e for _, _, e in documents], np.int64))
+        for k in range(layers):
+            for s in streams:
+                x = data.get((k, s))
+                if x is None:
+                    x = rng.random((T, units))
+                chunks = (min(max(T, 1), 256), units) if T else None
+                f.create_dataset(f"layers/{k}/{s}", data=np.asarray(x, dtype=dtype), chunks=chunks)
+    return path
+
+
+def exact_auc(x, y):
+    """Mann–Whitney U / (P N) with average ranks for ties."""
+    y = np.asarray(y, bool)
+    ranks = pd.Series(x).rank(method="average").to_numpy()
+    P, N = y.sum(), (~y).sum()
+    return (ranks[y].sum() - P * (P + 1) / 2) / (P * N)
+
+
+def lookup(scores, layer, stream, unit, feature, metric):
+    row = scores[(scores.layer == layer) & (scores.stream == stream) & (scores.unit == unit)
+                 & (scores.feature == feature) & (scores.metric == metric)]
+    assert len(row) == 1
+    return row.score.iloc[0]
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """A 2-layer, 5-unit recording over ~3000 characters of code with known activations."""
+    text = CODE * 25
+    T = len(text)
+    rng = np.random.default_rng(0)
+    feats = features.compute(text)
+    data = {}
+    for k in range(2):
+        for s in STREAMS:
+            x = rng.normal(size=(T, 5))
+            if s in "ifo":
+                x = 1 / (1 + np.exp(-2 * x))
+            elif s in "gh":
+                x = np.tanh(x)
+            else:
+                x = 4 * x  # c: unbounded
+            data[(k, s)] = x
+    data[(1, "c")][:, 3] = feats["in_string"] + rng.normal(0, 0.3, T)        # planted, binary
+    data[(1, "h")][:, 0] = -np.tanh(feats["in_comment"] + rng.normal(0, 0.3, T))  # planted, inverted
+    data[(0, "h")][:, 2] = np.tanh(feats["column"] / 40 + rng.normal(0, 0.1, T))  # planted, continuous
+    data[(0, "g")][:, 4] = 0.25                                                # constant unit
+    return write_recording(tmp_path / "syn.h5", text, data), data, feats
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_streaming_scores_equal_numpy_on_full_arrays(tmp_path, synthetic, dtype):
+    path, data, feats = synthetic
+    if dtype == "float16":  # the same activations stored as float16: compare with those values
+        data = {key: np.asarray(x, np.float16).astype(np.float32) for key, x in data.items()}
+        path = write_recording(tmp_path / "syn16.h5", CODE * 25, data, dtype="float16")
+    with open_recording(path) as rec:
+        sc = detectors.scores(rec, feats, chunk=700)  # several chunks, the last one partial
+    assert list(sc.columns) == ["layer", "stream", "unit", "feature", "metric", "score"]
+    n_binary = len(features.BINARY)
+    assert len(sc) == 2 * 6 * 5 * (len(features.FEATURES) + n_binary)
+    worst_r = worst_auc = 0.0
+    for (k, s), x in data.items():
+        for u in range(5):
+            for name in feats.columns:
+                f = feats[name].to_numpy(float)
+                got = lookup(sc, k, s, u, name, "r")
+                if np.std(x[:, u]) == 0 or np.std(f) == 0:
+                    assert np.isnan(got)
+                    continue
+                worst_r = max(worst_r, abs(got - np.corrcoef(x[:, u], f)[0, 1]))
+                if name in features.BINARY:
+                    worst_auc = max(worst_auc, abs(lookup(sc, k, s, u, name, "auc") - exact_auc(x[:, u], f)))
+    assert worst_r < 1e-4
+    assert worst_auc < 1e-3
+
+
+def test_constant_feature_gives_nan_not_a_crash(synthetic):
+    path, _, feats = synthetic
+    feats = feats.assign(zero=0, half=0.5)
+    with open_recording(path) as rec:
+        sc = detectors.scores(rec, feats, layers=[0], streams=["g"])
+    assert sc[sc.feature.isin(["zero", "half"]) & (sc.metric == "r")].score.isna().all()
+    assert sc[(sc.feature == "zero") & (sc.metric == "auc")].score.isna().all()  # no positives
+    assert np.isnan(lookup(sc, 0, "g", 4, "column", "r"))  # the constant unit
+    assert lookup(sc, 0, "g", 4, "in_string", "auc") == 0.5  # all tied
+
+
+def test_best_ranks_planted_cells_first(synthetic):
+    path, _, feats = synthetic
+    with open_recording(path) as rec:
+        top = detectors.best(detectors.scores(rec, feats), top=3)
+    assert list(top.columns) == ["feature", "rank", "layer", "stream", "unit", "metric", "score", "r", "auc"]
+    first = top[top["rank"] == 1].set_index("feature")
+    assert tuple(first.loc["in_string", ["layer", "stream", "unit", "metric"]]) == (1, "c", 3, "auc")
+    assert first.loc["in_string", "score"] > 0.95
+    # an inverted cell ranks by AUC distance from 0.5 and keeps its raw score
+    assert tuple(first.loc["in_comment", ["layer", "stream", "unit"]]) == (1, "h", 0)
+    assert first.loc["in_comment", "score"] < 0.05 and first.loc["in_comment", "r"] < -0.5
+    assert tuple(first.loc["column", ["layer", "stream", "unit", "metric"]]) == (0, "h", 2, "r")
+    assert first.loc["column", "score"] > 0.9 and np.isnan(first.loc["column", "auc"])
+    assert (top.groupby("feature").size() == 3).all()
+
+
+def test_probe_curve_on_planted_cells(synthetic):
+    path, _, feats = synthetic
+    with open_recording(path) as rec:
+        cont = detectors.probe_curve(rec, feats, "column", layers=[0], streams=["h"])
+        binary = detectors.probe_curve(rec, feats, "in_string", ks=[1, 3])
+    assert list(cont.columns) == ["k", "score", "metric"]
+    assert cont["k"].tolist() == [1, 2, 4, 5] and (cont["metric"] == "r2").all()
+    assert cont["score"].iloc[0] > 0.8  # the planted cell alone explains the feature
+    assert binary["k"].tolist() == [1, 3] and (binary["metric"] == "auc").all()
+    assert binary["score"].iloc[0] > 0.9
+
+
+def test_saturation_fractions(tmp_path):
+    T, text = 1000, "x" * 1000
+    i = np.full((T, 3), 0.5)
+    i[:250, 0], i[750:, 0] = 0.05, 0.95   # a quarter each side
+    i[:, 1] = 0.99                        # always open
+    i[::10, 2] = 0.0                      # closed on every tenth character
+    path = write_recording(tmp_path / "sat.h5", text, {(0, "i"): i, (0, "f"): np.full((T, 3), 0.5)})
+    with open_recording(path) as rec:
+        sat = detectors.saturation(rec, chunk=300)
+    assert list(sat.columns) == ["layer", "gate", "unit", "left", "right"]
+    si = sat[sat.gate == "i"].set_index("unit")
+    assert si.loc[0, "left"] == 0.25 and si.loc[0, "right"] == 0.25
+    assert si.loc[1, "left"] == 0 and si.loc[1, "right"] == 1
+    assert si.loc[2, "left"] == pytest.approx(0.1) and si.loc[2, "right"] == 0
+    assert (sat[sat.gate == "f"][["left", "right"]] == 0).all().all()
+    # the analysis computes the same in its single pass
+    pd.testing.assert_frame_equal(detectors.analysis(path)["saturation"], sat)
+
+
+def test_top_contexts_argmax_first_without_near_duplicates(tmp_path):
+    T = 600
+    text = ("abcdefghij" * 60)
+    x = np.zeros((T, 2))
+    x[:, 0] = np.sin(np.arange(T) / 7.0)
+    x[305, 0], x[306, 0] = 5.0, 4.9      # a peak; its neighbour must be suppressed
+    x[302, 0] = -3.0
+    docs = [("a", 0, 300), ("b", 300, 600)]
+    path = write_recording(tmp_path / "ctx.h5", text, {(0, "c"): x}, documents=docs)
+    with open_recording(path) as rec:
+        top = detectors.top_contexts(rec, 0, "c", 0, k=4, width=10)
+        qs = detectors.quantile_samples(rec, 0, "c", 0, bins=4, per_bin=3)
+    t, b = top[top.kind == "top"], top[top.kind == "bottom"]
+    assert list(top.columns) == ["kind", "position", "value", "start", "stop"]
+    assert t.position.iloc[0] == 305 and t.value.iloc[0] == 5.0
+    assert b.position.iloc[0] == 302
+    assert (t.start.iloc[0], t.stop.iloc[0]) == (300, 316)  # clipped to document "b"
+    assert 306 not in t.position.tolist()
+    for part in (t, b):
+        pos = np.sort(part.position.to_numpy())
+        assert len(pos) == 4 and np.diff(pos).min() > 10
+    assert list(qs.columns) == ["bin", "low", "high", "position", "value", "start", "stop"]
+    assert qs.bin.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert ((qs.value >= qs.low) & (qs.value <= qs.high)).all()
+    counts, edges = detectors.histogram(x[:, 0], bins=8)
+    assert counts.sum() == T and len(edges) == 9
+
+
+def test_analysis_is_cached_reused_and_invalidated(synthetic, monkeypatch):
+    path, data, _ = synthetic
+    side = detectors.cache_path(path)
+    first = detectors.analysis(path)
+    assert side.exists() and side.name == "syn.h5.analysis.npz"
+    assert set(first) == {"scores", "best", "saturation"}
+    stamp = side.stat().st_mtime_ns
+
+    calls = []
+    real = detectors._scores_and_saturation
+    monkeypatch.setattr(detectors, "_scores_and_saturation", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    again = detectors.analysis(path)
+    assert calls == [] and side.stat().st_mtime_ns == stamp  # reused, not rewritten
+    for key in first:
+        pd.testing.assert_frame_equal(first[key], again[key])
+
+    data[(1, "c")][:, 3] = 0.0  # the recording changes: the planted cell is gone
+    write_recording(path, CODE * 25, data)
+    changed = detectors.analysis(path)
+    assert calls == [1] and side.stat().st_mtime_ns != stamp
+    assert np.isnan(lookup(changed["scores"], 1, "c", 3, "in_string", "r"))
+    detectors.analysis(path, refresh=True)
+    assert calls == [1, 1]
+
+
+def test_cache_covers_regex_features(synthetic, monkeypatch):
+    path, _, _ = synthetic
+    with_regex = detectors.analysis(path, regex={"digit": "[0-9]"})
+    assert "digit" in set(with_regex["scores"].feature)
+    monkeypatch.setattr(detectors, "_scores_and_saturation", lambda *a, **kw: pytest.fail("recomputed"))
+    plain = detectors.analysis(path)  # served from the superset in the cache
+    assert "digit" not in set(plain["scores"].feature)
+
+
+def test_unwritable_folder_means_no_cache(synthetic, monkeypatch):
+    path, _, _ = synthetic
+
+    def refuse(*a, **kw):
+        raise PermissionError("read-only folder")
+    monkeypatch.setattr(detectors.os, "replace", refuse)
+    res = detectors.analysis(path)
+    assert not res["best"].empty
+    assert sorted(p.name for p in path.parent.iterdir()) == ["syn.h5"]  # no sidecar, no temp file
+
+
+def test_cli_analyze_prints_tables(recording_path, capsys):
+    assert main(["analyze", str(recording_path), "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "in_string" in out and "bracket_depth" in out and "auc=" in out and "r=" in out
+    assert "saturation" in out and "layer  gate" in out
+    assert detectors.cache_path(recording_path).exists()
+
+
+def test_cli_analyze_json(recording_path, capsys):
+    assert main(["analyze", str(recording_path), "--json", "--top", "1", "--feature", "digit=[0-9]"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {r["feature"] for r in doc["best"]} >= {"in_string", "column", "digit"}
+    assert all(r["rank"] == 1 for r in doc["best"])
+    assert {r["gate"] for r in doc["saturation"]} == {"i", "f", "o"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--feature", "bad=("], "does not compile"),
+    (["--feature", "noequals"], "expected NAME=REGEX"),
+    (["--top", "0"], "--top must be at least 1"),
+])
+def test_cli_analyze_errors_are_one_line(recording_path, capsys, argv, message):
+    assert main(["analyze", str(recording_path), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("probe: error: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_analyze_missing_file(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "nope.h5")]) == 1
+    assert "no such recording" in capsys.readouterr().err
+
+
+def one_line(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_errors(tmp_path, synthetic):
+    path, _, feats = synthetic
+    only_ch = write_recording(tmp_path / "ch.h5", "abc", {(0, "c"): np.zeros((3, 2))}, streams=("c", "h"))
+    with open_recording(only_ch) as rec:
+        with pytest.raises(ProbeError) as e:
+            detectors.saturation(rec)
+        assert "i f o" in one_line(e) and "ch.h5" in one_line(e)
+        with pytest.raises(ProbeError) as e:
+            detectors.scores(rec, streams=["f"])
+        assert "no stream 'f'" in one_line(e)
+    assert detectors.analysis(only_ch)["saturation"].empty  # the analysis skips what it cannot do
+
+    empty = write_recording(tmp_path / "empty.h5", "", {(0, "c"): np.zeros((0, 2))})
+    with open_recording(empty) as rec:
+        for call in (detectors.scores, detectors.saturation, lambda r: detectors.top_contexts(r, 0, "c", 0)):
+            with pytest.raises(ProbeError) as e:
+                call(rec)
+            assert "empty recording" in one_line(e)
+    with open_recording(path) as rec:
+        with pytest.raises(ProbeError) as e:
+            detectors.probe_curve(rec, feats, "no_such_feature")
+        assert "unknown feature 'no_such_feature'" in one_line(e)
+        with pytest.raises(ProbeError) as e:
+            detectors.scores(rec, feats.iloc[:10])
+        assert "10 rows" in one_line(e)
+        with pytest.raises(ProbeError) as e:
+            detectors.top_contexts(rec, 0, "c", 99)
+        assert "no unit 99" in one_line(e)
+    with pytest.raises(ProbeError) as e:
+        detectors.analysis(path, regex={"paren": "("})
+    assert "does not compile" in one_line(e)
