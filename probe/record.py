@@ -261,9 +261,12 @@ def record(model: CharLSTM, documents: list[tuple[str, str]], out: str | os.Path
     lstms = layer_lstms(model)
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    # a plain SIGTERM becomes KeyboardInterrupt so the temporary file is removed
+    # Ctrl-C and SIGTERM set a flag checked between blocks: an exception raised at an
+    # arbitrary point inside h5py could be swallowed, and the run would go on
+    stop = threading.Event()
     main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)} \
+        if main else {}
     try:
         with h5py.File(tmp, "w") as f:
             a = f.attrs
@@ -303,6 +306,8 @@ def record(model: CharLSTM, documents: list[tuple[str, str]], out: str | os.Path
             bar = tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="recording")
             try:
                 for start, vals, loss in blocks:
+                    if stop.is_set():
+                        raise KeyboardInterrupt
                     n = len(loss)
                     writer.append({key: v.numpy() for key, v in vals.items()})
                     dloss[start:start + n] = loss.numpy()
@@ -312,11 +317,13 @@ def record(model: CharLSTM, documents: list[tuple[str, str]], out: str | os.Path
                 writer.abort()
                 raise
             bar.close()
+            if stop.is_set():
+                raise KeyboardInterrupt
             a["complete"] = True
         os.replace(tmp, out)
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         if tmp.exists():
             tmp.unlink()
     return out

@@ -48,6 +48,8 @@ class Recording:
         v = int(f.attrs.get("version", -1))
         if v != VERSION:
             raise ProbeError(f"{p}: probe recording version {v} is not supported (this probe reads {VERSION})")
+        if not self.file.attrs.get("complete", False):
+            raise ProbeError(f"{p}: recording is incomplete (it was interrupted while being written)")
         for name in ["text", "loss", "documents/name", "documents/start", "documents/stop"] + [
                 f"layers/{k}/{s}" for k in range(self.layers) for s in self.streams]:
             if name not in f:
