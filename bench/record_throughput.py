@@ -36,9 +36,10 @@ def bare_forward(model, ids: torch.Tensor) -> float:
 
 
 def child_peak_rss_mb(args: list[str]) -> float:
-    """Peak RSS of one `probe record` run in a fresh process (Linux: ru_maxrss in KB)."""
-    code = ("import resource, sys; from probe.cli import main; main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    """Peak RSS of one `probe record` run in a fresh process (VmHWM: ru_maxrss would include
+    the forking parent's peak)."""
+    code = ("import re, sys; from probe.cli import main; main(sys.argv[1:]); "
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
@@ -65,12 +66,22 @@ def main() -> None:
         t0 = time.perf_counter()
         record(model, [("bench", text)], tmp / "bat.h5", streams=a.streams, progress=False)
         t_c = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        record(model, [("bench", text)], tmp / "seq-raw.h5", compression="none", progress=False)
+        t_d = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        record(model, [("bench", text)], tmp / "bat-raw.h5", compression="none", streams=a.streams,
+               progress=False)
+        t_e = time.perf_counter() - t0
         n = len(text)
-        print(f"(a) bare forward      {n / t_a:10,.0f} chars/s")
+        print(f"(a) bare forward                          {n / t_a:10,.0f} chars/s")
         print(f"(b) record sequential {n / t_b:10,.0f} chars/s   (b)/(a) = {t_a / t_b:.2f}  (goal >= 0.8)")
-        print(f"(c) record --streams {a.streams:<2d}{n / t_c:10,.0f} chars/s   (c)/(b) = {t_b / t_c:.2f}")
-        size = (tmp / "seq.h5").stat().st_size
-        print(f"on disk: {size / n:,.0f} bytes/char ({size / 1e6:.0f} MB, float16, gzip+shuffle)")
+        print(f"(c) record --streams {a.streams:<2d}                     {n / t_c:10,.0f} chars/s   (c)/(b) = {t_b / t_c:.2f}")
+        print(f"(d) record --compression none            {n / t_d:10,.0f} chars/s   (d)/(a) = {t_a / t_d:.2f}")
+        print(f"(e) record --compression none --streams {a.streams:<2d}{n / t_e:10,.0f} chars/s   (e)/(a) = {t_a / t_e:.2f}")
+        for name in ("seq.h5", "seq-raw.h5"):
+            size = (tmp / name).stat().st_size
+            print(f"on disk, {name}: {size / n:,.0f} bytes/char ({size / 1e6:.0f} MB, float16)")
         with open_recording(tmp / "seq.h5") as rec:
             t0 = time.perf_counter()
             rec.unit(rec.layers - 1, "c", 7)

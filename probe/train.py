@@ -78,8 +78,8 @@ def split_data(corpus: str | None, text: str | None, glob: str) -> tuple[corpora
 
 
 def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | None = None,
-          glob: str = "**/*", layers: int = 2, units: int = 512, embedding: int = 64,
-          dropout: float = 0.1, batch: int = 64, seq: int = 128, steps: int = 5000,
+          glob: str = "**/*", layers: int = 2, units: int = 256, embedding: int = 64,
+          dropout: float = 0.1, batch: int = 64, seq: int = 128, steps: int = 4000,
           lr: float = 2e-3, warmup: int = 100, min_lr_frac: float = 0.05, clip: float = 5.0,
           eval_every: int = 250, eval_chars: int = 300_000, seed: int = 0,
           resume: bool = False, force: bool = False, threads: int | None = None,

@@ -1,0 +1,41 @@
+"""Every command is documented: help text, an example, and a mention in the README."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from probe.cli import COMMANDS, _parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_command_has_help_an_example_and_a_readme_entry():
+    readme = (ROOT / "README.md").read_text()
+    cmds = subcommands()
+    assert set(cmds) == set(COMMANDS)
+    for name, parser in cmds.items():
+        assert parser.description or parser.format_help().strip(), name
+        assert parser.epilog and f"probe {name}" in parser.epilog, f"{name}: no example in --help"
+        assert f"probe {name}" in readme, f"README does not mention `probe {name}`"
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_same_test_command():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    head = "\n".join(lines[:25])
+    assert "pip install -e . && bokeh serve apps/cells" in head
+    test_cmd = "pip install -e '.[test]' && python -m pytest -q"
+    assert test_cmd in head
+    assert test_cmd in (ROOT / ".ci" / "run").read_text()
+
+
+def test_format_doc_names_every_dataset_the_writer_creates():
+    doc = (ROOT / "docs" / "recording-format.md").read_text()
+    for name in ["`text`", "`loss`", "`documents/name`", "`layers/{k}/{s}`", "`format`", "`version`",
+                 "`model`", "`model_sha256`", "`source`", "`created`"]:
+        assert name in doc, name
+    assert "MEASUREMENT_TABLE" not in doc and "BATCHED_DIFF" not in doc, "fill in the measurements"
