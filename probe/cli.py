@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--batch", type=int, default=64, help="parallel streams per step")
     t.add_argument("--seq", type=int, default=128, help="characters per TBPTT window")
-    t.add_argument("--steps", type=int, default=4000)
+    t.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default 4000; with --resume, a larger number extends the run)")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--clip", type=float, default=5.0, help="gradient-norm clip")

@@ -23,6 +23,7 @@ from .errors import ProbeError
 from .model import CharLSTM, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 LN2 = math.log(2)
+DEFAULT_STEPS = 4000
 
 
 def resume_path(out: str | os.PathLike) -> Path:
@@ -79,12 +80,16 @@ def split_data(corpus: str | None, text: str | None, glob: str) -> tuple[corpora
 
 def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | None = None,
           glob: str = "**/*", layers: int = 2, units: int = 256, embedding: int = 64,
-          dropout: float = 0.1, batch: int = 64, seq: int = 128, steps: int = 4000,
+          dropout: float = 0.1, batch: int = 64, seq: int = 128, steps: int | None = None,
           lr: float = 2e-3, warmup: int = 100, min_lr_frac: float = 0.05, clip: float = 5.0,
           eval_every: int = 250, eval_chars: int = 300_000, seed: int = 0,
           resume: bool = False, force: bool = False, threads: int | None = None,
           progress: bool = True) -> dict:
-    """Train a model and return its metrics; the best weights are saved at ``out``."""
+    """Train a model and return its metrics; the best weights are saved at ``out``.
+
+    With ``resume``, training continues from ``out``'s ``.resume.pt`` with its saved
+    settings; a larger ``steps`` extends the cosine schedule over the new total.
+    """
     out = Path(out)
     rpath = resume_path(out)
     if not out.parent.is_dir():
@@ -106,10 +111,16 @@ def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | Non
         if ck["config"].get("corpus", {}).get("fingerprint") != source.source["fingerprint"]:
             raise ProbeError(f"{rpath}: was trained on a different corpus (fingerprint differs)")
         model = model_from_checkpoint(ck, rpath)
-        args = st["args"]
+        args = dict(st["args"])
+        if steps is not None and steps != args["steps"]:  # extend (or shorten) the schedule
+            if steps <= st["step"]:
+                raise ProbeError(f"{rpath}: already at step {st['step']}; --steps {steps} would not "
+                                 "train further")
+            args["steps"] = steps
         batch, seq, steps, lr, warmup = args["batch"], args["seq"], args["steps"], args["lr"], args["warmup"]
         min_lr_frac, clip, eval_every, eval_chars = args["min_lr_frac"], args["clip"], args["eval_every"], args["eval_chars"]
     else:
+        steps = DEFAULT_STEPS if steps is None else steps
         torch.manual_seed(seed)
         model = CharLSTM(corpora.build_vocab(train_text), layers, units, embedding, dropout)
         args = dict(batch=batch, seq=seq, steps=steps, lr=lr, warmup=warmup, min_lr_frac=min_lr_frac,

@@ -107,6 +107,9 @@ def test_seed_makes_training_repeatable_and_resume_continues(tmp_path, text):
     # a resumed run reaches the same step count from the resumable checkpoint
     c = train(tmp_path / "a.pt", resume=True, **kw)
     assert c["step"] == 30
+    # a larger --steps extends a finished run
+    d = train(tmp_path / "a.pt", resume=True, **{**kw, "steps": 40})
+    assert d["step"] == 40 and d["history"][-1]["step"] == 40
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, text):
