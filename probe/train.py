@@ -9,6 +9,8 @@ keeps the best weights at ``out`` and writes a resumable checkpoint beside it.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import os
 import time
 from pathlib import Path
@@ -63,6 +65,19 @@ def bits_per_char(model: CharLSTM, ids: np.ndarray, batch: int = 16, seq: int = 
         count += y.numel()
     model.train(was_training)
     return total / max(1, count) / LN2
+
+
+def _interruptible() -> dict:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt (so a checkpoint is saved), even in a
+    background job started with SIGINT ignored. Returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(old: dict) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
 
 
 def split_data(corpus: str | None, text: str | None, glob: str) -> tuple[corpora.Corpus, str, str, str | None]:
@@ -158,6 +173,7 @@ def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | Non
     model.train()
     bar = tqdm(total=steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     t0, loss_ema = time.perf_counter(), None
+    old = _interruptible()
     try:
         while step < steps:
             # learning rate for this step
@@ -199,9 +215,11 @@ def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | Non
     except KeyboardInterrupt:
         bar.close()
         save_resume()
+        _restore(old)
         raise ProbeError(f"interrupted at step {step}; resumable checkpoint saved to {rpath} "
                          f"(continue with --resume)") from None
     bar.close()
+    _restore(old)
     # final evaluation: keep the better of the last and the best weights
     val = bits_per_char(model, val_ids)
     history.append({"step": step, "chars": chars, "val_bpc": round(val, 4),

@@ -146,3 +146,25 @@ def test_bad_text_files(tmp_path, content, message):
 def test_folder_without_matching_files(tmp_path):
     with pytest.raises(ProbeError, match="no files match"):
         corpus.text_files(tmp_path, "*.py")
+
+
+def test_sigterm_saves_a_resumable_checkpoint(tmp_path, text):
+    import signal
+    import subprocess
+    import sys
+    import time
+    src = tmp_path / "code.py"
+    src.write_text(text * 10)
+    out = tmp_path / "m.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "probe", "train", "--text", str(src), "--out", str(out),
+                             "--units", "16", "--batch", "4", "--seq", "16", "--steps", "1000000",
+                             "--eval-every", "5", "--quiet"], stderr=subprocess.PIPE, text=True)
+    resume = tmp_path / "m.resume.pt"
+    deadline = time.monotonic() + 60
+    while not resume.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 1
+    assert "resumable checkpoint saved" in proc.stderr.read()
+    assert torch.load(resume, weights_only=True)["train_state"]["step"] >= 5
