@@ -1,0 +1,118 @@
+"""Findings on a recording: the best cell per feature, checked against the targets, with
+pictures of each cell over real text (the paper's figure) for the README.
+
+    python bench/findings.py recordings/stdlib-test.h5 [--img docs/img]
+
+Prints a Markdown table (best single cell per feature, AUC or |r|, target, met?), the
+gate-saturation summary, and the linear-probe curve for the headline features; writes
+`cell-<feature>.html` (standalone, `probe render`) and a PNG of each, taken with headless
+Debian chromium, plus `saturation.png` (Karpathy et al. Fig. 3).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from probe import detectors, open_recording
+from probe.render import standalone_page
+
+TARGETS = {"in_short_string": ("auc", 0.97), "in_comment": ("auc", 0.95),
+           "column": ("r", 0.85), "bracket_depth": ("r", 0.8)}
+SHOWN = ["in_short_string", "in_long_string", "in_comment", "column", "line_length",
+         "bracket_depth", "indent"]
+CHROMIUM = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--hide-scrollbars"]
+
+
+def screenshot(html: Path, png: Path, size: str = "900,560") -> None:
+    with tempfile.TemporaryDirectory() as ud:
+        subprocess.run(CHROMIUM + [f"--user-data-dir={ud}", f"--window-size={size}",
+                                   f"--screenshot={png}", html.resolve().as_uri()],
+                       check=True, capture_output=True, timeout=120)
+
+
+def window_for(rec, feats, feature: str, length: int = 1000) -> int:
+    """A start where the feature varies a lot (so the picture shows the cell at work)."""
+    v = feats[feature].to_numpy(dtype=float)
+    T = len(v)
+    if T <= length:
+        return 0
+    steps = np.abs(np.diff(v, prepend=v[0])) > 0
+    counts = np.convolve(steps, np.ones(length), mode="valid")
+    return int(np.argmax(counts[: T - length]))
+
+
+def saturation_plot(sat, png: Path) -> None:
+    from bokeh.io import export_png
+    from bokeh.layouts import row
+    from bokeh.plotting import figure
+    os.environ.setdefault("BOKEH_IN_DOCKER", "1")  # root: chromium needs --no-sandbox
+    colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"]
+    figs = []
+    for gate in ("i", "f", "o"):
+        p = figure(width=300, height=300, title=f"{gate} gate", x_range=(0, 1), y_range=(0, 1),
+                   x_axis_label="fraction left-saturated (< 0.1)",
+                   y_axis_label="fraction right-saturated (> 0.9)", toolbar_location=None)
+        p.line([0, 1], [1, 0], color="#bbbbbb")
+        for k in sorted(sat.layer.unique()):
+            d = sat[(sat.gate == gate) & (sat.layer == k)]
+            p.scatter(d.left, d.right, size=5, alpha=0.6, color=colors[k % 4], legend_label=f"layer {k}")
+        p.legend.location = "top_right"
+        figs.append(p)
+    export_png(row(*figs), filename=str(png))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recording")
+    p.add_argument("--img", default="docs/img")
+    a = p.parse_args()
+    img = Path(a.img)
+    img.mkdir(parents=True, exist_ok=True)
+    res = detectors.analysis(a.recording, progress=True)
+    best = detectors.best(res["scores"], top=1)
+    with open_recording(a.recording) as rec:
+        feats = detectors.default_features(rec)
+        print(f"{rec.path.name}: {len(rec):,} characters, {rec.layers} layers x {rec.units} units\n")
+        print("| feature | best cell (layer, stream, unit) | score | target | met |")
+        print("|---|---|---|---|---|")
+        for _, b in best.iterrows():
+            if b.metric == "auc":
+                score, strength = f"AUC {b.score:.3f}", max(b.score, 1 - b.score)
+            else:
+                score, strength = f"r {b.score:+.3f}", abs(b.score)
+            metric, goal = TARGETS.get(b.feature, (None, None))
+            label = "AUC" if metric == "auc" else "\\|r\\|"  # escaped: inside a Markdown table
+            target = f"{label} ≥ {goal}" if goal else ""
+            met = ("yes" if strength >= goal else "**no**") if goal else ""
+            print(f"| {b.feature} | {b.layer}, {b.stream}, {b.unit} | {score} | {target} | {met} |")
+        print("\nAUC below 0.5 means the cell is *off* where the feature is on (ranked by distance from 0.5).")
+        print("\nsaturation (mean fraction of characters per gate):")
+        print(detectors.saturation_summary(res["saturation"]).to_string(index=False))
+        for feature in ("in_short_string", "column", "bracket_depth"):
+            curve = detectors.probe_curve(rec, feats, feature, layers=None, streams=("c", "h"))
+            print(f"\nlinear probe on the top-k cells, {feature} (held-out last 20%):")
+            print("  " + ", ".join(f"k={int(r.k)}: {r.metric} {r.score:.3f}" for r in curve.itertuples()))
+        for feature in SHOWN:
+            b = best[best.feature == feature].iloc[0]
+            start = window_for(rec, feats, feature)
+            stop = min(len(rec), start + 1000)
+            values = rec.unit(int(b.layer), b.stream, int(b.unit), start, stop)
+            title = (f"{feature}: layer {b.layer}, stream {b.stream}, unit {b.unit} "
+                     f"({b.metric} {b.score:.3f}), characters {start:,}–{stop:,}")
+            html = img / f"cell-{feature}.html"
+            html.write_text(standalone_page(rec.text[start:stop], values, b.stream, title), encoding="utf-8")
+            screenshot(html, img / f"cell-{feature}.png")
+            print(f"wrote {img / f'cell-{feature}.png'}")
+    saturation_plot(res["saturation"], img / "saturation.png")
+    print(f"wrote {img / 'saturation.png'}")
+
+
+if __name__ == "__main__":
+    main()
