@@ -18,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from probe import corpus, load_model, open_recording
-from probe.record import BLOCK, record
+from probe.record import BLOCK, PIECE, record
 
 
 def bare_forward(model, ids: torch.Tensor) -> float:
@@ -82,6 +83,18 @@ def main() -> None:
         for name in ("seq.h5", "seq-raw.h5"):
             size = (tmp / name).stat().st_size
             print(f"on disk, {name}: {size / n:,.0f} bytes/char ({size / 1e6:.0f} MB, float16)")
+        with open_recording(tmp / "seq.h5") as seq, open_recording(tmp / "bat.h5") as bat:
+            print(f"batched vs sequential (--streams {a.streams}, --burn-in 256), mean |diff| / "
+                  "99.9th percentile |diff|, and the mean |diff| in the first 64 characters of pieces:")
+            piece_start = (np.arange(n) % PIECE) < 64
+            for k in range(seq.layers):
+                for s in ("c", "h", "f"):
+                    d = np.abs(seq.stream(k, s)[:].astype(np.float32) - bat.stream(k, s)[:].astype(np.float32))
+                    print(f"  layer {k} {s}: {d.mean():.5f} / {np.quantile(d, 0.999):.4f}; "
+                          f"near piece starts {d[piece_start].mean():.5f}")
+            dl = np.abs(seq.loss - bat.loss)
+            print(f"  loss (bits): mean |diff| {np.nanmean(dl):.5f}; mean bits/char {np.nanmean(seq.loss):.4f} "
+                  f"sequential vs {np.nanmean(bat.loss):.4f} batched")
         with open_recording(tmp / "seq.h5") as rec:
             t0 = time.perf_counter()
             rec.unit(rec.layers - 1, "c", 7)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,7 @@ def _char_label(ch: str) -> str:
     return repr(ch)
 
 
+@lru_cache(maxsize=4096)
 def _char_html(ch: str, newlines: str) -> tuple[str, str]:
     """(extra class, escaped content) of one character."""
     if ch == "\n":
@@ -130,14 +132,21 @@ def _char_html(ch: str, newlines: str) -> tuple[str, str]:
     return "", html.escape(ch, quote=True)
 
 
+@lru_cache(maxsize=4096)
+def _title_label(ch: str) -> str:
+    return html.escape(_char_label(ch), quote=True)
+
+
 def colored_html(text: str, values, stream: str, *, start: int = 0, mark: int | None = None,
-                 title_fmt: str = TITLE_FMT, newlines: str = "break",
+                 title_fmt: str = TITLE_FMT, newlines: str = "break", titles: bool = True,
                  root_class: str = "probe-text") -> str:
     """A ``<div>`` of one ``<span>`` per character, its background the cell's value.
 
     ``start`` is the position of ``text[0]`` in the recording (for hover titles); ``mark``
     outlines the character at that position; ``newlines="break"`` keeps line breaks (with a
-    faint ↵), ``"symbol"`` shows only the ↵ (one-line snippets).
+    faint ↵), ``"symbol"`` shows only the ↵ (one-line snippets). ``title_fmt`` may use
+    ``position``, ``char`` and ``value``; ``titles=False`` gives only the marked character a
+    title (titles are most of the page's weight: many snippets load faster without).
     """
     values = np.asarray(values, dtype=np.float32).ravel()  # [n]
     if len(values) != len(text):
@@ -145,16 +154,24 @@ def colored_html(text: str, values, stream: str, *, start: int = 0, mark: int | 
     if newlines not in ("break", "symbol"):
         raise ProbeError(f"newlines must be 'break' or 'symbol', got {newlines!r}")
     prefix = "d" if is_diverging(stream) else "s"
-    idx = palette_index(values, stream)
+    classes = [f"{prefix}{i}" for i in palette_index(values, stream).tolist()]
+    fast = title_fmt == TITLE_FMT
     parts = [f'<div class="{html.escape(root_class, quote=True)}">']
-    for j, ch in enumerate(text):
+    for j, (ch, cls, v) in enumerate(zip(text, classes, values.tolist())):
         extra, content = _char_html(ch, newlines)
         pos = start + j
-        if mark is not None and pos == mark:
+        marked = mark is not None and pos == mark
+        if marked:
             extra = (extra + " mark").strip()
-        title = html.escape(title_fmt.format(position=pos, char=_char_label(ch),
-                                             value=float(values[j])), quote=True)
-        cls = f"{prefix}{idx[j]} {extra}" if extra else f"{prefix}{idx[j]}"
+        if extra:
+            cls = f"{cls} {extra}"
+        if not (titles or marked):
+            parts.append(f'<span class="{cls}">{content}</span>')
+            continue
+        if fast:
+            title = f"{pos}  {_title_label(ch)}  {v:+.3f}"
+        else:
+            title = html.escape(title_fmt.format(position=pos, char=_char_label(ch), value=v), quote=True)
         parts.append(f'<span class="{cls}" title="{title}">{content}</span>')
     parts.append("</div>")
     return "".join(parts)

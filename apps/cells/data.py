@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ DEFAULT_NAME = "stdlib-test.h5"
 DEFAULT_CHARS = 100_000
 STREAMS = ("i", "f", "g", "o", "c", "h")
 WINDOWS = (1000, 2000, 5000, 10000)
+CONTEXT_WIDTH = 40         # characters either side of a card's context
+COLUMN_CACHE_BYTES = 64 << 20  # recently shown cells, shared by all sessions
+HELD_DATASETS = 4             # (layer, stream) datasets kept open, with their chunk caches
 LIVE_LIMIT = 3000          # characters of typed text run through the model
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*\.h5")
 
@@ -52,6 +56,8 @@ class Store:
         self._analyses: dict[str, Future] = {}
         self._features: dict[tuple[str, str], np.ndarray] = {}
         self._models: dict[str, tuple] = {}
+        self._columns: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._held: OrderedDict[tuple, object] = OrderedDict()  # open h5py datasets
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cells-analysis")
 
     @classmethod
@@ -79,6 +85,17 @@ class Store:
             raise ProbeError(f"no recording named {name!r} in {self.folder}")
         return name
 
+    def default_name(self) -> str | None:
+        """The recording a bare URL shows: stdlib-test.h5, else the first one that opens."""
+        names = self.names()
+        for name in sorted(names, key=lambda n: n != DEFAULT_NAME):
+            try:
+                self.recording(name)
+                return name
+            except ProbeError:
+                continue
+        return names[0] if names else None
+
     def recording(self, name: str) -> Recording:
         """The open recording (opened on first use and kept open), or a ProbeError."""
         name = self.check_name(name)
@@ -100,6 +117,30 @@ class Store:
                 raise ProbeError(self._errors[key]) from None
             self._recordings[name] = rec
             return rec
+
+    def column(self, name: str, layer: int, stream: str, unit: int) -> np.ndarray:
+        """One cell over the whole recording, float32 [T], read-only; recent ones are kept."""
+        key = (name, layer, stream, unit)
+        with self._lock:
+            if key in self._columns:
+                self._columns.move_to_end(key)
+                return self._columns[key]
+        rec = self.recording(name)
+        with self._lock:  # an open dataset keeps its HDF5 chunk cache: the next unit is a memory read
+            self._held[(name, layer, stream)] = rec.stream(layer, stream)
+            self._held.move_to_end((name, layer, stream))
+            while len(self._held) > HELD_DATASETS:
+                self._held.popitem(last=False)
+        values = rec.unit(layer, stream, unit)  # [T]
+        values.flags.writeable = False
+        with self._lock:
+            self._columns[key] = values
+            while sum(v.nbytes for v in self._columns.values()) > COLUMN_CACHE_BYTES and len(self._columns) > 1:
+                self._columns.popitem(last=False)
+        return values
+
+    def cached(self, name: str) -> "CachedRecording":
+        return CachedRecording(self, name)
 
     def analysis(self, name: str) -> Future:
         """``detectors.analysis`` of a recording, computed once in a background thread."""
@@ -129,9 +170,29 @@ class Store:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._held.clear()
+        self._columns.clear()
         for rec in self._recordings.values():
             rec.close()
         self._recordings.clear()
+
+
+class CachedRecording:
+    """A Recording whose ``unit()`` reads come from the store's column cache, so the
+    detectors' context helpers do not read the same cell again."""
+
+    def __init__(self, store: Store, name: str):
+        self._store, self._name, self._rec = store, name, store.recording(name)
+
+    def unit(self, layer, stream, unit, start=None, stop=None) -> np.ndarray:
+        self._rec.check(layer, stream, unit)
+        return self._store.column(self._name, int(layer), stream, int(unit))[start:stop]
+
+    def __len__(self) -> int:
+        return len(self._rec)
+
+    def __getattr__(self, attr):
+        return getattr(self._rec, attr)
 
 
 def _analysis(path: Path) -> dict:
@@ -247,7 +308,7 @@ def from_query(arguments: dict, store: Store) -> tuple[Selection, list[str]]:
         except ProbeError as e:
             problems.append(str(e))
     if sel.recording is None and names:
-        sel.recording = DEFAULT_NAME if DEFAULT_NAME in names else names[0]
+        sel.recording = store.default_name()
         if name is not None:
             problems[-1] += f"; showing {sel.recording} instead"
     stream = _arg(arguments, "stream")
@@ -316,13 +377,14 @@ def histogram(values: np.ndarray, bins: int = 50) -> tuple[np.ndarray, np.ndarra
     return detectors_histogram(values, bins=bins)
 
 
-def contexts(rec: Recording, sel: Selection) -> tuple:
+def contexts(store: Store, sel: Selection) -> tuple:
     """(top/bottom contexts, quantile samples, note) of the selected cell for its card."""
     try:
         from probe import detectors
-        top = detectors.top_contexts(rec, sel.layer, sel.stream, sel.unit, k=10, width=40)
+        rec = store.cached(sel.recording)
+        top = detectors.top_contexts(rec, sel.layer, sel.stream, sel.unit, k=10, width=CONTEXT_WIDTH)
         quantiles = detectors.quantile_samples(rec, sel.layer, sel.stream, sel.unit, bins=5,
-                                               per_bin=2, width=40)
+                                               per_bin=2, width=CONTEXT_WIDTH)
     except Exception as e:  # noqa: BLE001 - an unfinished or failing analysis is shown, not raised
         return None, None, f"contexts unavailable: {type(e).__name__}: {e}"
     return top, quantiles, ""

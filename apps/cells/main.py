@@ -6,6 +6,7 @@
 Order as in Bokeh's movies example: data → sources → figures → widgets → callbacks →
 layout → first update → add_root. Every change of selection goes through ``select``.
 """
+import logging
 from contextlib import contextmanager
 from functools import partial
 
@@ -13,15 +14,16 @@ import numpy as np
 from bokeh.events import Tap
 from bokeh.io import curdoc
 from bokeh.layouts import column, row
-from bokeh.models import (Button, ColumnDataSource, Div, Select, Spinner, TabPanel, Tabs,
-                          TextAreaInput)
+from bokeh.models import Button, ColumnDataSource, Div, Select, Spinner, TabPanel, Tabs, TextAreaInput
 
 from probe import render
 from probe.errors import ProbeError
 from probe.features import FEATURES
 
 from . import data, views
-from .data import LIVE_LIMIT, STREAMS, WINDOWS
+from .data import LIVE_LIMIT, WINDOWS
+
+log = logging.getLogger(__name__)
 
 # ---- data -----------------------------------------------------------------------------------
 doc = curdoc()
@@ -49,25 +51,30 @@ board = views.leaderboard(board_src)
 
 # ---- widgets --------------------------------------------------------------------------------
 message = views.message_div(name="message", sizing_mode="stretch_width")
-recording = Select(title="recording", options=store.names(), value=sel.recording or "", width=200)
-layer = Select(title="layer", options=["0"], value="0", width=70)
-stream = Select(title="stream", value=sel.stream, width=150, options=[
+recording = Select(title="recording", options=store.names(), value=sel.recording or "", width=200,
+                   name="recording")
+layer = Select(title="layer", options=["0"], value="0", width=70, name="layer")
+stream = Select(title="stream", value=sel.stream, width=150, name="stream", options=[
     ("i", "i · input gate"), ("f", "f · forget gate"), ("g", "g · candidate"),
     ("o", "o · output gate"), ("c", "c · cell state"), ("h", "h · hidden state")])
 unit = Spinner(title="unit", low=0, high=0, step=1, value=0, width=90, name="unit")
-feature = Select(title="feature overlay", options=list(FEATURES), value=sel.feature, width=150)
-window = Select(title="window", options=[str(w) for w in WINDOWS], value=str(sel.window), width=90)
+feature = Select(title="feature overlay", options=list(FEATURES), value=sel.feature, width=150,
+                 name="feature")
+window = Select(title="window", options=[str(w) for w in WINDOWS], value=str(sel.window), width=90,
+                name="window")
 start = Spinner(title="start", low=0, step=500, value=0, width=110, name="start")
-prev_btn, next_btn = Button(label="◀ previous", width=100), Button(label="next ▶", width=100)
-legend, status = Div(stylesheets=[views.legend_sheet()]), Div(stylesheets=[views.legend_sheet()])
+prev_btn = Button(label="◀ previous", width=100, name="prev")
+next_btn = Button(label="next ▶", width=100, name="next")
+legend, status = views.note_div(name="legend"), views.note_div(name="status")
 text = views.text_div(name="text", sizing_mode="stretch_width")
-card, board_note, sat_note = views.text_div(name="card"), Div(), Div()
+card, board_note, sat_note = views.text_div(name="card"), views.note_div(), views.note_div()
 live_in = TextAreaInput(title=f"type or paste text (up to {LIVE_LIMIT:,} characters are run)",
                         value=views.LIVE_SAMPLE, rows=8, max_length=10 * LIVE_LIMIT,
-                        sizing_mode="stretch_width")
-live_btn, live_note = Button(label="run the model", button_type="primary", width=140), Div()
+                        sizing_mode="stretch_width", name="live-in")
+live_btn = Button(label="run the model", button_type="primary", width=140)
+live_note = views.note_div(name="live-note")
 live_out = views.text_div(name="live", sizing_mode="stretch_width")
-url_state = Div(text="", visible=False, name="url-state")
+url_state = Div(text="", visible=False, name="url-state", disable_math=True)
 
 
 # ---- callbacks ------------------------------------------------------------------------------
@@ -111,14 +118,14 @@ def update_recording():
 def update_cell():
     """A cell was chosen: read its whole column once; every view slices it."""
     rec = cur["rec"]
-    values = cur["values"] = rec.unit(sel.layer, sel.stream, sel.unit)  # [T]
+    values = cur["values"] = store.column(sel.recording, sel.layer, sel.stream, sel.unit)  # [T]
     legend.text = render.legend_html(sel.stream)
     lo, hi, means = data.overview_bins(values)
     overview_src.data = dict(x=(lo + hi) / 2, width=hi - lo, color=render.colors(means, sel.stream))
     overview.x_range.start, overview.x_range.end = 0, len(rec)
     counts, edges = data.histogram(values)
     hist_src.data = dict(left=edges[:-1], right=edges[1:], count=counts)
-    card.text = views.card_html(rec, sel.stream, values, *data.contexts(rec, sel))
+    card.text = views.card_html(rec, sel.stream, values, *data.contexts(store, sel))
     doc.title = f"cells · {sel.recording} layer {sel.layer} {sel.stream} unit {sel.unit}"
     highlight_saturation()
     update_live()
@@ -181,8 +188,8 @@ def run_live():
         model, note = store.model(sel.recording)
         cur["live"] = data.run_live(model, live_in.value)
         live_note.text = views.note_html(" ".join(filter(None, [cur["live"]["note"], note])))
-    except ProbeError as e:
-        live_note.text = views.message_html([str(e)])
+    except Exception as e:  # noqa: BLE001 - a bad checkpoint or text is reported, not raised
+        live_note.text = views.message_html([views.reason(e)])
     update_live()
 
 
@@ -201,11 +208,16 @@ def select(**changes):
         setattr(sel, key, value)
     problems.clear()
     rec = cur["rec"]
-    if "recording" in changes or rec is None:
-        update_recording()
-    else:
-        problems.extend(data.fit(sel, rec))
-        update_cell() if {"layer", "stream", "unit"} & set(changes) else update_window()
+    try:
+        if "recording" in changes or rec is None:
+            update_recording()
+        else:
+            problems.extend(data.fit(sel, rec))
+            update_cell() if {"layer", "stream", "unit"} & set(changes) else update_window()
+    except Exception as e:  # noqa: BLE001 - say so on the page; the server keeps serving
+        log.exception("cells: updating %s failed", sel)
+        problems.append(f"could not show {sel.recording} layer {sel.layer} {sel.stream} unit "
+                        f"{sel.unit}: {views.reason(e)}")
     show_problems()
 
 
@@ -252,12 +264,18 @@ tabs = Tabs(sizing_mode="stretch_width", tabs=[
     TabPanel(title="type your own text", child=column(live_in, row(live_btn, live_note), live_out,
                                                       sizing_mode="stretch_width")),
 ])
-body = column(row(recording, layer, stream, unit, feature, window),
+body = column(name="body", children=[row(recording, layer, stream, unit, feature, window),
               row(prev_btn, next_btn, start, column(legend, status)),
-              overview, text, trace, tabs, sizing_mode="stretch_width")
+              overview, text, trace, tabs], sizing_mode="stretch_width")
 
-tabs.on_change("active", lambda attr, old, new: run_live()
-               if tabs.tabs[new].title.startswith("type") and cur["live"] is None and cur["rec"] else None)
+
+
+def on_tab(attr, old, new):
+    if tabs.tabs[new].title.startswith("type") and cur["live"] is None and cur["rec"]:
+        run_live()
+
+
+tabs.on_change("active", on_tab)
 
 # ---- first update ---------------------------------------------------------------------------
 url_problems = list(problems)

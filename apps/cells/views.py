@@ -13,14 +13,17 @@ from bokeh.transform import factor_cmap
 from probe import render
 from probe.errors import ProbeError
 
+from .data import CONTEXT_WIDTH
+
 TEXT_CSS = render.css() + """
 :host { display: block; }
+.bk-clearfix { display: block !important; }
 .probe-text { max-height: 560px; overflow: auto; padding: 8px; border: 1px solid #ddd;
               background: #fff; }
 .card h4 { margin: 10px 0 4px; font: 600 13px sans-serif; }
-.card .row { display: flex; gap: 10px; align-items: baseline; margin: 1px 0; }
+.card .row { display: flex; gap: 0; white-space: nowrap; align-items: baseline; margin: 1px 0; }
 .card .val { font: 12px monospace; width: 64px; text-align: right; color: #444; }
-.card .pos { font: 11px monospace; width: 72px; color: #888; }
+.card .pos { font: 11px monospace; width: 72px; color: #888; padding-left: 8px; }
 .card .probe-text { max-height: none; overflow: visible; padding: 0 2px; border: none; }
 .note { color: #555; font: 13px sans-serif; }
 """
@@ -48,8 +51,9 @@ def message_div(**kw) -> Div:
     return Div(text="", disable_math=True, stylesheets=[InlineStyleSheet(css=MESSAGE_CSS)], **kw)
 
 
-def legend_sheet() -> InlineStyleSheet:
-    return InlineStyleSheet(css=TEXT_CSS)
+def note_div(**kw) -> Div:
+    """A Div for short notes and legends (maths off: document names come from the recording)."""
+    return Div(text="", disable_math=True, stylesheets=[InlineStyleSheet(css=TEXT_CSS)], **kw)
 
 
 def char_label(ch: str) -> str:
@@ -120,8 +124,8 @@ def trace_figure(source: ColumnDataSource) -> figure:
     p.add_tools(HoverTool(tooltips=[("position", "@position"), ("char", "@char"),
                                     ("value", "@value{0.000}"), ("feature", "@feature")],
                           mode="vline"))
-    p.legend.location = "top_left"
-    p.legend.background_fill_alpha = 0.6
+    p.legend.orientation = "horizontal"
+    p.add_layout(p.legend[0], "above")
     p.yaxis[0].axis_label = "value"
     return p
 
@@ -158,7 +162,7 @@ def leaderboard(source: ColumnDataSource) -> DataTable:
             TableColumn(field="unit", title="unit", width=50),
             TableColumn(field="metric", title="metric", width=90),
             TableColumn(field="score", title="score", formatter=fmt, width=70)]
-    return DataTable(source=source, columns=cols, height=320, width=560, index_position=None,
+    return DataTable(source=source, columns=cols, height=320, width=560, index_position=None, reorderable=False,
                      name="leaderboard")
 
 
@@ -179,9 +183,12 @@ def card_html(rec, stream: str, values: np.ndarray, top, quantiles, note: str = 
     def rows(df):
         for r in df.itertuples():
             snippet = render.colored_html(text[r.start:r.stop], values[r.start:r.stop], stream,
-                                          start=r.start, mark=r.position, newlines="symbol")
+                                          start=r.start, mark=r.position, newlines="symbol",
+                                          titles=False)
+            pad = " " * max(0, CONTEXT_WIDTH - (r.position - r.start))  # marked characters line up
             parts.append(f'<div class="row"><span class="val">{r.value:+.3f}</span>'
-                         f'<span class="pos">@{r.position}</span>{snippet}</div>')
+                         f'<span class="pos">@{r.position}</span><span class="probe-text">{pad}</span>'
+                         f'{snippet}</div>')
 
     if top is not None:
         for kind, label in (("top", "highest"), ("bottom", "lowest")):

@@ -1,0 +1,284 @@
+"""The cells dashboard in-process: a real Bokeh server on port 0, sessions pulled from it.
+
+Widgets are changed on the server-side document under its lock, as a browser's change
+would be applied; the assertions read the HTML the page would show.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from bokeh.application import Application
+from bokeh.application.handlers import DirectoryHandler
+from bokeh.client import pull_session
+from bokeh.command.util import build_single_handler_application
+from bokeh.events import ButtonClick, Tap
+from bokeh.models import Div
+from bokeh.server.server import Server
+from tornado.ioloop import IOLoop
+
+from probe import corpus
+from probe.model import CharLSTM, load_model, save_checkpoint
+from probe.record import record
+
+APP = Path(__file__).resolve().parents[1] / "apps" / "cells"
+TEXT = '''def greet(name):
+    """Say hello (politely)."""
+    # a comment with "quotes" and (brackets)
+    return f"hello, {name}!" + ('x' * 3)
+
+
+class Point:
+    def __init__(self, x, y=[1, (2, 3)]):
+        self.x, self.y = x, y
+'''
+NASTY = "<script>alert(1)</script>\n<img src=x onerror=alert(1)> & $x^2$ \"'\n"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """recordings/: tiny.h5, nasty.h5 (HTML in its text), broken.h5 (not HDF5); model beside."""
+    root = tmp_path_factory.mktemp("cells")
+    torch.manual_seed(0)
+    model = CharLSTM(corpus.build_vocab(TEXT), layers=2, units=8, embedding=4)
+    with torch.no_grad():  # larger weights than the default init, so gates move visibly
+        for p in model.lstm.parameters():
+            p.mul_(3)
+    save_checkpoint(root / "tiny.pt", model.eval())
+    recs = root / "recordings"
+    recs.mkdir()
+    model = load_model(root / "tiny.pt")
+    record(model, [("a.py", TEXT), ("b.py", TEXT.replace("Point", "Line") * 9)], recs / "tiny.h5",
+           dtype="float32", progress=False)
+    record(model, [("<b>x</b>.py", NASTY * 3)], recs / "nasty.h5", dtype="float32", progress=False)
+    (recs / "broken.h5").write_bytes(b"this is not HDF5 at all")
+    return recs
+
+
+@contextmanager
+def serving(recordings: Path):
+    app = Application(DirectoryHandler(filename=str(APP), argv=["--recordings", str(recordings)]))
+    server = Server({"/cells": app}, io_loop=IOLoop(), port=0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.unlisten()
+        server.stop()
+        server.io_loop.close()
+
+
+@pytest.fixture(scope="module")
+def server(folder):
+    with serving(folder) as s:
+        yield s
+
+
+class Page:
+    """One browser tab's worth: a pulled session and its server-side document."""
+
+    def __init__(self, server, **arguments):
+        self.server = server
+        self.client = pull_session(url=f"http://localhost:{server.port}/cells", io_loop=server.io_loop,
+                                   arguments={k: str(v) for k, v in arguments.items()})
+        self.session = next(s for s in server.get_sessions("/cells") if s.id == self.client.id)
+        self.doc = self.session.document
+
+    def __getitem__(self, name):
+        return self.doc.get_model_by_name(name)
+
+    def locked(self, fn):
+        """Run fn() on the server document under its lock, as a widget change would."""
+        async def go():
+            return await self.session.with_document_locked(fn)
+        return self.server.io_loop.run_sync(go)
+
+    def set(self, name, **props):
+        self.locked(lambda: self[name].update(**props))
+
+    def wait_for(self, condition, timeout=60.0):
+        """Let the server run (background analysis, next-tick callbacks) until condition()."""
+        async def go():
+            loop = asyncio.get_running_loop()
+            end = loop.time() + timeout
+            while not condition():
+                assert loop.time() < end, "timed out"
+                await asyncio.sleep(0.05)
+        self.server.io_loop.run_sync(go, timeout=timeout + 5)
+
+    @property
+    def message(self) -> str:
+        m = self["message"]
+        return m.text if m.visible else ""
+
+    def positions(self, name="text") -> list[int]:
+        return [int(p) for p in re.findall(r'title="(\d+) ', self[name].text)]
+
+    def close(self):
+        self.client.close()
+
+
+@pytest.fixture
+def page(server):
+    opened = []
+
+    def open_page(**arguments) -> Page:
+        opened.append(Page(server, **arguments))
+        return opened[-1]
+    yield open_page
+    for p in opened:
+        p.close()
+
+
+def test_document_builds_without_a_server(folder):
+    app = build_single_handler_application(str(APP), ["--recordings", str(folder)])
+    handler = app.handlers[0]
+    assert not handler.failed, handler.error_detail
+    doc = app.create_document()
+    assert doc.get_model_by_name("text").text.count("<span") > 100
+    assert doc.get_model_by_name("text").disable_math
+
+
+def test_default_view_shows_the_first_recording(page):
+    p = page()
+    assert p.message == ""
+    assert p.positions()[:3] == [0, 1, 2]
+    assert p["url-state"].text.startswith("recording=nasty.h5&layer=0&stream=c&unit=0&start=0")
+
+
+def test_changing_the_unit_changes_the_coloured_text(page):
+    p = page(recording="tiny.h5")
+    before = p["text"].text
+    p.set("unit", value=5)
+    after = p["text"].text
+    assert after != before and p.positions("text") == list(range(len(p.positions("text"))))
+    assert "unit=5" in p["url-state"].text
+    assert p.doc.title == "cells · tiny.h5 layer 0 c unit 5"
+
+
+def test_url_arguments_select_the_view(page):
+    p = page(recording="tiny.h5", layer=1, stream="f", unit=3, start=10, window=1000, feature="in_comment")
+    assert p.message == ""
+    assert p["unit"].value == 3 and p["start"].value == 10
+    assert p.positions()[0] == 10
+    assert re.search(r'class="s\d+"', p["text"].text)  # a gate: the sequential palette
+    assert p["url-state"].text == ("recording=tiny.h5&layer=1&stream=f&unit=3&start=10&window=1000"
+                                   "&feature=in_comment")
+
+
+def test_unknown_layer_unit_and_stream_in_the_url_give_messages(page):
+    p = page(recording="tiny.h5", layer=7, unit=99, stream="z", start="abc")
+    msg = p.message
+    assert "no layer 7 in tiny.h5 (layers are 0..1)" in msg
+    assert "no unit 99 in tiny.h5 (units are 0..7)" in msg
+    assert "stream=&#x27;z&#x27;" in msg and "start=&#x27;abc&#x27;" in msg
+    assert p["unit"].value == 0 and p.positions()[0] == 0
+
+
+def test_recording_text_is_escaped(page):
+    p = page(recording="nasty.h5")
+    for name in ("text", "card"):
+        html = p[name].text
+        assert "<script" not in html and "<img" not in html, name
+    assert "&lt;" in p["text"].text and "&amp;" in p["text"].text
+    assert "document &lt;b&gt;x&lt;/b&gt;.py" in p["status"].text  # document names too
+    assert all(d.disable_math for d in p.doc.select({"type": Div}))  # $x^2$ stays text
+
+
+@pytest.mark.parametrize("name", ["../tiny.h5", "..%2Ftiny.h5", "/etc/passwd", "sub/tiny.h5", ".hidden.h5"])
+def test_a_path_in_the_recording_name_is_refused(page, name):
+    p = page(recording=name)
+    assert "is not a plain file name" in p.message
+    assert "showing nasty.h5 instead" in p.message  # the page still works
+    assert p.positions()[0] == 0
+
+
+def test_a_missing_recording_name_is_refused(page):
+    p = page(recording="nope.h5")
+    assert "no recording named &#x27;nope.h5&#x27;" in p.message
+
+
+def test_a_corrupt_recording_gives_a_message_and_others_still_work(page, server):
+    p = page(recording="broken.h5")
+    assert "broken.h5: not a readable HDF5 file" in p.message
+    assert p["text"].text == ""
+    p.set("recording", value="tiny.h5")
+    assert p.message == "" and p.positions()[0] == 0
+    assert "broken.h5" in p["recording"].options  # listed, but a clear error when chosen
+    assert page(recording="tiny.h5").positions()[0] == 0  # the server keeps serving
+
+
+def test_paging_window_length_and_overview_tap(page):
+    p = page(recording="tiny.h5", window=1000)
+    T = int(re.search(r"of ([\d,]+)", p["status"].text).group(1).replace(",", ""))
+    assert 2000 < T < 3000 and p.positions() == list(range(1000))
+    p.locked(lambda: p["next"]._trigger_event(ButtonClick(p["next"])))
+    assert p.positions()[0] == 1000 and p["start"].value == 1000
+    p.locked(lambda: p["next"]._trigger_event(ButtonClick(p["next"])))
+    assert p.positions() == list(range(T - 1000, T))  # the last page is a full window
+    p.set("window", value="2000")
+    assert p.positions() == list(range(T - 2000, T))
+    p.locked(lambda: p["prev"]._trigger_event(ButtonClick(p["prev"])))
+    assert p.positions()[0] == 0
+    p.locked(lambda: p["overview"]._trigger_event(Tap(p["overview"], x=T - 10, y=0.5)))
+    assert p.positions()[-1] == T - 1 and "window=2000" in p["url-state"].text
+
+
+def test_leaderboard_row_and_saturation_dot_select_a_cell(page):
+    p = page(recording="tiny.h5")
+    board = p["leaderboard"].source
+    p.wait_for(lambda: len(board.data["unit"]) > 0)
+    row = {k: v[3] for k, v in board.data.items()}
+    p.locked(lambda: board.selected.update(indices=[3]))
+    assert p["unit"].value == row["unit"]
+    assert f"layer={row['layer']}&stream={row['stream']}&unit={row['unit']}" in p["url-state"].text
+    assert f"feature={row['feature']}" in p["url-state"].text
+
+    sat = p.doc.select_one({"name": "saturation-o"}).renderers[0].data_source
+    assert len(sat.data["unit"]) == 2 * 8  # every layer's units
+    p.locked(lambda: sat.selected.update(indices=[9]))
+    assert (p["unit"].value, p["stream"].value) == (sat.data["unit"][9], "o")
+    assert "layer=1&stream=o&unit=1" in p["url-state"].text
+
+
+def test_typed_text_runs_through_the_model(page):
+    p = page(recording="tiny.h5", layer=1, stream="h", unit=2)
+    p.set("live-in", value="def f(x): <return> x")
+    live = p["live"].text
+    assert len(p.positions("live")) == len("def f(x): <return> x")
+    assert ">&lt;</span>" in live and ">&gt;</span>" in live and "<return" not in live
+    assert "outside the model&#x27;s vocabulary" in p["live-note"].text  # < and > are not in TEXT
+    before = live
+    p.set("unit", value=3)
+    assert p["live"].text != before  # recoloured by the new cell without rerunning
+
+
+def test_no_recordings_and_no_model_shows_a_message(tmp_path, monkeypatch):
+    monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "missing.pt")
+    empty = tmp_path / "recordings"
+    with serving(empty) as server:
+        p = Page(server)
+        try:
+            assert "No recordings in" in p.message and "no model to make one" in p.message
+            assert not p["body"].visible
+        finally:
+            p.close()
+
+
+def test_an_empty_folder_gets_a_default_recording_from_the_shipped_model(folder, tmp_path, monkeypatch,
+                                                                          capfd):
+    monkeypatch.setattr("probe.model.SHIPPED", folder.parent / "tiny.pt")
+    empty = tmp_path / "recordings"
+    with serving(empty) as server:
+        p = Page(server)  # the server's load hook runs on its first loop turn
+        try:
+            assert sorted(x.name for x in empty.iterdir())[0] == "stdlib-test.h5"
+            assert "recording 100,000 characters of the stdlib test split" in capfd.readouterr().out
+            assert p.message == "" and p["recording"].value == "stdlib-test.h5"
+            assert p.positions()[:2] == [0, 1]
+        finally:
+            p.close()

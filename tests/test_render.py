@@ -1,0 +1,104 @@
+"""probe.render: colours, escaping of untrusted text, the standalone page, ``probe render``."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from probe import render
+from probe.cli import main
+from probe.errors import ProbeError
+from probe.recording import open_recording
+
+NASTY = "<script>alert(1)</script> <img src=x onerror=alert(1)> a & b \"q\" 'r'\n"
+
+
+def spans(html: str) -> list[str]:
+    return re.findall(r"<span [^>]*>(.*?)</span>", html, flags=re.S)
+
+
+def test_untrusted_text_is_escaped():
+    html = render.colored_html(NASTY, np.linspace(-1, 1, len(NASTY)), "h")
+    assert "<script" not in html and "<img" not in html
+    assert "&lt;script&gt;" not in html  # one span per character, so never a whole tag
+    assert "&lt;" in html and "&gt;" in html and "&amp;" in html
+    assert "&quot;" in html and "&#x27;" in html
+    contents = spans(html)
+    assert len(contents) == len(NASTY)
+    assert "".join(contents).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&") \
+        .replace("&quot;", '"').replace("&#x27;", "'") == NASTY
+
+
+def test_hover_titles_name_position_character_and_value():
+    html = render.colored_html("a<\n", [0.25, -0.5, 1.0], "h", start=100)
+    titles = re.findall(r'title="([^"]*)"', html)
+    assert titles == ["100  &#x27;a&#x27;  +0.250", "101  &#x27;&lt;&#x27;  -0.500", "102  \\n  +1.000"]
+
+
+def test_newlines_and_indentation_are_kept():
+    html = render.colored_html("if x:\n    y\n", np.zeros(12), "c")
+    assert html.count("\n") == 2 and "white-space: pre" in render.css()
+    assert 'class="d10 nl"' in html  # the faint ↵ comes from the nl class
+    one_line = render.colored_html("a\nb", np.zeros(3), "c", newlines="symbol")
+    assert "\n" not in one_line
+
+
+def test_different_values_get_different_colours():
+    for stream, values in [("c", [-5.0, -0.3, 0.0, 0.3, 5.0]), ("h", [-1, -0.5, 0, 0.5, 1]),
+                           ("f", [0.0, 0.25, 0.5, 0.75, 1.0])]:
+        cols = render.colors(values, stream)
+        assert len(set(cols)) == 5, (stream, cols)
+
+
+def test_diverging_centre_is_white_and_ends_are_blue_and_red():
+    white, blue, red = render.colors([0.0, -1.0, 1.0], "h")
+    assert white == "#ffffff"
+    assert int(blue[5:7], 16) > int(blue[1:3], 16)  # more blue than red
+    assert int(red[1:3], 16) > int(red[5:7], 16)
+    assert render.colors([0.0], "f") == ["#ffffff"]  # gates start white at 0
+
+
+def test_c_is_coloured_by_tanh_and_values_are_clipped():
+    assert render.palette_index([100.0], "c")[0] == render.DIVERGING_STEPS - 1
+    assert render.palette_index([np.arctanh(0.5)], "c")[0] == render.palette_index([0.5], "h")[0]
+    assert render.palette_index([np.nan, 2.0], "i").tolist() == [0, render.SEQUENTIAL_STEPS - 1]
+    with pytest.raises(ProbeError, match="no stream 'x'"):
+        render.palette_index([0.0], "x")
+
+
+def test_standalone_page_needs_no_network():
+    page = render.standalone_page(NASTY, np.zeros(len(NASTY)), "c", "unit <7> & co")
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"https?://", page)
+    assert "<script" not in page and "<title>unit &lt;7&gt; &amp; co</title>" in page
+    assert 'class="probe-legend"' in page
+
+
+def test_cli_render_writes_the_page(recording_path, tmp_path, capsys):
+    out = tmp_path / "cell.html"
+    assert main(["render", str(recording_path), "--layer", "1", "--stream", "c", "--unit", "3",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}: layer 1, stream c, unit 3,")
+    page = out.read_text(encoding="utf-8")
+    with open_recording(recording_path) as rec:
+        assert len(spans(page.split('<div class="probe-text">')[1])) == len(rec)  # < 3000 chars
+        values = rec.unit(1, "c", 3)
+    first = re.search(r'<span class="(d\d+)[^"]*" title="0 ', page).group(1)
+    assert first == f"d{render.palette_index(values[:1], 'c')[0]}"
+
+
+def test_cli_render_errors_clearly(recording_path, tmp_path, capsys):
+    out = tmp_path / "cell.html"
+    assert main(["render", str(recording_path), "--layer", "0", "--stream", "c", "--unit", "99",
+                 "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"probe: error: {recording_path}: no unit 99 (units are 0..7)\n"
+    assert not out.exists()
+    out.write_text("keep")
+    assert main(["render", str(recording_path), "--layer", "0", "--stream", "c", "--unit", "1",
+                 "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"probe: error: {out}: already exists; pass --force to overwrite\n"
+    assert out.read_text() == "keep"
+    assert main(["render", str(recording_path), "--layer", "0", "--stream", "q", "--unit", "1",
+                 "--out", str(out), "--force"]) == 1
+    assert "no stream 'q'" in capsys.readouterr().err
