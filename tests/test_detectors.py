@@ -37,6 +37,7 @@ def write_recording(path, text, data, documents=None, streams=STREAMS, dtype="fl
         a["streams"] = " ".join(streams)
         a["model"], a["source"] = json.dumps({"units": units}), json.dumps({"kind": "synthetic"})
         a["created"] = "2024-01-01T00:00:00+00:00"
+        a["complete"] = True
         a["dtype"] = dtype
         f.create_dataset("text", data=np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int32))
         f.create_dataset("loss", data=np.zeros(T, np.float32))
