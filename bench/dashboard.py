@@ -124,15 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rec = Path(a.recording).resolve()
-    from probe import detectors
-    detectors.analysis(rec)  # the sidecar cache, so the server does not compute it while timed
+    from probe import analysis
+    analysis.analysis(rec)  # the sidecar cache, so the server does not compute it while timed
 
     res: dict = {"recording": str(rec)}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "recordings"
         folder.mkdir()
         (folder / rec.name).symlink_to(rec)
-        side = detectors.cache_path(rec)
+        side = analysis.cache_path(rec)
         if side.exists():  # else the server recomputes it in a background thread while timed
             (folder / side.name).symlink_to(side)
         times, html_bytes = switch_times(folder, rec.name, a.switches)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe import detectors, open_recording
+from probe import analysis, detectors, open_recording
 from probe.render import standalone_page
 
 TARGETS = {"in_short_string": ("auc", 0.97), "in_comment": ("auc", 0.95),
@@ -75,7 +75,7 @@ def main() -> None:
     a = p.parse_args()
     img = Path(a.img)
     img.mkdir(parents=True, exist_ok=True)
-    res = detectors.analysis(a.recording, progress=True)
+    res = analysis.analysis(a.recording, progress=True)
     best = detectors.best(res["scores"], top=1)
     with open_recording(a.recording) as rec:
         feats = detectors.default_features(rec)

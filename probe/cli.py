@@ -228,18 +228,18 @@ def cmd_export_lstmvis(a) -> int:
 
 
 def cmd_analyze(a) -> int:
-    from . import detectors
+    from . import analysis, detectors
     from .features import parse_feature_args
     regex = parse_feature_args(a.feature)
     if a.top < 1:
         raise ProbeError(f"--top must be at least 1, got {a.top}")
-    res = detectors.analysis(a.recording, refresh=a.refresh, progress=sys.stderr.isatty(), regex=regex)
+    res = analysis.analysis(a.recording, refresh=a.refresh, progress=sys.stderr.isatty(), regex=regex)
     top = detectors.best(res["scores"], a.top)
     sat = detectors.saturation_summary(res["saturation"])
     if a.json:
-        print(detectors.report_json(top, sat, recording=str(a.recording)))
+        print(analysis.report_json(top, sat, recording=str(a.recording)))
     else:
-        print(detectors.report_text(top, sat, title=f"{a.recording}: top {a.top} cells per feature"))
+        print(analysis.report_text(top, sat, title=f"{a.recording}: top {a.top} cells per feature"))
     return 0
 
 

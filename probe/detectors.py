@@ -1,22 +1,21 @@
-"""Find the cells that track a feature: correlation, AUC, probes, saturation, contexts.
+"""Which cells detect which features: correlation, AUC, linear probes, gate saturation.
 
     from probe import detectors
-    res = detectors.analysis("recordings/stdlib-test.h5")   # cached next to the recording
-    res["best"]                     # per feature, the top cells by |r| or AUC
     with probe.open_recording("recordings/stdlib-test.h5") as rec:
-        detectors.top_contexts(rec, 1, "c", 42)
+        sc = detectors.scores(rec)      # every (layer, stream, unit) against every feature
+        detectors.best(sc, top=3)       # per feature, the top cells by |r| or AUC
+        detectors.saturation(rec)       # per gate unit, the fraction of characters < 0.1 / > 0.9
 
 Every (layer, stream, unit) is scored against every per-character feature of
 ``probe.features`` in one streaming pass over each stream, in row chunks, so memory does
 not grow with the text: Pearson r from running sums (n, Σx, Σx², Σx·f) and, for binary
 features, ROC AUC from per-unit histograms of the values at positive and negative
-characters. Plain functions over arrays and DataFrames.
+characters. Plain functions over arrays and DataFrames. One cell's histogram and
+contexts live in ``probe.contexts``; the cached analysis of a recording and its reports
+in ``probe.analysis``.
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -24,9 +23,8 @@ import pandas as pd
 
 from . import features as features_mod
 from .errors import ProbeError
-from .recording import Recording, open_recording
+from .recording import Recording
 
-ANALYSIS_VERSION = 1      # bump when scores/saturation change meaning: invalidates caches
 CHUNK = 32768             # rows per streaming read
 AUC_BINS = 2048           # histogram bins per unit for AUC (ties within a bin count half)
 MAX_COMBOS = 8            # distinct 0/1 patterns of binary features histogrammed together
@@ -571,225 +569,3 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
         rows.append({"k": k, "score": score, "metric": "auc" if binary else "r2"})
     return pd.DataFrame(rows, columns=["k", "score", "metric"])
 
-
-# ---- one cell -------------------------------------------------------------------------
-
-def histogram(values, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """(counts, edges) of the finite values; an empty input gives zero counts on [0, 1]."""
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return np.zeros(bins, dtype=np.int64), np.linspace(0.0, 1.0, bins + 1)
-    return np.histogram(v, bins=bins)
-
-
-def _contexts(rec: Recording, positions: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """[start, stop) of ``width`` characters either side, clipped to the document."""
-    positions = np.asarray(positions, dtype=np.int64)
-    d = rec.document_of(positions)
-    starts = rec.documents["start"].to_numpy()[d]
-    stops = rec.documents["stop"].to_numpy()[d]
-    return np.maximum(starts, positions - width), np.minimum(stops, positions + width + 1)
-
-
-def _pick(order: np.ndarray, k: int, width: int, T: int) -> list[int]:
-    """The first ``k`` positions of ``order``, skipping any within ``width`` of one taken."""
-    blocked = np.zeros(T, dtype=bool)
-    out: list[int] = []
-    for p in order:
-        if len(out) == k:
-            break
-        if not blocked[p]:
-            out.append(int(p))
-            blocked[max(0, p - width):p + width + 1] = True
-    return out
-
-
-def top_contexts(rec: Recording, layer: int, stream: str, unit: int, k: int = 10,
-                 width: int = 40) -> pd.DataFrame:
-    """The ``k`` highest (kind "top", highest first) and lowest ("bottom", lowest first)
-    positions of a cell, none within ``width`` characters of another of its kind (earlier
-    positions win ties). Columns kind, position, value, start, stop: the context is
-    ``width`` characters either side, clipped to the position's document."""
-    T = _check_nonempty(rec)
-    if k < 1 or width < 0:
-        raise ProbeError(f"k must be >= 1 and width >= 0, got k={k}, width={width}")
-    v = rec.unit(layer, stream, unit)
-    finite = np.flatnonzero(np.isfinite(v))
-    rows = []
-    for kind, sign in (("top", -1.0), ("bottom", 1.0)):
-        order = finite[np.argsort(sign * v[finite], kind="stable")]
-        picked = np.array(_pick(order, k, width, T), dtype=np.int64)
-        start, stop = _contexts(rec, picked, width)
-        rows.append(pd.DataFrame({"kind": kind, "position": picked, "value": v[picked].astype(float),
-                                  "start": start, "stop": stop}))
-    return pd.concat(rows, ignore_index=True)
-
-
-def quantile_samples(rec: Recording, layer: int, stream: str, unit: int, bins: int = 5,
-                     per_bin: int = 2, width: int = 40, seed: int = 0) -> pd.DataFrame:
-    """``per_bin`` random positions from each of ``bins`` quantile bins of a cell's values
-    (lowest bin first). Columns bin, low, high, position, value, start, stop; bins that
-    ties leave empty are skipped."""
-    _check_nonempty(rec)
-    if bins < 1 or per_bin < 1:
-        raise ProbeError(f"bins and per_bin must be >= 1, got bins={bins}, per_bin={per_bin}")
-    v = rec.unit(layer, stream, unit)
-    finite = np.flatnonzero(np.isfinite(v))
-    cols = ["bin", "low", "high", "position", "value", "start", "stop"]
-    if finite.size == 0:
-        return pd.DataFrame(columns=cols)
-    edges = np.quantile(v[finite].astype(np.float64), np.linspace(0, 1, bins + 1))
-    which = np.clip(np.searchsorted(edges, v[finite], side="right") - 1, 0, bins - 1)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(bins):
-        members = finite[which == i]
-        if members.size == 0:
-            continue
-        pick = np.sort(rng.choice(members, min(per_bin, members.size), replace=False))
-        start, stop = _contexts(rec, pick, width)
-        rows.append(pd.DataFrame({"bin": i, "low": edges[i], "high": edges[i + 1], "position": pick,
-                                  "value": v[pick].astype(float), "start": start, "stop": stop}))
-    return pd.concat(rows, ignore_index=True)[cols]
-
-
-# ---- the cached analysis ---------------------------------------------------------------
-
-def cache_path(path: str | os.PathLike) -> Path:
-    """The sidecar file of a recording: ``<recording>.analysis.npz``."""
-    p = Path(path)
-    return p.with_name(p.name + ".analysis.npz")
-
-
-def _cache_key(path: Path, rec: Recording) -> dict:
-    st = path.stat()
-    return {"version": ANALYSIS_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "created": str(rec.file.attrs.get("created", ""))}
-
-
-def _to_arrays(df: pd.DataFrame, prefix: str) -> dict[str, np.ndarray]:
-    """Columns as plain arrays (strings as codes + labels), loadable without pickle."""
-    out = {}
-    for c in df.columns:
-        col = df[c]
-        if col.dtype == object or isinstance(col.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(col):
-            codes, labels = pd.factorize(col.astype(str))
-            out[f"{prefix}/{c}@codes"] = codes.astype(np.int32)
-            out[f"{prefix}/{c}@labels"] = np.asarray(labels, dtype=str)
-        else:
-            out[f"{prefix}/{c}"] = col.to_numpy()
-    return out
-
-
-def _from_arrays(z, prefix: str, columns: list[str]) -> pd.DataFrame:
-    data = {}
-    for c in columns:
-        if f"{prefix}/{c}@codes" in z:
-            data[c] = z[f"{prefix}/{c}@labels"][z[f"{prefix}/{c}@codes"]]
-        else:
-            data[c] = z[f"{prefix}/{c}"]
-    return pd.DataFrame(data, columns=columns)
-
-
-def _read_cache(side: Path, key: dict, regex: dict[str, str]) -> dict | None:
-    """The cached analysis if it matches the key and covers the regex features, else None."""
-    try:
-        with np.load(side, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("key") != key:
-                return None
-            cached_regex = meta.get("regex", {})
-            if any(cached_regex.get(n) != p for n, p in regex.items()):
-                return None
-            sc = _from_arrays(z, "scores", _SCORE_COLUMNS)
-            sat = _from_arrays(z, "saturation", _SAT_COLUMNS)
-    except Exception:  # missing, truncated or from another version: recompute
-        return None
-    extra = set(cached_regex) - set(regex)
-    if extra:  # computed with more regex features than asked for now
-        sc = sc[~sc["feature"].isin(extra)].reset_index(drop=True)
-    return {"scores": sc, "saturation": sat}
-
-
-def _write_cache(side: Path, key: dict, regex: dict[str, str], sc: pd.DataFrame, sat: pd.DataFrame) -> bool:
-    """Write atomically (temporary name, then rename); False if the folder is not writable."""
-    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, meta=np.array(json.dumps({"key": key, "regex": regex})),
-                                **_to_arrays(sc, "scores"), **_to_arrays(sat, "saturation"))
-        os.replace(tmp, side)
-        return True
-    except OSError:
-        return False
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-
-
-def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = False, *,
-             regex: dict[str, str] | None = None) -> dict:
-    """``{"scores", "best", "saturation"}`` of a recording (see ``scores``, ``best`` with
-    top=5, ``saturation``), computed once and cached in ``<recording>.analysis.npz``.
-
-    The cache is keyed by the recording's size, mtime_ns, ``created`` attribute and
-    ANALYSIS_VERSION (and must cover the ``regex`` features asked for); ``refresh``
-    recomputes. If the folder is read-only the result is simply not cached.
-    """
-    path = Path(path)
-    regex = dict(regex or {})
-    side = cache_path(path)
-    with open_recording(path) as rec:
-        key = _cache_key(path, rec)
-        cached = None if refresh else _read_cache(side, key, regex)
-        if cached is None:
-            feats = default_features(rec, regex)
-            has_gates = all(g in rec.streams for g in GATES)
-            sc, sats = _scores_and_saturation(rec, feats, layers=None, streams=None, chunk=CHUNK,
-                                              progress=progress, sat=(0.1, 0.9) if has_gates else None)
-            sat = (pd.concat(sats, ignore_index=True)[_SAT_COLUMNS] if sats
-                   else pd.DataFrame({c: [] for c in _SAT_COLUMNS}))
-            _write_cache(side, key, regex, sc, sat)
-            cached = {"scores": sc, "saturation": sat}
-    return {"scores": cached["scores"], "best": best(cached["scores"]), "saturation": cached["saturation"]}
-
-
-# ---- reports (the CLI's output) --------------------------------------------------------
-
-def _fmt(metric: str, value: float) -> str:
-    if not np.isfinite(value):
-        return ""
-    return f"r={value:+.3f}" if metric == "r" else f"auc={value:.3f}"
-
-
-def report_text(best_df: pd.DataFrame, sat_summary: pd.DataFrame, title: str = "") -> str:
-    """Per feature a table of its top cells, then the mean saturation per layer and gate."""
-    lines = [title] if title else []
-    for feature, g in best_df.groupby("feature", sort=False):
-        metric = g["metric"].iloc[0]
-        how = "binary: by AUC distance from 0.5" if metric == "auc" else "by |r|"
-        lines += ["", f"{feature}  ({how})", "  rank  layer  stream   unit  score      other"]
-        for row in g.itertuples():
-            other = _fmt("r", row.r) if metric == "auc" else _fmt("auc", row.auc)
-            lines.append(f"  {row.rank:>4}  {row.layer:>5}  {row.stream:<6} {row.unit:>5}  "
-                         f"{_fmt(metric, row.score):<9}  {other}".rstrip())
-    if best_df.empty:
-        lines += ["", "no feature varies in this recording: nothing to rank"]
-    if not sat_summary.empty:
-        lines += ["", "saturation: mean fraction of characters with gate < 0.1 (left) / > 0.9 (right)",
-                  "  layer  gate   left  right"]
-        for row in sat_summary.itertuples():
-            lines.append(f"  {row.layer:>5}  {row.gate:<4}  {row.left:5.3f}  {row.right:5.3f}")
-    return "\n".join(lines)
-
-
-def report_json(best_df: pd.DataFrame, sat_summary: pd.DataFrame, **extra) -> str:
-    """The same as ``report_text``, machine-readable (NaN becomes null)."""
-    def records(df):
-        return [{k: (None if isinstance(v, float) and not np.isfinite(v) else
-                     v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
-                for r in df.to_dict("records")]
-    return json.dumps({**extra, "best": records(best_df), "saturation": records(sat_summary)}, indent=2)

@@ -19,7 +19,7 @@ import pandas as pd
 from .errors import ProbeError
 from .record import FORMAT, STREAMS, VERSION
 
-CACHE_BYTES = 64 << 20  # chunk cache: one unit over T touches T/4096 chunks of 512 KB
+CACHE_BYTES = 64 << 20  # chunk cache: one unit over T touches T/4096 chunks of 256 KB (float16)
 
 
 class Recording:

@@ -1,5 +1,6 @@
-"""Detectors: streaming scores against plain numpy, planted cells found, saturation,
-contexts, the analysis cache, the ``probe analyze`` CLI and its one-line errors.
+"""Detectors, contexts and the analysis: streaming scores against plain numpy, planted
+cells found, saturation, contexts, the analysis cache, the ``probe analyze`` CLI and its
+one-line errors.
 
 Most tests build a synthetic recording with ``write_recording``: the HDF5 layout of
 probe/record.py written directly, with activations chosen by the test.
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probe import detectors, features, open_recording
+from probe import analysis, contexts, detectors, features, open_recording
 from probe.cli import main
 from probe.errors import ProbeError
 
@@ -176,7 +177,7 @@ def test_saturation_fractions(tmp_path):
     assert si.loc[2, "left"] == pytest.approx(0.1) and si.loc[2, "right"] == 0
     assert (sat[sat.gate == "f"][["left", "right"]] == 0).all().all()
     # the analysis computes the same in its single pass
-    pd.testing.assert_frame_equal(detectors.analysis(path)["saturation"], sat)
+    pd.testing.assert_frame_equal(analysis.analysis(path)["saturation"], sat)
 
 
 def test_top_contexts_argmax_first_without_near_duplicates(tmp_path):
@@ -189,8 +190,8 @@ def test_top_contexts_argmax_first_without_near_duplicates(tmp_path):
     docs = [("a", 0, 300), ("b", 300, 600)]
     path = write_recording(tmp_path / "ctx.h5", text, {(0, "c"): x}, documents=docs)
     with open_recording(path) as rec:
-        top = detectors.top_contexts(rec, 0, "c", 0, k=4, width=10)
-        qs = detectors.quantile_samples(rec, 0, "c", 0, bins=4, per_bin=3)
+        top = contexts.top_contexts(rec, 0, "c", 0, k=4, width=10)
+        qs = contexts.quantile_samples(rec, 0, "c", 0, bins=4, per_bin=3)
     t, b = top[top.kind == "top"], top[top.kind == "bottom"]
     assert list(top.columns) == ["kind", "position", "value", "start", "stop"]
     assert t.position.iloc[0] == 305 and t.value.iloc[0] == 5.0
@@ -203,41 +204,41 @@ def test_top_contexts_argmax_first_without_near_duplicates(tmp_path):
     assert list(qs.columns) == ["bin", "low", "high", "position", "value", "start", "stop"]
     assert qs.bin.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert ((qs.value >= qs.low) & (qs.value <= qs.high)).all()
-    counts, edges = detectors.histogram(x[:, 0], bins=8)
+    counts, edges = contexts.histogram(x[:, 0], bins=8)
     assert counts.sum() == T and len(edges) == 9
 
 
 def test_analysis_is_cached_reused_and_invalidated(synthetic, monkeypatch):
     path, data, _ = synthetic
-    side = detectors.cache_path(path)
-    first = detectors.analysis(path)
+    side = analysis.cache_path(path)
+    first = analysis.analysis(path)
     assert side.exists() and side.name == "syn.h5.analysis.npz"
     assert set(first) == {"scores", "best", "saturation"}
     stamp = side.stat().st_mtime_ns
 
     calls = []
-    real = detectors._scores_and_saturation
-    monkeypatch.setattr(detectors, "_scores_and_saturation", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    again = detectors.analysis(path)
+    real = analysis._scores_and_saturation
+    monkeypatch.setattr(analysis, "_scores_and_saturation", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    again = analysis.analysis(path)
     assert calls == [] and side.stat().st_mtime_ns == stamp  # reused, not rewritten
     for key in first:
         pd.testing.assert_frame_equal(first[key], again[key])
 
     data[(1, "c")][:, 3] = 0.0  # the recording changes: the planted cell is gone
     write_recording(path, CODE * 25, data)
-    changed = detectors.analysis(path)
+    changed = analysis.analysis(path)
     assert calls == [1] and side.stat().st_mtime_ns != stamp
     assert np.isnan(lookup(changed["scores"], 1, "c", 3, "in_string", "r"))
-    detectors.analysis(path, refresh=True)
+    analysis.analysis(path, refresh=True)
     assert calls == [1, 1]
 
 
 def test_cache_covers_regex_features(synthetic, monkeypatch):
     path, _, _ = synthetic
-    with_regex = detectors.analysis(path, regex={"digit": "[0-9]"})
+    with_regex = analysis.analysis(path, regex={"digit": "[0-9]"})
     assert "digit" in set(with_regex["scores"].feature)
-    monkeypatch.setattr(detectors, "_scores_and_saturation", lambda *a, **kw: pytest.fail("recomputed"))
-    plain = detectors.analysis(path)  # served from the superset in the cache
+    monkeypatch.setattr(analysis, "_scores_and_saturation", lambda *a, **kw: pytest.fail("recomputed"))
+    plain = analysis.analysis(path)  # served from the superset in the cache
     assert "digit" not in set(plain["scores"].feature)
 
 
@@ -246,8 +247,8 @@ def test_unwritable_folder_means_no_cache(synthetic, monkeypatch):
 
     def refuse(*a, **kw):
         raise PermissionError("read-only folder")
-    monkeypatch.setattr(detectors.os, "replace", refuse)
-    res = detectors.analysis(path)
+    monkeypatch.setattr(analysis.os, "replace", refuse)
+    res = analysis.analysis(path)
     assert not res["best"].empty
     assert sorted(p.name for p in path.parent.iterdir()) == ["syn.h5"]  # no sidecar, no temp file
 
@@ -257,7 +258,7 @@ def test_cli_analyze_prints_tables(recording_path, capsys):
     out = capsys.readouterr().out
     assert "in_string" in out and "bracket_depth" in out and "auc=" in out and "r=" in out
     assert "saturation" in out and "layer  gate" in out
-    assert detectors.cache_path(recording_path).exists()
+    assert analysis.cache_path(recording_path).exists()
 
 
 def test_cli_analyze_json(recording_path, capsys):
@@ -300,11 +301,11 @@ def test_errors(tmp_path, synthetic):
         with pytest.raises(ProbeError) as e:
             detectors.scores(rec, streams=["f"])
         assert "no stream 'f'" in one_line(e)
-    assert detectors.analysis(only_ch)["saturation"].empty  # the analysis skips what it cannot do
+    assert analysis.analysis(only_ch)["saturation"].empty  # the analysis skips what it cannot do
 
     empty = write_recording(tmp_path / "empty.h5", "", {(0, "c"): np.zeros((0, 2))})
     with open_recording(empty) as rec:
-        for call in (detectors.scores, detectors.saturation, lambda r: detectors.top_contexts(r, 0, "c", 0)):
+        for call in (detectors.scores, detectors.saturation, lambda r: contexts.top_contexts(r, 0, "c", 0)):
             with pytest.raises(ProbeError) as e:
                 call(rec)
             assert "empty recording" in one_line(e)
@@ -316,8 +317,8 @@ def test_errors(tmp_path, synthetic):
             detectors.scores(rec, feats.iloc[:10])
         assert "10 rows" in one_line(e)
         with pytest.raises(ProbeError) as e:
-            detectors.top_contexts(rec, 0, "c", 99)
+            contexts.top_contexts(rec, 0, "c", 99)
         assert "no unit 99" in one_line(e)
     with pytest.raises(ProbeError) as e:
-        detectors.analysis(path, regex={"paren": "("})
+        analysis.analysis(path, regex={"paren": "("})
     assert "does not compile" in one_line(e)

@@ -143,7 +143,7 @@ class Store:
         return CachedRecording(self, name)
 
     def analysis(self, name: str) -> Future:
-        """``detectors.analysis`` of a recording, computed once in a background thread."""
+        """``analysis.analysis`` of a recording, computed once in a background thread."""
         with self._lock:
             if name not in self._analyses:
                 path = self.folder / name
@@ -179,7 +179,7 @@ class Store:
 
 class CachedRecording:
     """A Recording whose ``unit()`` reads come from the store's column cache, so the
-    detectors' context helpers do not read the same cell again."""
+    context helpers of ``probe.contexts`` do not read the same cell again."""
 
     def __init__(self, store: Store, name: str):
         self._store, self._name, self._rec = store, name, store.recording(name)
@@ -196,8 +196,8 @@ class CachedRecording:
 
 
 def _analysis(path: Path) -> dict:
-    from probe import detectors
-    return detectors.analysis(path)
+    from probe import analysis
+    return analysis.analysis(path)
 
 
 def _model_for(rec: Recording):
@@ -370,21 +370,21 @@ def store_for(doc) -> Store:
 def histogram(values: np.ndarray, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """(counts, edges) of the finite values."""
     try:
-        from probe.detectors import histogram as detectors_histogram
+        from probe.contexts import histogram as contexts_histogram
     except ImportError:
         v = values[np.isfinite(values)]
         return np.histogram(v, bins=bins) if len(v) else (np.zeros(0), np.zeros(1))
-    return detectors_histogram(values, bins=bins)
+    return contexts_histogram(values, bins=bins)
 
 
 def contexts(store: Store, sel: Selection) -> tuple:
     """(top/bottom contexts, quantile samples, note) of the selected cell for its card."""
     try:
-        from probe import detectors
+        from probe import contexts
         rec = store.cached(sel.recording)
-        top = detectors.top_contexts(rec, sel.layer, sel.stream, sel.unit, k=10, width=CONTEXT_WIDTH)
-        quantiles = detectors.quantile_samples(rec, sel.layer, sel.stream, sel.unit, bins=5,
-                                               per_bin=2, width=CONTEXT_WIDTH)
+        top = contexts.top_contexts(rec, sel.layer, sel.stream, sel.unit, k=10, width=CONTEXT_WIDTH)
+        quantiles = contexts.quantile_samples(rec, sel.layer, sel.stream, sel.unit, bins=5,
+                                              per_bin=2, width=CONTEXT_WIDTH)
     except Exception as e:  # noqa: BLE001 - an unfinished or failing analysis is shown, not raised
         return None, None, f"contexts unavailable: {type(e).__name__}: {e}"
     return top, quantiles, ""

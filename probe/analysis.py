@@ -1,0 +1,168 @@
+"""The analysis of a recording, computed once and cached beside it, and its reports.
+
+    from probe import analysis, detectors
+    res = analysis.analysis("recordings/stdlib-test.h5")   # cached next to the recording
+    res["best"]                     # per feature, the top cells by |r| or AUC
+    print(analysis.report_text(res["best"], detectors.saturation_summary(res["saturation"])))
+
+``analysis`` runs ``probe.detectors``' scores and saturation in one streaming pass and
+keeps them in ``<recording>.analysis.npz`` (plain arrays, no pickle), keyed by the
+recording's size, mtime and ANALYSIS_VERSION, so ``probe analyze`` and the dashboard
+pay for the pass once. ``report_text`` and ``report_json`` are what ``probe analyze``
+prints.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .detectors import (_SAT_COLUMNS, _SCORE_COLUMNS, CHUNK, GATES, _scores_and_saturation, best,
+                        default_features)
+from .recording import Recording, open_recording
+
+ANALYSIS_VERSION = 1      # bump when scores/saturation change meaning: invalidates caches
+
+
+# ---- the cached analysis ---------------------------------------------------------------
+
+def cache_path(path: str | os.PathLike) -> Path:
+    """The sidecar file of a recording: ``<recording>.analysis.npz``."""
+    p = Path(path)
+    return p.with_name(p.name + ".analysis.npz")
+
+
+def _cache_key(path: Path, rec: Recording) -> dict:
+    st = path.stat()
+    return {"version": ANALYSIS_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "created": str(rec.file.attrs.get("created", ""))}
+
+
+def _to_arrays(df: pd.DataFrame, prefix: str) -> dict[str, np.ndarray]:
+    """Columns as plain arrays (strings as codes + labels), loadable without pickle."""
+    out = {}
+    for c in df.columns:
+        col = df[c]
+        if col.dtype == object or isinstance(col.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(col):
+            codes, labels = pd.factorize(col.astype(str))
+            out[f"{prefix}/{c}@codes"] = codes.astype(np.int32)
+            out[f"{prefix}/{c}@labels"] = np.asarray(labels, dtype=str)
+        else:
+            out[f"{prefix}/{c}"] = col.to_numpy()
+    return out
+
+
+def _from_arrays(z, prefix: str, columns: list[str]) -> pd.DataFrame:
+    data = {}
+    for c in columns:
+        if f"{prefix}/{c}@codes" in z:
+            data[c] = z[f"{prefix}/{c}@labels"][z[f"{prefix}/{c}@codes"]]
+        else:
+            data[c] = z[f"{prefix}/{c}"]
+    return pd.DataFrame(data, columns=columns)
+
+
+def _read_cache(side: Path, key: dict, regex: dict[str, str]) -> dict | None:
+    """The cached analysis if it matches the key and covers the regex features, else None."""
+    try:
+        with np.load(side, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("key") != key:
+                return None
+            cached_regex = meta.get("regex", {})
+            if any(cached_regex.get(n) != p for n, p in regex.items()):
+                return None
+            sc = _from_arrays(z, "scores", _SCORE_COLUMNS)
+            sat = _from_arrays(z, "saturation", _SAT_COLUMNS)
+    except Exception:  # missing, truncated or from another version: recompute
+        return None
+    extra = set(cached_regex) - set(regex)
+    if extra:  # computed with more regex features than asked for now
+        sc = sc[~sc["feature"].isin(extra)].reset_index(drop=True)
+    return {"scores": sc, "saturation": sat}
+
+
+def _write_cache(side: Path, key: dict, regex: dict[str, str], sc: pd.DataFrame, sat: pd.DataFrame) -> bool:
+    """Write atomically (temporary name, then rename); False if the folder is not writable."""
+    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, meta=np.array(json.dumps({"key": key, "regex": regex})),
+                                **_to_arrays(sc, "scores"), **_to_arrays(sat, "saturation"))
+        os.replace(tmp, side)
+        return True
+    except OSError:
+        return False
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = False, *,
+             regex: dict[str, str] | None = None) -> dict:
+    """``{"scores", "best", "saturation"}`` of a recording (see ``scores``, ``best`` with
+    top=5, ``saturation``), computed once and cached in ``<recording>.analysis.npz``.
+
+    The cache is keyed by the recording's size, mtime_ns, ``created`` attribute and
+    ANALYSIS_VERSION (and must cover the ``regex`` features asked for); ``refresh``
+    recomputes. If the folder is read-only the result is simply not cached.
+    """
+    path = Path(path)
+    regex = dict(regex or {})
+    side = cache_path(path)
+    with open_recording(path) as rec:
+        key = _cache_key(path, rec)
+        cached = None if refresh else _read_cache(side, key, regex)
+        if cached is None:
+            feats = default_features(rec, regex)
+            has_gates = all(g in rec.streams for g in GATES)
+            sc, sats = _scores_and_saturation(rec, feats, layers=None, streams=None, chunk=CHUNK,
+                                              progress=progress, sat=(0.1, 0.9) if has_gates else None)
+            sat = (pd.concat(sats, ignore_index=True)[_SAT_COLUMNS] if sats
+                   else pd.DataFrame({c: [] for c in _SAT_COLUMNS}))
+            _write_cache(side, key, regex, sc, sat)
+            cached = {"scores": sc, "saturation": sat}
+    return {"scores": cached["scores"], "best": best(cached["scores"]), "saturation": cached["saturation"]}
+
+
+# ---- reports (the CLI's output) --------------------------------------------------------
+
+def _fmt(metric: str, value: float) -> str:
+    if not np.isfinite(value):
+        return ""
+    return f"r={value:+.3f}" if metric == "r" else f"auc={value:.3f}"
+
+
+def report_text(best_df: pd.DataFrame, sat_summary: pd.DataFrame, title: str = "") -> str:
+    """Per feature a table of its top cells, then the mean saturation per layer and gate."""
+    lines = [title] if title else []
+    for feature, g in best_df.groupby("feature", sort=False):
+        metric = g["metric"].iloc[0]
+        how = "binary: by AUC distance from 0.5" if metric == "auc" else "by |r|"
+        lines += ["", f"{feature}  ({how})", "  rank  layer  stream   unit  score      other"]
+        for row in g.itertuples():
+            other = _fmt("r", row.r) if metric == "auc" else _fmt("auc", row.auc)
+            lines.append(f"  {row.rank:>4}  {row.layer:>5}  {row.stream:<6} {row.unit:>5}  "
+                         f"{_fmt(metric, row.score):<9}  {other}".rstrip())
+    if best_df.empty:
+        lines += ["", "no feature varies in this recording: nothing to rank"]
+    if not sat_summary.empty:
+        lines += ["", "saturation: mean fraction of characters with gate < 0.1 (left) / > 0.9 (right)",
+                  "  layer  gate   left  right"]
+        for row in sat_summary.itertuples():
+            lines.append(f"  {row.layer:>5}  {row.gate:<4}  {row.left:5.3f}  {row.right:5.3f}")
+    return "\n".join(lines)
+
+
+def report_json(best_df: pd.DataFrame, sat_summary: pd.DataFrame, **extra) -> str:
+    """The same as ``report_text``, machine-readable (NaN becomes null)."""
+    def records(df):
+        return [{k: (None if isinstance(v, float) and not np.isfinite(v) else
+                     v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+                for r in df.to_dict("records")]
+    return json.dumps({**extra, "best": records(best_df), "saturation": records(sat_summary)}, indent=2)

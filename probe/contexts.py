@@ -1,0 +1,100 @@
+"""One cell at a time: the histogram of its values and the text where it fires.
+
+    from probe import contexts
+    with probe.open_recording("recordings/stdlib-test.h5") as rec:
+        contexts.top_contexts(rec, 1, "c", 42)       # highest and lowest positions
+        contexts.quantile_samples(rec, 1, "c", 42)   # random positions per quantile bin
+
+What the dashboard's cell card and the README figures show for a selected cell: unlike
+``probe.detectors``, which scans every cell of a recording, these read one unit's
+values (``rec.unit``) and return small DataFrames of positions and their context
+windows, clipped to the document.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .detectors import _check_nonempty
+from .errors import ProbeError
+from .recording import Recording
+
+
+def histogram(values, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) of the finite values; an empty input gives zero counts on [0, 1]."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.zeros(bins, dtype=np.int64), np.linspace(0.0, 1.0, bins + 1)
+    return np.histogram(v, bins=bins)
+
+
+def _contexts(rec: Recording, positions: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """[start, stop) of ``width`` characters either side, clipped to the document."""
+    positions = np.asarray(positions, dtype=np.int64)
+    d = rec.document_of(positions)
+    starts = rec.documents["start"].to_numpy()[d]
+    stops = rec.documents["stop"].to_numpy()[d]
+    return np.maximum(starts, positions - width), np.minimum(stops, positions + width + 1)
+
+
+def _pick(order: np.ndarray, k: int, width: int, T: int) -> list[int]:
+    """The first ``k`` positions of ``order``, skipping any within ``width`` of one taken."""
+    blocked = np.zeros(T, dtype=bool)
+    out: list[int] = []
+    for p in order:
+        if len(out) == k:
+            break
+        if not blocked[p]:
+            out.append(int(p))
+            blocked[max(0, p - width):p + width + 1] = True
+    return out
+
+
+def top_contexts(rec: Recording, layer: int, stream: str, unit: int, k: int = 10,
+                 width: int = 40) -> pd.DataFrame:
+    """The ``k`` highest (kind "top", highest first) and lowest ("bottom", lowest first)
+    positions of a cell, none within ``width`` characters of another of its kind (earlier
+    positions win ties). Columns kind, position, value, start, stop: the context is
+    ``width`` characters either side, clipped to the position's document."""
+    T = _check_nonempty(rec)
+    if k < 1 or width < 0:
+        raise ProbeError(f"k must be >= 1 and width >= 0, got k={k}, width={width}")
+    v = rec.unit(layer, stream, unit)
+    finite = np.flatnonzero(np.isfinite(v))
+    rows = []
+    for kind, sign in (("top", -1.0), ("bottom", 1.0)):
+        order = finite[np.argsort(sign * v[finite], kind="stable")]
+        picked = np.array(_pick(order, k, width, T), dtype=np.int64)
+        start, stop = _contexts(rec, picked, width)
+        rows.append(pd.DataFrame({"kind": kind, "position": picked, "value": v[picked].astype(float),
+                                  "start": start, "stop": stop}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def quantile_samples(rec: Recording, layer: int, stream: str, unit: int, bins: int = 5,
+                     per_bin: int = 2, width: int = 40, seed: int = 0) -> pd.DataFrame:
+    """``per_bin`` random positions from each of ``bins`` quantile bins of a cell's values
+    (lowest bin first). Columns bin, low, high, position, value, start, stop; bins that
+    ties leave empty are skipped."""
+    _check_nonempty(rec)
+    if bins < 1 or per_bin < 1:
+        raise ProbeError(f"bins and per_bin must be >= 1, got bins={bins}, per_bin={per_bin}")
+    v = rec.unit(layer, stream, unit)
+    finite = np.flatnonzero(np.isfinite(v))
+    cols = ["bin", "low", "high", "position", "value", "start", "stop"]
+    if finite.size == 0:
+        return pd.DataFrame(columns=cols)
+    edges = np.quantile(v[finite].astype(np.float64), np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, v[finite], side="right") - 1, 0, bins - 1)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(bins):
+        members = finite[which == i]
+        if members.size == 0:
+            continue
+        pick = np.sort(rng.choice(members, min(per_bin, members.size), replace=False))
+        start, stop = _contexts(rec, pick, width)
+        rows.append(pd.DataFrame({"bin": i, "low": edges[i], "high": edges[i + 1], "position": pick,
+                                  "value": v[pick].astype(float), "start": start, "stop": stop}))
+    return pd.concat(rows, ignore_index=True)[cols]
