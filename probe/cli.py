@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="gzip (default, ~35%% smaller) or none (fastest)")
     r.add_argument("--streams", type=int, default=1, help="batched mode: B pieces run in parallel")
     r.add_argument("--burn-in", type=int, default=256, help="warm-up characters per piece in batched mode")
+    r.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: a character-at-a-time LSTM gains little from "
+                        "more, and loses a lot when other programs share the cores)")
     r.add_argument("--force", action="store_true", help="overwrite an existing recording")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -128,6 +131,8 @@ def cmd_record(a) -> int:
         raise ProbeError(f"{out}: already exists; pass --force to overwrite")
     if not out.parent.is_dir():
         raise ProbeError(f"{out.parent}: output folder does not exist")
+    import torch
+    torch.set_num_threads(max(1, a.threads))
     model = load_model(a.model)
     c = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
     docs = limit_documents(c.documents, a.limit)
@@ -168,8 +173,11 @@ def cmd_train(a) -> int:
 
 
 def cmd_sample(a) -> int:
+    import torch
+
     from .model import load_model
     from .sample import sample
+    torch.set_num_threads(1)  # one character per step: threads only add synchronisation
     model = load_model(a.model)
     print(a.prime + sample(model, a.prime, a.length, a.temperature, a.seed))
     return 0
