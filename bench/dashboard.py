@@ -6,8 +6,8 @@
 One run prints:
 
 - switch: server-side milliseconds to switch the selected cell (unit spinner change →
-  every view updated) on a 5,000-character window, median over ``--switches`` units, and
-  the size of the coloured-text HTML sent (goal: median <= 100 ms);
+  every view updated) on the default 2,000-character window, median over ``--switches``
+  units, and the size of the coloured-text HTML sent (goal: median <= 100 ms);
 - page ready: seconds from navigation to the coloured text shown in headless Chromium
   (Debian ``/usr/bin/chromium``), median of 3 loads (goal <= 3 s);
 - RSS of the ``bokeh serve`` process with 1 and with ``--sessions`` open sessions.
@@ -47,7 +47,7 @@ def switch_times(folder: Path, name: str, switches: int) -> tuple[list[float], i
     """Milliseconds per unit change on the server-side document, and the text HTML size."""
     from bokeh.command.util import build_single_handler_application
     app = build_single_handler_application(str(APP), ["--recordings", str(folder)])
-    doc = app.create_document()  # no session: main.py's defaults (first recording, window 5000)
+    doc = app.create_document()  # no session: main.py's defaults (first recording, window 2000)
     assert doc.get_model_by_name("recording").value == name
     unit, text = doc.get_model_by_name("unit"), doc.get_model_by_name("text")
     times = []
@@ -116,7 +116,7 @@ def page_ready(url: str, loads: int, profile: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("recording", help="a probe recording (.h5) of at least 5,000 characters")
+    p.add_argument("recording", help="a probe recording (.h5) of at least 2,000 characters")
     p.add_argument("--switches", type=int, default=30, help="unit changes timed (default 30)")
     p.add_argument("--sessions", type=int, default=20, help="open sessions for the RSS figure")
     p.add_argument("--no-browser", action="store_true", help="skip the Chromium page-ready timing")

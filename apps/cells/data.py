@@ -25,6 +25,7 @@ DEFAULT_NAME = "stdlib-test.h5"
 DEFAULT_CHARS = 100_000
 STREAMS = ("i", "f", "g", "o", "c", "h")
 WINDOWS = (1000, 2000, 5000, 10000)
+DEFAULT_WINDOW = 2000       # characters shown at first: fewer spans for the browser to draw
 CONTEXT_WIDTH = 40         # characters either side of a card's context
 COLUMN_CACHE_BYTES = 64 << 20  # recently shown cells, shared by all sessions
 HELD_DATASETS = 4             # (layer, stream) datasets kept open, with their chunk caches
@@ -267,7 +268,7 @@ class Selection:
     stream: str = "c"
     unit: int = 0
     start: int = 0
-    window: int = 5000
+    window: int = DEFAULT_WINDOW
     feature: str = "in_string"
 
     def query(self) -> str:
@@ -322,8 +323,8 @@ def from_query(arguments: dict, store: Store) -> tuple[Selection, list[str]]:
         if v is not None:
             setattr(sel, key, v)
     if sel.window not in WINDOWS:
-        problems.append(f"window={sel.window} in the URL is not one of {WINDOWS}; showing 5000")
-        sel.window = 5000
+        problems.append(f"window={sel.window} in the URL is not one of {WINDOWS}; showing {DEFAULT_WINDOW}")
+        sel.window = DEFAULT_WINDOW
     feature = _arg(arguments, "feature")
     if feature is not None:
         sel.feature = feature  # checked against the feature list by the page
