@@ -135,7 +135,7 @@ def cmd_record(a) -> int:
     torch.set_num_threads(max(1, a.threads))
     model = load_model(a.model)
     c = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
-    docs = limit_documents(c.documents, a.limit)
+    docs = c.limited(a.limit).documents
     source = {**c.source, "limit": a.limit}
     record(model, docs, out, source=source, dtype=a.dtype, streams=a.streams, burn_in=a.burn_in,
            force=a.force, progress=not a.quiet, compression=a.compression)
@@ -143,19 +143,6 @@ def cmd_record(a) -> int:
     print(f"wrote {out}: {n:,} characters, {len(docs)} documents, "
           f"{out.stat().st_size / 1e6:.1f} MB")
     return 0
-
-
-def limit_documents(docs: list[tuple[str, str]], limit: int | None) -> list[tuple[str, str]]:
-    """The first ``limit`` characters of the documents, cutting the last one short."""
-    if limit is None:
-        return docs
-    out, n = [], 0
-    for name, text in docs:
-        if n >= limit:
-            break
-        out.append((name, text[: limit - n]))
-        n += len(out[-1][1])
-    return out
 
 
 def cmd_train(a) -> int:

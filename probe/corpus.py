@@ -37,6 +37,18 @@ class Corpus:
     def text(self) -> str:
         return "".join(t for _, t in self.documents)
 
+    def limited(self, limit: int | None) -> "Corpus":
+        """The first ``limit`` characters of the documents (the last one cut short)."""
+        if limit is None:
+            return self
+        docs, n = [], 0
+        for name, text in self.documents:
+            if n >= limit:
+                break
+            docs.append((name, text[: limit - n]))
+            n += len(docs[-1][1])
+        return Corpus(docs, {**self.source, "limit": limit})
+
 
 def fingerprint(text: str) -> str:
     """sha256 of the UTF-8 text: recorded with anything trained or recorded on it."""

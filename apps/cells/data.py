@@ -230,7 +230,6 @@ def ensure_default(folder: Path) -> str | None:
 
     Returns a message for the page when that is not possible, else None.
     """
-    from probe.cli import limit_documents
     from probe.corpus import stdlib
     from probe.model import load_model
     from probe.record import record
@@ -247,7 +246,7 @@ def ensure_default(folder: Path) -> str | None:
                 "(probe train --out probe/models/stdlib.pt) or record one "
                 f"(probe record --model M.pt --out {folder / DEFAULT_NAME}).")
     corpus = stdlib("test")
-    docs = limit_documents(corpus.documents, DEFAULT_CHARS)
+    docs = corpus.limited(DEFAULT_CHARS).documents
     out = folder / DEFAULT_NAME
     print(f"cells: no recordings in {folder}; recording {DEFAULT_CHARS:,} characters of the "
           f"stdlib test split into {out}", flush=True)
