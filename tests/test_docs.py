@@ -39,3 +39,11 @@ def test_format_doc_names_every_dataset_the_writer_creates():
                  "`model`", "`model_sha256`", "`source`", "`created`"]:
         assert name in doc, name
     assert "MEASUREMENT_TABLE" not in doc and "BATCHED_DIFF" not in doc, "fill in the measurements"
+
+
+def test_the_readme_python_example_runs(recording_path):
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    code = code.replace("recordings/stdlib-test.h5", str(recording_path)).replace(", 42)", ", 3)")
+    code = code.replace("units=[42]", "units=[3]")
+    exec(compile(code, "README.md", "exec"), {})
