@@ -5,8 +5,8 @@ pictures of each cell over real text (the paper's figure) for the README.
 
 Prints a Markdown table (best single cell per feature, AUC or |r|, target, met?), the
 gate-saturation summary, and the linear-probe curve for the headline features; writes
-`cell-<feature>.html` (standalone, `probe render`) and a PNG of each, taken with headless
-Debian chromium, plus `saturation.png` (Karpathy et al. Fig. 3).
+a PNG of each cell over real text (`probe render`'s page, shot with headless Debian
+chromium), plus `saturation.png` (Karpathy et al. Fig. 3).
 """
 from __future__ import annotations
 
@@ -106,9 +106,11 @@ def main() -> None:
             values = rec.unit(int(b.layer), b.stream, int(b.unit), start, stop)
             title = (f"{feature}: layer {b.layer}, stream {b.stream}, unit {b.unit} "
                      f"({b.metric} {b.score:.3f}), characters {start:,}–{stop:,}")
-            html = img / f"cell-{feature}.html"
-            html.write_text(standalone_page(rec.text[start:stop], values, b.stream, title), encoding="utf-8")
-            screenshot(html, img / f"cell-{feature}.png")
+            with tempfile.TemporaryDirectory() as tmp:  # the page is only a step to the PNG
+                html = Path(tmp) / f"cell-{feature}.html"
+                html.write_text(standalone_page(rec.text[start:stop], values, b.stream, title),
+                                encoding="utf-8")
+                screenshot(html, img / f"cell-{feature}.png")
             print(f"wrote {img / f'cell-{feature}.png'}")
     saturation_plot(res["saturation"], img / "saturation.png")
     print(f"wrote {img / 'saturation.png'}")
