@@ -170,13 +170,13 @@ def cmd_sample(a) -> int:
     return 0
 
 
-def model_summary(path: str | None) -> dict:
+def model_summary(path: str | None, history: bool = False) -> dict:
     from .model import SHIPPED, file_sha256, read_checkpoint
     p = Path(path) if path else SHIPPED
     ck = read_checkpoint(p)
     cfg = dict(ck["config"])
     vocab = cfg.pop("vocab")
-    m = {k: v for k, v in ck["metrics"].items() if k != "history"}
+    m = {k: v for k, v in ck["metrics"].items() if history or k != "history"}
     return {"path": str(p), "sha256": file_sha256(p), "vocab_size": len(vocab), **cfg,
             "parameters": sum(v.numel() for v in ck["state_dict"].values()), "metrics": m}
 
@@ -186,7 +186,7 @@ def cmd_info(a) -> int:
         from .recording import summary
         info = summary(a.path)
     else:
-        info = model_summary(a.path)
+        info = model_summary(a.path, history=a.json)  # the learning curve only in JSON
     if a.json:
         print(json.dumps(info, indent=2, default=str))
     else:
