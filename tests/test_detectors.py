@@ -322,3 +322,13 @@ def test_errors(tmp_path, synthetic):
     with pytest.raises(ProbeError) as e:
         analysis.analysis(path, regex={"paren": "("})
     assert "does not compile" in one_line(e)
+
+
+def test_candidate_preselection_matches_a_full_stable_sort():
+    from probe.contexts import _smallest_first
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # float16-like data: many ties
+        s = rng.integers(0, 20, size=int(rng.integers(1, 3000))).astype(np.float32)
+        n = int(rng.integers(1, 500))
+        full = np.argsort(s, kind="stable")[:min(n, len(s))]
+        np.testing.assert_array_equal(_smallest_first(s, n)[:len(full)], full)
