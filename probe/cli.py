@@ -6,13 +6,25 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+from . import analysis, detectors
+from .corpus import load
 from .errors import ProbeError
+from .export import export_lstmvis
+from .features import parse_feature_args
+from .model import SHIPPED, file_sha256, load_model, read_checkpoint
+from .record import record
+from .recording import summary
+from .render import render_recording
+from .sample import sample
+from .train import train
 
 EPILOG = "examples:\n  "
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="probe", description=__doc__ and "Look inside character-level "
+    p = argparse.ArgumentParser(prog="probe", description="Look inside character-level "
                                 "LSTM language models, one cell at a time.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
@@ -114,16 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--refresh", action="store_true", help="recompute even if cached")
     an.add_argument("--feature", action="append", default=[], metavar="NAME=REGEX",
                     help="extra binary feature: 1 inside matches of REGEX (repeatable)")
-
-    for extra in _EXTRA_PARSERS:
-        extra(sub, fmt)
     return p
 
 
 def cmd_record(a) -> int:
-    from .corpus import load
-    from .model import load_model
-    from .record import record
     if a.limit is not None and a.limit < 1:
         raise ProbeError(f"--limit must be a positive number of characters, got {a.limit}")
     out = Path(a.out)
@@ -131,13 +137,12 @@ def cmd_record(a) -> int:
         raise ProbeError(f"{out}: already exists; pass --force to overwrite")
     if not out.parent.is_dir():
         raise ProbeError(f"{out.parent}: output folder does not exist")
-    import torch
     torch.set_num_threads(max(1, a.threads))
     model = load_model(a.model)
     c = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
-    docs = c.limited(a.limit).documents
-    source = {**c.source, "limit": a.limit}
-    record(model, docs, out, source=source, dtype=a.dtype, streams=a.streams, burn_in=a.burn_in,
+    c = c.limited(a.limit)
+    docs = c.documents
+    record(model, docs, out, source=c.source, dtype=a.dtype, streams=a.streams, burn_in=a.burn_in,
            force=a.force, progress=not a.quiet, compression=a.compression)
     n = sum(len(t) for _, t in docs)
     print(f"wrote {out}: {n:,} characters, {len(docs)} documents, "
@@ -146,7 +151,6 @@ def cmd_record(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from .train import train
     m = train(a.out, corpus=None if a.text else a.corpus, text=a.text, glob=a.glob, layers=a.layers,
               units=a.units, embedding=a.embedding, dropout=a.dropout, batch=a.batch, seq=a.seq,
               steps=a.steps, lr=a.lr, warmup=a.warmup, clip=a.clip, eval_every=a.eval_every,
@@ -160,10 +164,6 @@ def cmd_train(a) -> int:
 
 
 def cmd_sample(a) -> int:
-    import torch
-
-    from .model import load_model
-    from .sample import sample
     torch.set_num_threads(1)  # one character per step: threads only add synchronisation
     model = load_model(a.model)
     print(a.prime + sample(model, a.prime, a.length, a.temperature, a.seed))
@@ -171,7 +171,6 @@ def cmd_sample(a) -> int:
 
 
 def model_summary(path: str | None, history: bool = False) -> dict:
-    from .model import SHIPPED, file_sha256, read_checkpoint
     p = Path(path) if path else SHIPPED
     ck = read_checkpoint(p)
     cfg = dict(ck["config"])
@@ -183,7 +182,6 @@ def model_summary(path: str | None, history: bool = False) -> dict:
 
 def cmd_info(a) -> int:
     if a.path and a.path.endswith((".h5", ".hdf5")):
-        from .recording import summary
         info = summary(a.path)
     else:
         info = model_summary(a.path, history=a.json)  # the learning curve only in JSON
@@ -204,7 +202,6 @@ def _print_tree(d: dict, indent: int = 0) -> None:
 
 
 def cmd_render(a) -> int:
-    from .render import render_recording
     out = Path(a.out)
     if out.exists() and not a.force:
         raise ProbeError(f"{out}: already exists; pass --force to overwrite")
@@ -215,7 +212,6 @@ def cmd_render(a) -> int:
 
 
 def cmd_export_lstmvis(a) -> int:
-    from .export import export_lstmvis
     streams = tuple(x.strip() for x in a.streams.split(",") if x.strip())
     out = export_lstmvis(a.recording, a.outdir, streams, force=a.force, progress=not a.quiet)
     print(f"wrote {out}/ (lstm.yml, states.hdf5, chars.hdf5, chars.dict)")
@@ -223,8 +219,6 @@ def cmd_export_lstmvis(a) -> int:
 
 
 def cmd_analyze(a) -> int:
-    from . import analysis, detectors
-    from .features import parse_feature_args
     regex = parse_feature_args(a.feature)
     if a.top < 1:
         raise ProbeError(f"--top must be at least 1, got {a.top}")
@@ -238,9 +232,8 @@ def cmd_analyze(a) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "export-lstmvis": cmd_export_lstmvis, "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
-            "render": cmd_render}
-_EXTRA_PARSERS: list = []
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
+            "analyze": cmd_analyze, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis}
 
 
 def main(argv: list[str] | None = None) -> int:

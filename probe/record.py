@@ -51,7 +51,6 @@ def layer_lstms(model: CharLSTM) -> list[nn.LSTM]:
         one = nn.LSTM(w_ih.shape[1], model.units, 1, batch_first=True)
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             setattr(one, f"{name}_l0", getattr(model.lstm, f"{name}_l{k}"))
-        one.flatten_parameters() if hasattr(one, "flatten_parameters") else None
         out.append(one.eval())
     return out
 
@@ -122,12 +121,13 @@ def _pieces(documents: list[tuple[int, int]], piece: int, burn_in: int) -> list[
 
 def _blocks_sequential(model, ids, documents, lstms, dtype):
     """Yield (start, streams {key: [n, units]}, loss [n]) blocks of BLOCK characters in order."""
-    doc_starts = {d0 for d0, _ in documents}
-    bounds = sorted({0, len(ids)} | {d0 for d0, _ in documents} | {d1 for _, d1 in documents})
+    starts = np.array([d0 for d0, _ in documents])  # documents are contiguous and sorted
+    doc_starts = set(starts.tolist())
     state, last_logp = None, None
     for b0 in range(0, len(ids), BLOCK):
         b1 = min(b0 + BLOCK, len(ids))
-        cuts = [b0] + [x for x in bounds if b0 < x < b1] + [b1]
+        inside = starts[np.searchsorted(starts, b0, "right"):np.searchsorted(starts, b1, "left")]
+        cuts = [b0, *inside.tolist(), b1]
         parts, losses = [], []
         for s0, s1 in zip(cuts[:-1], cuts[1:]):
             if s0 in doc_starts:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,7 +17,11 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from probe import analysis, contexts, features
+from probe.corpus import stdlib
 from probe.errors import ProbeError
+from probe.model import load_model
+from probe.record import activations, record
 from probe.recording import Recording, open_recording
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,14 +153,13 @@ class Store:
         with self._lock:
             if name not in self._analyses:
                 path = self.folder / name
-                self._analyses[name] = self._executor.submit(_analysis, path)
+                self._analyses[name] = self._executor.submit(analysis.analysis, path)
             return self._analyses[name]
 
     def feature(self, name: str, feature: str) -> np.ndarray:
         """One per-character feature over the whole recording: [T]."""
         key = (name, feature)
         if key not in self._features:
-            from probe import features
             rec = self.recording(name)
             docs = rec.documents
             df = features.compute(rec.text, [feature], documents=list(
@@ -196,14 +200,8 @@ class CachedRecording:
         return getattr(self._rec, attr)
 
 
-def _analysis(path: Path) -> dict:
-    from probe import analysis
-    return analysis.analysis(path)
-
-
 def _model_for(rec: Recording):
     """The recording's own model if its file is still there, else the shipped one if it fits."""
-    from probe.model import load_model
     cfg = rec.model_config
     own = str(rec.file.attrs.get("model_path", ""))
     candidates = ([own] if own and Path(own).is_file() else []) + [None]
@@ -230,9 +228,6 @@ def ensure_default(folder: Path) -> str | None:
 
     Returns a message for the page when that is not possible, else None.
     """
-    from probe.corpus import stdlib
-    from probe.model import load_model
-    from probe.record import record
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -245,13 +240,12 @@ def ensure_default(folder: Path) -> str | None:
         return (f"No recordings in {folder}, and no model to make one: {e}. Train a model "
                 "(probe train --out probe/models/stdlib.pt) or record one "
                 f"(probe record --model M.pt --out {folder / DEFAULT_NAME}).")
-    corpus = stdlib("test")
-    docs = corpus.limited(DEFAULT_CHARS).documents
+    corpus = stdlib("test").limited(DEFAULT_CHARS)
     out = folder / DEFAULT_NAME
     print(f"cells: no recordings in {folder}; recording {DEFAULT_CHARS:,} characters of the "
           f"stdlib test split into {out}", flush=True)
     try:
-        record(model, docs, out, source={**corpus.source, "limit": DEFAULT_CHARS}, progress=True)
+        record(model, corpus.documents, out, source=corpus.source, progress=True)
     except ProbeError as e:
         return f"Could not make the default recording: {e}"
     return None
@@ -361,38 +355,25 @@ def overview_bins(values: np.ndarray, bins: int = 600) -> tuple[np.ndarray, np.n
 
 def store_for(doc) -> Store:
     """The server's shared Store (see app_hooks), or a private one outside a server."""
-    import sys
     ctx = doc.session_context
     store = getattr(ctx.server_context, "cells", None) if ctx is not None else None
     return store if store is not None else Store.from_argv(sys.argv[1:])
 
 
-def histogram(values: np.ndarray, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """(counts, edges) of the finite values."""
-    try:
-        from probe.contexts import histogram as contexts_histogram
-    except ImportError:
-        v = values[np.isfinite(values)]
-        return np.histogram(v, bins=bins) if len(v) else (np.zeros(0), np.zeros(1))
-    return contexts_histogram(values, bins=bins)
-
-
-def contexts(store: Store, sel: Selection) -> tuple:
+def card_contexts(store: Store, sel: Selection) -> tuple:
     """(top/bottom contexts, quantile samples, note) of the selected cell for its card."""
     try:
-        from probe import contexts
         rec = store.cached(sel.recording)
         top = contexts.top_contexts(rec, sel.layer, sel.stream, sel.unit, k=10, width=CONTEXT_WIDTH)
         quantiles = contexts.quantile_samples(rec, sel.layer, sel.stream, sel.unit, bins=5,
                                               per_bin=2, width=CONTEXT_WIDTH)
-    except Exception as e:  # noqa: BLE001 - an unfinished or failing analysis is shown, not raised
+    except Exception as e:  # noqa: BLE001 - a failing card is shown on the page, not raised
         return None, None, f"contexts unavailable: {type(e).__name__}: {e}"
     return top, quantiles, ""
 
 
 def run_live(model, text: str) -> dict:
     """Activations of typed text: {"text", "streams" {(layer, s): [n, units]}, "note"}."""
-    from probe.record import activations
     notes = []
     if len(text) > LIVE_LIMIT:
         notes.append(f"only the first {LIVE_LIMIT:,} of {len(text):,} characters were run.")

@@ -16,7 +16,7 @@ from bokeh.io import curdoc
 from bokeh.layouts import column, row
 from bokeh.models import Button, ColumnDataSource, Div, Select, Spinner, TabPanel, Tabs, TextAreaInput
 
-from probe import render
+from probe import contexts, render
 from probe.errors import ProbeError
 from probe.features import FEATURES
 
@@ -123,9 +123,9 @@ def update_cell():
     lo, hi, means = data.overview_bins(values)
     overview_src.data = dict(x=(lo + hi) / 2, width=hi - lo, color=render.colors(means, sel.stream))
     overview.x_range.start, overview.x_range.end = 0, len(rec)
-    counts, edges = data.histogram(values)
+    counts, edges = contexts.histogram(values)
     hist_src.data = dict(left=edges[:-1], right=edges[1:], count=counts)
-    card.text = views.card_html(rec, sel.stream, values, *data.contexts(store, sel))
+    card.text = views.card_html(rec, sel.stream, values, *data.card_contexts(store, sel))
     doc.title = f"cells · {sel.recording} layer {sel.layer} {sel.stream} unit {sel.unit}"
     highlight_saturation()
     update_live()
