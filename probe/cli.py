@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--resume", action="store_true", help="continue from OUT's .resume.pt")
+    t.add_argument("--init", metavar="CKPT", help="start from CKPT's weights, widened to --units "
+                   "(same function at step 0; its vocabulary, layers and embedding are kept)")
     t.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -155,7 +157,7 @@ def cmd_train(a) -> int:
               units=a.units, embedding=a.embedding, dropout=a.dropout, batch=a.batch, seq=a.seq,
               steps=a.steps, lr=a.lr, warmup=a.warmup, clip=a.clip, eval_every=a.eval_every,
               eval_chars=a.eval_chars, seed=a.seed, resume=a.resume, force=a.force,
-              threads=a.threads, progress=not a.quiet)
+              threads=a.threads, init=a.init, progress=not a.quiet)
     line = f"saved {a.out}: validation {m['val_bpc']:.3f} bits/char"
     if "test_bpc" in m:
         line += f", test {m['test_bpc']:.3f} bits/char"

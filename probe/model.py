@@ -141,3 +141,40 @@ def load_model(path: str | os.PathLike | None = None) -> CharLSTM:
     model.path = str(p)
     model.sha256 = file_sha256(p)
     return model.eval()
+
+
+@torch.no_grad()
+def widen(model: CharLSTM, units: int, dropout: float | None = None, seed: int = 0) -> CharLSTM:
+    """A copy of ``model`` with ``units`` units per layer that computes the same function.
+
+    The old units keep their weights; each new unit gets fresh random incoming weights
+    (PyTorch's own LSTM initialisation) and zero outgoing weights: nothing reads a new
+    unit yet, so the logits are unchanged until training grows those weights. This lets
+    a bigger model start from a trained smaller one (function-preserving widening, as in
+    Net2Net's zero-init variant) instead of from scratch.
+    """
+    old = model.units
+    if units < old:
+        raise ProbeError(f"cannot widen a {old}-unit model to {units} units")
+    torch.manual_seed(seed)
+    cfg = model.config
+    big = CharLSTM(model.vocab, cfg["layers"], units, cfg["embedding"],
+                   cfg["dropout"] if dropout is None else dropout)
+    big.embed.weight.copy_(model.embed.weight)
+    for k in range(model.layers):
+        for kind in ("ih", "hh"):
+            w_old, w = getattr(model.lstm, f"weight_{kind}_l{k}"), getattr(big.lstm, f"weight_{kind}_l{k}")
+            b_old, b = getattr(model.lstm, f"bias_{kind}_l{k}"), getattr(big.lstm, f"bias_{kind}_l{k}")
+            reads_h = kind == "hh" or k > 0  # the columns are units of a layer (else the embedding)
+            for gate in range(4):  # i, f, g, o blocks of rows
+                rows, rows_old = slice(gate * units, gate * units + old), slice(gate * old, (gate + 1) * old)
+                if reads_h:
+                    w[rows, old:] = 0  # old units ignore the new ones
+                    w[rows, :old] = w_old[rows_old]
+                else:
+                    w[rows] = w_old[rows_old]
+                b[rows] = b_old[rows_old]
+    big.head.weight.zero_()
+    big.head.weight[:, :old] = model.head.weight
+    big.head.bias.copy_(model.head.bias)
+    return big

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from . import corpus as corpora
 from .errors import ProbeError
-from .model import CharLSTM, model_from_checkpoint, read_checkpoint, save_checkpoint
+from .model import (CharLSTM, file_sha256, model_from_checkpoint, read_checkpoint, save_checkpoint,
+                    widen)
 
 LN2 = math.log(2)
 DEFAULT_STEPS = 4000
@@ -99,11 +100,13 @@ def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | Non
           lr: float = 2e-3, warmup: int = 100, min_lr_frac: float = 0.05, clip: float = 5.0,
           eval_every: int = 250, eval_chars: int = 300_000, seed: int = 0,
           resume: bool = False, force: bool = False, threads: int | None = None,
-          progress: bool = True) -> dict:
+          init: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Train a model and return its metrics; the best weights are saved at ``out``.
 
     With ``resume``, training continues from ``out``'s ``.resume.pt`` with its saved
     settings; a larger ``steps`` extends the cosine schedule over the new total.
+    With ``init``, training starts from that checkpoint's weights (its vocabulary, layers
+    and embedding), widened to ``units`` without changing what it computes (``widen``).
     """
     out = Path(out)
     rpath = resume_path(out)
@@ -137,9 +140,19 @@ def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | Non
     else:
         steps = DEFAULT_STEPS if steps is None else steps
         torch.manual_seed(seed)
-        model = CharLSTM(corpora.build_vocab(train_text), layers, units, embedding, dropout)
         args = dict(batch=batch, seq=seq, steps=steps, lr=lr, warmup=warmup, min_lr_frac=min_lr_frac,
                     clip=clip, eval_every=eval_every, eval_chars=eval_chars, seed=seed)
+        if init is not None:
+            base = model_from_checkpoint(read_checkpoint(init), init)
+            if layers != base.layers:
+                raise ProbeError(f"{init}: has {base.layers} layers; --layers {layers} cannot start from it")
+            if units < base.units:
+                raise ProbeError(f"{init}: has {base.units} units; --units {units} would shrink it")
+            model = widen(base, units, dropout, seed)
+            args["init"] = {"path": str(init), "sha256": file_sha256(init), "units": base.units,
+                            "chars": base.metrics.get("chars"), "test_bpc": base.metrics.get("test_bpc")}
+        else:
+            model = CharLSTM(corpora.build_vocab(train_text), layers, units, embedding, dropout)
     vocab = model.vocab
     train_ids, n_unk = corpora.encode(train_text, vocab)
     val_ids, n_unk_val = corpora.encode(val_text[:eval_chars], vocab)

@@ -9,7 +9,7 @@ import torch
 
 from probe import ProbeError, corpus, load_model
 from probe.cli import main
-from probe.model import read_checkpoint, save_checkpoint
+from probe.model import read_checkpoint, save_checkpoint, widen
 from probe.sample import sample
 from probe.train import train
 
@@ -115,6 +115,33 @@ def test_seed_makes_training_repeatable_and_resume_continues(tmp_path, text):
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, text):
     with pytest.raises(ProbeError, match="no resumable checkpoint"):
         train(tmp_path / "x.pt", corpus=None, text="whatever", resume=True, progress=False)
+
+
+def test_widening_keeps_the_function_and_adds_trainable_units(tiny_model, text):
+    wide = widen(tiny_model, 20).eval()
+    ids = torch.from_numpy(corpus.encode(text, tiny_model.vocab)[0][None].astype(np.int64))
+    with torch.no_grad():
+        (small, (h, c)), (big, (h2, c2)) = tiny_model(ids), wide(ids)
+    assert torch.equal(small, big)              # same logits, bit for bit
+    assert torch.equal(h, h2[..., :8]) and torch.equal(c, c2[..., :8])
+    assert h2[..., 8:].abs().mean() > 1e-3      # the new units run, only unread
+    with pytest.raises(ProbeError, match="cannot widen"):
+        widen(tiny_model, 4)
+
+
+def test_training_can_start_from_a_smaller_checkpoint(tmp_path, text, model_path):
+    src = tmp_path / "code.py"
+    src.write_text(text * 10)
+    kw = dict(corpus=None, text=str(src), embedding=4, batch=4, seq=16, steps=10, eval_every=5,
+              progress=False)
+    m = train(tmp_path / "w.pt", init=model_path, units=12, **kw)
+    wide = load_model(tmp_path / "w.pt")
+    assert wide.units == 12 and wide.vocab == load_model(model_path).vocab
+    assert m["args"]["init"]["units"] == 8
+    with pytest.raises(ProbeError, match="would shrink"):
+        train(tmp_path / "s.pt", init=model_path, units=4, **kw)
+    with pytest.raises(ProbeError, match="has 2 layers"):
+        train(tmp_path / "s.pt", init=model_path, units=12, layers=3, **kw)
 
 
 def test_sampling_with_a_seed_repeats(tiny_model):
