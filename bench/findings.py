@@ -48,6 +48,29 @@ def window_for(rec, feats, feature: str, length: int = 1000) -> int:
     return int(np.argmax(counts[: T - length]))
 
 
+def where_wrong(rec, feats, b) -> str:
+    """Where a binary feature's best cell errs: its positives that look negative (below the
+    negatives' 75th percentile) and negatives that look positive (above the positives' 25th),
+    by kind of character or context. Says whether a better model or a different label helps."""
+    y = feats[b.feature].to_numpy() != 0
+    x = rec.unit(int(b.layer), b.stream, int(b.unit)).astype(np.float64)
+    if b.score < 0.5:
+        x = -x
+    codes = rec.codepoints
+    quote = (codes == ord("'")) | (codes == ord('"'))
+    closing = y & quote & ~np.r_[y[1:], False]          # last character of a literal
+    pos_low = y & (x < np.percentile(x[~y], 75))
+    neg_high = ~y & (x > np.percentile(x[y], 25))
+    quotes = f", {closing[pos_low].mean():.0%} of them closing quotes" if "string" in b.feature else ""
+    lines = [f"{b.feature}, layer {b.layer} {b.stream} {b.unit}: "
+             f"{pos_low.sum():,} of {y.sum():,} positives look negative{quotes}; "
+             f"{neg_high.sum():,} of {(~y).sum():,} negatives look positive"]
+    for other in ("in_comment", "in_long_string", "in_short_string"):
+        if other != b.feature and other in feats:
+            lines.append(f"  {feats[other].to_numpy()[neg_high].mean():.0%} of those are {other}")
+    return "\n".join(lines)
+
+
 def saturation_plot(sat, png: Path) -> None:
     from bokeh.io import export_png
     from bokeh.layouts import row
@@ -93,6 +116,9 @@ def main() -> None:
             met = ("yes" if strength >= goal else "**no**") if goal else ""
             print(f"| {b.feature} | {b.layer}, {b.stream}, {b.unit} | {score} | {target} | {met} |")
         print("\nAUC below 0.5 means the cell is *off* where the feature is on (ranked by distance from 0.5).")
+        print("\nwhere the best cell errs:")
+        for feature in ("in_short_string", "in_comment"):
+            print(where_wrong(rec, feats, best[best.feature == feature].iloc[0]))
         print("\nsaturation (mean fraction of characters per gate):")
         print(detectors.saturation_summary(res["saturation"]).to_string(index=False))
         for feature in ("in_short_string", "column", "bracket_depth"):
