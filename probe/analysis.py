@@ -122,7 +122,8 @@ def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = Fa
             feats = default_features(rec, regex)
             has_gates = all(g in rec.streams for g in GATES)
             sc, sats = _scores_and_saturation(rec, feats, layers=None, streams=None, chunk=CHUNK,
-                                              progress=progress, sat=(0.1, 0.9) if has_gates else None)
+                                              progress=progress, sat=(0.1, 0.9) if has_gates else None,
+                                              workers=min(4, os.cpu_count() or 1))
             sat = (pd.concat(sats, ignore_index=True)[_SAT_COLUMNS] if sats
                    else pd.DataFrame({c: [] for c in _SAT_COLUMNS}))
             _write_cache(side, key, regex, sc, sat)

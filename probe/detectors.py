@@ -16,6 +16,7 @@ in ``probe.analysis``.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 import numpy as np
@@ -270,7 +271,7 @@ def _bar(progress: bool, total: int, desc: str):
 
 
 def scores(rec: Recording, feats: pd.DataFrame | None = None, *, layers=None, streams=None,
-           chunk: int = CHUNK, progress: bool = False) -> pd.DataFrame:
+           chunk: int = CHUNK, progress: bool = False, workers: int = 1) -> pd.DataFrame:
     """Pearson r (metric "r") of every (layer, stream, unit) with every feature, and ROC AUC
     (metric "auc") for binary features: columns layer, stream, unit, feature, metric, score.
 
@@ -279,31 +280,44 @@ def scores(rec: Recording, feats: pd.DataFrame | None = None, *, layers=None, st
     from shifted running sums; AUC from per-unit histograms of AUC_BINS bins over each
     value's float16 rounding (c squashed by x / (1 + |x|)), so two values in the same bin
     count as a tie (half): it matches the exact AUC to ~1e-4. A constant unit or feature
-    gives NaN (and a constant unit an AUC of 0.5).
+    gives NaN (and a constant unit an AUC of 0.5). ``workers`` threads scan streams side by
+    side (numpy and torch release the GIL for the heavy steps); the result does not change.
     """
     res, _ = _scores_and_saturation(rec, feats, layers=layers, streams=streams, chunk=chunk,
-                                    progress=progress, sat=None)
+                                    progress=progress, sat=None, workers=workers)
     return res
 
 
-def _scores_and_saturation(rec, feats, *, layers, streams, chunk, progress, sat):
+def _scores_and_saturation(rec, feats, *, layers, streams, chunk, progress, sat, workers=1):
     T = _check_nonempty(rec)
     if chunk < 1:
         raise ProbeError(f"chunk must be a positive number of rows, got {chunk}")
     pairs = _pairs(rec, layers, streams)
     fx = _FeatureSet(default_features(rec) if feats is None else feats, T, rec.path)
-    frames, sats = [], []
+    if workers < 1:
+        raise ProbeError(f"workers must be at least 1, got {workers}")
     bar = _bar(progress, len(pairs) * T, "scoring")
+
+    def one(pair):
+        k, s = pair
+        want_sat = sat if (sat is not None and s in GATES) else None
+        acc = _scan(rec.stream(k, s), T, chunk, fx, s, want_sat, bar)
+        frame = _frame(k, s, fx, _pearson(acc, fx), _aucs(acc, fx))
+        if want_sat is None:
+            return frame, None
+        return frame, pd.DataFrame({"layer": k, "gate": s, "unit": np.arange(len(acc["left"])),
+                                    "left": acc["left"], "right": acc["right"]})
+
     try:
-        for k, s in pairs:
-            want_sat = sat if (sat is not None and s in GATES) else None
-            acc = _scan(rec.stream(k, s), T, chunk, fx, s, want_sat, bar)
-            frames.append(_frame(k, s, fx, _pearson(acc, fx), _aucs(acc, fx)))
-            if want_sat is not None:
-                sats.append(pd.DataFrame({"layer": k, "gate": s, "unit": np.arange(len(acc["left"])),
-                                          "left": acc["left"], "right": acc["right"]}))
+        if workers == 1:
+            done = [one(p) for p in pairs]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                done = list(pool.map(one, pairs))
     finally:
         bar.close()
+    frames = [f for f, _ in done]
+    sats = [x for _, x in done if x is not None]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_SCORE_COLUMNS)
     return df[_SCORE_COLUMNS], sats
 

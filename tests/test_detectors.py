@@ -122,6 +122,16 @@ def test_streaming_scores_equal_numpy_on_full_arrays(tmp_path, synthetic, dtype)
     assert worst_auc < 1e-3
 
 
+def test_scoring_streams_side_by_side_gives_the_same_table(synthetic):
+    path, _, feats = synthetic
+    with open_recording(path) as rec:
+        one = detectors.scores(rec, feats, chunk=700)
+        two = detectors.scores(rec, feats, chunk=700, workers=2)
+    pd.testing.assert_frame_equal(one, two)
+    with open_recording(path) as rec, pytest.raises(ProbeError, match="workers"):
+        detectors.scores(rec, feats, workers=0)
+
+
 def test_constant_feature_gives_nan_not_a_crash(synthetic):
     path, _, feats = synthetic
     feats = feats.assign(zero=0, half=0.5)
