@@ -112,6 +112,8 @@ def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | Non
     rpath = resume_path(out)
     if not out.parent.is_dir():
         raise ProbeError(f"{out.parent}: output folder does not exist")
+    if resume and init is not None:
+        raise ProbeError(f"{out}: --resume continues a run, --init starts one; pass only one")
     if resume and not rpath.exists():
         raise ProbeError(f"{rpath}: no resumable checkpoint to --resume from")
     if not resume and not force and (out.exists() or rpath.exists()):

@@ -142,6 +142,8 @@ def test_training_can_start_from_a_smaller_checkpoint(tmp_path, text, model_path
         train(tmp_path / "s.pt", init=model_path, units=4, **kw)
     with pytest.raises(ProbeError, match="has 2 layers"):
         train(tmp_path / "s.pt", init=model_path, units=12, layers=3, **kw)
+    with pytest.raises(ProbeError, match="pass only one"):
+        train(tmp_path / "w.pt", init=model_path, units=12, resume=True, **kw)
 
 
 def test_sampling_with_a_seed_repeats(tiny_model):
