@@ -21,6 +21,7 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import features as features_mod
 from .errors import ProbeError
@@ -157,8 +158,6 @@ def _bin_table(stream: str, bins: int = AUC_BINS) -> np.ndarray:
 def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
           sat: tuple[float, float] | None = None, bar=None) -> dict:
     """One pass over a [T, U] dataset: sums for r, AUC histograms, saturation counts."""
-    import torch  # converts float16 to float32 faster than numpy
-
     U = ds.shape[1]
     out: dict = {"n": 0}
     if fx is not None:
@@ -168,6 +167,7 @@ def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
         # per group, counts [U, patterns * AUC_BINS]: bin index = pattern * AUC_BINS + bin
         hists = [np.zeros((U, len(p) * AUC_BINS), dtype=np.int64) for _, _, p in fx.groups]
         row_off = [(code * AUC_BINS).astype(np.int32)[:, None] for _, code, _ in fx.groups]
+        unit_off = [np.arange(HIST_UNITS, dtype=np.int32) * h.shape[1] for h in hists]
         tshift = None
     if sat is not None:
         left, right = np.zeros(U, np.int64), np.zeros(U, np.int64)
@@ -189,7 +189,7 @@ def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
                     for g, hist in enumerate(hists):
                         width = hist.shape[1]
                         idx = base + row_off[g][a:b]
-                        idx += np.arange(u1 - u0, dtype=np.int32) * width
+                        idx += unit_off[g][:u1 - u0]
                         hist[u0:u1] += np.bincount(idx.ravel(), minlength=(u1 - u0) * width
                                                    ).reshape(u1 - u0, width)
             if tshift is None:  # shifted sums: no cancellation in Σx² - (Σx)²/n
@@ -292,10 +292,10 @@ def _scores_and_saturation(rec, feats, *, layers, streams, chunk, progress, sat,
     T = _check_nonempty(rec)
     if chunk < 1:
         raise ProbeError(f"chunk must be a positive number of rows, got {chunk}")
-    pairs = _pairs(rec, layers, streams)
-    fx = _FeatureSet(default_features(rec) if feats is None else feats, T, rec.path)
     if workers < 1:
         raise ProbeError(f"workers must be at least 1, got {workers}")
+    pairs = _pairs(rec, layers, streams)
+    fx = _FeatureSet(default_features(rec) if feats is None else feats, T, rec.path)
     bar = _bar(progress, len(pairs) * T, "scoring")
 
     def one(pair):
@@ -482,7 +482,6 @@ class _Ridge:
 
 def _logistic_auc(Xtr, ytr, Xte, yte, l2: float = 1e-3, steps: int = 200) -> float:
     """L2-regularised logistic regression (torch LBFGS, full batch), AUC on held-out rows."""
-    import torch
     if len(np.unique(ytr)) < 2:
         return float("nan")
     X = torch.from_numpy(np.ascontiguousarray(Xtr, dtype=np.float32))

@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 
 from . import corpus as corpora
 from .errors import ProbeError
-from .model import (CharLSTM, file_sha256, model_from_checkpoint, read_checkpoint, save_checkpoint,
-                    widen)
+from .model import CharLSTM, load_model, model_from_checkpoint, read_checkpoint, save_checkpoint, widen
 
 LN2 = math.log(2)
 DEFAULT_STEPS = 4000
@@ -145,13 +144,13 @@ def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | Non
         args = dict(batch=batch, seq=seq, steps=steps, lr=lr, warmup=warmup, min_lr_frac=min_lr_frac,
                     clip=clip, eval_every=eval_every, eval_chars=eval_chars, seed=seed)
         if init is not None:
-            base = model_from_checkpoint(read_checkpoint(init), init)
+            base = load_model(init)
             if layers != base.layers:
                 raise ProbeError(f"{init}: has {base.layers} layers; --layers {layers} cannot start from it")
             if units < base.units:
                 raise ProbeError(f"{init}: has {base.units} units; --units {units} would shrink it")
             model = widen(base, units, dropout, seed)
-            args["init"] = {"path": str(init), "sha256": file_sha256(init), "units": base.units,
+            args["init"] = {"path": str(init), "sha256": base.sha256, "units": base.units,
                             "chars": base.metrics.get("chars"), "test_bpc": base.metrics.get("test_bpc")}
         else:
             model = CharLSTM(corpora.build_vocab(train_text), layers, units, embedding, dropout)
