@@ -27,7 +27,13 @@ from . import features as features_mod
 from .errors import ProbeError
 from .recording import Recording
 
+try:  # the AUC histogram loop in C (setup.py builds it; optional)
+    from . import _kernels
+except ImportError:  # no compiler at install time: numpy does the same counting
+    _kernels = None
+
 CHUNK = 32768             # rows per streaming read
+SUBCHUNK = 4096           # rows converted to float32 at a time (they stay in cache)
 AUC_BINS = 2048           # histogram bins per unit for AUC (ties within a bin count half)
 HIST_UNITS = 32           # units histogrammed together (counts of a block fit in cache)
 MAX_COMBOS = 8            # distinct 0/1 patterns of binary features histogrammed together
@@ -155,6 +161,48 @@ def _bin_table(stream: str, bins: int = AUC_BINS) -> np.ndarray:
 
 # ---- the streaming pass ---------------------------------------------------------------
 
+def count_numpy(codes: np.ndarray, pattern: np.ndarray, lut: np.ndarray, hist: np.ndarray) -> None:
+    """hist[u, pattern[t] * AUC_BINS + lut[codes[t, u]]] += 1 for every row t and unit u.
+
+    codes: float16 bit patterns [n, U]; pattern: int32 [n]; lut: int32 [65536] bin per
+    bit pattern; hist: int64 [U, patterns * AUC_BINS], updated in place. The reference
+    for the compiled ``probe._kernels.histogram`` (same counts, about 4x slower).
+    """
+    U, width = hist.shape
+    row_off = (pattern.astype(np.int32) * AUC_BINS)[:, None]
+    for u0 in range(0, U, HIST_UNITS):  # a block of units: its counts stay in cache
+        u1 = min(u0 + HIST_UNITS, U)
+        idx = lut[codes[:, u0:u1]] + row_off
+        idx += np.arange(u1 - u0, dtype=np.int32) * width
+        hist[u0:u1] += np.bincount(idx.ravel(), minlength=(u1 - u0) * width).reshape(u1 - u0, width)
+
+
+_FLOAT16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def shifted(raw: np.ndarray, shift: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
+    """float32 ``raw - shift`` [n, U]; adds each unit's Σ(raw - shift)² to ``sumsq`` (float64).
+    float16 chunks go through the compiled loop when it was built."""
+    raw = np.ascontiguousarray(raw)
+    if _kernels is not None and raw.dtype == np.float16:
+        x = np.empty(raw.shape, dtype=np.float32)
+        _kernels.shifted(raw.view(np.uint16), _FLOAT16, shift, x, sumsq)
+        return x
+    x = torch.from_numpy(raw).float().sub_(torch.from_numpy(shift)).numpy()  # torch converts float16 faster
+    for r0 in range(0, len(x), 4096):  # float32 partial sums of 4096 rows, then float64
+        xs = x[r0:r0 + 4096]
+        sumsq += np.einsum("ij,ij->j", xs, xs)
+    return x
+
+
+def count(codes: np.ndarray, pattern: np.ndarray, lut: np.ndarray, hist: np.ndarray) -> None:
+    """``count_numpy``, by the compiled loop when it was built (pip builds it if it can)."""
+    if _kernels is None:
+        count_numpy(codes, pattern, lut, hist)
+    else:
+        _kernels.histogram(codes, pattern, lut, hist, AUC_BINS)
+
+
 def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
           sat: tuple[float, float] | None = None, bar=None) -> dict:
     """One pass over a [T, U] dataset: sums for r, AUC histograms, saturation counts."""
@@ -166,9 +214,7 @@ def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
         lut = _bin_table(stream).astype(np.int32)
         # per group, counts [U, patterns * AUC_BINS]: bin index = pattern * AUC_BINS + bin
         hists = [np.zeros((U, len(p) * AUC_BINS), dtype=np.int64) for _, _, p in fx.groups]
-        row_off = [(code * AUC_BINS).astype(np.int32)[:, None] for _, code, _ in fx.groups]
-        unit_off = [np.arange(HIST_UNITS, dtype=np.int32) * h.shape[1] for h in hists]
-        tshift = None
+        shift = None
     if sat is not None:
         left, right = np.zeros(U, np.int64), np.zeros(U, np.int64)
         low, high = np.float32(sat[0]), np.float32(sat[1])  # float32: exact for float16 data
@@ -182,26 +228,19 @@ def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
             if fx.groups:
                 with np.errstate(over="ignore"):
                     half = raw if raw.dtype == np.float16 else raw.astype(np.float16)
-                codes = half.view(np.uint16)
-                for u0 in range(0, U, HIST_UNITS):  # a block of units: its counts stay in cache
-                    u1 = min(u0 + HIST_UNITS, U)
-                    base = lut[codes[:, u0:u1]]
-                    for g, hist in enumerate(hists):
-                        width = hist.shape[1]
-                        idx = base + row_off[g][a:b]
-                        idx += unit_off[g][:u1 - u0]
-                        hist[u0:u1] += np.bincount(idx.ravel(), minlength=(u1 - u0) * width
-                                                   ).reshape(u1 - u0, width)
-            if tshift is None:  # shifted sums: no cancellation in Σx² - (Σx)²/n
-                tshift = torch.from_numpy(raw.mean(axis=0, dtype=np.float64).astype(np.float32))
-            x = torch.from_numpy(raw).float().sub_(tshift).numpy()  # torch converts float16 faster
-            for r0 in range(0, b - a, 4096):  # float32 partial sums of 4096 rows, then float64
-                xs = x[r0:r0 + 4096]
-                sxx += np.einsum("ij,ij->j", xs, xs)
-            prod = (x.T @ fx.centred(a, b)).astype(np.float64)  # [U, 1 + F]: Σx, then Σx·f
-            sx += prod[:, 0]
-            sxf += prod[:, 1:]
-            del x
+                codes = np.ascontiguousarray(half).view(np.uint16)
+                for (_, code, _), hist in zip(fx.groups, hists):
+                    count(codes, code[a:b], lut, hist)
+            if shift is None:  # shifted sums: no cancellation in Σx² - (Σx)²/n
+                shift = raw.mean(axis=0, dtype=np.float64).astype(np.float32)
+            f = fx.centred(a, b)
+            for r0 in range(0, b - a, SUBCHUNK):  # float32 values of a few rows, still in cache
+                r1 = min(r0 + SUBCHUNK, b - a)
+                x = shifted(raw[r0:r1], shift, sxx)
+                # [U, 1 + F]: Σx, then Σx·f (torch: its thread setting holds; this order is fast)
+                prod = (torch.from_numpy(f[r0:r1]).T @ torch.from_numpy(x)).numpy().T.astype(np.float64)
+                sx += prod[:, 0]
+                sxf += prod[:, 1:]
         out["n"] += b - a
         if bar is not None:
             bar.update(b - a)
@@ -244,11 +283,10 @@ def _auc_from_hist(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
 def _aucs(acc: dict, fx: _FeatureSet) -> dict[int, np.ndarray]:
     out = {}
     for (members, _, pats), hist in zip(fx.groups, acc["hists"]):
-        hist = hist.astype(np.float64)  # counts < 2**53: exact
-        total = hist.sum(axis=0)
+        total = hist.sum(axis=0)  # [patterns, U, bins] -> [U, bins]
         for col, j in enumerate(members):
-            pos = np.tensordot(pats[:, col].astype(np.float64), hist, axes=1)
-            out[j] = _auc_from_hist(pos, total - pos)
+            pos = hist[pats[:, col]].sum(axis=0)  # the patterns where feature j is 1
+            out[j] = _auc_from_hist(pos.astype(np.float64), (total - pos).astype(np.float64))
     return out
 
 

@@ -122,6 +122,59 @@ def test_streaming_scores_equal_numpy_on_full_arrays(tmp_path, synthetic, dtype)
     assert worst_auc < 1e-3
 
 
+def test_compiled_loops_are_built_and_equal_numpy():
+    # pip builds probe/_kernels.c (setup.py); numpy's count_numpy is the reference
+    assert detectors._kernels is not None, "probe._kernels was not built: is a C compiler installed?"
+    rng = np.random.default_rng(0)
+    half = (rng.standard_normal((3000, 37)) * 3).astype(np.float16)  # U not a multiple of 8
+    codes = half.view(np.uint16)
+    pattern = rng.integers(0, 3, 3000).astype(np.int32)
+    lut = detectors._bin_table("c").astype(np.int32)
+    ours, ref = (np.zeros((37, 3 * detectors.AUC_BINS), np.int64) for _ in range(2))
+    detectors.count(codes, pattern, lut, ours)
+    detectors.count(codes, pattern, lut, ours)  # adds up
+    detectors.count_numpy(codes, pattern, lut, ref)
+    detectors.count_numpy(codes, pattern, lut, ref)
+    np.testing.assert_array_equal(ours, ref)
+    assert ours.sum() == 2 * codes.size
+
+    shift = half.astype(np.float32).mean(axis=0)
+    q_c, q_n = np.zeros(37), np.zeros(37)
+    x = detectors.shifted(half, shift, q_c)
+    np.testing.assert_array_equal(x, half.astype(np.float32) - shift)
+    np.testing.assert_allclose(q_c, (x.astype(np.float64) ** 2).sum(axis=0), rtol=1e-12)
+    detectors.shifted(half.astype(np.float32), shift, q_n)  # float32 data: the torch path
+    np.testing.assert_allclose(q_c, q_n, rtol=1e-5)
+
+
+def test_compiled_loops_refuse_mismatched_arrays():
+    k = detectors._kernels
+    codes = np.zeros((10, 4), np.uint16)
+    lut = np.zeros(65536, np.int32)
+    with pytest.raises(ValueError, match="pattern outside"):
+        k.histogram(codes, np.full(10, 5, np.int32), lut, np.zeros((4, 2 * 16), np.int64), 16)
+    with pytest.raises(ValueError, match="shapes"):
+        k.histogram(codes, np.zeros(9, np.int32), lut, np.zeros((4, 32), np.int64), 16)
+    with pytest.raises(ValueError, match="lut holds a bin"):
+        k.histogram(codes, np.zeros(10, np.int32), lut + 16, np.zeros((4, 32), np.int64), 16)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        k.histogram(codes.astype(np.int32), np.zeros(10, np.int32), lut, np.zeros((4, 32), np.int64), 16)
+    with pytest.raises(ValueError, match="shapes"):
+        k.shifted(codes, np.zeros(65536, np.float32), np.zeros(3, np.float32),
+                  np.zeros((10, 4), np.float32), np.zeros(4))
+
+
+def test_scores_without_the_compiled_loops_are_the_same(tmp_path, synthetic, monkeypatch):
+    _, data, feats = synthetic
+    path = write_recording(tmp_path / "syn16.h5", CODE * 25, data, dtype="float16")
+    with open_recording(path) as rec:
+        fast = detectors.scores(rec, feats, chunk=700)
+    monkeypatch.setattr(detectors, "_kernels", None)
+    with open_recording(path) as rec:
+        slow = detectors.scores(rec, feats, chunk=700)
+    pd.testing.assert_frame_equal(fast, slow, rtol=1e-6)
+
+
 def test_scoring_streams_side_by_side_gives_the_same_table(synthetic):
     path, _, feats = synthetic
     with open_recording(path) as rec:
