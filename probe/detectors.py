@@ -10,9 +10,10 @@ Every (layer, stream, unit) is scored against every per-character feature of
 ``probe.features`` in one streaming pass over each stream, in row chunks, so memory does
 not grow with the text: Pearson r from running sums (n, Σx, Σx², Σx·f) and, for binary
 features, ROC AUC from per-unit histograms of the values at positive and negative
-characters. Plain functions over arrays and DataFrames. One cell's histogram and
-contexts live in ``probe.contexts``; the cached analysis of a recording and its reports
-in ``probe.analysis``.
+characters; the two per-value loops (float16 to float32, histogram counts) run in C
+(``probe/_kernels.c``) when it was built, else in numpy. Plain functions over arrays and
+DataFrames. One cell's histogram and contexts live in ``probe.contexts``; the cached
+analysis of a recording and its reports in ``probe.analysis``.
 """
 from __future__ import annotations
 
@@ -141,6 +142,10 @@ class _FeatureSet:
         return out
 
 
+# the float32 value of every float16 bit pattern
+_FLOAT16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
 def _bin_table(stream: str, bins: int = AUC_BINS) -> np.ndarray:
     """Histogram bin of every float16 bit pattern (a monotonic map of the value).
 
@@ -148,8 +153,8 @@ def _bin_table(stream: str, bins: int = AUC_BINS) -> np.ndarray:
     x / (1 + |x|) first: like tanh it is monotonic (AUC only depends on order), but it
     does not round every |c| > 9 to 1.0 in float32, which would tie all large values.
     """
-    v = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
+        v = _FLOAT16.astype(np.float64)  # (NaN patterns cast with a warning; they land in bin 0)
         if stream in _RANGES:
             lo, hi = _RANGES[stream]
         else:
@@ -161,7 +166,7 @@ def _bin_table(stream: str, bins: int = AUC_BINS) -> np.ndarray:
 
 # ---- the streaming pass ---------------------------------------------------------------
 
-def count_numpy(codes: np.ndarray, pattern: np.ndarray, lut: np.ndarray, hist: np.ndarray) -> None:
+def count_bins_numpy(codes: np.ndarray, pattern: np.ndarray, lut: np.ndarray, hist: np.ndarray) -> None:
     """hist[u, pattern[t] * AUC_BINS + lut[codes[t, u]]] += 1 for every row t and unit u.
 
     codes: float16 bit patterns [n, U]; pattern: int32 [n]; lut: int32 [65536] bin per
@@ -177,7 +182,12 @@ def count_numpy(codes: np.ndarray, pattern: np.ndarray, lut: np.ndarray, hist: n
         hist[u0:u1] += np.bincount(idx.ravel(), minlength=(u1 - u0) * width).reshape(u1 - u0, width)
 
 
-_FLOAT16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+def count_bins(codes: np.ndarray, pattern: np.ndarray, lut: np.ndarray, hist: np.ndarray) -> None:
+    """``count_bins_numpy``, by the compiled loop when it was built (pip builds it if it can)."""
+    if _kernels is None:
+        count_bins_numpy(codes, pattern, lut, hist)
+    else:
+        _kernels.histogram(codes, pattern, lut, hist, AUC_BINS)
 
 
 def shifted(raw: np.ndarray, shift: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
@@ -193,14 +203,6 @@ def shifted(raw: np.ndarray, shift: np.ndarray, sumsq: np.ndarray) -> np.ndarray
         xs = x[r0:r0 + 4096]
         sumsq += np.einsum("ij,ij->j", xs, xs)
     return x
-
-
-def count(codes: np.ndarray, pattern: np.ndarray, lut: np.ndarray, hist: np.ndarray) -> None:
-    """``count_numpy``, by the compiled loop when it was built (pip builds it if it can)."""
-    if _kernels is None:
-        count_numpy(codes, pattern, lut, hist)
-    else:
-        _kernels.histogram(codes, pattern, lut, hist, AUC_BINS)
 
 
 def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
@@ -230,7 +232,7 @@ def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
                     half = raw if raw.dtype == np.float16 else raw.astype(np.float16)
                 codes = np.ascontiguousarray(half).view(np.uint16)
                 for (_, code, _), hist in zip(fx.groups, hists):
-                    count(codes, code[a:b], lut, hist)
+                    count_bins(codes, code[a:b], lut, hist)
             if shift is None:  # shifted sums: no cancellation in Σx² - (Σx)²/n
                 shift = raw.mean(axis=0, dtype=np.float64).astype(np.float32)
             f = fx.centred(a, b)

@@ -123,7 +123,7 @@ def test_streaming_scores_equal_numpy_on_full_arrays(tmp_path, synthetic, dtype)
 
 
 def test_compiled_loops_are_built_and_equal_numpy():
-    # pip builds probe/_kernels.c (setup.py); numpy's count_numpy is the reference
+    # pip builds probe/_kernels.c (setup.py); numpy's count_bins_numpy is the reference
     assert detectors._kernels is not None, "probe._kernels was not built: is a C compiler installed?"
     rng = np.random.default_rng(0)
     half = (rng.standard_normal((3000, 37)) * 3).astype(np.float16)  # U not a multiple of 8
@@ -131,10 +131,10 @@ def test_compiled_loops_are_built_and_equal_numpy():
     pattern = rng.integers(0, 3, 3000).astype(np.int32)
     lut = detectors._bin_table("c").astype(np.int32)
     ours, ref = (np.zeros((37, 3 * detectors.AUC_BINS), np.int64) for _ in range(2))
-    detectors.count(codes, pattern, lut, ours)
-    detectors.count(codes, pattern, lut, ours)  # adds up
-    detectors.count_numpy(codes, pattern, lut, ref)
-    detectors.count_numpy(codes, pattern, lut, ref)
+    detectors.count_bins(codes, pattern, lut, ours)
+    detectors.count_bins(codes, pattern, lut, ours)  # adds up
+    detectors.count_bins_numpy(codes, pattern, lut, ref)
+    detectors.count_bins_numpy(codes, pattern, lut, ref)
     np.testing.assert_array_equal(ours, ref)
     assert ours.sum() == 2 * codes.size
 
