@@ -28,7 +28,7 @@ from . import features as features_mod
 from .errors import ProbeError
 from .recording import Recording
 
-try:  # the AUC histogram loop in C (setup.py builds it; optional)
+try:  # two per-value loops in C (setup.py builds them; optional)
     from . import _kernels
 except ImportError:  # no compiler at install time: numpy does the same counting
     _kernels = None
