@@ -6,7 +6,8 @@ pictures of each cell over real text (the paper's figure) for the README.
 Prints a Markdown table (best single cell per feature, AUC or |r|, target, met?), the
 gate-saturation summary, and the linear-probe curve for the headline features; writes
 a PNG of each cell over real text (`probe render`'s page, shot with headless Debian
-chromium), plus `saturation.png` (Karpathy et al. Fig. 3).
+chromium), `profiles.png` (the column and bracket cells against their feature: mean and
+spread) and `saturation.png` (Karpathy et al. Fig. 3).
 """
 from __future__ import annotations
 
@@ -71,6 +72,38 @@ def where_wrong(rec, feats, b) -> str:
     return "\n".join(lines)
 
 
+def profile(rec, feats, b, cap: int) -> list[tuple[int, int, float, float, float]]:
+    """The best cell of a counting feature, per feature value v <= cap (the last bin holds
+    v >= cap): (v, characters, mean, 10th and 90th percentile of the cell)."""
+    v = np.minimum(feats[b.feature].to_numpy(), cap)
+    x = rec.unit(int(b.layer), b.stream, int(b.unit)).astype(np.float64)
+    rows = []
+    for value in np.unique(v):
+        xs = x[v == value]
+        if len(xs) >= 20:
+            rows.append((int(value), len(xs), xs.mean(), *np.percentile(xs, [10, 90])))
+    return rows
+
+
+def profile_plot(profiles: dict, png: Path) -> None:
+    """Mean and 10–90 % band of each counting cell against its feature."""
+    from bokeh.io import export_png
+    from bokeh.layouts import row
+    from bokeh.plotting import figure
+    os.environ.setdefault("BOKEH_IN_DOCKER", "1")
+    figs = []
+    for feature, (b, rows) in profiles.items():
+        v, _, mean, lo, hi = (np.array(c) for c in zip(*rows))
+        p = figure(width=450, height=300, toolbar_location=None, x_axis_label=feature,
+                   y_axis_label=f"layer {b.layer} {b.stream} {b.unit}",
+                   title=f"{feature}: layer {b.layer} {b.stream} {b.unit}, r {b.score:+.3f}")
+        p.varea(v, lo, hi, color="#9ecae1", alpha=0.6, legend_label="10–90 % of characters")
+        p.line(v, mean, color="#08519c", line_width=2, legend_label="mean")
+        p.legend.location = "bottom_left" if b.score < 0 else "top_left"
+        figs.append(p)
+    export_png(row(*figs), filename=str(png))
+
+
 def saturation_plot(sat, png: Path) -> None:
     from bokeh.io import export_png
     from bokeh.layouts import row
@@ -121,6 +154,15 @@ def main() -> None:
             print(where_wrong(rec, feats, best[best.feature == feature].iloc[0]))
         print("\nsaturation (mean fraction of characters per gate):")
         print(detectors.saturation_summary(res["saturation"]).to_string(index=False))
+        profiles = {}
+        for feature, cap in (("column", 100), ("bracket_depth", 6)):
+            b = best[best.feature == feature].iloc[0]
+            rows = profile(rec, feats, b, cap)
+            profiles[feature] = (b, rows)
+            print(f"\n{feature} cell, layer {b.layer} {b.stream} {b.unit}: mean [10th, 90th percentile] "
+                  f"by {feature} (last bin: >= {cap})")
+            print("  " + "; ".join(f"{v}: {m:+.2f} [{lo:+.2f}, {hi:+.2f}]" for v, _, m, lo, hi in rows
+                                   if feature != "column" or v % 10 == 0 or v == cap))
         for feature in ("in_short_string", "column", "bracket_depth"):
             curve = detectors.probe_curve(rec, feats, feature, layers=None, streams=("c", "h"))
             print(f"\nlinear probe on the top-k cells, {feature} (held-out last 20%):")
@@ -138,6 +180,8 @@ def main() -> None:
                                 encoding="utf-8")
                 screenshot(html, img / f"cell-{feature}.png")
             print(f"wrote {img / f'cell-{feature}.png'}")
+    profile_plot(profiles, img / "profiles.png")
+    print(f"wrote {img / 'profiles.png'}")
     saturation_plot(res["saturation"], img / "saturation.png")
     print(f"wrote {img / 'saturation.png'}")
 
