@@ -118,6 +118,7 @@ def profile_plot(profiles: dict, png: Path) -> None:
         p.varea(v, lo, hi, color="#9ecae1", alpha=0.6, legend_label="10–90 % of characters")
         p.line(v, mean, color="#08519c", line_width=2, legend_label="mean")
         p.legend.location = "bottom_left" if b.score < 0 else "top_left"
+        p.legend.visible = not figs  # one legend is enough
         figs.append(p)
     export_png(row(*figs), filename=str(png))
 
