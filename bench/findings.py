@@ -186,6 +186,9 @@ def main() -> None:
             curve = detectors.probe_curve(rec, feats, feature, layers=None, streams=("c", "h"))
             print(f"\nlinear probe on the top-k cells, {feature} (held-out last 20%):")
             print("  " + ", ".join(f"k={int(r.k)}: {r.metric} {r.score:.3f}" for r in curve.itertuples()))
+        if not Path(CHROMIUM[0]).exists():  # the pictures are shot with it (and Bokeh's export)
+            print(f"\nno pictures: {CHROMIUM[0]} not found (Debian: apt-get install chromium chromium-driver)")
+            return
         for feature in SHOWN:
             b = best[best.feature == feature].iloc[0]
             start = window_for(rec, feats, feature)
