@@ -74,6 +74,10 @@ def where_wrong(rec, feats, b) -> str:
         lines.append(f"  AUC {auc(x, y):.3f}; without closing quotes {auc(x[~closing], y[~closing]):.3f}; "
                      f"without them and without comments and docstrings (code only) "
                      f"{auc(x[~closing & ~prose], y[~closing & ~prose]):.3f}")
+    if b.feature == "in_comment":  # is it a comment cell or a prose cell?
+        doc = feats["in_long_string"].to_numpy() != 0
+        lines.append(f"  AUC {auc(x, y):.3f}; without docstrings {auc(x[~doc], y[~doc]):.3f}; "
+                     f"as a detector of prose (comment or docstring) {auc(x, y | doc):.3f}")
     return "\n".join(lines)
 
 
@@ -184,7 +188,7 @@ def main() -> None:
                                    if feature != "column" or v % 10 == 0 or v == cap))
         for feature in ("in_short_string", "column", "bracket_depth"):
             curve = detectors.probe_curve(rec, feats, feature, layers=None, streams=("c", "h"))
-            print(f"\nlinear probe on the top-k cells, {feature} (held-out last 20%):")
+            print(f"\nlinear probe on the top-k cells, {feature} (held out: 20% of the text, in pieces from all over it):")
             print("  " + ", ".join(f"k={int(r.k)}: {r.metric} {r.score:.3f}" for r in curve.itertuples()))
         if not Path(CHROMIUM[0]).exists():  # the pictures are shot with it (and Bokeh's export)
             print(f"\nno pictures: {CHROMIUM[0]} not found (Debian: apt-get install chromium chromium-driver)")

@@ -444,17 +444,44 @@ def saturation_summary(sat: pd.DataFrame) -> pd.DataFrame:
 
 # ---- probes ---------------------------------------------------------------------------
 
-def _sample_rows(lo: int, hi: int, n: int, rng: np.random.Generator, block: int = 1024) -> np.ndarray:
-    """About ``n`` positions in [lo, hi): all of them if few, else random aligned blocks
-    (contiguous reads are cheap; scattered single rows are not)."""
-    size = hi - lo
-    if size <= n:
-        return np.arange(lo, hi)
-    nb = size // block
-    if nb == 0:
-        return np.arange(lo, hi)
-    m = min(nb, -(-n // block))
-    starts = lo + np.sort(rng.choice(nb, m, replace=False)) * block
+def split_positions(T: int, held_out: float = 0.2, segments: int = 50, min_segment: int = 2048,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, held_out) over T positions for a probe.
+
+    The text is cut into about ``segments`` equal contiguous pieces (each at least
+    ``min_segment`` characters) and a random ``held_out`` fraction of them is held out, so
+    the held-out part samples the whole recording (one contiguous tail would be a few files
+    only: their style, not the model, would decide the score). Characters next to a
+    boundary share context with the other side; with pieces thousands of characters long
+    that touches well under 1 % of them.
+    """
+    n = int(np.clip(T // min_segment, 1, segments))
+    if n < 2:  # too short to cut: fall back to a contiguous tail
+        cut = int(round(T * (1 - held_out)))
+        test = np.arange(T) >= cut
+        return ~test, test
+    edges = np.linspace(0, T, n + 1).round().astype(int)
+    m = min(n - 1, max(1, int(round(n * held_out))))
+    chosen = np.random.default_rng(seed).choice(n, m, replace=False)
+    test = np.zeros(T, dtype=bool)
+    for j in chosen:
+        test[edges[j]:edges[j + 1]] = True
+    return ~test, test
+
+
+def _sample_from(mask: np.ndarray, n: int, rng: np.random.Generator, block: int = 256) -> np.ndarray:
+    """About ``n`` sorted positions where ``mask`` holds: all of them if few, else random
+    aligned blocks of ``block`` (contiguous reads are cheap; scattered single rows are not)."""
+    idx = np.flatnonzero(mask)
+    if len(idx) <= n:
+        return idx
+    nb = len(mask) // block
+    full = mask[:nb * block].reshape(nb, block).all(axis=1)  # blocks wholly inside the part
+    blocks = np.flatnonzero(full)
+    m = -(-n // block)
+    if len(blocks) < m:
+        return np.sort(rng.choice(idx, n, replace=False))
+    starts = np.sort(rng.choice(blocks, m, replace=False)) * block
     return (starts[:, None] + np.arange(block)).reshape(-1)
 
 
@@ -492,13 +519,16 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
 
 class _Ridge:
     """Closed-form ridge on the leading k columns, for any k, from Gram matrices computed
-    once. The penalty is chosen on the last quarter of the training rows (later positions,
-    so no leakage), then the model is refitted on all of them."""
+    once. The penalty is chosen on the validation rows (``val``, a boolean mask; default the
+    last quarter), then the model is refitted on all of them."""
 
-    def __init__(self, X: np.ndarray, y: np.ndarray):
-        self.X, self.y = X, y
-        self.cut = max(1, int(len(y) * 0.75))
-        fit, y_fit = X[:self.cut], y[:self.cut]
+    def __init__(self, X: np.ndarray, y: np.ndarray, val: np.ndarray | None = None):
+        if val is None or val.all() or not val.any():
+            val = np.arange(len(y)) >= max(1, int(len(y) * 0.75))
+        self.y = y
+        self.X_val, self.y_val = X[val], y[val]
+        self.cut = int((~val).sum())  # rows the penalty is chosen with
+        fit, y_fit = X[~val], y[~val]
         self.mean_fit, self.mean_all = y_fit.mean(), y.mean()
         self.G_fit, self.g_fit = fit.T @ fit, fit.T @ (y_fit - self.mean_fit)
         self.G, self.g = X.T @ X, X.T @ (y - self.mean_all)
@@ -509,7 +539,7 @@ class _Ridge:
 
     def r2(self, k: int, Xte: np.ndarray, yte: np.ndarray) -> float:
         """R² on (Xte, yte) of the probe on the first k columns."""
-        val, y_val = self.X[self.cut:, :k], self.y[self.cut:]
+        val, y_val = self.X_val[:, :k], self.y_val
         alpha = RIDGE_ALPHAS[1]
         if len(y_val) > 1:
             fits = [_r2(y_val, val @ self._solve(self.G_fit[:k, :k], self.g_fit[:k], self.cut, a) + self.mean_fit)
@@ -545,15 +575,17 @@ def _logistic_auc(Xtr, ytr, Xte, yte, l2: float = 1e-3, steps: int = 200) -> flo
 def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
                 scores_df: pd.DataFrame | None = None, ks: Iterable[int] | None = None,
                 held_out: float = 0.2, layers=None, streams=("c", "h"), *,
-                max_rows: int = 8000, seed: int = 0) -> pd.DataFrame:
+                max_rows: int = 20000, seed: int = 0) -> pd.DataFrame:
     """How distributed a feature is: a linear probe on the top-k cells, for growing k.
 
     Ridge regression (R² on held-out; penalty chosen on the end of the training part) for
-    a continuous feature, L2 logistic regression (AUC on held-out) for a binary one. The held-out part is the last ``held_out`` of the
-    positions (contiguous: no leakage through neighbouring characters); cells are ranked on
-    the training part only, unless ``scores_df`` is given (which must then come from
-    training positions only, or the curve leaks). Up to ``max_rows`` rows of each part
-    are sampled. ``ks`` defaults to 1, 2, 4, ... and all cells. Columns k, score, metric.
+    a continuous feature, L2 logistic regression (AUC on held-out) for a binary one. The
+    held-out part is ``held_out`` of the recording's segments (see ``split_positions``):
+    long contiguous pieces spread over the whole text, so it looks like the rest, with
+    no leakage through neighbouring characters. Cells are ranked on the training part only,
+    unless ``scores_df`` is given (which must then come from training positions only, or
+    the curve leaks). Up to ``max_rows`` training rows and half as many held-out rows are
+    sampled. ``ks`` defaults to 1, 2, 4, ... and all cells. Columns k, score, metric.
     """
     T = _check_nonempty(rec)
     feats = default_features(rec) if feats is None else feats
@@ -563,14 +595,14 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
         raise ProbeError(f"{rec.path}: features have {len(feats)} rows but the recording has {T} characters")
     if not 0 < held_out < 1:
         raise ProbeError(f"held_out must be a fraction between 0 and 1, got {held_out}")
-    cut = int(round(T * (1 - held_out)))
-    if cut < 2 or T - cut < 2:
-        raise ProbeError(f"{rec.path}: too short ({T} characters) to hold out {held_out:.0%} for a probe")
     y_all = feats[feature].to_numpy()
     binary = features_mod.is_binary(feature, y_all)
     rng = np.random.default_rng(seed)
-    tr = _sample_rows(0, cut, max_rows, rng)
-    te = _sample_rows(cut, T, max(1, max_rows // 2), rng)
+    train_part, test_part = split_positions(T, held_out, seed=seed)
+    if train_part.sum() < 2 or test_part.sum() < 2:
+        raise ProbeError(f"{rec.path}: too short ({T} characters) to hold out {held_out:.0%} for a probe")
+    tr = _sample_from(train_part, max_rows, rng)
+    te = _sample_from(test_part, max(1, max_rows // 2), rng)
     pairs = _pairs(rec, layers, streams)
     cells, Xtr, Xte = [], [], []
     for k, s in pairs:
@@ -610,7 +642,9 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
         if not 1 <= k <= n:
             raise ProbeError(f"k={k} is out of range: there are {n} cells")
     if not binary:  # Gram matrices once: the top-k columns are their leading block
-        ridge = _Ridge(Xtr[:, :max(ks)], ytr)
+        # the penalty is chosen on a quarter of the training rows, in pieces from all over
+        _, val = split_positions(len(tr), 0.25, min_segment=256, seed=seed + 1)
+        ridge = _Ridge(Xtr[:, :max(ks)], ytr, val=val)
     rows = []
     for k in ks:
         if binary:

@@ -224,6 +224,20 @@ def test_probe_curve_on_planted_cells(synthetic):
     assert binary["score"].iloc[0] > 0.9
 
 
+def test_probe_holds_out_pieces_from_all_over_the_recording():
+    train, held = detectors.split_positions(200_000, held_out=0.2)
+    assert not (train & held).any() and (train | held).all()
+    assert held.mean() == pytest.approx(0.2, abs=0.01)
+    # several long pieces, not one tail: both parts reach into every fifth of the text
+    pieces = np.flatnonzero(np.diff(held.astype(int)) == 1).size + int(held[0])
+    assert 5 <= pieces <= 10
+    assert sum(held[q:q + 40_000].any() for q in range(0, 200_000, 40_000)) >= 3
+    assert all(train[q:q + 40_000].any() for q in range(0, 200_000, 40_000))
+    # a text too short to cut holds out its tail
+    train, held = detectors.split_positions(1000, held_out=0.2)
+    assert held[800:].all() and not held[:800].any()
+
+
 def test_saturation_fractions(tmp_path):
     T, text = 1000, "x" * 1000
     i = np.full((T, 3), 0.5)
