@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from probe import analysis, detectors, open_recording
+from probe.detectors import auc_exact
 from probe.render import standalone_page
 
 TARGETS = {"in_short_string": ("auc", 0.97), "in_comment": ("auc", 0.95),
@@ -71,27 +72,15 @@ def where_wrong(rec, feats, b) -> str:
             lines.append(f"  {feats[other].to_numpy()[neg_high].mean():.0%} of those are {other}")
     if b.feature == "in_short_string":  # the same cell, scored on parts of the text
         prose = (feats["in_comment"].to_numpy() != 0) | (feats["in_long_string"].to_numpy() != 0)
-        lines.append(f"  AUC {auc(x, y):.3f}; without closing quotes {auc(x[~closing], y[~closing]):.3f}; "
+        lines.append(f"  AUC {auc_exact(x, y):.3f}; "
+                     f"without closing quotes {auc_exact(x[~closing], y[~closing]):.3f}; "
                      f"without them and without comments and docstrings (code only) "
-                     f"{auc(x[~closing & ~prose], y[~closing & ~prose]):.3f}")
+                     f"{auc_exact(x[~closing & ~prose], y[~closing & ~prose]):.3f}")
     if b.feature == "in_comment":  # is it a comment cell or a prose cell?
         doc = feats["in_long_string"].to_numpy() != 0
-        lines.append(f"  AUC {auc(x, y):.3f}; without docstrings {auc(x[~doc], y[~doc]):.3f}; "
-                     f"as a detector of prose (comment or docstring) {auc(x, y | doc):.3f}")
+        lines.append(f"  AUC {auc_exact(x, y):.3f}; without docstrings {auc_exact(x[~doc], y[~doc]):.3f}; "
+                     f"as a detector of prose (comment or docstring) {auc_exact(x, y | doc):.3f}")
     return "\n".join(lines)
-
-
-def auc(x: np.ndarray, y: np.ndarray) -> float:
-    """Exact ROC AUC (average ranks for ties) of scores x for labels y."""
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    ranks = np.empty(len(x))
-    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    ends = np.r_[starts[1:], len(x)]
-    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)  # average 1-based rank
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def profile(rec, feats, b, cap: int) -> list[tuple[int, int, float, float, float]]:

@@ -492,7 +492,7 @@ def _read_rows(ds, rows: np.ndarray) -> np.ndarray:
     return np.concatenate([ds[r[0]:r[-1] + 1] for r in runs]).astype(np.float32)
 
 
-def _auc_exact(score: np.ndarray, y: np.ndarray) -> float:
+def auc_exact(score: np.ndarray, y: np.ndarray) -> float:
     """Mann–Whitney AUC with average ranks for ties; NaN if y has one class."""
     y = y.astype(bool)
     P, N = int(y.sum()), int((~y).sum())
@@ -519,16 +519,14 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
 
 class _Ridge:
     """Closed-form ridge on the leading k columns, for any k, from Gram matrices computed
-    once. The penalty is chosen on the validation rows (``val``, a boolean mask; default the
-    last quarter), then the model is refitted on all of them."""
+    once. The penalty is chosen on the validation rows (``val``, a boolean mask; with none,
+    the default penalty is used), then the model is refitted on all of them."""
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, val: np.ndarray | None = None):
-        if val is None or val.all() or not val.any():
-            val = np.arange(len(y)) >= max(1, int(len(y) * 0.75))
+    def __init__(self, X: np.ndarray, y: np.ndarray, val: np.ndarray):
         self.y = y
         self.X_val, self.y_val = X[val], y[val]
-        self.cut = int((~val).sum())  # rows the penalty is chosen with
         fit, y_fit = X[~val], y[~val]
+        self.n_fit = len(y_fit)
         self.mean_fit, self.mean_all = y_fit.mean(), y.mean()
         self.G_fit, self.g_fit = fit.T @ fit, fit.T @ (y_fit - self.mean_fit)
         self.G, self.g = X.T @ X, X.T @ (y - self.mean_all)
@@ -542,7 +540,7 @@ class _Ridge:
         val, y_val = self.X_val[:, :k], self.y_val
         alpha = RIDGE_ALPHAS[1]
         if len(y_val) > 1:
-            fits = [_r2(y_val, val @ self._solve(self.G_fit[:k, :k], self.g_fit[:k], self.cut, a) + self.mean_fit)
+            fits = [_r2(y_val, val @ self._solve(self.G_fit[:k, :k], self.g_fit[:k], self.n_fit, a) + self.mean_fit)
                     for a in RIDGE_ALPHAS]
             if np.isfinite(fits).any():
                 alpha = RIDGE_ALPHAS[int(np.nanargmax(fits))]
@@ -569,7 +567,7 @@ def _logistic_auc(Xtr, ytr, Xte, yte, l2: float = 1e-3, steps: int = 200) -> flo
     opt.step(closure)
     with torch.no_grad():
         pred = (torch.from_numpy(np.ascontiguousarray(Xte, dtype=np.float32)) @ w + b).numpy()
-    return _auc_exact(pred.astype(np.float64), yte)
+    return auc_exact(pred.astype(np.float64), yte)
 
 
 def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
@@ -578,7 +576,7 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
                 max_rows: int = 20000, seed: int = 0) -> pd.DataFrame:
     """How distributed a feature is: a linear probe on the top-k cells, for growing k.
 
-    Ridge regression (R² on held-out; penalty chosen on the end of the training part) for
+    Ridge regression (R² on held-out; penalty chosen on a quarter of the training rows) for
     a continuous feature, L2 logistic regression (AUC on held-out) for a binary one. The
     held-out part is ``held_out`` of the recording's segments (see ``split_positions``):
     long contiguous pieces spread over the whole text, so it looks like the rest, with
@@ -625,7 +623,7 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
         lookup = dict(zip(zip(w["layer"], w["stream"], w["unit"]), key))
         strength = np.array([lookup.get(c, np.nan) for c in cells])
     elif binary:
-        strength = np.array([_auc_exact(Xtr[:, j], ytr) for j in range(Xtr.shape[1])])
+        strength = np.array([auc_exact(Xtr[:, j], ytr) for j in range(Xtr.shape[1])])
         strength = np.maximum(strength, 1 - strength)
     else:
         yc = ytr - ytr.mean()
