@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .detectors import (_SAT_COLUMNS, _SCORE_COLUMNS, CHUNK, GATES, _scores_and_saturation, best,
-                        default_features)
+from . import detectors
+from .files import atomic
 from .recording import Recording, open_recording
 
-ANALYSIS_VERSION = 1      # bump when scores/saturation change meaning: invalidates caches
+ANALYSIS_VERSION = 2      # bump when scores/saturation change meaning: invalidates caches
+                          # (2: the saturation frame's column ``gate`` became ``stream``)
 
 
 # ---- the cached analysis ---------------------------------------------------------------
@@ -38,7 +39,7 @@ def cache_path(path: str | os.PathLike) -> Path:
 def _cache_key(path: Path, rec: Recording) -> dict:
     st = path.stat()
     return {"version": ANALYSIS_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "created": str(rec.file.attrs.get("created", ""))}
+            "created": rec.created}
 
 
 def _to_arrays(df: pd.DataFrame, prefix: str) -> dict[str, np.ndarray]:
@@ -75,8 +76,8 @@ def _read_cache(side: Path, key: dict, regex: dict[str, str]) -> dict | None:
             cached_regex = meta.get("regex", {})
             if any(cached_regex.get(n) != p for n, p in regex.items()):
                 return None
-            sc = _from_arrays(z, "scores", _SCORE_COLUMNS)
-            sat = _from_arrays(z, "saturation", _SAT_COLUMNS)
+            sc = _from_arrays(z, "scores", detectors.SCORE_COLUMNS)
+            sat = _from_arrays(z, "saturation", detectors.SATURATION_COLUMNS)
     except Exception:  # missing, truncated or from another version: recompute
         return None
     extra = set(cached_regex) - set(regex)
@@ -87,20 +88,13 @@ def _read_cache(side: Path, key: dict, regex: dict[str, str]) -> dict | None:
 
 def _write_cache(side: Path, key: dict, regex: dict[str, str], sc: pd.DataFrame, sat: pd.DataFrame) -> bool:
     """Write atomically (temporary name, then rename); False if the folder is not writable."""
-    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic(side) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, meta=np.array(json.dumps({"key": key, "regex": regex})),
                                 **_to_arrays(sc, "scores"), **_to_arrays(sat, "saturation"))
-        os.replace(tmp, side)
         return True
     except OSError:
         return False
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
 
 
 def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = False, *,
@@ -119,16 +113,15 @@ def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = Fa
         key = _cache_key(path, rec)
         cached = None if refresh else _read_cache(side, key, regex)
         if cached is None:
-            feats = default_features(rec, regex)
-            has_gates = all(g in rec.streams for g in GATES)
-            sc, sats = _scores_and_saturation(rec, feats, layers=None, streams=None, chunk=CHUNK,
-                                              progress=progress, sat=(0.1, 0.9) if has_gates else None,
-                                              workers=min(4, os.cpu_count() or 1))
-            sat = (pd.concat(sats, ignore_index=True)[_SAT_COLUMNS] if sats
-                   else pd.DataFrame({c: [] for c in _SAT_COLUMNS}))
+            feats = detectors.default_features(rec, regex)
+            sc, sats = detectors.scores_and_saturation(rec, feats, progress=progress, sat=(0.1, 0.9),
+                                                       workers=min(4, os.cpu_count() or 1))
+            sat = (pd.concat(sats, ignore_index=True)[detectors.SATURATION_COLUMNS] if sats
+                   else pd.DataFrame({c: [] for c in detectors.SATURATION_COLUMNS}))
             _write_cache(side, key, regex, sc, sat)
             cached = {"scores": sc, "saturation": sat}
-    return {"scores": cached["scores"], "best": best(cached["scores"]), "saturation": cached["saturation"]}
+    return {"scores": cached["scores"], "best": detectors.best(cached["scores"]),
+            "saturation": cached["saturation"]}
 
 
 # ---- reports (the CLI's output) --------------------------------------------------------
@@ -154,9 +147,9 @@ def report_text(best_df: pd.DataFrame, sat_summary: pd.DataFrame, title: str = "
         lines += ["", "no feature varies in this recording: nothing to rank"]
     if not sat_summary.empty:
         lines += ["", "saturation: mean fraction of characters with gate < 0.1 (left) / > 0.9 (right)",
-                  "  layer  gate   left  right"]
+                  "  layer  stream   left  right"]
         for row in sat_summary.itertuples():
-            lines.append(f"  {row.layer:>5}  {row.gate:<4}  {row.left:5.3f}  {row.right:5.3f}")
+            lines.append(f"  {row.layer:>5}  {row.stream:<6}  {row.left:5.3f}  {row.right:5.3f}")
     return "\n".join(lines)
 
 

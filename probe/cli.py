@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -13,14 +14,38 @@ from .corpus import load
 from .errors import ProbeError
 from .export import export_lstmvis
 from .features import parse_feature_args
+from .files import atomic, check_target
 from .model import SHIPPED, file_sha256, load_model, read_checkpoint
 from .record import record
 from .recording import summary
 from .render import render_recording
 from .sample import sample
-from .train import train
+from .train import DEFAULT_STEPS, TrainConfig, train
 
 EPILOG = "examples:\n  "
+# help for probe train's flags, one per TrainConfig field (the defaults come from the field)
+TRAIN_HELP = {
+    "layers": "LSTM layers", "units": "units per layer", "embedding": "character embedding size",
+    "dropout": "dropout between layers and before the head",
+    "batch": "rows of text read side by side per step",
+    "seq": "characters per TBPTT window",
+    "steps": f"optimizer steps (default {DEFAULT_STEPS}; with --resume, a larger number extends the run)",
+    "lr": "peak learning rate (Adam)", "warmup": "steps of linear warmup",
+    "min_lr_frac": "the cosine schedule decays to lr x this", "clip": "gradient-norm clip",
+    "eval_every": "steps between validations (and checkpoints)",
+    "eval_chars": "validation characters per evaluation", "seed": "random seed",
+}
+
+
+def _train_flags(t: argparse.ArgumentParser) -> None:
+    """One flag per numeric TrainConfig field, its default taken from the field."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in TRAIN_HELP:
+            continue
+        kind = int if f.name == "steps" else type(f.default)
+        default = "" if f.default is None else f" (default {f.default})"
+        t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
+                       help=TRAIN_HELP[f.name] + ("" if f.name == "steps" else default))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,20 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--text", help="a UTF-8 text file or a folder of them")
     t.add_argument("--glob", default="**/*", help="files to take from a --text folder (default **/*)")
     t.add_argument("--out", required=True, help="checkpoint to write (best validation weights)")
-    t.add_argument("--layers", type=int, default=2)
-    t.add_argument("--units", type=int, default=256)
-    t.add_argument("--embedding", type=int, default=64)
-    t.add_argument("--dropout", type=float, default=0.1)
-    t.add_argument("--batch", type=int, default=64, help="parallel streams per step")
-    t.add_argument("--seq", type=int, default=128, help="characters per TBPTT window")
-    t.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps (default 4000; with --resume, a larger number extends the run)")
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--warmup", type=int, default=100)
-    t.add_argument("--clip", type=float, default=5.0, help="gradient-norm clip")
-    t.add_argument("--eval-every", type=int, default=250)
-    t.add_argument("--eval-chars", type=int, default=300_000, help="validation characters per eval")
-    t.add_argument("--seed", type=int, default=0)
+    _train_flags(t)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--resume", action="store_true", help="continue from OUT's .resume.pt")
     t.add_argument("--init", metavar="CKPT", help="start from CKPT's weights, widened to --units "
@@ -63,9 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EPILOG + "probe sample --prime 'def ' --length 400 --temperature 0.7 --seed 1")
     s.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
     s.add_argument("--prime", default="\n", help="text to start from")
-    s.add_argument("--length", type=int, default=500)
+    s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
     s.add_argument("--temperature", type=float, default=0.8, help="1 = model's distribution, 0 = greedy")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None, help="random seed (default: a different sample each run)")
 
     i = sub.add_parser("info", help="describe a model checkpoint or a recording", formatter_class=fmt,
                        epilog=EPILOG + "probe info probe/models/stdlib.pt\n  probe info recordings/stdlib-test.h5")
@@ -75,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record every layer's gates and states into HDF5", formatter_class=fmt,
                        epilog=EPILOG + "probe record --corpus stdlib --split test --limit 200000 "
                        "--out recordings/stdlib-test.h5\n  probe record --text mycode/ --glob '**/*.py' "
-                       "--out recordings/mycode.h5 --streams 16")
+                       "--out recordings/mycode.h5 --batch 16")
     r.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
     rsrc = r.add_mutually_exclusive_group()
     rsrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
@@ -84,11 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--split", default="test", help="split of a built-in corpus: train, val, test (default)")
     r.add_argument("--limit", type=int, default=None, help="record at most N characters")
     r.add_argument("--out", required=True, help="recording to write (.h5)")
-    r.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    r.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                   help="stored precision of the streams (default float16: half the size)")
     r.add_argument("--compression", default="gzip", choices=["gzip", "none"],
                    help="gzip (default, ~35%% smaller) or none (fastest)")
-    r.add_argument("--streams", type=int, default=1, help="batched mode: B pieces run in parallel")
-    r.add_argument("--burn-in", type=int, default=256, help="warm-up characters per piece in batched mode")
+    r.add_argument("--batch", type=int, default=1, metavar="B",
+                   help="batched mode: run B pieces of the text side by side (default 1: sequential, exact)")
+    r.add_argument("--streams", type=int, dest="streams_deprecated", default=None, help=argparse.SUPPRESS)
+    r.add_argument("--burn-in", type=int, default=256,
+                   help="warm-up characters before each piece in batched mode (default 256)")
     r.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: a character-at-a-time LSTM gains little from "
                         "more, and loses a lot when other programs share the cores)")
@@ -101,9 +117,9 @@ def _parser() -> argparse.ArgumentParser:
                        "--out cell.html\n  probe render rec.h5 --layer 0 --stream f --unit 7 --start 5000 "
                        "--stop 9000 --out f7.html --force")
     v.add_argument("recording", help="a .h5 recording")
-    v.add_argument("--layer", type=int, required=True)
+    v.add_argument("--layer", type=int, required=True, help="layer, 0 = nearest the input")
     v.add_argument("--stream", required=True, help="one of i f g o c h (c is coloured by tanh(c))")
-    v.add_argument("--unit", type=int, required=True)
+    v.add_argument("--unit", type=int, required=True, help="unit within the layer")
     v.add_argument("--start", type=int, default=0, help="first character (default 0)")
     v.add_argument("--stop", type=int, default=None, help="end character (default start + 3000)")
     v.add_argument("--out", required=True, help="HTML file to write")
@@ -134,17 +150,16 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_record(a) -> int:
     if a.limit is not None and a.limit < 1:
         raise ProbeError(f"--limit must be a positive number of characters, got {a.limit}")
-    out = Path(a.out)
-    if out.exists() and not a.force:  # fail before the slow part
-        raise ProbeError(f"{out}: already exists; pass --force to overwrite")
-    if not out.parent.is_dir():
-        raise ProbeError(f"{out.parent}: output folder does not exist")
+    if a.streams_deprecated is not None:
+        print("probe: --streams is deprecated (it is the batch size); use --batch", file=sys.stderr)
+        a.batch = a.streams_deprecated
+    out = check_target(a.out, a.force)  # fail before the slow part
     torch.set_num_threads(max(1, a.threads))
     model = load_model(a.model)
     c = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
     c = c.limited(a.limit)
     docs = c.documents
-    record(model, docs, out, source=c.source, dtype=a.dtype, streams=a.streams, burn_in=a.burn_in,
+    record(model, docs, out, source=c.source, dtype=a.dtype, batch=a.batch, burn_in=a.burn_in,
            force=a.force, progress=not a.quiet, compression=a.compression)
     n = sum(len(t) for _, t in docs)
     print(f"wrote {out}: {n:,} characters, {len(docs)} documents, "
@@ -153,11 +168,8 @@ def cmd_record(a) -> int:
 
 
 def cmd_train(a) -> int:
-    m = train(a.out, corpus=None if a.text else a.corpus, text=a.text, glob=a.glob, layers=a.layers,
-              units=a.units, embedding=a.embedding, dropout=a.dropout, batch=a.batch, seq=a.seq,
-              steps=a.steps, lr=a.lr, warmup=a.warmup, clip=a.clip, eval_every=a.eval_every,
-              eval_chars=a.eval_chars, seed=a.seed, resume=a.resume, force=a.force,
-              threads=a.threads, init=a.init, progress=not a.quiet)
+    config = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
+    m = train(a.out, config, resume=a.resume, force=a.force, threads=a.threads, progress=not a.quiet)
     line = f"saved {a.out}: validation {m['val_bpc']:.3f} bits/char"
     if "test_bpc" in m:
         line += f", test {m['test_bpc']:.3f} bits/char"
@@ -204,11 +216,10 @@ def _print_tree(d: dict, indent: int = 0) -> None:
 
 
 def cmd_render(a) -> int:
-    out = Path(a.out)
-    if out.exists() and not a.force:
-        raise ProbeError(f"{out}: already exists; pass --force to overwrite")
+    out = check_target(a.out, a.force)
     page = render_recording(a.recording, a.layer, a.stream, a.unit, a.start, a.stop)
-    out.write_text(page, encoding="utf-8")
+    with atomic(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     print(f"wrote {out}: layer {a.layer}, stream {a.stream}, unit {a.unit}, {len(page) / 1e3:.0f} kB")
     return 0
 

@@ -2,22 +2,23 @@
 
     from probe import contexts
     with probe.open_recording("recordings/stdlib-test.h5") as rec:
-        contexts.top_contexts(rec, 1, "c", 42)       # highest and lowest positions
-        contexts.quantile_samples(rec, 1, "c", 42)   # random positions per quantile bin
+        values = rec.unit(1, "c", 42)                          # [T]
+        contexts.top_contexts(values, rec.documents)          # highest and lowest positions
+        contexts.quantile_samples(values, rec.documents)      # random positions per quantile bin
 
 What the dashboard's cell card and the README figures show for a selected cell: unlike
-``probe.detectors``, which scans every cell of a recording, these read one unit's
-values (``rec.unit``) and return small DataFrames of positions and their context
-windows, clipped to the document.
+``probe.detectors``, which scans every cell of a recording, these take one cell's values
+over the recording and the documents' bounds (a frame with ``start`` and ``stop``
+columns, as ``Recording.documents``), and return small DataFrames of positions and their
+context windows, clipped to the document. Plain arrays in, so a caller that already holds
+the values (the dashboard) does not read them again.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .detectors import _check_nonempty
 from .errors import ProbeError
-from .recording import Recording
 
 
 def histogram(values, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -29,13 +30,25 @@ def histogram(values, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
     return np.histogram(v, bins=bins)
 
 
-def _contexts(rec: Recording, positions: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _values(values, documents: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """values as float32 [T] and the documents' start and stop, checked against each other."""
+    v = np.asarray(values).reshape(-1)
+    if v.size == 0:
+        raise ProbeError("no values: the recording is empty (0 characters)")
+    starts = np.asarray(documents["start"], dtype=np.int64)
+    stops = np.asarray(documents["stop"], dtype=np.int64)
+    if len(starts) == 0 or starts[0] != 0 or stops[-1] != v.size:
+        raise ProbeError(f"documents cover 0..{stops[-1] if len(stops) else 0}, "
+                         f"but there are {v.size} values")
+    return v.astype(np.float32, copy=False), starts, stops
+
+
+def _contexts(starts: np.ndarray, stops: np.ndarray, positions: np.ndarray,
+              width: int) -> tuple[np.ndarray, np.ndarray]:
     """[start, stop) of ``width`` characters either side, clipped to the document."""
     positions = np.asarray(positions, dtype=np.int64)
-    d = rec.document_of(positions)
-    starts = rec.documents["start"].to_numpy()[d]
-    stops = rec.documents["stop"].to_numpy()[d]
-    return np.maximum(starts, positions - width), np.minimum(stops, positions + width + 1)
+    d = np.searchsorted(starts, positions, side="right") - 1
+    return np.maximum(starts[d], positions - width), np.minimum(stops[d], positions + width + 1)
 
 
 def _pick(order: np.ndarray, k: int, width: int, T: int) -> list[int]:
@@ -51,7 +64,7 @@ def _pick(order: np.ndarray, k: int, width: int, T: int) -> list[int]:
     return out
 
 
-def _smallest_first(s: np.ndarray, n: int) -> np.ndarray:
+def smallest_first(s: np.ndarray, n: int) -> np.ndarray:
     """Indices of the ``n`` smallest values (and all ties of the n-th), sorted stably: the
     same prefix as a full stable argsort, in O(T). ``n`` = k (2 width + 1) candidates always
     leave k picks, since each pick blocks at most 2 width others."""
@@ -62,36 +75,34 @@ def _smallest_first(s: np.ndarray, n: int) -> np.ndarray:
     return cand[np.argsort(s[cand], kind="stable")]
 
 
-def top_contexts(rec: Recording, layer: int, stream: str, unit: int, k: int = 10,
-                 width: int = 40) -> pd.DataFrame:
+def top_contexts(values, documents: pd.DataFrame, k: int = 10, width: int = 40) -> pd.DataFrame:
     """The ``k`` highest (kind "top", highest first) and lowest ("bottom", lowest first)
-    positions of a cell, none within ``width`` characters of another of its kind (earlier
-    positions win ties). Columns kind, position, value, start, stop: the context is
-    ``width`` characters either side, clipped to the position's document."""
-    T = _check_nonempty(rec)
+    positions of a cell's ``values`` [T], none within ``width`` characters of another of
+    its kind (earlier positions win ties). Columns kind, position, value, start, stop: the
+    context is ``width`` characters either side, clipped to the position's document."""
     if k < 1 or width < 0:
         raise ProbeError(f"k must be >= 1 and width >= 0, got k={k}, width={width}")
-    v = rec.unit(layer, stream, unit)
+    v, starts, stops = _values(values, documents)
+    T = len(v)
     finite = np.flatnonzero(np.isfinite(v))
     rows = []
     for kind, sign in (("top", -1.0), ("bottom", 1.0)):
-        order = finite[_smallest_first(sign * v[finite], k * (2 * width + 1))]
+        order = finite[smallest_first(sign * v[finite], k * (2 * width + 1))]
         picked = np.array(_pick(order, k, width, T), dtype=np.int64)
-        start, stop = _contexts(rec, picked, width)
+        start, stop = _contexts(starts, stops, picked, width)
         rows.append(pd.DataFrame({"kind": kind, "position": picked, "value": v[picked].astype(float),
                                   "start": start, "stop": stop}))
     return pd.concat(rows, ignore_index=True)
 
 
-def quantile_samples(rec: Recording, layer: int, stream: str, unit: int, bins: int = 5,
-                     per_bin: int = 2, width: int = 40, seed: int = 0) -> pd.DataFrame:
-    """``per_bin`` random positions from each of ``bins`` quantile bins of a cell's values
-    (lowest bin first). Columns bin, low, high, position, value, start, stop; bins that
-    ties leave empty are skipped."""
-    _check_nonempty(rec)
+def quantile_samples(values, documents: pd.DataFrame, bins: int = 5, per_bin: int = 2,
+                     width: int = 40, seed: int = 0) -> pd.DataFrame:
+    """``per_bin`` random positions from each of ``bins`` quantile bins of a cell's
+    ``values`` [T] (lowest bin first). Columns bin, low, high, position, value, start, stop;
+    bins that ties leave empty are skipped."""
     if bins < 1 or per_bin < 1:
         raise ProbeError(f"bins and per_bin must be >= 1, got bins={bins}, per_bin={per_bin}")
-    v = rec.unit(layer, stream, unit)
+    v, starts, stops = _values(values, documents)
     finite = np.flatnonzero(np.isfinite(v))
     cols = ["bin", "low", "high", "position", "value", "start", "stop"]
     if finite.size == 0:
@@ -105,7 +116,7 @@ def quantile_samples(rec: Recording, layer: int, stream: str, unit: int, bins: i
         if members.size == 0:
             continue
         pick = np.sort(rng.choice(members, min(per_bin, members.size), replace=False))
-        start, stop = _contexts(rec, pick, width)
+        start, stop = _contexts(starts, stops, pick, width)
         rows.append(pd.DataFrame({"bin": i, "low": edges[i], "high": edges[i + 1], "position": pick,
                                   "value": v[pick].astype(float), "start": start, "stop": stop}))
     return pd.concat(rows, ignore_index=True)[cols]

@@ -1,10 +1,10 @@
-"""Which cells detect which features: correlation, AUC, linear probes, gate saturation.
+"""Which cells detect which features: correlation, AUC and ranking, and gate saturation.
 
     from probe import detectors
     with probe.open_recording("recordings/stdlib-test.h5") as rec:
         sc = detectors.scores(rec)      # every (layer, stream, unit) against every feature
         detectors.best(sc, top=3)       # per feature, the top cells by |r| or AUC
-        detectors.saturation(rec)       # per gate unit, the fraction of characters < 0.1 / > 0.9
+        detectors.saturation(rec)       # per gate unit (i f o), the fraction < 0.1 / > 0.9
 
 Every (layer, stream, unit) is scored against every per-character feature of
 ``probe.features`` in one streaming pass over each stream, in row chunks, so memory does
@@ -12,8 +12,9 @@ not grow with the text: Pearson r from running sums (n, Σx, Σx², Σx·f) and,
 features, ROC AUC from per-unit histograms of the values at positive and negative
 characters; the two per-value loops (float16 to float32, histogram counts) run in C
 (``probe/_kernels.c``) when it was built, else in numpy. Plain functions over arrays and
-DataFrames. One cell's histogram and contexts live in ``probe.contexts``; the cached
-analysis of a recording and its reports in ``probe.analysis``.
+DataFrames. One cell's histogram and contexts live in ``probe.contexts``; linear probes
+over many cells in ``probe.probes``; the cached analysis of a recording and its reports
+in ``probe.analysis``.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import features as features_mod
+from . import h5format
 from .errors import ProbeError
 from .recording import Recording
 
@@ -38,35 +39,34 @@ SUBCHUNK = 4096           # rows converted to float32 at a time (they stay in ca
 AUC_BINS = 2048           # histogram bins per unit for AUC (ties within a bin count half)
 HIST_UNITS = 32           # units histogrammed together (counts of a block fit in cache)
 MAX_COMBOS = 8            # distinct 0/1 patterns of binary features histogrammed together
-GATES = ("i", "f", "o")
-# value range of each stream's histogram; other streams (c) are squashed by x / (1 + |x|)
-_RANGES = {"i": (0.0, 1.0), "f": (0.0, 1.0), "o": (0.0, 1.0), "g": (-1.0, 1.0), "h": (-1.0, 1.0)}
-_SCORE_COLUMNS = ["layer", "stream", "unit", "feature", "metric", "score"]
-_BEST_COLUMNS = ["feature", "rank", "layer", "stream", "unit", "metric", "score", "r", "auc"]
-_SAT_COLUMNS = ["layer", "gate", "unit", "left", "right"]
+SCORE_COLUMNS = ["layer", "stream", "unit", "feature", "metric", "score"]
+BEST_COLUMNS = ["feature", "rank", "layer", "stream", "unit", "metric", "score", "r", "auc"]
+SATURATION_COLUMNS = ["layer", "stream", "unit", "left", "right"]
+COMPILED = _kernels is not None  # the C loops were built
 
 
 # ---- inputs ---------------------------------------------------------------------------
 
-def _check_nonempty(rec: Recording) -> int:
+def length(rec: Recording) -> int:
+    """T, the recording's length; a one-line error if it is empty (nothing to score)."""
     T = len(rec)
     if T == 0:
         raise ProbeError(f"{rec.path}: empty recording (0 characters)")
     return T
 
 
-def _documents(rec: Recording) -> list[tuple[int, int]]:
-    d = rec.documents
-    return list(zip(d["start"].astype(int).tolist(), d["stop"].astype(int).tolist()))
-
-
 def default_features(rec: Recording, regex: dict[str, str] | None = None) -> pd.DataFrame:
     """The built-in features (plus ``regex`` ones) of the recording's text, per document."""
-    _check_nonempty(rec)
-    return features_mod.compute(rec.text, documents=_documents(rec), regex=regex)
+    length(rec)
+    return features_mod.compute(rec.text, documents=rec.document_spans, regex=regex)
 
 
-def _pairs(rec: Recording, layers, streams) -> list[tuple[int, str]]:
+def gates(streams) -> list[str]:
+    """The streams whose values lie in [0, 1] (the sigmoid gates): the ones that saturate."""
+    return [s for s in streams if h5format.is_unit_range(s)]
+
+
+def layer_streams(rec: Recording, layers=None, streams=None) -> list[tuple[int, str]]:
     """(layer, stream) pairs to scan, checked against the recording (one-line errors)."""
     layers = list(range(rec.layers)) if layers is None else list(np.atleast_1d(layers))
     streams = list(rec.streams) if streams is None else [streams] if isinstance(streams, str) else list(streams)
@@ -146,7 +146,7 @@ class _FeatureSet:
 _FLOAT16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
-def _bin_table(stream: str, bins: int = AUC_BINS) -> np.ndarray:
+def bin_table(stream: str, bins: int = AUC_BINS) -> np.ndarray:
     """Histogram bin of every float16 bit pattern (a monotonic map of the value).
 
     Gates use their [0, 1] range, g and h [-1, 1]; unbounded streams (c) are squashed by
@@ -155,8 +155,8 @@ def _bin_table(stream: str, bins: int = AUC_BINS) -> np.ndarray:
     """
     with np.errstate(invalid="ignore", over="ignore"):
         v = _FLOAT16.astype(np.float64)  # (NaN patterns cast with a warning; they land in bin 0)
-        if stream in _RANGES:
-            lo, hi = _RANGES[stream]
+        if h5format.RANGE.get(stream) is not None:
+            lo, hi = h5format.RANGE[stream]
         else:
             v = np.where(np.isinf(v), np.sign(v), v / (1 + np.abs(v)))
             lo, hi = -1.0, 1.0
@@ -198,6 +198,7 @@ def shifted(raw: np.ndarray, shift: np.ndarray, sumsq: np.ndarray) -> np.ndarray
         x = np.empty(raw.shape, dtype=np.float32)
         _kernels.shifted(raw.view(np.uint16), _FLOAT16, shift, x, sumsq)
         return x
+    import torch  # only when scoring float32 data or without the C loops
     x = torch.from_numpy(raw).float().sub_(torch.from_numpy(shift)).numpy()  # torch converts float16 faster
     for r0 in range(0, len(x), 4096):  # float32 partial sums of 4096 rows, then float64
         xs = x[r0:r0 + 4096]
@@ -208,12 +209,13 @@ def shifted(raw: np.ndarray, shift: np.ndarray, sumsq: np.ndarray) -> np.ndarray
 def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
           sat: tuple[float, float] | None = None, bar=None) -> dict:
     """One pass over a [T, U] dataset: sums for r, AUC histograms, saturation counts."""
+    import torch  # Σx·f as one matrix product: torch's thread setting holds (numpy's BLAS may not)
     U = ds.shape[1]
     out: dict = {"n": 0}
     if fx is not None:
         nf = len(fx.names)
         sx, sxx, sxf = np.zeros(U), np.zeros(U), np.zeros((U, nf))
-        lut = _bin_table(stream).astype(np.int32)
+        lut = bin_table(stream).astype(np.int32)
         # per group, counts [U, patterns * AUC_BINS]: bin index = pattern * AUC_BINS + bin
         hists = [np.zeros((U, len(p) * AUC_BINS), dtype=np.int64) for _, _, p in fx.groups]
         shift = None
@@ -323,29 +325,34 @@ def scores(rec: Recording, feats: pd.DataFrame | None = None, *, layers=None, st
     gives NaN (and a constant unit an AUC of 0.5). ``workers`` threads scan streams side by
     side (numpy and torch release the GIL for the heavy steps); the result does not change.
     """
-    res, _ = _scores_and_saturation(rec, feats, layers=layers, streams=streams, chunk=chunk,
+    res, _ = scores_and_saturation(rec, feats, layers=layers, streams=streams, chunk=chunk,
                                     progress=progress, sat=None, workers=workers)
     return res
 
 
-def _scores_and_saturation(rec, feats, *, layers, streams, chunk, progress, sat, workers=1):
-    T = _check_nonempty(rec)
+def scores_and_saturation(rec: Recording, feats: pd.DataFrame | None, *, layers=None, streams=None,
+                          chunk: int = CHUNK, progress: bool = False,
+                          sat: tuple[float, float] | None = (0.1, 0.9),
+                          workers: int = 1) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """``scores`` and, in the same pass, saturation (``sat`` = (low, high) thresholds) of the
+    gate streams scanned: (scores frame, saturation frames per (layer, gate stream))."""
+    T = length(rec)
     if chunk < 1:
         raise ProbeError(f"chunk must be a positive number of rows, got {chunk}")
     if workers < 1:
         raise ProbeError(f"workers must be at least 1, got {workers}")
-    pairs = _pairs(rec, layers, streams)
+    pairs = layer_streams(rec, layers, streams)
     fx = _FeatureSet(default_features(rec) if feats is None else feats, T, rec.path)
     bar = _bar(progress, len(pairs) * T, "scoring")
 
     def one(pair):
         k, s = pair
-        want_sat = sat if (sat is not None and s in GATES) else None
+        want_sat = sat if (sat is not None and h5format.is_unit_range(s)) else None
         acc = _scan(rec.stream(k, s), T, chunk, fx, s, want_sat, bar)
         frame = _frame(k, s, fx, _pearson(acc, fx), _aucs(acc, fx))
         if want_sat is None:
             return frame, None
-        return frame, pd.DataFrame({"layer": k, "gate": s, "unit": np.arange(len(acc["left"])),
+        return frame, pd.DataFrame({"layer": k, "stream": s, "unit": np.arange(len(acc["left"])),
                                     "left": acc["left"], "right": acc["right"]})
 
     try:
@@ -358,13 +365,13 @@ def _scores_and_saturation(rec, feats, *, layers, streams, chunk, progress, sat,
         bar.close()
     frames = [f for f, _ in done]
     sats = [x for _, x in done if x is not None]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_SCORE_COLUMNS)
-    return df[_SCORE_COLUMNS], sats
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
+    return df[SCORE_COLUMNS], sats
 
 
 # ---- ranking --------------------------------------------------------------------------
 
-def _wide(scores_df: pd.DataFrame) -> pd.DataFrame:
+def wide_table(scores_df: pd.DataFrame) -> pd.DataFrame:
     """One row per (layer, stream, unit, feature) with columns r and auc."""
     w = scores_df.set_index(["layer", "stream", "unit", "feature", "metric"])["score"].unstack("metric")
     for m in ("r", "auc"):
@@ -373,7 +380,7 @@ def _wide(scores_df: pd.DataFrame) -> pd.DataFrame:
     return w.reset_index()
 
 
-def _strength(w: pd.DataFrame) -> tuple[str, np.ndarray]:
+def strength(w: pd.DataFrame) -> tuple[str, np.ndarray]:
     """Which metric ranks these rows of one feature, and the strength to sort by."""
     if w["auc"].notna().any():
         a = w["auc"].to_numpy(dtype=float)
@@ -389,16 +396,16 @@ def best(scores_df: pd.DataFrame, top: int = 5) -> pd.DataFrame:
     """
     if top < 1:
         raise ProbeError(f"--top must be at least 1, got {top}")
-    missing = set(_SCORE_COLUMNS) - set(scores_df.columns)
+    missing = set(SCORE_COLUMNS) - set(scores_df.columns)
     if missing:
         raise ProbeError(f"scores table lacks columns {sorted(missing)}")
     if scores_df.empty:
-        return pd.DataFrame(columns=_BEST_COLUMNS)
-    wide = _wide(scores_df)
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    wide = wide_table(scores_df)
     rows = []
     for feature in pd.unique(scores_df["feature"]):
         w = wide[wide["feature"] == feature].reset_index(drop=True)
-        metric, key = _strength(w)
+        metric, key = strength(w)
         key = np.where(np.isnan(key), -np.inf, key)
         order = np.argsort(-key, kind="stable")
         order = [i for i in order if np.isfinite(key[i])][:top]
@@ -407,89 +414,35 @@ def best(scores_df: pd.DataFrame, top: int = 5) -> pd.DataFrame:
                          "stream": w.at[i, "stream"], "unit": int(w.at[i, "unit"]), "metric": metric,
                          "score": float(w.at[i, metric]), "r": float(w.at[i, "r"]),
                          "auc": float(w.at[i, "auc"])})
-    return pd.DataFrame(rows, columns=_BEST_COLUMNS)
+    return pd.DataFrame(rows, columns=BEST_COLUMNS)
 
 
 # ---- saturation -----------------------------------------------------------------------
 
-def _check_gates(rec: Recording) -> None:
-    missing = [g for g in GATES if g not in rec.streams]
-    if missing:
-        raise ProbeError(f"{rec.path}: saturation needs the gate streams i f o; "
-                         f"the recording has only {' '.join(rec.streams)}")
-
-
 def saturation(rec: Recording, low: float = 0.1, high: float = 0.9, chunk: int = CHUNK) -> pd.DataFrame:
-    """Per layer, gate (i f o) and unit: fraction of characters with the gate < ``low``
-    (``left``) and > ``high`` (``right``). Streaming."""
-    T = _check_nonempty(rec)
-    _check_gates(rec)
+    """Per layer, gate stream (values in [0, 1]: i f o) and unit: fraction of characters
+    with the gate < ``low`` (``left``) and > ``high`` (``right``). Streaming."""
+    T = length(rec)
+    streams = gates(rec.streams)
+    if not streams:
+        raise ProbeError(f"{rec.path}: saturation needs gate streams (values in [0, 1], such as i f o); "
+                         f"the recording has only {' '.join(rec.streams)}")
     if not low <= high:
         raise ProbeError(f"saturation thresholds must satisfy low <= high, got {low} and {high}")
     frames = []
     for k in range(rec.layers):
-        for g in GATES:
+        for g in streams:
             acc = _scan(rec.stream(k, g), T, chunk, None, g, (low, high))
-            frames.append(pd.DataFrame({"layer": k, "gate": g, "unit": np.arange(len(acc["left"])),
+            frames.append(pd.DataFrame({"layer": k, "stream": g, "unit": np.arange(len(acc["left"])),
                                         "left": acc["left"], "right": acc["right"]}))
-    return pd.concat(frames, ignore_index=True)[_SAT_COLUMNS]
+    return pd.concat(frames, ignore_index=True)[SATURATION_COLUMNS]
 
 
 def saturation_summary(sat: pd.DataFrame) -> pd.DataFrame:
-    """Mean fraction saturated left/right over the units of each (layer, gate)."""
+    """Mean fraction saturated left/right over the units of each (layer, gate stream)."""
     if sat.empty:
-        return pd.DataFrame(columns=["layer", "gate", "left", "right"])
-    return sat.groupby(["layer", "gate"], sort=False)[["left", "right"]].mean().reset_index()
-
-
-# ---- probes ---------------------------------------------------------------------------
-
-def split_positions(T: int, held_out: float = 0.2, segments: int = 50, min_segment: int = 2048,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (train, held_out) over T positions for a probe.
-
-    The text is cut into about ``segments`` equal contiguous pieces (each at least
-    ``min_segment`` characters) and a random ``held_out`` fraction of them is held out, so
-    the held-out part samples the whole recording (one contiguous tail would be a few files
-    only: their style, not the model, would decide the score). Characters next to a
-    boundary share context with the other side; with pieces thousands of characters long
-    that touches well under 1 % of them.
-    """
-    n = int(np.clip(T // min_segment, 1, segments))
-    if n < 2:  # too short to cut: fall back to a contiguous tail
-        cut = int(round(T * (1 - held_out)))
-        test = np.arange(T) >= cut
-        return ~test, test
-    edges = np.linspace(0, T, n + 1).round().astype(int)
-    m = min(n - 1, max(1, int(round(n * held_out))))
-    chosen = np.random.default_rng(seed).choice(n, m, replace=False)
-    test = np.zeros(T, dtype=bool)
-    for j in chosen:
-        test[edges[j]:edges[j + 1]] = True
-    return ~test, test
-
-
-def _sample_from(mask: np.ndarray, n: int, rng: np.random.Generator, block: int = 256) -> np.ndarray:
-    """About ``n`` sorted positions where ``mask`` holds: all of them if few, else random
-    aligned blocks of ``block`` (contiguous reads are cheap; scattered single rows are not)."""
-    idx = np.flatnonzero(mask)
-    if len(idx) <= n:
-        return idx
-    nb = len(mask) // block
-    full = mask[:nb * block].reshape(nb, block).all(axis=1)  # blocks wholly inside the part
-    blocks = np.flatnonzero(full)
-    m = -(-n // block)
-    if len(blocks) < m:
-        return np.sort(rng.choice(idx, n, replace=False))
-    starts = np.sort(rng.choice(blocks, m, replace=False)) * block
-    return (starts[:, None] + np.arange(block)).reshape(-1)
-
-
-def _read_rows(ds, rows: np.ndarray) -> np.ndarray:
-    """ds[rows] for sorted rows made of contiguous runs, as float32."""
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    runs = np.split(rows, breaks)
-    return np.concatenate([ds[r[0]:r[-1] + 1] for r in runs]).astype(np.float32)
+        return pd.DataFrame(columns=["layer", "stream", "left", "right"])
+    return sat.groupby(["layer", "stream"], sort=False)[["left", "right"]].mean().reset_index()
 
 
 def auc_exact(score: np.ndarray, y: np.ndarray) -> float:
@@ -507,148 +460,3 @@ def auc_exact(score: np.ndarray, y: np.ndarray) -> float:
     avg = (starts + ends + 1) / 2.0  # 1-based average rank of each run of ties
     ranks[order] = np.repeat(avg, ends - starts)
     return float((ranks[y].sum() - P * (P + 1) / 2) / (P * N))
-
-
-RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # penalty per row on standardized columns
-
-
-def _r2(y: np.ndarray, pred: np.ndarray) -> float:
-    sst = ((y - y.mean()) ** 2).sum()
-    return float(1 - ((y - pred) ** 2).sum() / sst) if sst > 0 else float("nan")
-
-
-class _Ridge:
-    """Closed-form ridge on the leading k columns, for any k, from Gram matrices computed
-    once. The penalty is chosen on the validation rows (``val``, a boolean mask; with none,
-    the default penalty is used), then the model is refitted on all of them."""
-
-    def __init__(self, X: np.ndarray, y: np.ndarray, val: np.ndarray):
-        self.y = y
-        self.X_val, self.y_val = X[val], y[val]
-        fit, y_fit = X[~val], y[~val]
-        self.n_fit = len(y_fit)
-        self.mean_fit, self.mean_all = y_fit.mean(), y.mean()
-        self.G_fit, self.g_fit = fit.T @ fit, fit.T @ (y_fit - self.mean_fit)
-        self.G, self.g = X.T @ X, X.T @ (y - self.mean_all)
-
-    @staticmethod
-    def _solve(G, g, n, alpha):
-        return np.linalg.solve(G + alpha * n * np.eye(len(g)), g)
-
-    def r2(self, k: int, Xte: np.ndarray, yte: np.ndarray) -> float:
-        """R² on (Xte, yte) of the probe on the first k columns."""
-        val, y_val = self.X_val[:, :k], self.y_val
-        alpha = RIDGE_ALPHAS[1]
-        if len(y_val) > 1:
-            fits = [_r2(y_val, val @ self._solve(self.G_fit[:k, :k], self.g_fit[:k], self.n_fit, a) + self.mean_fit)
-                    for a in RIDGE_ALPHAS]
-            if np.isfinite(fits).any():
-                alpha = RIDGE_ALPHAS[int(np.nanargmax(fits))]
-        w = self._solve(self.G[:k, :k], self.g[:k], len(self.y), alpha)
-        return _r2(yte, Xte @ w + self.mean_all)
-
-
-def _logistic_auc(Xtr, ytr, Xte, yte, l2: float = 1e-3, steps: int = 200) -> float:
-    """L2-regularised logistic regression (torch LBFGS, full batch), AUC on held-out rows."""
-    if len(np.unique(ytr)) < 2:
-        return float("nan")
-    X = torch.from_numpy(np.ascontiguousarray(Xtr, dtype=np.float32))
-    y = torch.from_numpy(ytr.astype(np.float32))
-    w = torch.zeros(X.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(X @ w + b, y) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        pred = (torch.from_numpy(np.ascontiguousarray(Xte, dtype=np.float32)) @ w + b).numpy()
-    return auc_exact(pred.astype(np.float64), yte)
-
-
-def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
-                scores_df: pd.DataFrame | None = None, ks: Iterable[int] | None = None,
-                held_out: float = 0.2, layers=None, streams=("c", "h"), *,
-                max_rows: int = 20000, seed: int = 0) -> pd.DataFrame:
-    """How distributed a feature is: a linear probe on the top-k cells, for growing k.
-
-    Ridge regression (R² on held-out; penalty chosen on a quarter of the training rows) for
-    a continuous feature, L2 logistic regression (AUC on held-out) for a binary one. The
-    held-out part is ``held_out`` of the recording's segments (see ``split_positions``):
-    long contiguous pieces spread over the whole text, so it looks like the rest, with
-    no leakage through neighbouring characters. Cells are ranked on the training part only,
-    unless ``scores_df`` is given (which must then come from training positions only, or
-    the curve leaks). Up to ``max_rows`` training rows and half as many held-out rows are
-    sampled. ``ks`` defaults to 1, 2, 4, ... and all cells. Columns k, score, metric.
-    """
-    T = _check_nonempty(rec)
-    feats = default_features(rec) if feats is None else feats
-    if feature not in feats.columns:
-        raise ProbeError(f"unknown feature {feature!r}: available are {', '.join(map(str, feats.columns))}")
-    if len(feats) != T:
-        raise ProbeError(f"{rec.path}: features have {len(feats)} rows but the recording has {T} characters")
-    if not 0 < held_out < 1:
-        raise ProbeError(f"held_out must be a fraction between 0 and 1, got {held_out}")
-    y_all = feats[feature].to_numpy()
-    binary = features_mod.is_binary(feature, y_all)
-    rng = np.random.default_rng(seed)
-    train_part, test_part = split_positions(T, held_out, seed=seed)
-    if train_part.sum() < 2 or test_part.sum() < 2:
-        raise ProbeError(f"{rec.path}: too short ({T} characters) to hold out {held_out:.0%} for a probe")
-    tr = _sample_from(train_part, max_rows, rng)
-    te = _sample_from(test_part, max(1, max_rows // 2), rng)
-    pairs = _pairs(rec, layers, streams)
-    cells, Xtr, Xte = [], [], []
-    for k, s in pairs:
-        ds = rec.stream(k, s)
-        Xtr.append(_read_rows(ds, tr))
-        Xte.append(_read_rows(ds, te))
-        cells += [(k, s, u) for u in range(ds.shape[1])]
-    Xtr, Xte = np.concatenate(Xtr, axis=1).astype(np.float64), np.concatenate(Xte, axis=1).astype(np.float64)
-    ytr, yte = y_all[tr].astype(np.float64), y_all[te].astype(np.float64)
-    mu, sd = Xtr.mean(0), Xtr.std(0)
-    sd[sd == 0] = 1.0
-    Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
-
-    # rank the cells
-    if scores_df is not None:
-        if not (scores_df["feature"] == feature).any():
-            raise ProbeError(f"the scores table has no rows for feature {feature!r}")
-        w = _wide(scores_df[scores_df["feature"] == feature])
-        _, key = _strength(w)
-        lookup = dict(zip(zip(w["layer"], w["stream"], w["unit"]), key))
-        strength = np.array([lookup.get(c, np.nan) for c in cells])
-    elif binary:
-        strength = np.array([auc_exact(Xtr[:, j], ytr) for j in range(Xtr.shape[1])])
-        strength = np.maximum(strength, 1 - strength)
-    else:
-        yc = ytr - ytr.mean()
-        ysd = np.sqrt((yc ** 2).mean())
-        strength = np.abs(Xtr.T @ yc / len(yc)) / ysd if ysd > 0 else np.full(len(cells), np.nan)
-    order = np.argsort(-np.nan_to_num(strength, nan=-np.inf), kind="stable")
-    Xtr, Xte = Xtr[:, order], Xte[:, order]
-
-    n = len(cells)
-    if ks is None:
-        ks = [2 ** i for i in range(n.bit_length()) if 2 ** i < n] + [n]
-    ks = [int(k) for k in ks]
-    for k in ks:
-        if not 1 <= k <= n:
-            raise ProbeError(f"k={k} is out of range: there are {n} cells")
-    if not binary:  # Gram matrices once: the top-k columns are their leading block
-        # the penalty is chosen on a quarter of the training rows, in pieces from all over
-        _, val = split_positions(len(tr), 0.25, min_segment=256, seed=seed + 1)
-        ridge = _Ridge(Xtr[:, :max(ks)], ytr, val=val)
-    rows = []
-    for k in ks:
-        if binary:
-            score = _logistic_auc(Xtr[:, :k], ytr, Xte[:, :k], yte)
-        else:
-            score = ridge.r2(k, Xte[:, :k], yte)
-        rows.append({"k": k, "score": score, "metric": "auc" if binary else "r2"})
-    return pd.DataFrame(rows, columns=["k", "score", "metric"])
-

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,17 +23,20 @@ import torch
 import torch.nn as nn
 
 from .errors import ProbeError
+from .files import atomic
 
 FORMAT = "probe-model"
 VERSION = 1
 SHIPPED = Path(__file__).parent / "models" / "stdlib.pt"
+# the one default of each size (the shipped model's): CharLSTM, probe train and its CLI
+LAYERS, UNITS, EMBEDDING, DROPOUT = 2, 256, 64, 0.1
 
 
 class CharLSTM(nn.Module):
     """Embedding → LSTM(layers × units) → Linear over the vocabulary."""
 
-    def __init__(self, vocab: str, layers: int = 2, units: int = 512, embedding: int = 64,
-                 dropout: float = 0.0):
+    def __init__(self, vocab: str, layers: int = LAYERS, units: int = UNITS,
+                 embedding: int = EMBEDDING, dropout: float = DROPOUT):
         super().__init__()
         self.vocab = vocab
         self.config = dict(vocab=vocab, layers=layers, units=units, embedding=embedding,
@@ -77,13 +81,8 @@ def save_checkpoint(path: str | os.PathLike, model: CharLSTM, corpus: dict | Non
         "metrics": metrics or {},
         "train_state": train_state,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic(path) as tmp:
         torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -100,11 +99,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad files; all mean the same to a user
+    except pickle.UnpicklingError:  # torch's weights-only loader met an object it will not build
+        raise ProbeError(f"{path}: not a probe checkpoint (a pickle with arbitrary objects, "
+                         "refused for safety)") from None
+    except Exception as e:  # torch raises many types for corrupt files; all mean the same to a user
         msg = str(e)
-        if "Unsupported global" in msg or "GLOBAL" in msg:
-            raise ProbeError(f"{path}: not a probe checkpoint (a pickle with arbitrary objects, "
-                             "refused for safety)") from None
         first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
         raise ProbeError(f"{path}: not a readable checkpoint (corrupt: {first[:100]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -122,7 +121,7 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") ->
     cfg = ckpt["config"]
     try:
         model = CharLSTM(cfg["vocab"], cfg["layers"], cfg["units"], cfg["embedding"],
-                         cfg.get("dropout", 0.0))
+                         cfg.get("dropout", 0.0))  # checkpoints from before dropout was stored had none
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0]

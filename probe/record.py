@@ -12,14 +12,9 @@ renamed when complete.
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -29,16 +24,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import corpus as corpora
+from . import h5format
 from .errors import ProbeError
+from .files import atomic, check_target, interrupts
 from .model import CharLSTM
 
-STREAMS = ("i", "f", "g", "o", "c", "h")
-FORMAT = "probe-recording"
-VERSION = 1
-BLOCK = 8192          # characters per processing block (a multiple of CHUNK_T)
+BLOCK = 8192          # characters per processing block (a multiple of h5format.CHUNK_T)
 PIECE = 2048          # characters per piece in batched mode (B pieces run as one batch)
-CHUNK_T = 4096        # HDF5 chunk rows (time)
-CHUNK_UNITS = 32      # HDF5 chunk columns (units); measured in docs/recording-format.md
 COMPRESSION_LEVEL = 1  # gzip level: 1 is ~2x faster than 4 for ~5% more bytes on activations
 LOG2E = 1.4426950408889634
 
@@ -89,7 +81,7 @@ def run(model: CharLSTM, ids: torch.Tensor, state: list | None = None,
             prev = c_t[t]
         c = c_t.transpose(0, 1)
         new_state.append((h[:, -1], c[:, -1].clone()))
-        streams.update({(k, name): v.to(dtype) for name, v in zip("ifgoch", (i, f, g, o, c, h))})
+        streams.update({(k, name): v.to(dtype) for name, v in zip(h5format.STREAMS["lstm"], (i, f, g, o, c, h))})
         x = h
     logp = torch.log_softmax(model.head(x), dim=-1)  # [B, L, V]
     return streams, logp, new_state
@@ -241,28 +233,23 @@ class ChunkWriter:
 
 
 def record(model: CharLSTM, documents: list[tuple[str, str]], out: str | os.PathLike,
-           source: dict | None = None, dtype: str = "float16", streams: int = 1,
+           source: dict | None = None, dtype: str = "float16", batch: int = 1,
            burn_in: int = 256, force: bool = False, progress: bool = True,
            compression: str = "gzip") -> Path:
     """Record ``documents`` [(name, text)] through ``model`` into the HDF5 file ``out``.
 
-    ``compression`` is "gzip" (level 1 + shuffle, readable by every HDF5 tool; about 35%
-    smaller) or "none" (fastest: compressing costs more CPU than the model itself).
+    ``batch`` > 1 runs that many pieces of the text side by side, each warmed up on
+    ``burn_in`` characters before it (see docs/recording-format.md). ``compression`` is
+    "gzip" (level 1 + shuffle, readable by every HDF5 tool; about 35% smaller) or "none"
+    (fastest: compressing costs more CPU than the model itself).
     """
-    out = Path(out)
-    if dtype not in ("float16", "float32"):
+    if dtype not in h5format.DTYPES:
         raise ProbeError(f"--dtype must be float16 or float32, got {dtype!r}")
-    if compression not in ("gzip", "none"):
+    if compression not in h5format.COMPRESSIONS:
         raise ProbeError(f"--compression must be gzip or none, got {compression!r}")
-    compress = compression == "gzip"
-    if streams < 1:
-        raise ProbeError(f"--streams must be >= 1, got {streams}")
-    if not out.parent.is_dir():
-        raise ProbeError(f"{out.parent}: output folder does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise ProbeError(f"{out.parent}: output folder is not writable")
-    if out.exists() and not force:
-        raise ProbeError(f"{out}: already exists; pass --force to overwrite")
+    if batch < 1:
+        raise ProbeError(f"--batch must be >= 1, got {batch}")
+    out = check_target(out, force)
     documents = [(n, t) for n, t in documents if t]
     text = "".join(t for _, t in documents)
     if not text:
@@ -271,76 +258,41 @@ def record(model: CharLSTM, documents: list[tuple[str, str]], out: str | os.Path
     T, H = len(ids), model.units
     offsets = np.cumsum([0] + [len(t) for _, t in documents])
     spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+    streams = h5format.streams_of(model.config)
     model = model.eval()
     lstms = layer_lstms(model)
+    level = COMPRESSION_LEVEL if compression == "gzip" else 0
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    # Ctrl-C and SIGTERM set a flag checked between blocks: an exception raised at an
-    # arbitrary point inside h5py could be swallowed, and the run would go on
-    stop = threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)} \
-        if main else {}
-    try:
-        with h5py.File(tmp, "w") as f:
-            a = f.attrs
-            a["format"], a["version"] = FORMAT, VERSION
-            cfg = dict(model.config)
-            a["model"] = json.dumps(cfg)
-            a["model_sha256"] = getattr(model, "sha256", "")
-            a["model_path"] = getattr(model, "path", "")
-            a["model_metrics"] = json.dumps({k: v for k, v in getattr(model, "metrics", {}).items()
-                                             if k != "history"}, default=str)
-            a["source"] = json.dumps(source or {})
-            a["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            a["streams"] = " ".join(STREAMS)
-            a["layers"], a["units"], a["length"] = model.layers, H, T
-            a["dtype"] = dtype
-            a["compression"] = compression
-            a["mode"] = json.dumps({"streams": streams, "burn_in": burn_in if streams > 1 else 0})
-            a["unknown_chars"] = n_unknown
-            f.create_dataset("text", data=corpora.codepoints(text), chunks=(min(T, 65536),),
-                             compression="gzip")
-            dloss = f.create_dataset("loss", (T,), np.float32, chunks=(min(T, 65536),),
-                                     compression="gzip")
-            docs = f.create_group("documents")
-            docs.create_dataset("name", data=[n for n, _ in documents], dtype=h5py.string_dtype())
-            docs.create_dataset("start", data=offsets[:-1].astype(np.int64))
-            docs.create_dataset("stop", data=offsets[1:].astype(np.int64))
-            chunks = (min(T, CHUNK_T), min(H, CHUNK_UNITS))
-            dsets = {}
-            for k in range(model.layers):
-                g = f.create_group(f"layers/{k}")
-                for s in STREAMS:
-                    dsets[(k, s)] = g.create_dataset(
-                        s, (T, H), dtype, chunks=chunks, shuffle=compress,
-                        compression="gzip" if compress else None,
-                        compression_opts=COMPRESSION_LEVEL if compress else None)
-            writer = ChunkWriter(dsets, dtype, COMPRESSION_LEVEL if compress else 0)
-            tdtype = getattr(torch, dtype)
-            blocks = (_blocks_sequential(model, ids, spans, lstms, tdtype) if streams == 1
-                      else _blocks_batched(model, ids, spans, lstms, streams, burn_in, tdtype))
-            bar = tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="recording")
-            try:
-                for start, vals, loss in blocks:
-                    if stop.is_set():
-                        raise KeyboardInterrupt
-                    n = len(loss)
-                    writer.append({key: v.numpy() for key, v in vals.items()})
-                    dloss[start:start + n] = loss.numpy()
-                    bar.update(n)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
+    with interrupts() as stop, atomic(out) as tmp, h5py.File(tmp, "w") as f:
+        h5format.write_header(
+            f, model=dict(model.config), layers=model.layers, units=H, length=T, streams=streams,
+            dtype=dtype, compression=compression, batch=batch, burn_in=burn_in, source=source,
+            model_sha256=getattr(model, "sha256", ""), model_path=getattr(model, "path", ""),
+            model_metrics=getattr(model, "metrics", {}), unknown_chars=n_unknown)
+        dloss = h5format.write_text(f, corpora.codepoints(text), [n for n, _ in documents],
+                                    offsets[:-1], offsets[1:])
+        dsets = {(k, s): h5format.create_stream(f, k, s, T, H, dtype, compression, COMPRESSION_LEVEL)
+                 for k in range(model.layers) for s in streams}
+        writer = ChunkWriter(dsets, dtype, level)
+        tdtype = getattr(torch, dtype)
+        blocks = (_blocks_sequential(model, ids, spans, lstms, tdtype) if batch == 1
+                  else _blocks_batched(model, ids, spans, lstms, batch, burn_in, tdtype))
+        bar = tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="recording")
+        try:
+            for start, vals, loss in blocks:
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                n = len(loss)
+                writer.append({key: v.numpy() for key, v in vals.items()})
+                dloss[start:start + n] = loss.numpy()
+                bar.update(n)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
             bar.close()
-            if stop.is_set():
-                raise KeyboardInterrupt
-            a["complete"] = True
-        os.replace(tmp, out)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        if tmp.exists():
-            tmp.unlink()
+        if stop.is_set():
+            raise KeyboardInterrupt
+        h5format.finish(f)
     return out

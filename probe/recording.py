@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from . import h5format
 from .errors import ProbeError
-from .record import FORMAT, STREAMS, VERSION
 
 CACHE_BYTES = 64 << 20  # chunk cache: one unit over T touches T/4096 chunks of 256 KB (float16)
 
@@ -35,33 +35,12 @@ class Recording:
         except OSError:
             raise ProbeError(f"{p}: not a readable HDF5 file (truncated or not HDF5)") from None
         try:
-            self._validate()
+            h5format.validate(self.file, p)
         except Exception:
             self.file.close()
             raise
 
-    def _validate(self) -> None:
-        p, f = self.path, self.file
-        fmt = f.attrs.get("format")
-        if fmt != FORMAT:
-            raise ProbeError(f"{p}: not a probe recording (attribute format={fmt!r}, expected {FORMAT!r})")
-        v = int(f.attrs.get("version", -1))
-        if v != VERSION:
-            raise ProbeError(f"{p}: probe recording version {v} is not supported (this probe reads {VERSION})")
-        if not self.file.attrs.get("complete", False):
-            raise ProbeError(f"{p}: recording is incomplete (it was interrupted while being written)")
-        for name in ["text", "loss", "documents/name", "documents/start", "documents/stop"] + [
-                f"layers/{k}/{s}" for k in range(self.layers) for s in self.streams]:
-            if name not in f:
-                raise ProbeError(f"{p}: recording is missing dataset {name!r}")
-        T = len(f["text"])
-        for k in range(self.layers):
-            for s in self.streams:
-                if f[f"layers/{k}/{s}"].shape != (T, self.units):
-                    raise ProbeError(f"{p}: dataset layers/{k}/{s} has shape {f[f'layers/{k}/{s}'].shape}, "
-                                     f"expected {(T, self.units)}")
-
-    # ---- metadata ------------------------------------------------------------------------
+    # ---- metadata: everything the analysis and the app need, so none reads attributes ----
     @property
     def layers(self) -> int:
         return int(self.file.attrs["layers"])
@@ -72,19 +51,61 @@ class Recording:
 
     @property
     def streams(self) -> tuple[str, ...]:
-        return tuple(str(self.file.attrs.get("streams", " ".join(STREAMS))).split())
+        return tuple(str(self.file.attrs["streams"]).split())
 
     @property
     def dtype(self) -> str:
         return str(self.file.attrs.get("dtype", "float16"))
 
+    @property
+    def compression(self) -> str:
+        return str(self.file.attrs.get("compression", "gzip"))
+
+    @property
+    def version(self) -> int:
+        return int(self.file.attrs["version"])
+
+    @property
+    def created(self) -> str:
+        """When it was recorded (ISO 8601, UTC)."""
+        return str(self.file.attrs.get("created", ""))
+
+    @property
+    def model_path(self) -> str:
+        """Where the recorded checkpoint was (informative: it may have moved)."""
+        return str(self.file.attrs.get("model_path", ""))
+
+    @property
+    def model_sha256(self) -> str:
+        """sha256 of the recorded checkpoint file ('' if unknown)."""
+        return str(self.file.attrs.get("model_sha256", ""))
+
     @cached_property
     def model_config(self) -> dict:
+        """layers, units, embedding, dropout, vocab, corpus: the checkpoint's config."""
         return json.loads(self.file.attrs.get("model", "{}"))
 
     @cached_property
+    def model_metrics(self) -> dict:
+        return json.loads(self.file.attrs.get("model_metrics", "{}"))
+
+    @cached_property
     def source(self) -> dict:
+        """Where the text came from: kind, split, path, limit, fingerprint."""
         return json.loads(self.file.attrs.get("source", "{}"))
+
+    @cached_property
+    def mode(self) -> dict:
+        """``{"batch": B, "burn_in": N}``: B = 1 is sequential (see ``probe record --batch``)."""
+        return h5format.read_mode(self.file.attrs)
+
+    @property
+    def unknown_chars(self) -> int:
+        return int(self.file.attrs.get("unknown_chars", 0))
+
+    @property
+    def chunks(self) -> tuple[int, int] | None:
+        return self.file[h5format.path(0, self.streams[0])].chunks
 
     def __len__(self) -> int:
         return len(self.file["text"])
@@ -107,6 +128,12 @@ class Recording:
         d = self.file["documents"]
         return pd.DataFrame({"name": d["name"].asstr()[:], "start": d["start"][:], "stop": d["stop"][:]})
 
+    @cached_property
+    def document_spans(self) -> list[tuple[int, int]]:
+        """[start, stop) of each document, as plain ints (what ``features.compute`` takes)."""
+        d = self.documents
+        return list(zip(d["start"].astype(int).tolist(), d["stop"].astype(int).tolist()))
+
     def document_of(self, positions) -> np.ndarray:
         """Index into ``documents`` of each position."""
         return np.searchsorted(self.documents["start"].to_numpy(), positions, side="right") - 1
@@ -124,18 +151,18 @@ class Recording:
     def stream(self, layer: int, stream: str) -> h5py.Dataset:
         """Lazy [T, units] array: slicing reads only what is asked for."""
         self.check(layer, stream)
-        return self.file[f"layers/{layer}/{stream}"]
+        return self.file[h5format.path(layer, stream)]
 
     def unit(self, layer: int, stream: str, unit: int, start: int | None = None,
              stop: int | None = None) -> np.ndarray:
         """One unit's values over [start, stop) as float32 [n]."""
         self.check(layer, stream, unit)
-        return self.file[f"layers/{layer}/{stream}"][start:stop, unit].astype(np.float32)
+        return self.file[h5format.path(layer, stream)][start:stop, unit].astype(np.float32)
 
     def window(self, layer: int, stream: str, start: int, stop: int) -> np.ndarray:
         """All units over [start, stop) as float32 [n, units]."""
         self.check(layer, stream)
-        return self.file[f"layers/{layer}/{stream}"][start:stop].astype(np.float32)
+        return self.file[h5format.path(layer, stream)][start:stop].astype(np.float32)
 
     def frame(self, layer: int, stream: str, units=None, start: int | None = None,
               stop: int | None = None) -> pd.DataFrame:
@@ -155,7 +182,7 @@ class Recording:
         last_nl = np.maximum.accumulate(np.where(cps == 10, np.arange(T), -1))
         prev_nl = np.concatenate([[-1], last_nl[:-1]])[pos]
         column = pos - np.maximum(prev_nl + 1, doc_start)
-        vals = self.file[f"layers/{layer}/{stream}"][start:stop][:, units].astype(np.float32)
+        vals = self.file[h5format.path(layer, stream)][start:stop][:, units].astype(np.float32)
         df = pd.DataFrame({"position": pos, "char": list(self.text[start:stop]), "document": doc,
                            "line": line, "column": column, "loss": self.loss[start:stop]})
         return pd.concat([df, pd.DataFrame(vals, columns=[f"unit_{u}" for u in units])], axis=1)
@@ -183,20 +210,18 @@ def open_recording(path: str | os.PathLike) -> Recording:
 def summary(path: str | os.PathLike) -> dict:
     """What ``probe info REC.h5`` prints."""
     with open_recording(path) as rec:
-        a = rec.file.attrs
         cfg = {k: v for k, v in rec.model_config.items() if k != "vocab"}
         loss = rec.loss
+        size = rec.path.stat().st_size
         return {
-            "path": str(rec.path), "format": f"{a['format']} v{int(a['version'])}",
-            "created": str(a.get("created", "")),
-            "model": {"path": str(a.get("model_path", "")), "sha256": str(a.get("model_sha256", "")),
+            "path": str(rec.path), "format": f"{h5format.FORMAT} v{rec.version}", "created": rec.created,
+            "model": {"path": rec.model_path, "sha256": rec.model_sha256,
                       **cfg, "vocab_size": len(rec.model_config.get("vocab", ""))},
-            "source": rec.source, "mode": json.loads(a.get("mode", "{}")),
+            "source": rec.source, "mode": rec.mode,
             "documents": len(rec.documents), "length": len(rec), "layers": rec.layers,
             "streams": " ".join(rec.streams), "units": rec.units, "dtype": rec.dtype,
-            "chunks": str(rec.file["layers/0/h"].chunks),
-            "size_on_disk": f"{rec.path.stat().st_size / 1e6:.1f} MB "
-                            f"({rec.path.stat().st_size / max(1, len(rec)):.0f} bytes/char)",
+            "compression": rec.compression, "chunks": str(rec.chunks),
+            "size_on_disk": f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes/char)",
             "mean_bits_per_char": round(float(np.nanmean(loss)), 4) if np.isfinite(loss).any() else None,
-            "unknown_chars": int(a.get("unknown_chars", 0)),
+            "unknown_chars": rec.unknown_chars,
         }

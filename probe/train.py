@@ -1,7 +1,7 @@
 """Train a character-level LSTM with truncated backpropagation through time.
 
-The text is cut into ``batch`` contiguous streams; each step reads the next ``seq``
-characters of every stream, carries the LSTM state over from the previous step
+The text is cut into ``batch`` contiguous rows; each step reads the next ``seq``
+characters of every row, carries the LSTM state over from the previous step
 (detached), clips the gradient norm and takes an Adam step on a warmup + cosine
 learning-rate schedule. Every ``eval_every`` steps it measures validation bits/char,
 keeps the best weights at ``out`` and writes a resumable checkpoint beside it.
@@ -9,10 +9,9 @@ keeps the best weights at ``out`` and writes a resumable checkpoint beside it.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,43 @@ from tqdm.auto import tqdm
 
 from . import corpus as corpora
 from .errors import ProbeError
-from .model import CharLSTM, load_model, model_from_checkpoint, read_checkpoint, save_checkpoint, widen
+from .files import check_target, interrupts
+from .model import (DROPOUT, EMBEDDING, LAYERS, UNITS, CharLSTM, load_model, model_from_checkpoint,
+                    read_checkpoint, save_checkpoint, widen)
 
 LN2 = math.log(2)
 DEFAULT_STEPS = 4000
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; ``probe train``'s flags are its fields.
+
+    Stored in the checkpoint (``metrics["args"]``), so ``--resume`` continues with the same
+    settings; only ``steps`` may change on resume (a larger number extends the schedule).
+    """
+    corpus: str | None = "stdlib"  # built-in corpus (stdlib or linux); ignored when text is given
+    text: str | None = None        # a UTF-8 text file or a folder of them
+    glob: str = "**/*"             # files to take from a text folder
+    layers: int = LAYERS
+    units: int = UNITS
+    embedding: int = EMBEDDING
+    dropout: float = DROPOUT
+    batch: int = 64                # rows of text read side by side, one TBPTT window each per step
+    seq: int = 128                 # characters per TBPTT window
+    steps: int | None = None       # optimizer steps (None: DEFAULT_STEPS, or as before on resume)
+    lr: float = 2e-3
+    warmup: int = 100              # steps of linear warmup before the cosine decay
+    min_lr_frac: float = 0.05      # the cosine decays to lr * min_lr_frac
+    clip: float = 5.0              # gradient-norm clip
+    eval_every: int = 250          # steps between validations (and checkpoints)
+    eval_chars: int = 300_000      # validation characters per evaluation
+    seed: int = 0
+    init: str | None = None        # start from this checkpoint's weights, widened to units
+
+
+SETTINGS = ("batch", "seq", "steps", "lr", "warmup", "min_lr_frac", "clip", "eval_every",
+            "eval_chars", "seed")  # what --resume takes from the checkpoint
 
 
 def resume_path(out: str | os.PathLike) -> Path:
@@ -34,8 +66,8 @@ def resume_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".resume.pt")
 
 
-def streams(ids: np.ndarray, batch: int) -> torch.Tensor:
-    """Cut ids [N] into ``batch`` contiguous streams: [batch, N // batch]."""
+def rows(ids: np.ndarray, batch: int) -> torch.Tensor:
+    """Cut ids [N] into ``batch`` contiguous rows: [batch, N // batch]."""
     n = len(ids) // batch
     return torch.from_numpy(ids[: n * batch].reshape(batch, n).copy())
 
@@ -51,10 +83,10 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, min_frac: float) -> flo
 @torch.no_grad()
 def bits_per_char(model: CharLSTM, ids: np.ndarray, batch: int = 16, seq: int = 256,
                   desc: str | None = None) -> float:
-    """Mean −log2 p(next char) over ``ids``, read as ``batch`` streams with state carried."""
+    """Mean −log2 p(next char) over ``ids``, read as ``batch`` rows with state carried."""
     was_training = model.training
     model.eval()
-    data = streams(ids, batch) if len(ids) >= batch * 2 else torch.from_numpy(ids[None].copy())
+    data = rows(ids, batch) if len(ids) >= batch * 2 else torch.from_numpy(ids[None].copy())
     state, total, count = None, 0.0, 0
     for t in tqdm(range(0, data.shape[1] - 1, seq), desc=desc, disable=desc is None, leave=False):
         x, y = data[:, t : t + seq], data[:, t + 1 : t + seq + 1]
@@ -65,19 +97,6 @@ def bits_per_char(model: CharLSTM, ids: np.ndarray, batch: int = 16, seq: int = 
         count += y.numel()
     model.train(was_training)
     return total / max(1, count) / LN2
-
-
-def _interruptible() -> dict:
-    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt (so a checkpoint is saved), even in a
-    background job started with SIGINT ignored. Returns the old handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore(old: dict) -> None:
-    for sig, handler in old.items():
-        signal.signal(sig, handler)
 
 
 def split_data(corpus: str | None, text: str | None, glob: str) -> tuple[corpora.Corpus, str, str, str | None]:
@@ -93,35 +112,31 @@ def split_data(corpus: str | None, text: str | None, glob: str) -> tuple[corpora
     return train_c, train_c.text, corpora.load(corpus, "val").text, corpora.load(corpus, "test").text
 
 
-def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | None = None,
-          glob: str = "**/*", layers: int = 2, units: int = 256, embedding: int = 64,
-          dropout: float = 0.1, batch: int = 64, seq: int = 128, steps: int | None = None,
-          lr: float = 2e-3, warmup: int = 100, min_lr_frac: float = 0.05, clip: float = 5.0,
-          eval_every: int = 250, eval_chars: int = 300_000, seed: int = 0,
-          resume: bool = False, force: bool = False, threads: int | None = None,
-          init: str | os.PathLike | None = None, progress: bool = True) -> dict:
+def train(out: str | os.PathLike, config: TrainConfig | None = None, *, resume: bool = False,
+          force: bool = False, threads: int | None = None, progress: bool = True) -> dict:
     """Train a model and return its metrics; the best weights are saved at ``out``.
 
     With ``resume``, training continues from ``out``'s ``.resume.pt`` with its saved
-    settings; a larger ``steps`` extends the cosine schedule over the new total.
-    With ``init``, training starts from that checkpoint's weights (its vocabulary, layers
-    and embedding), widened to ``units`` without changing what it computes (``widen``).
+    settings; a larger ``config.steps`` extends the cosine schedule over the new total.
+    With ``config.init``, training starts from that checkpoint's weights (its vocabulary,
+    layers and embedding), widened to ``config.units`` without changing what it computes
+    (``widen``).
     """
+    cfg = config or TrainConfig()
     out = Path(out)
     rpath = resume_path(out)
-    if not out.parent.is_dir():
-        raise ProbeError(f"{out.parent}: output folder does not exist")
-    if resume and init is not None:
+    if resume and cfg.init is not None:
         raise ProbeError(f"{out}: --resume continues a run, --init starts one; pass only one")
     if resume and not rpath.exists():
         raise ProbeError(f"{rpath}: no resumable checkpoint to --resume from")
     if not resume and not force and (out.exists() or rpath.exists()):
         raise ProbeError(f"{out if out.exists() else rpath}: already exists; pass --force to "
                          "overwrite or --resume to continue")
+    check_target(out, force=True)  # its folder exists and is writable; it is not a folder
     if threads:
         torch.set_num_threads(threads)
 
-    source, train_text, val_text, test_text = split_data(corpus, text, glob)
+    source, train_text, val_text, test_text = split_data(None if cfg.text else cfg.corpus, cfg.text, cfg.glob)
     if resume:
         ck = read_checkpoint(rpath)
         st = ck.get("train_state") or {}
@@ -131,33 +146,35 @@ def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | Non
             raise ProbeError(f"{rpath}: was trained on a different corpus (fingerprint differs)")
         model = model_from_checkpoint(ck, rpath)
         args = dict(st["args"])
-        if steps is not None and steps != args["steps"]:  # extend (or shorten) the schedule
-            if steps <= st["step"]:
-                raise ProbeError(f"{rpath}: already at step {st['step']}; --steps {steps} would not "
+        if cfg.steps is not None and cfg.steps != args["steps"]:  # extend (or shorten) the schedule
+            if cfg.steps <= st["step"]:
+                raise ProbeError(f"{rpath}: already at step {st['step']}; --steps {cfg.steps} would not "
                                  "train further")
-            args["steps"] = steps
-        batch, seq, steps, lr, warmup = args["batch"], args["seq"], args["steps"], args["lr"], args["warmup"]
-        min_lr_frac, clip, eval_every, eval_chars = args["min_lr_frac"], args["clip"], args["eval_every"], args["eval_chars"]
+            args["steps"] = cfg.steps
+        cfg = replace(cfg, **{k: args[k] for k in SETTINGS})
     else:
-        steps = DEFAULT_STEPS if steps is None else steps
-        torch.manual_seed(seed)
-        args = dict(batch=batch, seq=seq, steps=steps, lr=lr, warmup=warmup, min_lr_frac=min_lr_frac,
-                    clip=clip, eval_every=eval_every, eval_chars=eval_chars, seed=seed)
-        if init is not None:
-            base = load_model(init)
-            if layers != base.layers:
-                raise ProbeError(f"{init}: has {base.layers} layers; --layers {layers} cannot start from it")
-            if units < base.units:
-                raise ProbeError(f"{init}: has {base.units} units; --units {units} would shrink it")
-            model = widen(base, units, dropout, seed)
-            args["init"] = {"path": str(init), "sha256": base.sha256, "units": base.units,
+        cfg = replace(cfg, steps=DEFAULT_STEPS if cfg.steps is None else cfg.steps)
+        torch.manual_seed(cfg.seed)
+        args = {k: getattr(cfg, k) for k in SETTINGS}
+        if cfg.init is not None:
+            base = load_model(cfg.init)
+            if cfg.layers != base.layers:
+                raise ProbeError(f"{cfg.init}: has {base.layers} layers; --layers {cfg.layers} cannot "
+                                 "start from it")
+            if cfg.units < base.units:
+                raise ProbeError(f"{cfg.init}: has {base.units} units; --units {cfg.units} would shrink it")
+            model = widen(base, cfg.units, cfg.dropout, cfg.seed)
+            args["init"] = {"path": str(cfg.init), "sha256": base.sha256, "units": base.units,
                             "chars": base.metrics.get("chars"), "test_bpc": base.metrics.get("test_bpc")}
         else:
-            model = CharLSTM(corpora.build_vocab(train_text), layers, units, embedding, dropout)
+            model = CharLSTM(corpora.build_vocab(train_text), cfg.layers, cfg.units, cfg.embedding,
+                             cfg.dropout)
+    batch, seq, steps, lr, warmup = cfg.batch, cfg.seq, cfg.steps, cfg.lr, cfg.warmup
+    min_lr_frac, clip, eval_every, eval_chars = cfg.min_lr_frac, cfg.clip, cfg.eval_every, cfg.eval_chars
     vocab = model.vocab
     train_ids, n_unk = corpora.encode(train_text, vocab)
     val_ids, n_unk_val = corpora.encode(val_text[:eval_chars], vocab)
-    data = streams(train_ids, batch)  # [batch, L]
+    data = rows(train_ids, batch)  # [batch, L]
     if data.shape[1] < seq + 1:
         raise ProbeError(f"text too short for --batch {batch} --seq {seq}: "
                          f"{len(train_ids)} training characters, need {batch * (seq + 1)}")
@@ -187,53 +204,51 @@ def train(out: str | os.PathLike, corpus: str | None = "stdlib", text: str | Non
     model.train()
     bar = tqdm(total=steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     t0, loss_ema = time.perf_counter(), None
-    old = _interruptible()
-    try:
-        while step < steps:
-            # learning rate for this step
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, steps, lr, warmup, min_lr_frac)
-            # periodic evaluation and checkpoint
-            if step % eval_every == 0 and step > 0:
-                val = bits_per_char(model, val_ids)
-                history.append({"step": step, "chars": chars, "val_bpc": round(val, 4),
-                                "train_bpc": round(loss_ema / LN2, 4) if loss_ema else None})
-                if val < best:
-                    best = val
-                    save_checkpoint(out, model, source.source, metrics())
-                save_resume()
-                bar.write(f"step {step}: val {val:.3f} bits/char (best {best:.3f})")
-            # next window of every stream; wrap around to a fresh state at the end
-            if pos + seq + 1 > data.shape[1]:
-                pos, state = 0, None
-            x, y = data[:, pos : pos + seq], data[:, pos + 1 : pos + seq + 1]  # [B, seq]
-            pos += seq
-            # TBPTT step with clipping
-            logits, state = model(x, state)
-            state = tuple(s.detach() for s in state)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            # log
-            step += 1
-            chars += x.numel()
-            now = time.perf_counter()
-            elapsed += now - t0
-            t0 = now
-            loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_ema:.3f}", bpc=f"{loss_ema / LN2:.3f}",
-                            chars_s=f"{chars / max(elapsed, 1e-9):.0f}", refresh=False)
-    except KeyboardInterrupt:
-        bar.close()
-        save_resume()
-        _restore(old)
-        raise ProbeError(f"interrupted at step {step}; resumable checkpoint saved to {rpath} "
-                         f"(continue with --resume)") from None
+    with interrupts(raising=True):  # Ctrl-C and SIGTERM: save a resumable checkpoint, then stop
+        try:
+            while step < steps:
+                # learning rate for this step
+                for g in optimizer.param_groups:
+                    g["lr"] = lr_at(step, steps, lr, warmup, min_lr_frac)
+                # periodic evaluation and checkpoint
+                if step % eval_every == 0 and step > 0:
+                    val = bits_per_char(model, val_ids)
+                    history.append({"step": step, "chars": chars, "val_bpc": round(val, 4),
+                                    "train_bpc": round(loss_ema / LN2, 4) if loss_ema else None})
+                    if val < best:
+                        best = val
+                        save_checkpoint(out, model, source.source, metrics())
+                    save_resume()
+                    bar.write(f"step {step}: val {val:.3f} bits/char (best {best:.3f})")
+                # next window of every row; wrap around to a fresh state at the end
+                if pos + seq + 1 > data.shape[1]:
+                    pos, state = 0, None
+                x, y = data[:, pos : pos + seq], data[:, pos + 1 : pos + seq + 1]  # [B, seq]
+                pos += seq
+                # TBPTT step with clipping
+                logits, state = model(x, state)
+                state = tuple(s.detach() for s in state)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                # log
+                step += 1
+                chars += x.numel()
+                now = time.perf_counter()
+                elapsed += now - t0
+                t0 = now
+                loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_ema:.3f}", bpc=f"{loss_ema / LN2:.3f}",
+                                chars_s=f"{chars / max(elapsed, 1e-9):.0f}", refresh=False)
+        except KeyboardInterrupt:
+            bar.close()
+            save_resume()
+            raise ProbeError(f"interrupted at step {step}; resumable checkpoint saved to {rpath} "
+                             f"(continue with --resume)") from None
     bar.close()
-    _restore(old)
     # final evaluation: keep the better of the last and the best weights
     val = bits_per_char(model, val_ids)
     history.append({"step": step, "chars": chars, "val_bpc": round(val, 4),

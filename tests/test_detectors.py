@@ -2,17 +2,16 @@
 cells found, saturation, contexts, the analysis cache, the ``probe analyze`` CLI and its
 one-line errors.
 
-Most tests build a synthetic recording with ``write_recording``: the HDF5 layout of
-probe/record.py written directly, with activations chosen by the test.
+Most tests build a synthetic recording with ``write_recording`` (``h5format.write``:
+the recording format without a model), with activations chosen by the test.
 """
 import json
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
-from probe import analysis, contexts, detectors, features, open_recording
+from probe import analysis, contexts, detectors, features, h5format, open_recording, probes
 from probe.cli import main
 from probe.errors import ProbeError
 
@@ -26,33 +25,12 @@ CODE = '''def f(a, b=[1, (2, 3)]):
 
 def write_recording(path, text, data, documents=None, streams=STREAMS, dtype="float32"):
     """A recording with ``data[(layer, stream)]`` = [T, units] arrays (missing ones random)."""
-    T = len(text)
     layers = 1 + max(k for k, _ in data)
     units = next(iter(data.values())).shape[1]
-    documents = documents or [("doc.py", 0, T)]
     rng = np.random.default_rng(123)
-    with h5py.File(path, "w") as f:
-        a = f.attrs
-        a["format"], a["version"] = "probe-recording", 1
-        a["layers"], a["units"], a["length"] = layers, units, T
-        a["streams"] = " ".join(streams)
-        a["model"], a["source"] = json.dumps({"units": units}), json.dumps({"kind": "synthetic"})
-        a["created"] = "2024-01-01T00:00:00+00:00"
-        a["complete"] = True
-        a["dtype"] = dtype
-        f.create_dataset("text", data=np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int32))
-        f.create_dataset("loss", data=np.zeros(T, np.float32))
-        f.create_dataset("documents/name", data=[n for n, _, _ in documents], dtype=h5py.string_dtype())
-        f.create_dataset("documents/start", data=np.array([s for _, s, _ in documents], np.int64))
-        f.create_dataset("documents/stop", data=np.array([e for _, _, e in documents], np.int64))
-        for k in range(layers):
-            for s in streams:
-                x = data.get((k, s))
-                if x is None:
-                    x = rng.random((T, units))
-                chunks = (min(max(T, 1), 256), units) if T else None
-                f.create_dataset(f"layers/{k}/{s}", data=np.asarray(x, dtype=dtype), chunks=chunks)
-    return path
+    values = {(k, s): data[(k, s)] if (k, s) in data else rng.random((len(text), units))
+              for k in range(layers) for s in streams}
+    return h5format.write(path, text, values, documents=documents, streams=streams, dtype=dtype)
 
 
 def exact_auc(x, y):
@@ -124,12 +102,12 @@ def test_streaming_scores_equal_numpy_on_full_arrays(tmp_path, synthetic, dtype)
 
 def test_compiled_loops_are_built_and_equal_numpy():
     # pip builds probe/_kernels.c (setup.py); numpy's count_bins_numpy is the reference
-    assert detectors._kernels is not None, "probe._kernels was not built: is a C compiler installed?"
+    assert detectors.COMPILED, "probe._kernels was not built: is a C compiler installed?"
     rng = np.random.default_rng(0)
     half = (rng.standard_normal((3000, 37)) * 3).astype(np.float16)  # U not a multiple of 8
     codes = half.view(np.uint16)
     pattern = rng.integers(0, 3, 3000).astype(np.int32)
-    lut = detectors._bin_table("c").astype(np.int32)
+    lut = detectors.bin_table("c").astype(np.int32)
     ours, ref = (np.zeros((37, 3 * detectors.AUC_BINS), np.int64) for _ in range(2))
     detectors.count_bins(codes, pattern, lut, ours)
     detectors.count_bins(codes, pattern, lut, ours)  # adds up
@@ -148,7 +126,7 @@ def test_compiled_loops_are_built_and_equal_numpy():
 
 
 def test_compiled_loops_refuse_mismatched_arrays():
-    k = detectors._kernels
+    from probe import _kernels as k  # the C extension itself
     codes = np.zeros((10, 4), np.uint16)
     lut = np.zeros(65536, np.int32)
     with pytest.raises(ValueError, match="pattern outside"):
@@ -212,32 +190,6 @@ def test_best_ranks_planted_cells_first(synthetic):
     assert (top.groupby("feature").size() == 3).all()
 
 
-def test_probe_curve_on_planted_cells(synthetic):
-    path, _, feats = synthetic
-    with open_recording(path) as rec:
-        cont = detectors.probe_curve(rec, feats, "column", layers=[0], streams=["h"])
-        binary = detectors.probe_curve(rec, feats, "in_string", ks=[1, 3])
-    assert list(cont.columns) == ["k", "score", "metric"]
-    assert cont["k"].tolist() == [1, 2, 4, 5] and (cont["metric"] == "r2").all()
-    assert cont["score"].iloc[0] > 0.8  # the planted cell alone explains the feature
-    assert binary["k"].tolist() == [1, 3] and (binary["metric"] == "auc").all()
-    assert binary["score"].iloc[0] > 0.9
-
-
-def test_probe_holds_out_pieces_from_all_over_the_recording():
-    train, held = detectors.split_positions(200_000, held_out=0.2)
-    assert not (train & held).any() and (train | held).all()
-    assert held.mean() == pytest.approx(0.2, abs=0.01)
-    # several long pieces, not one tail: both parts reach into every fifth of the text
-    pieces = np.flatnonzero(np.diff(held.astype(int)) == 1).size + int(held[0])
-    assert 5 <= pieces <= 10
-    assert sum(held[q:q + 40_000].any() for q in range(0, 200_000, 40_000)) >= 3
-    assert all(train[q:q + 40_000].any() for q in range(0, 200_000, 40_000))
-    # a text too short to cut holds out its tail
-    train, held = detectors.split_positions(1000, held_out=0.2)
-    assert held[800:].all() and not held[:800].any()
-
-
 def test_saturation_fractions(tmp_path):
     T, text = 1000, "x" * 1000
     i = np.full((T, 3), 0.5)
@@ -247,12 +199,12 @@ def test_saturation_fractions(tmp_path):
     path = write_recording(tmp_path / "sat.h5", text, {(0, "i"): i, (0, "f"): np.full((T, 3), 0.5)})
     with open_recording(path) as rec:
         sat = detectors.saturation(rec, chunk=300)
-    assert list(sat.columns) == ["layer", "gate", "unit", "left", "right"]
-    si = sat[sat.gate == "i"].set_index("unit")
+    assert list(sat.columns) == ["layer", "stream", "unit", "left", "right"]
+    si = sat[sat.stream == "i"].set_index("unit")
     assert si.loc[0, "left"] == 0.25 and si.loc[0, "right"] == 0.25
     assert si.loc[1, "left"] == 0 and si.loc[1, "right"] == 1
     assert si.loc[2, "left"] == pytest.approx(0.1) and si.loc[2, "right"] == 0
-    assert (sat[sat.gate == "f"][["left", "right"]] == 0).all().all()
+    assert (sat[sat.stream == "f"][["left", "right"]] == 0).all().all()
     # the analysis computes the same in its single pass
     pd.testing.assert_frame_equal(analysis.analysis(path)["saturation"], sat)
 
@@ -267,8 +219,9 @@ def test_top_contexts_argmax_first_without_near_duplicates(tmp_path):
     docs = [("a", 0, 300), ("b", 300, 600)]
     path = write_recording(tmp_path / "ctx.h5", text, {(0, "c"): x}, documents=docs)
     with open_recording(path) as rec:
-        top = contexts.top_contexts(rec, 0, "c", 0, k=4, width=10)
-        qs = contexts.quantile_samples(rec, 0, "c", 0, bins=4, per_bin=3)
+        values = rec.unit(0, "c", 0)
+        top = contexts.top_contexts(values, rec.documents, k=4, width=10)
+        qs = contexts.quantile_samples(values, rec.documents, bins=4, per_bin=3)
     t, b = top[top.kind == "top"], top[top.kind == "bottom"]
     assert list(top.columns) == ["kind", "position", "value", "start", "stop"]
     assert t.position.iloc[0] == 305 and t.value.iloc[0] == 5.0
@@ -294,8 +247,8 @@ def test_analysis_is_cached_reused_and_invalidated(synthetic, monkeypatch):
     stamp = side.stat().st_mtime_ns
 
     calls = []
-    real = analysis._scores_and_saturation
-    monkeypatch.setattr(analysis, "_scores_and_saturation", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = detectors.scores_and_saturation
+    monkeypatch.setattr(detectors, "scores_and_saturation", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     again = analysis.analysis(path)
     assert calls == [] and side.stat().st_mtime_ns == stamp  # reused, not rewritten
     for key in first:
@@ -314,7 +267,7 @@ def test_cache_covers_regex_features(synthetic, monkeypatch):
     path, _, _ = synthetic
     with_regex = analysis.analysis(path, regex={"digit": "[0-9]"})
     assert "digit" in set(with_regex["scores"].feature)
-    monkeypatch.setattr(analysis, "_scores_and_saturation", lambda *a, **kw: pytest.fail("recomputed"))
+    monkeypatch.setattr(detectors, "scores_and_saturation", lambda *a, **kw: pytest.fail("recomputed"))
     plain = analysis.analysis(path)  # served from the superset in the cache
     assert "digit" not in set(plain["scores"].feature)
 
@@ -334,7 +287,7 @@ def test_cli_analyze_prints_tables(recording_path, capsys):
     assert main(["analyze", str(recording_path), "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "in_string" in out and "bracket_depth" in out and "auc=" in out and "r=" in out
-    assert "saturation" in out and "layer  gate" in out
+    assert "saturation" in out and "layer  stream" in out
     assert analysis.cache_path(recording_path).exists()
 
 
@@ -343,7 +296,7 @@ def test_cli_analyze_json(recording_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert {r["feature"] for r in doc["best"]} >= {"in_string", "column", "digit"}
     assert all(r["rank"] == 1 for r in doc["best"])
-    assert {r["gate"] for r in doc["saturation"]} == {"i", "f", "o"}
+    assert {r["stream"] for r in doc["saturation"]} == {"i", "f", "o"}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -374,7 +327,7 @@ def test_errors(tmp_path, synthetic):
     with open_recording(only_ch) as rec:
         with pytest.raises(ProbeError) as e:
             detectors.saturation(rec)
-        assert "i f o" in one_line(e) and "ch.h5" in one_line(e)
+        assert "gate streams" in one_line(e) and "ch.h5" in one_line(e)
         with pytest.raises(ProbeError) as e:
             detectors.scores(rec, streams=["f"])
         assert "no stream 'f'" in one_line(e)
@@ -382,30 +335,33 @@ def test_errors(tmp_path, synthetic):
 
     empty = write_recording(tmp_path / "empty.h5", "", {(0, "c"): np.zeros((0, 2))})
     with open_recording(empty) as rec:
-        for call in (detectors.scores, detectors.saturation, lambda r: contexts.top_contexts(r, 0, "c", 0)):
+        for call in (detectors.scores, detectors.saturation):
             with pytest.raises(ProbeError) as e:
                 call(rec)
             assert "empty recording" in one_line(e)
+        with pytest.raises(ProbeError) as e:
+            contexts.top_contexts(rec.unit(0, "c", 0), rec.documents)
+        assert "the recording is empty" in one_line(e)
     with open_recording(path) as rec:
         with pytest.raises(ProbeError) as e:
-            detectors.probe_curve(rec, feats, "no_such_feature")
+            probes.probe_curve(rec, feats, "no_such_feature")
         assert "unknown feature 'no_such_feature'" in one_line(e)
         with pytest.raises(ProbeError) as e:
             detectors.scores(rec, feats.iloc[:10])
         assert "10 rows" in one_line(e)
         with pytest.raises(ProbeError) as e:
-            contexts.top_contexts(rec, 0, "c", 99)
-        assert "no unit 99" in one_line(e)
+            contexts.top_contexts(rec.unit(0, "c", 0)[:-5], rec.documents)
+        assert f"there are {len(rec) - 5} values" in one_line(e)
     with pytest.raises(ProbeError) as e:
         analysis.analysis(path, regex={"paren": "("})
     assert "does not compile" in one_line(e)
 
 
 def test_candidate_preselection_matches_a_full_stable_sort():
-    from probe.contexts import _smallest_first
+    from probe.contexts import smallest_first
     rng = np.random.default_rng(0)
     for _ in range(200):  # float16-like data: many ties
         s = rng.integers(0, 20, size=int(rng.integers(1, 3000))).astype(np.float32)
         n = int(rng.integers(1, 500))
         full = np.argsort(s, kind="stable")[:min(n, len(s))]
-        np.testing.assert_array_equal(_smallest_first(s, n)[:len(full)], full)
+        np.testing.assert_array_equal(smallest_first(s, n)[:len(full)], full)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from probe import ProbeError, corpus, load_model
 from probe.cli import main
 from probe.model import read_checkpoint, save_checkpoint, widen
 from probe.sample import sample
-from probe.train import train
+from probe.train import TrainConfig, train
 
 
 def test_stdlib_split_is_deterministic_and_disjoint():
@@ -87,34 +88,34 @@ def test_training_lowers_the_loss_and_never_overwrites(tmp_path, text):
     src = tmp_path / "code.py"
     src.write_text(text * 30)
     out = tmp_path / "m.pt"
-    m = train(out, corpus=None, text=str(src), units=32, embedding=16, batch=8, seq=32,
-              steps=120, eval_every=40, lr=1e-2, warmup=10, progress=False)
+    m = train(out, TrainConfig(corpus=None, text=str(src), units=32, embedding=16, batch=8, seq=32,
+                               steps=120, eval_every=40, lr=1e-2, warmup=10), progress=False)
     vals = [h["val_bpc"] for h in m["history"]]
     assert vals[-1] < vals[0] - 1.0  # from ~6 bits/char towards the text's structure
     assert load_model(out).metrics["val_bpc"] == m["val_bpc"]
     with pytest.raises(ProbeError, match="already exists"):
-        train(out, corpus=None, text=str(src), units=32, steps=5, progress=False)
+        train(out, TrainConfig(text=str(src), units=32, steps=5), progress=False)
 
 
 def test_seed_makes_training_repeatable_and_resume_continues(tmp_path, text):
     src = tmp_path / "code.py"
     src.write_text(text * 10)
-    kw = dict(corpus=None, text=str(src), units=16, embedding=8, batch=4, seq=16, steps=30,
-              eval_every=10, seed=3, progress=False)
-    a = train(tmp_path / "a.pt", **kw)
-    b = train(tmp_path / "b.pt", **kw)
+    cfg = TrainConfig(text=str(src), units=16, embedding=8, batch=4, seq=16, steps=30, eval_every=10,
+                      seed=3)
+    a = train(tmp_path / "a.pt", cfg, progress=False)
+    b = train(tmp_path / "b.pt", cfg, progress=False)
     assert a["history"] == b["history"]
     # a resumed run reaches the same step count from the resumable checkpoint
-    c = train(tmp_path / "a.pt", resume=True, **kw)
+    c = train(tmp_path / "a.pt", cfg, resume=True, progress=False)
     assert c["step"] == 30
     # a larger --steps extends a finished run
-    d = train(tmp_path / "a.pt", resume=True, **{**kw, "steps": 40})
+    d = train(tmp_path / "a.pt", replace(cfg, steps=40), resume=True, progress=False)
     assert d["step"] == 40 and d["history"][-1]["step"] == 40
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, text):
     with pytest.raises(ProbeError, match="no resumable checkpoint"):
-        train(tmp_path / "x.pt", corpus=None, text="whatever", resume=True, progress=False)
+        train(tmp_path / "x.pt", TrainConfig(text="whatever"), resume=True, progress=False)
 
 
 def test_widening_keeps_the_function_and_adds_trainable_units(tiny_model, text):
@@ -132,18 +133,18 @@ def test_widening_keeps_the_function_and_adds_trainable_units(tiny_model, text):
 def test_training_can_start_from_a_smaller_checkpoint(tmp_path, text, model_path):
     src = tmp_path / "code.py"
     src.write_text(text * 10)
-    kw = dict(corpus=None, text=str(src), embedding=4, batch=4, seq=16, steps=10, eval_every=5,
-              progress=False)
-    m = train(tmp_path / "w.pt", init=model_path, units=12, **kw)
+    cfg = TrainConfig(text=str(src), embedding=4, batch=4, seq=16, steps=10, eval_every=5,
+                      init=str(model_path), units=12)
+    m = train(tmp_path / "w.pt", cfg, progress=False)
     wide = load_model(tmp_path / "w.pt")
     assert wide.units == 12 and wide.vocab == load_model(model_path).vocab
     assert m["args"]["init"]["units"] == 8
     with pytest.raises(ProbeError, match="would shrink"):
-        train(tmp_path / "s.pt", init=model_path, units=4, **kw)
+        train(tmp_path / "s.pt", replace(cfg, units=4), progress=False)
     with pytest.raises(ProbeError, match="has 2 layers"):
-        train(tmp_path / "s.pt", init=model_path, units=12, layers=3, **kw)
+        train(tmp_path / "s.pt", replace(cfg, layers=3), progress=False)
     with pytest.raises(ProbeError, match="pass only one"):
-        train(tmp_path / "w.pt", init=model_path, units=12, resume=True, **kw)
+        train(tmp_path / "w.pt", cfg, resume=True, progress=False)
 
 
 def test_sampling_with_a_seed_repeats(tiny_model):

@@ -1,53 +1,68 @@
-"""Recorded gates and states equal what the model computes."""
+"""Recorded gates and states equal what the model computes: ``probe.stepwise`` (the LSTM
+equations one character at a time) is the reference, itself checked against nn.LSTM."""
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 
-from probe import corpus, open_recording
+from probe import corpus, h5format, open_recording
 from probe.model import load_model
-from probe.record import activations, record, run
-
-
-def reference_cell(model, ids):
-    """An independent step-by-step LSTM in plain torch ops, PyTorch gate order i f g o."""
-    H = model.units
-    x = model.embed(torch.as_tensor(ids))  # [T, E]
-    out = {}
-    for k in range(model.layers):
-        w_ih = getattr(model.lstm, f"weight_ih_l{k}")
-        w_hh = getattr(model.lstm, f"weight_hh_l{k}")
-        b = getattr(model.lstm, f"bias_ih_l{k}") + getattr(model.lstm, f"bias_hh_l{k}")
-        h, c = torch.zeros(H), torch.zeros(H)
-        rows = {s: [] for s in "ifgoch"}
-        for t in range(len(x)):
-            z = w_ih @ x[t] + w_hh @ h + b
-            i, f, g, o = (torch.sigmoid(z[:H]), torch.sigmoid(z[H:2 * H]),
-                          torch.tanh(z[2 * H:3 * H]), torch.sigmoid(z[3 * H:]))
-            c = f * c + i * g
-            h = o * torch.tanh(c)
-            for s, v in zip("ifgoch", (i, f, g, o, c, h)):
-                rows[s].append(v)
-        for s in "ifgoch":
-            out[(k, s)] = torch.stack(rows[s]).detach().numpy()
-        x = torch.stack(rows["h"])
-    return out
+from probe.record import activations, record
+from probe.stepwise import stepwise
 
 
 @torch.no_grad()
-def test_gates_and_states_equal_an_independent_cell(tiny_model, text):
+def test_the_step_by_step_cell_agrees_with_nn_lstm(tiny_model, text):
     ids, _ = corpus.encode(text, tiny_model.vocab)
-    got, _ = activations(tiny_model, text)
-    want = reference_cell(tiny_model, ids)
+    steps, loss = stepwise(tiny_model, text)
+    assert set(steps) == {(k, s) for k in range(2) for s in "ifgoch"}
+    out, (hT, cT) = tiny_model.lstm(tiny_model.embed(torch.from_numpy(ids))[None])
+    np.testing.assert_allclose(steps[(1, "h")], out[0].numpy(), atol=1e-6)
+    for k in range(tiny_model.layers):
+        np.testing.assert_allclose(steps[(k, "c")][-1], cT[k, 0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(steps[(k, "h")][-1], hT[k, 0].numpy(), atol=1e-6)
+    logits, _ = tiny_model(torch.from_numpy(ids)[None])
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], torch.from_numpy(ids[1:]), reduction="none")
+    np.testing.assert_allclose(loss[1:], ce.numpy() / np.log(2), rtol=1e-5)
+
+
+@torch.no_grad()
+def test_gates_and_states_equal_the_step_by_step_cell(tiny_model, text):
+    got, got_loss = activations(tiny_model, text)
+    want, want_loss = stepwise(tiny_model, text)
+    assert set(got) == set(want)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=str(key))
-    # and h, c agree with nn.LSTM's own outputs
-    out, (hT, cT) = tiny_model.lstm(tiny_model.embed(torch.from_numpy(ids))[None])
-    np.testing.assert_allclose(got[(1, "h")], out[0].numpy(), atol=1e-6)
-    for k in range(tiny_model.layers):
-        np.testing.assert_allclose(got[(k, "c")][-1], cT[k, 0].numpy(), atol=1e-5)
-        np.testing.assert_allclose(got[(k, "h")][-1], hT[k, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5, equal_nan=True)
+
+
+@torch.no_grad()
+def test_the_edit_hook_sees_every_named_value_and_its_edits_flow_on(tiny_model, text):
+    seen = []
+    stepwise(tiny_model, "ab", edit=lambda t, k, s, v: seen.append((t, k, s)))
+    assert seen == [(t, k, s) for t in range(2) for k in range(2) for s in "ifgoch"]
+
+    def zero_h(t, k, s, v):  # pin unit 5 of layer 0 to 0, at every step
+        if (k, s) == (0, "h"):
+            v = v.clone()
+            v[5] = 0
+            return v
+    edited, edited_loss = stepwise(tiny_model, text, edit=zero_h)
+    assert (edited[(0, "h")][:, 5] == 0).all()
+    # the same as cutting the unit's outgoing weights (to itself and to layer 1)
+    cut = copy.deepcopy(tiny_model)
+    cut.lstm.weight_hh_l0[:, 5] = 0
+    cut.lstm.weight_ih_l1[:, 5] = 0
+    want, want_loss = stepwise(cut, text)
+    for key in want:
+        if key != (0, "h"):
+            np.testing.assert_allclose(edited[key], want[key], atol=1e-6, err_msg=str(key))
+    np.testing.assert_allclose(edited_loss, want_loss, rtol=1e-5, equal_nan=True)
+    plain, plain_loss = stepwise(tiny_model, text)
+    assert not np.allclose(edited[(1, "h")], plain[(1, "h")])  # the edit did change layer 1
 
 
 @torch.no_grad()
@@ -67,9 +82,10 @@ def test_recording_matches_in_memory_values_across_documents(recording_path, mod
         assert list(docs["name"]) == ["a.py", "b.py"]
         for _, d in docs.iterrows():
             doc_text = rec.text[d.start:d.stop]
-            want, want_loss = activations(model, doc_text)  # fresh state at each document
+            want, want_loss = stepwise(model, doc_text)  # fresh state at each document
+            assert set(want) == {(k, s) for k in range(rec.layers) for s in rec.streams}
             for (k, s), v in want.items():
-                np.testing.assert_allclose(rec.stream(k, s)[d.start:d.stop], v, atol=1e-6)
+                np.testing.assert_allclose(rec.stream(k, s)[d.start:d.stop], v, atol=1e-5)
             np.testing.assert_allclose(rec.loss[d.start:d.stop], want_loss, rtol=1e-5, equal_nan=True)
         assert rec.text == text + (text.replace("Point", "Line") * 2)
 
@@ -78,7 +94,7 @@ def test_streaming_in_blocks_equals_one_pass(tiny_model, tmp_path, monkeypatch, 
     import probe.record as rec_mod
     long = text * 40  # > several blocks
     monkeypatch.setattr(rec_mod, "BLOCK", 512)
-    monkeypatch.setattr(rec_mod, "CHUNK_T", 256)
+    monkeypatch.setattr(h5format, "CHUNK_T", 256)
     out = record(tiny_model, [("long.py", long)], tmp_path / "long.h5", dtype="float32", progress=False)
     want, want_loss = activations(tiny_model, long)
     with open_recording(out) as rec:
@@ -92,7 +108,7 @@ def test_batched_mode_is_close_to_sequential(tiny_model, tmp_path, monkeypatch, 
     long = text * 20
     monkeypatch.setattr(rec_mod, "BLOCK", 1024)
     seq = record(tiny_model, [("a", long)], tmp_path / "seq.h5", dtype="float32", progress=False)
-    bat = record(tiny_model, [("a", long)], tmp_path / "bat.h5", dtype="float32", streams=4,
+    bat = record(tiny_model, [("a", long)], tmp_path / "bat.h5", dtype="float32", batch=4,
                  burn_in=200, progress=False)
     with open_recording(seq) as a, open_recording(bat) as b:
         assert len(a) == len(b) == len(long)

@@ -1,0 +1,185 @@
+"""The recording format in one place: names, the streams of each model kind, the header
+writer and the validator. ``docs/recording-format.md`` describes the same thing in words.
+
+The recorder (``probe.record``) writes through these functions, the reader
+(``probe.recording``) validates with them, and the tests build their synthetic
+recordings with ``write``. Nothing here imports torch, so reading a recording never does.
+
+    from probe import h5format
+    h5format.write("tiny.h5", "ab\\n", {(0, "h"): values}, streams=("h",))   # [T, units] each
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import ProbeError
+from .files import atomic
+
+FORMAT = "probe-recording"
+VERSION = 1
+CHUNK_T = 4096          # chunk rows (time); measured in docs/recording-format.md
+CHUNK_UNITS = 32        # chunk columns (units)
+TEXT_CHUNK = 65536      # chunk length of ``text`` and ``loss``
+COMPRESSIONS = ("gzip", "none")
+DTYPES = ("float16", "float32")
+
+# The streams a model kind records, in the order its cell computes them.
+STREAMS: dict[str, tuple[str, ...]] = {"lstm": ("i", "f", "g", "o", "c", "h")}
+# What each stream is (the dashboard's labels) and its range (None: unbounded).
+DESCRIPTION = {"i": "input gate", "f": "forget gate", "g": "candidate", "o": "output gate",
+               "c": "cell state", "h": "hidden state"}
+RANGE: dict[str, tuple[float, float] | None] = {
+    "i": (0.0, 1.0), "f": (0.0, 1.0), "g": (-1.0, 1.0), "o": (0.0, 1.0), "c": None, "h": (-1.0, 1.0)}
+TABLES = ("text", "loss", "documents/name", "documents/start", "documents/stop")
+
+
+def kind_of(config: dict) -> str:
+    """The model kind a model config describes (``cell`` in it; LSTM when absent)."""
+    kind = config.get("cell", "lstm")
+    if kind not in STREAMS:
+        raise ProbeError(f"unknown model kind {kind!r} (probe records {', '.join(STREAMS)})")
+    return kind
+
+
+def streams_of(config: dict) -> tuple[str, ...]:
+    """The streams recorded for a model with this config."""
+    return STREAMS[kind_of(config)]
+
+
+def is_unit_range(stream: str) -> bool:
+    """Values in [0, 1] (the sigmoid gates): coloured white→purple, scored for saturation."""
+    return RANGE.get(stream) == (0.0, 1.0)
+
+
+def path(layer: int, stream: str) -> str:
+    """Where a (layer, stream) lives in the file."""
+    return f"layers/{layer}/{stream}"
+
+
+def chunks(T: int, units: int) -> tuple[int, int] | None:
+    """The chunk shape of a [T, units] stream (None for an empty one: HDF5 cannot chunk it)."""
+    return (min(T, CHUNK_T), min(units, CHUNK_UNITS)) if T else None
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+def write_header(f: h5py.File, *, model: dict, layers: int, units: int, length: int,
+                 streams: tuple[str, ...], dtype: str, compression: str = "none",
+                 batch: int = 1, burn_in: int = 0, source: dict | None = None,
+                 model_sha256: str = "", model_path: str = "", model_metrics: dict | None = None,
+                 unknown_chars: int = 0) -> None:
+    """The root attributes of a recording (all but ``complete``, written last by ``finish``)."""
+    a = f.attrs
+    a["format"], a["version"] = FORMAT, VERSION
+    a["model"] = json.dumps(model)
+    a["model_sha256"], a["model_path"] = model_sha256, model_path
+    a["model_metrics"] = json.dumps({k: v for k, v in (model_metrics or {}).items() if k != "history"},
+                                    default=str)
+    a["source"] = json.dumps(source or {})
+    a["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    a["streams"] = " ".join(streams)
+    a["layers"], a["units"], a["length"] = layers, units, length
+    a["dtype"], a["compression"] = dtype, compression
+    a["mode"] = json.dumps({"batch": batch, "burn_in": burn_in if batch > 1 else 0})
+    a["unknown_chars"] = unknown_chars
+
+
+def write_text(f: h5py.File, codepoints: np.ndarray, names: list[str], starts, stops) -> h5py.Dataset:
+    """``text``, ``documents/*`` and an empty ``loss`` (returned, to be filled)."""
+    T = len(codepoints)
+    opts = dict(chunks=(min(T, TEXT_CHUNK),), compression="gzip") if T else {}
+    f.create_dataset("text", data=codepoints, **opts)
+    loss = f.create_dataset("loss", (T,), np.float32, **opts)
+    f.create_dataset("documents/name", data=list(names), dtype=h5py.string_dtype())
+    f.create_dataset("documents/start", data=np.asarray(starts, dtype=np.int64))
+    f.create_dataset("documents/stop", data=np.asarray(stops, dtype=np.int64))
+    return loss
+
+
+def create_stream(f: h5py.File, layer: int, stream: str, T: int, units: int, dtype: str,
+                  compression: str, level: int = 1) -> h5py.Dataset:
+    """An empty [T, units] stream dataset, chunked (CHUNK_T, CHUNK_UNITS); gzip + shuffle or raw."""
+    gz = compression == "gzip" and T > 0
+    return f.create_dataset(path(layer, stream), (T, units), dtype, chunks=chunks(T, units),
+                            shuffle=gz, compression="gzip" if gz else None,
+                            compression_opts=level if gz else None)
+
+
+def finish(f: h5py.File) -> None:
+    """Mark the file complete: the last thing written."""
+    f.attrs["complete"] = True
+
+
+def write(out: str | os.PathLike, text: str, values: dict, *, documents=None, loss=None,
+          streams: tuple[str, ...] | None = None, model: dict | None = None,
+          source: dict | None = None, dtype: str = "float32") -> Path:
+    """A whole small recording in one call: ``values[(layer, stream)]`` = [T, units].
+
+    For tests and tools that make recordings without a model. ``documents`` is a list of
+    (name, start, stop) (default: one document); ``loss`` defaults to zeros.
+    """
+    out = Path(out)
+    T = len(text)
+    layers = 1 + max(k for k, _ in values)
+    units = next(iter(values.values())).shape[1]
+    streams = streams or tuple(dict.fromkeys(s for _, s in values))
+    documents = documents or [("text", 0, T)]
+    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int32)
+    with atomic(out) as tmp, h5py.File(tmp, "w") as f:
+        write_header(f, model=model or {"layers": layers, "units": units}, layers=layers, units=units,
+                     length=T, streams=streams, dtype=dtype, source=source or {"kind": "synthetic"})
+        dloss = write_text(f, cps, [n for n, _, _ in documents], [s for _, s, _ in documents],
+                           [e for _, _, e in documents])
+        dloss[:] = np.zeros(T, np.float32) if loss is None else loss
+        for k in range(layers):
+            for s in streams:
+                ds = create_stream(f, k, s, T, units, dtype, "none")
+                ds[:] = np.asarray(values[(k, s)], dtype=dtype)
+        finish(f)
+    return out
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+def validate(f: h5py.File, where: object) -> None:
+    """Raise a one-line ProbeError naming ``where`` unless ``f`` is a complete recording
+    this probe reads: format, version, completeness, every dataset and its shape."""
+    a = f.attrs
+    fmt = a.get("format")
+    if fmt != FORMAT:
+        raise ProbeError(f"{where}: not a probe recording (attribute format={fmt!r}, expected {FORMAT!r})")
+    v = int(a.get("version", -1))
+    if v != VERSION:
+        raise ProbeError(f"{where}: probe recording version {v} is not supported (this probe reads {VERSION})")
+    if not a.get("complete", False):
+        raise ProbeError(f"{where}: recording is incomplete (it was interrupted while being written)")
+    for key in ("layers", "units", "streams"):
+        if key not in a:
+            raise ProbeError(f"{where}: recording lacks the attribute {key!r}")
+    layers, units, streams = int(a["layers"]), int(a["units"]), str(a["streams"]).split()
+    names = list(TABLES) + [path(k, s) for k in range(layers) for s in streams]
+    for name in names:
+        if name not in f:
+            raise ProbeError(f"{where}: recording is missing dataset {name!r}")
+    T = len(f["text"])
+    for k in range(layers):
+        for s in streams:
+            shape = f[path(k, s)].shape
+            if shape != (T, units):
+                raise ProbeError(f"{where}: dataset {path(k, s)} has shape {shape}, expected {(T, units)}")
+
+
+def read_mode(attrs) -> dict:
+    """``{"batch": B, "burn_in": N}``; files written before the rename say ``streams`` for B."""
+    mode = json.loads(attrs.get("mode", "{}"))
+    if "streams" in mode and "batch" not in mode:
+        mode["batch"] = mode.pop("streams")
+    mode.setdefault("batch", 1)
+    mode.setdefault("burn_in", 0)
+    return mode
