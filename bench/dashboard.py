@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "apps" / "cells"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+from probe import browser
+
+APP = browser.APP
 COLOURED = """
   const out = [];
   (function walk(root) {
@@ -58,12 +54,6 @@ def switch_times(folder: Path, name: str, switches: int) -> tuple[list[float], i
     return times, len(text.text.encode())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -71,36 +61,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def serve(folder: Path, log):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bokeh", "serve", str(APP), "--port", str(port),
-                             "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
-                             "--args", "--recordings", str(folder)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/cells"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=10).read()  # also creates (then drops) one session
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("bokeh serve did not start; see its log")
-            time.sleep(0.2)
-
-
-def page_ready(url: str, loads: int, profile: str) -> list[float]:
-    os.environ["SE_OFFLINE"] = "true"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def page_ready(url: str, loads: int) -> list[float]:
     from selenium.webdriver.support.ui import WebDriverWait
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1800", f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    d = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    try:
+    with browser.driver(window="1400,1800") as d:
         out = []
         for _ in range(loads):
             d.get("about:blank")
@@ -109,8 +72,6 @@ def page_ready(url: str, loads: int, profile: str) -> list[float]:
             WebDriverWait(d, 60, poll_frequency=0.02).until(lambda d: d.execute_script(COLOURED) > 0)
             out.append(time.perf_counter() - t0)
         return out
-    finally:
-        d.quit()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,31 +102,25 @@ def main(argv: list[str] | None = None) -> int:
         res["text_html_kb"] = round(html_bytes / 1e3)
 
         from bokeh.client import pull_session
-        with open(Path(tmp) / "serve.log", "w") as log:
-            proc, url = serve(folder, log)
+        with open(Path(tmp) / "serve.log", "w") as log, browser.serve_app(folder, log) as (url, pid):
             sessions = []
             try:
-                res["rss_mb_idle"] = round(rss_mb(proc.pid))
+                res["rss_mb_idle"] = round(rss_mb(pid))
                 sessions.append(pull_session(url=url))
-                res["rss_mb_1_session"] = round(rss_mb(proc.pid))
+                res["rss_mb_1_session"] = round(rss_mb(pid))
                 while len(sessions) < a.sessions:
                     sessions.append(pull_session(url=url))
-                res[f"rss_mb_{a.sessions}_sessions"] = round(rss_mb(proc.pid))
+                res[f"rss_mb_{a.sessions}_sessions"] = round(rss_mb(pid))
                 for s in sessions:
                     s.close()
                 sessions.clear()
-                if not a.no_browser and CHROMIUM.exists():
-                    ready = page_ready(url, 3, str(Path(tmp) / "profile"))
+                if not a.no_browser and browser.available():
+                    ready = page_ready(url, 3)
                     res["page_ready_s_median"] = round(statistics.median(ready), 2)
                     res["page_ready_s_all"] = [round(x, 2) for x in ready]
             finally:
                 for s in sessions:
                     s.close()
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
 
     if a.json:
         print(json.dumps(res, indent=2))

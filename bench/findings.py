@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from probe import analysis, detectors, open_recording
+from probe import analysis, browser, detectors, open_recording, probes
 from probe.detectors import auc_exact
 from probe.render import standalone_page
 
@@ -27,18 +26,6 @@ TARGETS = {"in_short_string": ("auc", 0.97), "in_comment": ("auc", 0.95),
            "column": ("r", 0.85), "bracket_depth": ("r", 0.8)}
 SHOWN = ["in_short_string", "in_long_string", "in_comment", "column", "line_length",
          "bracket_depth", "indent"]
-CHROMIUM = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--hide-scrollbars"]
-
-
-def screenshot(html: Path, png: Path, size: str = "900,560") -> None:
-    with tempfile.TemporaryDirectory() as ud:
-        subprocess.run(CHROMIUM + [f"--user-data-dir={ud}", f"--window-size={size}",
-                                   f"--screenshot={png}", html.resolve().as_uri()],
-                       check=True, capture_output=True, timeout=120)
-
-
 def window_for(rec, feats, feature: str, length: int = 1000) -> int:
     """A start where the feature varies a lot (so the picture shows the cell at work)."""
     v = feats[feature].to_numpy(dtype=float)
@@ -123,13 +110,13 @@ def saturation_plot(sat, png: Path) -> None:
     os.environ.setdefault("BOKEH_IN_DOCKER", "1")  # root: chromium needs --no-sandbox
     colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"]
     figs = []
-    for gate in ("i", "f", "o"):
+    for gate in sat.stream.unique():
         p = figure(width=300, height=300, title=f"{gate} gate", x_range=(0, 1), y_range=(0, 1),
                    x_axis_label="fraction left-saturated (< 0.1)",
                    y_axis_label="fraction right-saturated (> 0.9)", toolbar_location=None)
         p.line([0, 1], [1, 0], color="#bbbbbb")
         for k in sorted(sat.layer.unique()):
-            d = sat[(sat.gate == gate) & (sat.layer == k)]
+            d = sat[(sat.stream == gate) & (sat.layer == k)]
             p.scatter(d.left, d.right, size=5, alpha=0.6, color=colors[k % 4], legend_label=f"layer {k}")
         p.legend.location = "top_right"
         figs.append(p)
@@ -176,11 +163,11 @@ def main() -> None:
             print("  " + "; ".join(f"{v}: {m:+.2f} [{lo:+.2f}, {hi:+.2f}]" for v, _, m, lo, hi in rows
                                    if feature != "column" or v % 10 == 0 or v == cap))
         for feature in ("in_short_string", "column", "bracket_depth"):
-            curve = detectors.probe_curve(rec, feats, feature, layers=None, streams=("c", "h"))
+            curve = probes.probe_curve(rec, feats, feature, layers=None, streams=("c", "h"))
             print(f"\nlinear probe on the top-k cells, {feature} (held out: 20% of the text, in pieces from all over it):")
             print("  " + ", ".join(f"k={int(r.k)}: {r.metric} {r.score:.3f}" for r in curve.itertuples()))
-        if not Path(CHROMIUM[0]).exists():  # the pictures are shot with it (and Bokeh's export)
-            print(f"\nno pictures: {CHROMIUM[0]} not found (Debian: apt-get install chromium chromium-driver)")
+        if not browser.available():  # the pictures are shot with it (and Bokeh's export)
+            print(f"\nno pictures: {browser.CHROMIUM} not found (Debian: apt-get install chromium chromium-driver)")
             return
         for feature in SHOWN:
             b = best[best.feature == feature].iloc[0]
@@ -193,7 +180,7 @@ def main() -> None:
                 html = Path(tmp) / f"cell-{feature}.html"
                 html.write_text(standalone_page(rec.text[start:stop], values, b.stream, title),
                                 encoding="utf-8")
-                screenshot(html, img / f"cell-{feature}.png")
+                browser.screenshot(html, img / f"cell-{feature}.png")
             print(f"wrote {img / f'cell-{feature}.png'}")
     profile_plot(profiles, img / "profiles.png")
     print(f"wrote {img / 'profiles.png'}")

@@ -1,6 +1,6 @@
 """Recording throughput against the bare forward pass of the same model, in one run.
 
-    python bench/record_throughput.py [--model M] [--chars 200000] [--streams 16]
+    python bench/record_throughput.py [--model M] [--chars 200000] [--batch 16]
 
 Prints chars/s of (a) the model's plain forward pass over the text in the same blocks,
 (b) `probe record` sequential, (c) batched mode; the ratios (b)/(a) (goal >= 0.8) and
@@ -49,7 +49,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model")
     p.add_argument("--chars", type=int, default=200_000)
-    p.add_argument("--streams", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="pieces side by side in batched mode")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -65,26 +65,26 @@ def main() -> None:
         record(model, [("bench", text)], tmp / "seq.h5", progress=False)
         t_b = time.perf_counter() - t0
         t0 = time.perf_counter()
-        record(model, [("bench", text)], tmp / "bat.h5", streams=a.streams, progress=False)
+        record(model, [("bench", text)], tmp / "bat.h5", batch=a.batch, progress=False)
         t_c = time.perf_counter() - t0
         t0 = time.perf_counter()
         record(model, [("bench", text)], tmp / "seq-raw.h5", compression="none", progress=False)
         t_d = time.perf_counter() - t0
         t0 = time.perf_counter()
-        record(model, [("bench", text)], tmp / "bat-raw.h5", compression="none", streams=a.streams,
+        record(model, [("bench", text)], tmp / "bat-raw.h5", compression="none", batch=a.batch,
                progress=False)
         t_e = time.perf_counter() - t0
         n = len(text)
         print(f"(a) bare forward                          {n / t_a:10,.0f} chars/s")
         print(f"(b) record sequential {n / t_b:10,.0f} chars/s   (b)/(a) = {t_a / t_b:.2f}  (goal >= 0.8)")
-        print(f"(c) record --streams {a.streams:<2d}                     {n / t_c:10,.0f} chars/s   (c)/(b) = {t_b / t_c:.2f}")
+        print(f"(c) record --batch {a.batch:<2d}                     {n / t_c:10,.0f} chars/s   (c)/(b) = {t_b / t_c:.2f}")
         print(f"(d) record --compression none            {n / t_d:10,.0f} chars/s   (d)/(a) = {t_a / t_d:.2f}")
-        print(f"(e) record --compression none --streams {a.streams:<2d}{n / t_e:10,.0f} chars/s   (e)/(a) = {t_a / t_e:.2f}")
+        print(f"(e) record --compression none --batch {a.batch:<2d}{n / t_e:10,.0f} chars/s   (e)/(a) = {t_a / t_e:.2f}")
         for name in ("seq.h5", "seq-raw.h5"):
             size = (tmp / name).stat().st_size
             print(f"on disk, {name}: {size / n:,.0f} bytes/char ({size / 1e6:.0f} MB, float16)")
         with open_recording(tmp / "seq.h5") as seq, open_recording(tmp / "bat.h5") as bat:
-            print(f"batched vs sequential (--streams {a.streams}, --burn-in 256), mean |diff| / "
+            print(f"batched vs sequential (--batch {a.batch}, --burn-in 256), mean |diff| / "
                   "99.9th percentile |diff|, and the mean |diff| in the first 64 characters of pieces:")
             piece_start = (np.arange(n) % PIECE) < 64
             for k in range(seq.layers):

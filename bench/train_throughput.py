@@ -19,14 +19,14 @@ import torch.nn.functional as F
 
 from probe import corpus
 from probe.model import CharLSTM
-from probe.train import streams, train
+from probe.train import TrainConfig, rows, train
 
 
 def bare_loop(vocab: str, ids, units: int, batch: int, seq: int, steps: int) -> float:
     torch.manual_seed(0)
     model = CharLSTM(vocab, 2, units, 64, 0.1)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    data = streams(ids, batch)
+    data = rows(ids, batch)
     state = None
     t0 = time.perf_counter()
     for step in range(steps):
@@ -60,8 +60,9 @@ def main() -> None:
         rates = {"bare": [], "probe": []}
         for _ in range(2):  # interleave to share the machine's noise fairly
             rates["bare"].append(bare_loop(vocab, ids, a.units, a.batch, a.seq, a.steps))
-            m = train(Path(tmp) / "m.pt", corpus=None, text=str(src), units=a.units, batch=a.batch,
-                      seq=a.seq, steps=a.steps, eval_every=10 ** 9, warmup=5, progress=False, force=True)
+            cfg = TrainConfig(text=str(src), units=a.units, batch=a.batch, seq=a.seq, steps=a.steps,
+                              eval_every=10 ** 9, warmup=5)
+            m = train(Path(tmp) / "m.pt", cfg, progress=False, force=True)
             rates["probe"].append(m["chars"] / m["train_seconds"])
     bare, probe = max(rates["bare"]), max(rates["probe"])
     print(f"2x{a.units} LSTM, batch {a.batch} x seq {a.seq}, {a.steps} steps, {a.threads} thread(s)")

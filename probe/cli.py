@@ -48,7 +48,7 @@ def _train_flags(t: argparse.ArgumentParser) -> None:
                        help=TRAIN_HELP[f.name] + ("" if f.name == "steps" else default))
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="probe", description="Look inside character-level "
                                 "LSTM language models, one cell at a time.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -250,7 +250,7 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except ProbeError as e:

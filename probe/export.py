@@ -9,14 +9,14 @@ whitespace and other invisible characters get names such as ``<space>``, ``<nl>`
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import ProbeError
+from . import h5format
+from .files import atomic, check_target
 from .recording import open_recording
 
 NAMED = {" ": "<space>", "\n": "<nl>", "\t": "<tab>", "\r": "<cr>"}
@@ -39,18 +39,11 @@ def _yaml_str(s: str) -> str:
 def export_lstmvis(path: str | os.PathLike, outdir: str | os.PathLike, streams=("c", "h"),
                    force: bool = False, progress: bool = True, chunk: int = 65536) -> Path:
     """Write ``outdir/{lstm.yml, states.hdf5, chars.hdf5, chars.dict}`` from a recording."""
-    outdir = Path(outdir)
     with open_recording(path) as rec:
         for s in streams:
             rec.check(0, s)
-        if outdir.exists() and any(outdir.iterdir()) and not force:
-            raise ProbeError(f"{outdir}: folder exists and is not empty; pass --force to overwrite")
-        if not outdir.parent.is_dir():
-            raise ProbeError(f"{outdir.parent}: parent folder does not exist")
-        tmp = outdir.with_name(f".{outdir.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        outdir = check_target(outdir, force, folder=True)
+        with atomic(outdir, folder=True) as tmp:
             cps = rec.codepoints
             chars, ids = np.unique(cps, return_inverse=True)
             with open(tmp / "chars.dict", "w", encoding="utf-8", newline="\n") as f:
@@ -72,7 +65,7 @@ def export_lstmvis(path: str | os.PathLike, outdir: str | os.PathLike, streams=(
                     for a in range(0, T, chunk):
                         d[a:a + chunk] = src[a:a + chunk].astype(np.float32)
                         bar.update(min(chunk, T - a))
-                    gate = s in ("i", "f", "o")
+                    gate = h5format.is_unit_range(s)
                     types.append(f"    - {{type: {STATE_TYPE.get(s, 'state')}, layer: {k + 1}, "
                                  f"path: {name}, transform: {'tanh' if s == 'c' else 'none'}, "
                                  f"unsigned: {'true' if gate else 'false'}}}")
@@ -95,9 +88,4 @@ def export_lstmvis(path: str | os.PathLike, outdir: str | os.PathLike, streams=(
                 "  file: states",
                 "  types:",
                 *types, ""]), encoding="utf-8")
-            if outdir.exists():
-                shutil.rmtree(outdir)
-            os.replace(tmp, outdir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return outdir

@@ -37,6 +37,9 @@ DESCRIPTION = {"i": "input gate", "f": "forget gate", "g": "candidate", "o": "ou
 RANGE: dict[str, tuple[float, float] | None] = {
     "i": (0.0, 1.0), "f": (0.0, 1.0), "g": (-1.0, 1.0), "o": (0.0, 1.0), "c": None, "h": (-1.0, 1.0)}
 TABLES = ("text", "loss", "documents/name", "documents/start", "documents/stop")
+ATTRIBUTES = ("format", "version", "model", "model_sha256", "model_path", "model_metrics", "source",
+              "created", "streams", "layers", "units", "length", "dtype", "compression", "mode",
+              "unknown_chars", "complete")  # every root attribute a recording has
 
 
 def kind_of(config: dict) -> str:

@@ -2,8 +2,8 @@
 
 Shared by the dashboard (``apps/cells``) and ``probe render``. Streams c, h and g get a
 diverging blue–white–red palette centred at 0 (c through tanh, as Karpathy et al. colour
-it, so every value lies in [-1, 1]); gates i, f and o get a sequential white→purple
-palette over [0, 1]. Palettes have a few fixed steps, so each character gets a CSS class
+it, so every value lies in [-1, 1]); gates i, f and o (values in [0, 1], per
+``h5format.RANGE``) get a sequential white→purple palette. Palettes have a few fixed steps, so each character gets a CSS class
 rather than an inline style::
 
     html = colored_html("x = 1\\n", values, "c", start=100)   # one <span> per character
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import h5format
 from .errors import ProbeError
 
-DIVERGING_STREAMS = ("c", "h", "g")
-SEQUENTIAL_STREAMS = ("i", "f", "o")
 DIVERGING_STEPS = 21   # odd, so 0 has its own white step
 SEQUENTIAL_STEPS = 11
 _DIVERGING_ANCHORS = [(-1.0, "#2166ac"), (-0.5, "#92c5de"), (0.0, "#ffffff"),
@@ -47,11 +46,10 @@ SEQUENTIAL = _ramp(_SEQUENTIAL_ANCHORS, SEQUENTIAL_STEPS)
 
 
 def is_diverging(stream: str) -> bool:
-    if stream in DIVERGING_STREAMS:
-        return True
-    if stream in SEQUENTIAL_STREAMS:
-        return False
-    raise ProbeError(f"no stream {stream!r} (streams are i f g o c h)")
+    """Signed streams (c, h, g) get the diverging palette; gates in [0, 1] the sequential one."""
+    if stream not in h5format.RANGE:
+        raise ProbeError(f"no stream {stream!r} (streams are {' '.join(h5format.RANGE)})")
+    return not h5format.is_unit_range(stream)
 
 
 def palette(stream: str) -> list[str]:
@@ -59,9 +57,10 @@ def palette(stream: str) -> list[str]:
 
 
 def scaled(values, stream: str) -> np.ndarray:
-    """Values as coloured: tanh for c, clipped to [-1, 1] or [0, 1]; NaN stays NaN."""
+    """Values as coloured: tanh for unbounded streams (c), clipped to [-1, 1] or [0, 1];
+    NaN stays NaN."""
     v = np.asarray(values, dtype=np.float32)
-    if stream == "c":
+    if is_diverging(stream) and h5format.RANGE[stream] is None:
         v = np.tanh(v)
     return np.clip(v, -1.0, 1.0) if is_diverging(stream) else np.clip(v, 0.0, 1.0)
 

@@ -5,20 +5,15 @@ Saves ``test-artifacts/dashboard.png``.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium "
-                                "(apt-get install chromium chromium-driver); CI installs it")
+from probe import browser
+
+pytestmark = pytest.mark.skipif(not browser.available(), reason="needs Debian chromium and chromium-driver "
+                                "(apt-get install chromium chromium-driver); CI installs them")
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -36,64 +31,25 @@ window.walkAll = function (sel) {
 COLOURED = "return walkAll('div[data-probe] span, .probe-text span[title]').map(s => s.className).join(' ')"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(recording_path, tmp_path):
     """``bokeh serve apps/cells`` over a folder holding the tiny recording; stopped afterwards."""
     folder = tmp_path / "recordings"
     folder.mkdir()
     shutil.copy(recording_path, folder / "tiny.h5")
-    port = free_port()
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "bokeh", "serve", str(REPO / "apps" / "cells"),
-                             "--port", str(port), "--address", "127.0.0.1",
-                             "--allow-websocket-origin", f"127.0.0.1:{port}",
-                             "--args", "--recordings", str(folder)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}/cells"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"bokeh serve did not start:\n{log.read()}")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
+    with open(tmp_path / "serve.log", "w+") as log:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            with browser.serve_app(folder, log, timeout=60) as s:
+                yield s.url
+        except RuntimeError as e:
+            log.seek(0)
+            pytest.fail(f"{e}:\n{log.read()}")
 
 
 @pytest.fixture
-def browser(tmp_path):
-    os.environ["SE_OFFLINE"] = "true"  # never try to download a driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1800", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+def chromium():
+    with browser.driver(window="1400,1800", browser_log=True) as d:
+        yield d
 
 
 def wait(driver, condition, timeout=30):
@@ -101,8 +57,8 @@ def wait(driver, condition, timeout=30):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
 
 
-def test_dashboard_in_chromium(served, browser):
-    d = browser
+def test_dashboard_in_chromium(served, chromium):
+    d = chromium
     d.get(served + "?recording=tiny.h5&layer=1&stream=c&unit=1")
     d.execute_script(WALK)
     first = wait(d, lambda d: d.execute_script(COLOURED))

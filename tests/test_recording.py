@@ -197,3 +197,55 @@ def test_export_lstmvis_matches_its_documented_layout(recording_path, tmp_path):
             np.testing.assert_allclose(st[t["path"]][:], rec.stream(t["layer"] - 1, s)[:])
     with pytest.raises(ProbeError, match="not empty"):
         export_lstmvis(recording_path, out, progress=False)
+
+
+def test_reading_a_recording_does_not_import_torch(recording_path):
+    code = ("import sys; from probe.recording import open_recording; from probe import analysis, contexts\n"
+            f"with open_recording({str(recording_path)!r}) as rec:\n"
+            "    rec.text, rec.unit(0, 'c', 1), rec.frame(1, 'h', units=[0]), rec.model_sha256\n"
+            "    contexts.top_contexts(rec.unit(0, 'c', 1), rec.documents)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m == 'probe.record'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_recordings_made_before_the_batch_rename_still_open(recording_path, capsys):
+    with h5py.File(recording_path, "a") as f:  # what probe record --streams 4 wrote before
+        assert json.loads(f.attrs["mode"]) == {"batch": 1, "burn_in": 0}
+        f.attrs["mode"] = json.dumps({"streams": 4, "burn_in": 256})
+    with open_recording(recording_path) as rec:
+        assert rec.mode == {"batch": 4, "burn_in": 256}
+    assert main(["info", str(recording_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == {"batch": 4, "burn_in": 256}
+
+
+def test_the_recording_knows_where_it_came_from(recording_path, model_path):
+    from probe.model import file_sha256
+    with open_recording(recording_path) as rec:
+        assert rec.model_path == str(model_path) and rec.model_sha256 == file_sha256(model_path)
+        assert rec.created.endswith("+00:00") and rec.source == {}
+        assert rec.model_config["units"] == 8 and rec.mode == {"batch": 1, "burn_in": 0}
+        assert rec.document_spans == [(0, int(rec.documents.stop[0])), (int(rec.documents.stop[0]), len(rec))]
+
+
+def test_the_deprecated_streams_flag_still_batches(model_path, tmp_path, text, capsys):
+    src = tmp_path / "a.py"
+    src.write_text(text * 3)
+    out = tmp_path / "b.h5"
+    assert main(["record", "--model", str(model_path), "--text", str(src), "--out", str(out),
+                 "--streams", "2", "--quiet"]) == 0
+    assert "--streams is deprecated" in capsys.readouterr().err
+    with open_recording(out) as rec:
+        assert rec.mode == {"batch": 2, "burn_in": 256}
+
+
+@pytest.mark.parametrize("command", ["record", "render"])
+def test_a_folder_as_output_file_is_a_clear_error(recording_path, model_path, tmp_path, capsys, command):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    args = (["record", "--model", str(model_path), "--corpus", "stdlib", "--quiet"] if command == "record"
+            else ["render", str(recording_path), "--layer", "0", "--stream", "c", "--unit", "0"])
+    assert main([*args, "--out", str(folder), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert f"{folder}: is a folder" in err and err.count("\n") == 1
+    assert list(folder.iterdir()) == []
