@@ -22,6 +22,12 @@ from .errors import ProbeError
 CACHE_BYTES = 64 << 20  # chunk cache: one unit over T touches T/4096 chunks of 256 KB (float16)
 
 
+def _attr(name: str, kind: type, default, doc: str) -> property:
+    """A read-only property holding one root attribute of the file, as ``kind``."""
+    return property(lambda self: kind(self.file.attrs[name] if default is None
+                                      else self.file.attrs.get(name, default)), doc=doc)
+
+
 class Recording:
     """An open recording. Use as a context manager, or call ``close()``."""
 
@@ -41,44 +47,19 @@ class Recording:
             raise
 
     # ---- metadata: everything the analysis and the app need, so none reads attributes ----
-    @property
-    def layers(self) -> int:
-        return int(self.file.attrs["layers"])
-
-    @property
-    def units(self) -> int:
-        return int(self.file.attrs["units"])
+    layers = _attr("layers", int, None, "model layers")
+    units = _attr("units", int, None, "units per layer")
+    version = _attr("version", int, None, "format version")
+    dtype = _attr("dtype", str, "float16", "stored precision of the streams")
+    compression = _attr("compression", str, "gzip", "filter of the streams: gzip or none")
+    created = _attr("created", str, "", "when it was recorded (ISO 8601, UTC)")
+    model_path = _attr("model_path", str, "", "where the recorded checkpoint was (it may have moved)")
+    model_sha256 = _attr("model_sha256", str, "", "sha256 of the recorded checkpoint ('' if unknown)")
+    unknown_chars = _attr("unknown_chars", int, 0, "characters outside the model's vocabulary")
 
     @property
     def streams(self) -> tuple[str, ...]:
         return tuple(str(self.file.attrs["streams"]).split())
-
-    @property
-    def dtype(self) -> str:
-        return str(self.file.attrs.get("dtype", "float16"))
-
-    @property
-    def compression(self) -> str:
-        return str(self.file.attrs.get("compression", "gzip"))
-
-    @property
-    def version(self) -> int:
-        return int(self.file.attrs["version"])
-
-    @property
-    def created(self) -> str:
-        """When it was recorded (ISO 8601, UTC)."""
-        return str(self.file.attrs.get("created", ""))
-
-    @property
-    def model_path(self) -> str:
-        """Where the recorded checkpoint was (informative: it may have moved)."""
-        return str(self.file.attrs.get("model_path", ""))
-
-    @property
-    def model_sha256(self) -> str:
-        """sha256 of the recorded checkpoint file ('' if unknown)."""
-        return str(self.file.attrs.get("model_sha256", ""))
 
     @cached_property
     def model_config(self) -> dict:
@@ -98,10 +79,6 @@ class Recording:
     def mode(self) -> dict:
         """``{"batch": B, "burn_in": N}``: B = 1 is sequential (see ``probe record --batch``)."""
         return h5format.read_mode(self.file.attrs)
-
-    @property
-    def unknown_chars(self) -> int:
-        return int(self.file.attrs.get("unknown_chars", 0))
 
     @property
     def chunks(self) -> tuple[int, int] | None:
