@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from bokeh.application.handlers import DirectoryHandler
 from bokeh.client import pull_session
 from bokeh.command.util import build_single_handler_application
 from bokeh.events import ButtonClick, Tap
-from bokeh.models import Div
+from bokeh.models import Div, Tabs
 from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
@@ -60,8 +61,8 @@ def folder(tmp_path_factory) -> Path:
 
 
 @contextmanager
-def serving(recordings: Path):
-    app = Application(DirectoryHandler(filename=str(APP), argv=["--recordings", str(recordings)]))
+def serving(recordings: Path, app_dir: Path = APP):
+    app = Application(DirectoryHandler(filename=str(app_dir), argv=["--recordings", str(recordings)]))
     server = Server({"/cells": app}, io_loop=IOLoop(), port=0)
     server.start()
     try:
@@ -280,5 +281,53 @@ def test_an_empty_folder_gets_a_default_recording_from_the_shipped_model(folder,
             assert "recording 100,000 characters of the stdlib test split" in capfd.readouterr().out
             assert p.message == "" and p["recording"].value == "stdlib-test.h5"
             assert p.positions()[:2] == [0, 1]
+        finally:
+            p.close()
+
+
+DUMMY_TAB = '''"""A tab for the test: a Div saying how often it was updated and with what."""
+from bokeh.models import Div
+
+from ..session import View
+
+TITLE = "dummy"
+
+
+def build(session) -> View:
+    div = Div(text="", name="dummy", disable_math=True)
+    calls = 0
+
+    def update(sel):
+        nonlocal calls
+        calls += 1
+        div.text = f"dummy tab: update {calls} with {sel.query()}"
+
+    return View(div, update)
+'''
+
+
+def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
+    app = tmp_path / "cells"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    (app / "tabs" / "dummy.py").write_text(DUMMY_TAB)
+    before = (app / "main.py").read_text()
+    after, n = re.subn(r'^(TABS = \[.*)\]', r'\1, "dummy"]', before, flags=re.M)
+    assert n == 1
+    (app / "main.py").write_text(after)
+    old, new = before.splitlines(), after.splitlines()
+    assert len(old) == len(new) and sum(a != b for a, b in zip(old, new)) == 1
+
+    with serving(folder, app) as server:
+        p = Page(server, recording="tiny.h5")
+        try:
+            assert p.message == ""
+            tabs = p.doc.select_one({"type": Tabs})
+            assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "gate saturation",
+                                                    "type your own text", "dummy"]
+            assert tabs.tabs[-1].child is p["dummy"]
+            assert p["dummy"].text.startswith("dummy tab: update 1 with recording=tiny.h5&layer=0&stream=c&unit=0")
+            p.set("unit", value=5)
+            assert "update 2 with recording=tiny.h5&layer=0&stream=c&unit=5" in p["dummy"].text
+            assert p.positions()[0] == 0  # the rest of the page still works
         finally:
             p.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import data
+from .store import Store, ensure_default, parse_args
 
 ARGV = sys.argv[1:]  # Bokeh sets sys.argv to the --args while this module runs, not later
 
@@ -16,9 +16,9 @@ def on_server_loaded(server_context):
     # one thread: recording and live text run one character per step, where extra threads
     # only add synchronisation (and stall badly when other programs share the cores)
     torch.set_num_threads(1)
-    args = data.parse_args(ARGV)
-    message = data.ensure_default(Path(args.recordings))
-    store = data.Store.from_argv(ARGV)
+    args = parse_args(ARGV)
+    message = ensure_default(Path(args.recordings))
+    store = Store.from_argv(ARGV)
     store.message = store.message if message is None else message
     server_context.cells = store
 

@@ -1,0 +1,141 @@
+"""One browser tab's state: its selection, the open recording and cell, and the views that
+follow them. Every change of selection goes through ``Session.select``.
+
+main.py re-runs for each session, but sibling modules are imported once per server, so
+everything a session changes lives on its ``Session`` or in closures made by ``build``.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import numpy as np
+from bokeh.document import Document
+from bokeh.models import Div, LayoutDOM
+
+from probe.errors import ProbeError
+from probe.recording import Recording
+
+from .selection import Selection, fit
+from .store import Store
+from .views import message_html, reason
+
+log = logging.getLogger(__name__)
+
+
+def _nothing(*args) -> None:
+    pass
+
+
+@dataclass
+class View:
+    """A part of the page that follows the session: the text window, or a tab.
+
+    ``update(sel)`` runs after every change of selection (redraw only what changed: compare
+    ``sel.cell``); ``clear()`` when the recording cannot be opened; ``on_analysis(result)``
+    when a recording's analysis starts (None), fails (the exception) or is ready (its dict);
+    ``on_show()`` when its tab is opened.
+    """
+
+    child: LayoutDOM
+    update: Callable[[Selection], None] = _nothing
+    clear: Callable[[], None] = _nothing
+    on_analysis: Callable[[object], None] = _nothing
+    on_show: Callable[[], None] = _nothing
+
+
+@dataclass(eq=False)
+class Session:
+    """What one browser tab holds; after each change its ``views`` are redrawn, in order."""
+
+    doc: Document
+    store: Store
+    sel: Selection
+    message: Div                      # the problems, one box each
+    views: list[View] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    rec: Recording | None = None      # the open recording; None if it could not be opened
+    values: np.ndarray | None = None  # [T] the selected cell over the whole recording
+    analysis: object = None           # the recording's analysis: None, the exception, or its dict
+    quiet: bool = False               # widgets are being set from the selection
+
+    def select(self, **changes) -> None:
+        """The one way the selection changes (widgets, table, scatter, overview, paging)."""
+        for key, value in changes.items():
+            setattr(self.sel, key, value)
+        self.problems.clear()
+        sel = self.sel
+        try:
+            if "recording" in changes or self.rec is None:
+                self._open()
+            if self.rec is not None:
+                self.problems.extend(fit(sel, self.rec))
+                self.values = self.store.column(sel.recording, sel.layer, sel.stream, sel.unit)  # [T]
+                for view in self.views:
+                    view.update(sel)
+        except Exception as e:  # noqa: BLE001 - say so on the page; the server keeps serving
+            log.exception("cells: updating %s failed", sel)
+            self.problems.append(f"could not show {sel.recording} layer {sel.layer} {sel.stream} unit "
+                                 f"{sel.unit}: {reason(e)}")
+        self.show_problems()
+
+    def start(self, url_problems: list[str]) -> None:
+        """The first update; what the URL asked for and could not get is said first."""
+        self.select()
+        self.problems[:0] = url_problems
+        self.show_problems()
+
+    def on_widget(self, **changes) -> None:
+        """A widget, table row or dot was picked: select, unless the page set it itself."""
+        if not self.quiet:
+            self.select(**changes)
+
+    @contextmanager
+    def quietly(self):
+        """Set widgets from the selection without their callbacks selecting again."""
+        self.quiet = True
+        try:
+            yield
+        finally:
+            self.quiet = False
+
+    def show_problems(self) -> None:
+        self.message.text = message_html(self.problems)
+        self.message.visible = bool(self.problems)
+
+    def _open(self) -> None:
+        """A recording was chosen: open it and start its analysis, or clear the views."""
+        self.rec = self.values = self.analysis = None
+        name = self.sel.recording
+        try:
+            self.rec = self.store.recording(name or "")
+        except ProbeError as e:
+            self.problems.append(str(e) if name else self.store.message or str(e))
+            for view in self.views:
+                view.clear()
+            return
+        for view in self.views:
+            view.on_analysis(None)
+        self.store.analysis(name).add_done_callback(
+            lambda future: _on_next_tick(self.doc, partial(self._analysed, name, future)))
+
+    def _analysed(self, name: str, future) -> None:
+        if name != self.sel.recording:
+            return
+        try:
+            self.analysis = future.result()
+        except Exception as e:  # noqa: BLE001 - shown on the page; the server keeps serving
+            self.analysis = e
+        for view in self.views:
+            view.on_analysis(self.analysis)
+
+
+def _on_next_tick(doc: Document, callback) -> None:
+    """Schedule ``callback`` on the document's thread (safe from a worker thread)."""
+    try:
+        doc.add_next_tick_callback(callback)
+    except Exception:  # noqa: BLE001 - the session is gone; nothing to update
+        pass

@@ -1,0 +1,85 @@
+"""Type your own text: run it through the recording's model and colour it by the selected
+cell; another cell recolours it without running the model again."""
+from __future__ import annotations
+
+from bokeh.layouts import column, row
+from bokeh.models import Button, TextAreaInput
+
+from probe import render
+from probe.errors import ProbeError
+from probe.record import activations
+
+from ..selection import Selection
+from ..session import Session, View
+from ..views import message_html, note_div, note_html, reason, text_div
+
+TITLE = "type your own text"
+LIMIT = 3000  # characters of typed text run through the model
+SAMPLE = '''def greet(name, excited=False):
+    """Say hello."""
+    message = "hello, " + name  # a comment
+    if excited:
+        message += "!" * (len(name) % 3 + 1)
+    return message
+'''
+
+
+def build(session: Session) -> View:
+    typed = TextAreaInput(title=f"type or paste text (up to {LIMIT:,} characters are run)", value=SAMPLE,
+                          rows=8, max_length=10 * LIMIT, sizing_mode="stretch_width", name="live-in")
+    button = Button(label="run the model", button_type="primary", width=140)
+    note = note_div(name="live-note")
+    out = text_div(name="live", sizing_mode="stretch_width")
+    live = None  # run(...) of the typed text, for the recording it was run on
+
+    def run_typed() -> None:
+        """Run the typed text through the recording's model; keep the result for recolouring."""
+        nonlocal live
+        live = None
+        try:
+            model, model_note = session.store.model(session.sel.recording)
+            live = {**run(model, typed.value), "recording": session.sel.recording}
+            note.text = note_html(" ".join(filter(None, [live["note"], model_note])))
+        except Exception as e:  # noqa: BLE001 - a bad checkpoint or text is reported, not raised
+            note.text = message_html([reason(e)])
+        update(session.sel)
+
+    def update(sel: Selection) -> None:
+        nonlocal live
+        if live is not None and live["recording"] != sel.recording:
+            live = None  # another recording's model: run again when asked
+        if live is None:
+            out.text = ""
+            return
+        values = live["streams"][(sel.layer, sel.stream)][:, sel.unit]  # [n]
+        out.text = render.colored_html(live["text"], values, sel.stream)
+
+    def clear() -> None:
+        nonlocal live
+        live = None
+        out.text = ""
+
+    def on_show() -> None:
+        if live is None and session.rec is not None:
+            run_typed()
+
+    button.on_click(run_typed)
+    typed.on_change("value", lambda attr, old, new: run_typed())
+    return View(column(typed, row(button, note), out, sizing_mode="stretch_width"), update, clear,
+                on_show=on_show)
+
+
+def run(model, text: str) -> dict:
+    """Activations of typed text: {"text", "streams" {(layer, s): [n, units]}, "note"}."""
+    notes = []
+    if len(text) > LIMIT:
+        notes.append(f"only the first {LIMIT:,} of {len(text):,} characters were run.")
+        text = text[:LIMIT]
+    if not text:
+        raise ProbeError("type some text first")
+    unknown = sorted(set(text) - set(model.vocab))
+    if unknown:
+        notes.append(f"{len(unknown)} character(s) outside the model's vocabulary were read as "
+                     f"unknown: {' '.join(repr(c) for c in unknown[:10])}")
+    streams, _ = activations(model, text)
+    return {"text": text, "streams": streams, "note": " ".join(notes)}

@@ -1,0 +1,125 @@
+"""The window onto the text, always shown: paging, the colour legend and where the window
+is, the whole recording as one strip, the coloured text, and the cell's trace beside a
+feature."""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+from bokeh.events import Tap
+from bokeh.layouts import column, row
+from bokeh.models import BoxAnnotation, Button, ColumnDataSource, HoverTool, LinearAxis, Range1d, Spinner
+from bokeh.plotting import figure
+
+from probe import render
+
+from .selection import Selection
+from .session import Session, View
+from .views import note_div, text_div
+
+
+def build(session: Session) -> View:
+    overview_src = ColumnDataSource(dict(x=[], width=[], color=[]))
+    trace_src = ColumnDataSource(dict(position=[], value=[], feature=[], char=[]))
+    overview, box = overview_figure(overview_src)
+    trace = trace_figure(trace_src)
+    prev_btn = Button(label="◀ previous", width=100, name="prev")
+    next_btn = Button(label="next ▶", width=100, name="next")
+    start = Spinner(title="start", low=0, step=500, value=0, width=110, name="start")
+    legend, status = note_div(name="legend"), note_div(name="status")
+    text = text_div(name="text", sizing_mode="stretch_width")
+    shown = None  # the cell the legend and overview are drawn for
+
+    def update(sel: Selection) -> None:
+        nonlocal shown
+        rec, values = session.rec, session.values  # values: [T]
+        if sel.cell != shown:
+            legend.text = render.legend_html(sel.stream)
+            lo, hi, means = overview_bins(values)
+            overview_src.data = dict(x=(lo + hi) / 2, width=hi - lo, color=render.colors(means, sel.stream))
+            overview.x_range.start, overview.x_range.end = 0, len(rec)
+            shown = sel.cell
+        a, b = sel.start, min(len(rec), sel.start + sel.window)
+        text.text = render.colored_html(rec.text[a:b], values[a:b], sel.stream, start=a)
+        status.text = status_html(rec, a, b)
+        box.left, box.right = a, b
+        feat = session.store.feature(sel.recording, sel.feature)[a:b]  # [n]
+        trace_src.data = dict(position=np.arange(a, b), value=values[a:b], feature=feat,
+                              char=[char_label(ch) for ch in rec.text[a:b]])
+        trace.x_range.start, trace.x_range.end = a, b
+        fmax = float(np.nanmax(feat)) if len(feat) else 1.0
+        trace.extra_y_ranges["feature"].start, trace.extra_y_ranges["feature"].end = -0.05, max(fmax, 1) * 1.05
+        with session.quietly():
+            start.value, start.high, start.step = a, max(0, len(rec) - 1), sel.window // 2
+
+    def clear() -> None:
+        nonlocal shown
+        shown = None
+        text.text = legend.text = status.text = ""
+        for src in (overview_src, trace_src):
+            src.data = {k: [] for k in src.data}
+
+    def on_start(attr, old, new):
+        if new is not None:
+            session.on_widget(start=int(new))
+
+    sel = session.sel  # changed in place, never replaced
+    prev_btn.on_click(lambda: session.select(start=max(0, sel.start - sel.window)))
+    next_btn.on_click(lambda: session.select(start=sel.start + sel.window))
+    start.on_change("value_throttled", on_start)
+    overview.on_event(Tap, lambda e: session.select(start=int(e.x - sel.window / 2)))
+    layout = column(row(prev_btn, next_btn, start, column(legend, status)), overview, text, trace,
+                    sizing_mode="stretch_width")
+    return View(layout, update, clear)
+
+
+def overview_bins(values: np.ndarray, bins: int = 600) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, stop, mean) of ``bins`` equal slices of values [T]."""
+    T = len(values)
+    edges = np.unique(np.linspace(0, T, min(bins, T) + 1).astype(np.int64))
+    sums = np.add.reduceat(np.nan_to_num(values.astype(np.float64)), edges[:-1])
+    return edges[:-1], edges[1:], (sums / np.diff(edges)).astype(np.float32)
+
+
+def char_label(ch: str) -> str:
+    return {"\n": "↵", "\t": "⇥", " ": "␠"}.get(ch, ch)
+
+
+def status_html(rec, start: int, stop: int) -> str:
+    """Where the window is: characters, and the document it starts in."""
+    docs = rec.documents
+    d = int(rec.document_of([start])[0])
+    name = docs["name"].iloc[d] if 0 <= d < len(docs) else "?"
+    return (f'<div class="note">{html.escape(rec.path.name)} · characters {start:,}–{stop:,} of '
+            f'{len(rec):,} · document {html.escape(str(name))} ({d + 1} of {len(docs)})</div>')
+
+
+def overview_figure(source: ColumnDataSource) -> tuple:
+    """The whole text as one strip of bins coloured by the cell's mean; a box marks the window."""
+    p = figure(height=70, sizing_mode="stretch_width", tools="tap", toolbar_location=None,
+               y_range=(0, 1), title="whole recording — tap to jump", name="overview")
+    p.rect(x="x", y=0.5, width="width", height=1, fill_color="color", line_color=None, source=source)
+    p.yaxis.visible = False
+    p.ygrid.visible = False
+    p.xgrid.visible = False
+    box = BoxAnnotation(left=0, right=0, fill_alpha=0.0, line_color="#111", line_width=2)
+    p.add_layout(box)
+    return p, box
+
+
+def trace_figure(source: ColumnDataSource) -> figure:
+    """The cell's value over the window, with the selected feature on a second axis."""
+    p = figure(height=200, sizing_mode="stretch_width", tools="xpan,xwheel_zoom,reset",
+               toolbar_location="right", x_range=Range1d(0, 1), name="trace")
+    p.line("position", "value", source=source, color="#2166ac", line_width=1.2, legend_label="cell")
+    p.extra_y_ranges = {"feature": Range1d(0, 1)}
+    p.add_layout(LinearAxis(y_range_name="feature", axis_label="feature"), "right")
+    p.step("position", "feature", source=source, y_range_name="feature", color="#e08214",
+           line_width=1, alpha=0.8, mode="center", legend_label="feature")
+    p.add_tools(HoverTool(tooltips=[("position", "@position"), ("char", "@char"),
+                                    ("value", "@value{0.000}"), ("feature", "@feature")],
+                          mode="vline"))
+    p.legend.orientation = "horizontal"
+    p.add_layout(p.legend[0], "above")
+    p.yaxis[0].axis_label = "value"
+    return p
