@@ -19,7 +19,6 @@ in ``probe.analysis``.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
 
 import numpy as np
 import pandas as pd

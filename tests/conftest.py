@@ -1,10 +1,12 @@
-"""Tiny artifacts shared by the tests: a small text, a few-hundred-parameter model, a recording."""
+"""Tiny artifacts shared by the tests: a small text, a few-hundred-parameter model, a recording,
+and synthetic recordings with planted cells (no model)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from probe import corpus
+from probe import corpus, features, h5format
 from probe.model import CharLSTM, save_checkpoint
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core machine
@@ -51,3 +53,46 @@ def recording_path(model_path, tmp_path):
     docs = [("a.py", TEXT), ("b.py", TEXT.replace("Point", "Line") * 2)]
     record(load_model(model_path), docs, out, dtype="float32", progress=False)
     return out
+
+
+STREAMS = ("i", "f", "g", "o", "c", "h")
+CODE = '''def f(a, b=[1, (2, 3)]):
+    """Add things."""  # a comment
+    s = 'x' + "y"
+    return {a: b}  # (done)
+'''
+
+
+def write_recording(path, text, data, documents=None, streams=STREAMS, dtype="float32"):
+    """A recording with ``data[(layer, stream)]`` = [T, units] arrays (missing ones random)."""
+    layers = 1 + max(k for k, _ in data)
+    units = next(iter(data.values())).shape[1]
+    rng = np.random.default_rng(123)
+    values = {(k, s): data[(k, s)] if (k, s) in data else rng.random((len(text), units))
+              for k in range(layers) for s in streams}
+    return h5format.write(path, text, values, documents=documents, streams=streams, dtype=dtype)
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """A 2-layer, 5-unit recording over ~3000 characters of code with known activations."""
+    text = CODE * 25
+    T = len(text)
+    rng = np.random.default_rng(0)
+    feats = features.compute(text)
+    data = {}
+    for k in range(2):
+        for s in STREAMS:
+            x = rng.normal(size=(T, 5))
+            if s in "ifo":
+                x = 1 / (1 + np.exp(-2 * x))
+            elif s in "gh":
+                x = np.tanh(x)
+            else:
+                x = 4 * x  # c: unbounded
+            data[(k, s)] = x
+    data[(1, "c")][:, 3] = feats["in_string"] + rng.normal(0, 0.3, T)        # planted, binary
+    data[(1, "h")][:, 0] = -np.tanh(feats["in_comment"] + rng.normal(0, 0.3, T))  # planted, inverted
+    data[(0, "h")][:, 2] = np.tanh(feats["column"] / 40 + rng.normal(0, 0.1, T))  # planted, continuous
+    data[(0, "g")][:, 4] = 0.25                                                # constant unit
+    return write_recording(tmp_path / "syn.h5", text, data), data, feats

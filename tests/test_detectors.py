@@ -2,8 +2,9 @@
 cells found, saturation, contexts, the analysis cache, the ``probe analyze`` CLI and its
 one-line errors.
 
-Most tests build a synthetic recording with ``write_recording`` (``h5format.write``:
-the recording format without a model), with activations chosen by the test.
+Most tests build a synthetic recording with ``write_recording`` (conftest.py:
+``h5format.write``, the recording format without a model), with activations chosen by
+the test.
 """
 import json
 
@@ -11,27 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probe import analysis, contexts, detectors, features, h5format, open_recording, probes
+from probe import analysis, contexts, detectors, features, open_recording, probes
 from probe.cli import main
 from probe.errors import ProbeError
 
-STREAMS = ("i", "f", "g", "o", "c", "h")
-CODE = '''def f(a, b=[1, (2, 3)]):
-    """Add things."""  # a comment
-    s = 'x' + "y"
-    return {a: b}  # (done)
-'''
-
-
-def write_recording(path, text, data, documents=None, streams=STREAMS, dtype="float32"):
-    """A recording with ``data[(layer, stream)]`` = [T, units] arrays (missing ones random)."""
-    layers = 1 + max(k for k, _ in data)
-    units = next(iter(data.values())).shape[1]
-    rng = np.random.default_rng(123)
-    values = {(k, s): data[(k, s)] if (k, s) in data else rng.random((len(text), units))
-              for k in range(layers) for s in streams}
-    return h5format.write(path, text, values, documents=documents, streams=streams, dtype=dtype)
-
+from conftest import CODE, write_recording
 
 def exact_auc(x, y):
     """Mann–Whitney U / (P N) with average ranks for ties."""
@@ -46,31 +31,6 @@ def lookup(scores, layer, stream, unit, feature, metric):
                  & (scores.feature == feature) & (scores.metric == metric)]
     assert len(row) == 1
     return row.score.iloc[0]
-
-
-@pytest.fixture
-def synthetic(tmp_path):
-    """A 2-layer, 5-unit recording over ~3000 characters of code with known activations."""
-    text = CODE * 25
-    T = len(text)
-    rng = np.random.default_rng(0)
-    feats = features.compute(text)
-    data = {}
-    for k in range(2):
-        for s in STREAMS:
-            x = rng.normal(size=(T, 5))
-            if s in "ifo":
-                x = 1 / (1 + np.exp(-2 * x))
-            elif s in "gh":
-                x = np.tanh(x)
-            else:
-                x = 4 * x  # c: unbounded
-            data[(k, s)] = x
-    data[(1, "c")][:, 3] = feats["in_string"] + rng.normal(0, 0.3, T)        # planted, binary
-    data[(1, "h")][:, 0] = -np.tanh(feats["in_comment"] + rng.normal(0, 0.3, T))  # planted, inverted
-    data[(0, "h")][:, 2] = np.tanh(feats["column"] / 40 + rng.normal(0, 0.1, T))  # planted, continuous
-    data[(0, "g")][:, 4] = 0.25                                                # constant unit
-    return write_recording(tmp_path / "syn.h5", text, data), data, feats
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

@@ -21,15 +21,15 @@ def test_every_command_has_help_an_example_and_a_readme_entry():
     readme = (ROOT / "README.md").read_text()
     cmds = subcommands()
     assert set(cmds) == set(COMMANDS)
-    for name, parser in cmds.items():
-        assert parser.description or parser.format_help().strip(), name
-        assert parser.epilog and f"probe {name}" in parser.epilog, f"{name}: no example in --help"
+    for name, sub in cmds.items():
+        assert sub.description or sub.format_help().strip(), name
+        assert sub.epilog and f"probe {name}" in sub.epilog, f"{name}: no example in --help"
         assert f"probe {name}" in readme, f"README does not mention `probe {name}`"
 
 
 def test_every_flag_has_help_text():
-    for name, parser in subcommands().items():
-        for action in parser._actions:
+    for name, sub in subcommands().items():
+        for action in sub._actions:
             if action.option_strings and action.help != argparse.SUPPRESS:
                 assert action.help, f"probe {name} {action.option_strings[0]}: no help text"
 

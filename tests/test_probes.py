@@ -4,8 +4,6 @@ import pytest
 
 from probe import open_recording, probes
 
-from test_detectors import synthetic  # noqa: F401 - the planted-cell recording fixture
-
 
 def test_probe_curve_on_planted_cells(synthetic):
     path, _, feats = synthetic
