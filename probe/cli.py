@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 
 from . import analysis, detectors
-from .corpus import load
+from .corpus import encode, load
 from .errors import ProbeError
 from .export import export_lstmvis
 from .features import parse_feature_args
 from .files import atomic, check_target
-from .model import SHIPPED, file_sha256, load_model, read_checkpoint
+from .model import SHIPPED, file_sha256, load_model, model_from_checkpoint, read_checkpoint
 from .record import record
 from .recording import summary
 from .render import render_recording
@@ -148,8 +148,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_record(a) -> int:
-    if a.limit is not None and a.limit < 1:
-        raise ProbeError(f"--limit must be a positive number of characters, got {a.limit}")
     if a.streams_deprecated is not None:
         print("probe: --streams is deprecated (it is the batch size); use --batch", file=sys.stderr)
         a.batch = a.streams_deprecated
@@ -180,13 +178,19 @@ def cmd_train(a) -> int:
 def cmd_sample(a) -> int:
     torch.set_num_threads(1)  # one character per step: threads only add synchronisation
     model = load_model(a.model)
-    print(a.prime + sample(model, a.prime, a.length, a.temperature, a.seed))
+    text = sample(model, a.prime, a.length, a.temperature, a.seed)
+    unknown = encode(a.prime, model.vocab)[1]
+    if unknown:
+        print(f"probe: {unknown} character(s) of --prime are outside the model's vocabulary; "
+              "read as the unknown symbol", file=sys.stderr)
+    print(a.prime + text)
     return 0
 
 
 def model_summary(path: str | None, history: bool = False) -> dict:
     p = Path(path) if path else SHIPPED
     ck = read_checkpoint(p)
+    model_from_checkpoint(ck, p)  # refuses weights that do not fit the config, naming the tensor
     cfg = dict(ck["config"])
     vocab = cfg.pop("vocab")
     m = {k: v for k, v in ck["metrics"].items() if history or k != "history"}

@@ -41,6 +41,8 @@ class Corpus:
         """The first ``limit`` characters of the documents (the last one cut short)."""
         if limit is None:
             return self
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ProbeError(f"--limit must be a positive number of characters, got {limit!r}")
         docs, n = [], 0
         for name, text in self.documents:
             if n >= limit:

@@ -118,14 +118,26 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") -> CharLSTM:
+    """The model a checkpoint dict describes, or a one-line error naming the first tensor
+    that does not fit its config."""
     cfg = ckpt["config"]
     try:
-        model = CharLSTM(cfg["vocab"], cfg["layers"], cfg["units"], cfg["embedding"],
+        model = CharLSTM(cfg["vocab"], int(cfg["layers"]), int(cfg["units"]), int(cfg["embedding"]),
                          cfg.get("dropout", 0.0))  # checkpoints from before dropout was stored had none
-        model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ProbeError(f"{path}: checkpoint weights do not match its config ({first[:120]})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ProbeError(f"{path}: checkpoint config is unusable ({type(e).__name__}: {e})") from None
+    want, got = model.state_dict(), ckpt["state_dict"]
+    for name in sorted(set(want) | set(got)):
+        if name not in got:
+            raise ProbeError(f"{path}: checkpoint lacks the tensor {name} its config needs")
+        if name not in want:
+            raise ProbeError(f"{path}: checkpoint has a tensor {name} its config does not have")
+        if not isinstance(got[name], torch.Tensor) or tuple(got[name].shape) != tuple(want[name].shape):
+            shape = tuple(got[name].shape) if isinstance(got[name], torch.Tensor) else type(got[name]).__name__
+            raise ProbeError(f"{path}: tensor {name} has shape {shape}, but the config "
+                             f"(layers {cfg['layers']}, units {cfg['units']}, embedding {cfg['embedding']}, "
+                             f"{len(cfg['vocab'])} characters) needs {tuple(want[name].shape)}")
+    model.load_state_dict(got)
     model.corpus = cfg.get("corpus", {})
     model.metrics = ckpt.get("metrics", {})
     return model

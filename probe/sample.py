@@ -1,8 +1,11 @@
 """Sample text from a model, character by character, with a temperature."""
 from __future__ import annotations
 
+import math
+
 import torch
 
+from . import corpus as corpora
 from .errors import ProbeError
 from .model import CharLSTM
 
@@ -13,20 +16,19 @@ def sample(model: CharLSTM, prime: str = "\n", length: int = 500, temperature: f
     """Continue ``prime`` by ``length`` characters.
 
     Logits are divided by ``temperature`` before the softmax: 1.0 samples the model's own
-    distribution, lower sharpens it, 0 picks the most likely character (greedy).
+    distribution, lower sharpens it, 0 picks the most likely character (greedy). Characters
+    of the prime outside the model's vocabulary are read as the unknown symbol, as
+    ``probe record`` reads them (``corpus.encode`` counts them).
     """
-    if temperature < 0:
-        raise ProbeError(f"temperature must be >= 0, got {temperature}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ProbeError(f"--length must be a whole number >= 0, got {length!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ProbeError(f"--temperature must be a finite number >= 0, got {temperature!r}")
     if not prime:
-        raise ProbeError("prime text must not be empty")
-    index = {ch: i for i, ch in enumerate(model.vocab)}
-    unknown = sorted({ch for ch in prime if ch not in index})
-    if unknown:
-        raise ProbeError(f"prime text has characters outside the model's vocabulary: "
-                         f"{', '.join(repr(c) for c in unknown[:10])}")
+        raise ProbeError("--prime must not be empty")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     model.eval()
-    ids = torch.tensor([[index[ch] for ch in prime]])
+    ids = torch.from_numpy(corpora.encode(prime, model.vocab)[0])[None]  # [1, len(prime)]
     logits, state = model(ids)
     out = []
     for _ in range(length):

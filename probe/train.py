@@ -56,6 +56,23 @@ class TrainConfig:
     init: str | None = None        # start from this checkpoint's weights, widened to units
 
 
+    def check(self) -> None:
+        """A one-line error for the first setting no run could use."""
+        positive = ("layers", "units", "embedding", "batch", "seq", "eval_every", "eval_chars")
+        for name in positive + (("steps",) if self.steps is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ProbeError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ProbeError(f"--warmup must be a whole number >= 0, got {self.warmup!r}")
+        for name, ok, rule in (("lr", lambda v: v > 0, "> 0"), ("clip", lambda v: v > 0, "> 0"),
+                               ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("min_lr_frac", lambda v: 0 <= v <= 1, "in [0, 1]")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ProbeError(f"--{name.replace('_', '-')} must be a finite number {rule}, got {v!r}")
+
+
 SETTINGS = ("batch", "seq", "steps", "lr", "warmup", "min_lr_frac", "clip", "eval_every",
             "eval_chars", "seed")  # what --resume takes from the checkpoint
 
@@ -123,6 +140,7 @@ def train(out: str | os.PathLike, config: TrainConfig | None = None, *, resume: 
     (``widen``).
     """
     cfg = config or TrainConfig()
+    cfg.check()
     out = Path(out)
     rpath = resume_path(out)
     if resume and cfg.init is not None:

@@ -155,9 +155,39 @@ def test_sampling_with_a_seed_repeats(tiny_model):
     assert len(greedy) == 1  # temperature 0 ignores the seed
 
 
-def test_sampling_rejects_unknown_prime_characters(model_path, capsys):
-    assert main(["sample", "--model", str(model_path), "--prime", "naïve €"]) == 1
-    assert "outside the model's vocabulary" in capsys.readouterr().err
+def test_sampling_reads_unknown_prime_characters_as_the_unknown_symbol(model_path, capsys):
+    assert main(["sample", "--model", str(model_path), "--prime", "naïve €", "--length", "5"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("naïve €") and len(out.out) == len("naïve €") + 5 + 1
+    assert out.err == ("probe: 3 character(s) of --prime are outside the model's vocabulary; "
+                       "read as the unknown symbol\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--length", "-1"], "--length must be a whole number >= 0, got -1"),
+    (["sample", "--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
+    (["train", "--units", "0"], "--units must be a whole number >= 1, got 0"),
+    (["train", "--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["train", "--dropout", "1"], "--dropout must be a finite number in [0, 1), got 1.0"),
+    (["record", "--limit", "0"], "--limit must be a positive number of characters, got 0"),
+])
+def test_bad_numbers_are_one_clear_line(model_path, tmp_path, capsys, argv, message):
+    extra = {"sample": ["--model", str(model_path)], "train": ["--text", str(model_path), "--out",
+             str(tmp_path / "m.pt")], "record": ["--model", str(model_path), "--out", str(tmp_path / "r.h5")]}
+    assert main([*argv, *extra[argv[0]]]) == 1
+    assert capsys.readouterr().err == f"probe: error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt"]
+
+
+def test_weights_that_do_not_fit_the_config_are_named(model_path, capsys):
+    ck = torch.load(model_path, weights_only=True)
+    ck["state_dict"]["lstm.weight_hh_l1"] = torch.zeros(32, 4)
+    torch.save(ck, model_path)
+    for argv in (["info", str(model_path)], ["sample", "--model", str(model_path)]):
+        assert main(argv) == 1
+        assert capsys.readouterr().err == (
+            f"probe: error: {model_path}: tensor lstm.weight_hh_l1 has shape (32, 4), but the config "
+            "(layers 2, units 8, embedding 4, 48 characters) needs (32, 8)\n")
 
 
 @pytest.mark.parametrize("content, message", [
