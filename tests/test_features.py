@@ -1,5 +1,6 @@
-"""Per-character features: hand-checked examples, edge cases of the lexers, and a
-cross-check of the Python lexer against the standard library's own tokenizer."""
+"""Per-character features: hand-checked examples, edge cases of the lexers, a
+cross-check of the Python lexer against the standard library's own tokenizer, and a
+property test (Hypothesis) that the lexers never fail on any text."""
 import doctest
 import io
 import random
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from probe import features as F
 from probe.errors import ProbeError
-from probe.features import compute
+from probe.features import BINARY, FEATURES, compute
 
 
 def marks(text: str, name: str, **kw) -> str:
@@ -288,3 +291,30 @@ def test_lexer_agrees_with_tokenize_on_edge_cases():
     df = compute(text)
     assert (df.in_string.to_numpy() == string).all()
     assert (df.in_comment.to_numpy() == comment).all()
+
+
+# text made of what the lexers care about: quotes, prefixes, escapes, comments, brackets, lines
+LEXED = "'\"#\\()[]{}\nrbfux \t=a"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(LEXED), max_size=200) | st.text(max_size=120),
+       st.booleans(), st.data())
+def test_the_lexers_never_fail_and_stay_aligned_on_any_text(text, python, data):
+    if not text:
+        with pytest.raises(ProbeError, match="empty text"):
+            compute(text, python=python)
+        return
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(text) - 1)), max_size=3))) if len(text) > 1 else []
+    bounds = [0, *[c for c in cuts if 0 < c < len(text)], len(text)]
+    documents = list(zip(bounds[:-1], bounds[1:]))
+    df = compute(text, documents=documents, python=python)
+    assert len(df) == len(text) and list(df.columns) == list(FEATURES)
+    assert (df["bracket_depth"] >= 0).all() and (df["column"] >= 0).all() and (df["indent"] >= 0).all()
+    for name in BINARY:
+        assert set(df[name].unique()) <= {0, 1}, name
+    inside = df["in_short_string"].to_numpy() | df["in_long_string"].to_numpy()
+    assert (inside <= df["in_string"].to_numpy()).all()
+    assert not (df["in_comment"].to_numpy() & df["in_string"].to_numpy()).any()
+    newlines = np.array([c == "\n" for c in text], dtype=bool)
+    assert not df["in_comment"].to_numpy()[newlines].any()
