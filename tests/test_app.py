@@ -204,13 +204,35 @@ def test_a_missing_recording_name_is_refused(page):
 
 
 def test_a_corrupt_recording_gives_a_message_and_others_still_work(page, server):
-    p = page(recording="broken.h5")
-    assert "broken.h5: not a readable HDF5 file" in p.message
-    assert p["text"].text == ""
+    p = page(recording="broken.h5")  # the same rule as a missing one: say so, show another
+    assert "broken.h5: not a readable HDF5 file (truncated or not HDF5); showing nasty.h5 instead" in p.message
+    assert p["recording"].value == "nasty.h5" and p.positions()[0] == 0
     p.set("recording", value="tiny.h5")
     assert p.message == "" and p.positions()[0] == 0
     assert "broken.h5" in p["recording"].options  # listed, but a clear error when chosen
+    p.set("recording", value="broken.h5")
+    assert "showing nasty.h5 instead" in p.message and "recording=nasty.h5" in p["url-state"].text
     assert page(recording="tiny.h5").positions()[0] == 0  # the server keeps serving
+
+
+def test_no_message_shows_a_server_path(page, folder):
+    messages = []
+    for arguments in ({"recording": "broken.h5"}, {"recording": "nope.h5"}, {"recording": "/etc/passwd"},
+                      {"recording": "tiny.h5", "start": 10 ** 9}):
+        p = page(**arguments)
+        messages.append(p.message)
+    assert all(messages), messages
+    for m in messages:
+        assert str(folder) not in m and str(folder.resolve()) not in m and "/tmp" not in m, m
+    assert "no recording named &#x27;nope.h5&#x27; in the recordings folder" in messages[1]
+
+
+def test_a_start_past_the_end_is_said_not_hidden(page):
+    p = page(recording="tiny.h5", start=10 ** 6, window=1000)
+    T = int(re.search(r"of ([\d,]+)", p["status"].text).group(1).replace(",", ""))
+    assert (f"start=1000000 is outside tiny.h5 ({T:,} characters); "
+            f"showing characters {T - 1000:,}–{T:,}") in p.message
+    assert p.positions()[0] == T - 1000
 
 
 def test_paging_window_length_and_overview_tap(page):

@@ -114,7 +114,12 @@ def fit(sel: Selection, rec: Recording) -> list[str]:
         sel.unit = 0
     if sel.stream not in rec.streams:
         sel.stream = rec.streams[0]
-    sel.start = clamp_start(sel.start, sel.window, len(rec))
+    T = len(rec)
+    start = clamp_start(sel.start, sel.window, T)
+    if not 0 <= sel.start < T:
+        problems.append(f"start={sel.start} is outside {rec.path.name} ({T:,} characters); "
+                        f"showing characters {start:,}–{min(T, start + sel.window):,}")
+    sel.start = start
     return problems
 
 

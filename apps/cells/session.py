@@ -107,16 +107,27 @@ class Session:
         self.message.visible = bool(self.problems)
 
     def _open(self) -> None:
-        """A recording was chosen: open it and start its analysis, or clear the views."""
+        """A recording was chosen: open it and start its analysis. One rule for what cannot
+        be shown, as for the URL: show the nearest thing that can (here the first recording
+        that opens) and say so; clear the views only if nothing opens."""
         self.rec = self.values = self.analysis = None
         name = self.sel.recording
         try:
             self.rec = self.store.recording(name or "")
         except ProbeError as e:
-            self.problems.append(str(e) if name else self.store.message or str(e))
-            for view in self.views:
-                view.clear()
-            return
+            fallback = self.store.default_name(avoid=name) if name else None
+            if fallback is not None and fallback != name:
+                try:
+                    self.rec = self.store.recording(fallback)
+                except ProbeError:
+                    fallback = None
+            if self.rec is None:
+                self.problems.append(str(e) if name else self.store.message or str(e))
+                for view in self.views:
+                    view.clear()
+                return
+            self.problems.append(f"{e}; showing {fallback} instead")
+            self.sel.recording = name = fallback
         for view in self.views:
             view.on_analysis(None)
         self.store.analysis(name).add_done_callback(

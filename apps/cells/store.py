@@ -65,10 +65,10 @@ class Store:
         folder = Path(parse_args(argv).recordings)
         store = cls(folder)
         if not folder.is_dir():
-            store.message = f"The recordings folder {folder} does not exist."
+            store.message = f"The recordings folder {folder.name}/ does not exist."
         elif not store.names():
-            store.message = (f"No recordings in {folder}. Make one with: probe record --out "
-                             f"{folder / DEFAULT_NAME} --limit {DEFAULT_CHARS}")
+            store.message = (f"No recordings in {folder.name}/. Make one with: probe record --out "
+                             f"{folder.name}/{DEFAULT_NAME} --limit {DEFAULT_CHARS}")
         return store
 
     def names(self) -> list[str]:
@@ -82,12 +82,13 @@ class Store:
             raise ProbeError(f"recording {name!r} is not a plain file name (like stdlib-test.h5) "
                              "in the recordings folder")
         if name not in self.names():
-            raise ProbeError(f"no recording named {name!r} in {self.folder}")
+            raise ProbeError(f"no recording named {name!r} in the recordings folder")
         return name
 
-    def default_name(self) -> str | None:
-        """The recording a bare URL shows: stdlib-test.h5, else the first one that opens."""
-        names = self.names()
+    def default_name(self, avoid: str | None = None) -> str | None:
+        """The recording a bare URL shows: stdlib-test.h5, else the first one that opens
+        (other than ``avoid``)."""
+        names = [n for n in self.names() if n != avoid]
         for name in sorted(names, key=lambda n: n != DEFAULT_NAME):
             try:
                 self.recording(name)
@@ -184,14 +185,16 @@ def model_for(rec: Recording):
         if (model.vocab, model.layers, model.units) != (cfg.get("vocab"), cfg.get("layers"),
                                                          cfg.get("units")):
             continue
-        note = ""
+        note, own_name = "", Path(own).name  # pages name files, never server paths
         if path is None and own:
-            note = f"the recording's model {own} is missing; using the shipped model, which has the same shape."
+            note = (f"the recording's model {own_name} is missing; using the shipped model, which has "
+                    "the same shape.")
         elif rec.model_sha256 and model.sha256 != rec.model_sha256:
-            note = f"{own} changed since the recording was made."
+            note = f"{own_name} changed since the recording was made."
         return model, note
-    raise ProbeError(f"{rec.path}: no model to run typed text: its checkpoint {own or '(unknown)'} is "
-                     "missing and the shipped model has a different vocabulary or shape")
+    raise ProbeError(f"{rec.path.name}: no model to run typed text: its checkpoint "
+                     f"{Path(own).name or '(unknown)'} is missing and the shipped model has a different "
+                     "vocabulary or shape")
 
 
 def ensure_default(folder: Path) -> str | None:

@@ -3,6 +3,7 @@ URL writer. Each view's own figures live in its module (window.py, tabs/)."""
 from __future__ import annotations
 
 import html
+import re
 
 from bokeh.models import CustomJS, Div, InlineStyleSheet
 
@@ -46,12 +47,24 @@ def reason(e: BaseException) -> str:
     return str(e) if isinstance(e, ProbeError) else f"{type(e).__name__}: {e}"
 
 
+# an absolute path in a message: everything up to its last part
+_ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s/:'\"()]+/)+(?=[^\s/:'\"()]+)")
+
+
+def without_paths(text: str) -> str:
+    """A message fit for a page: absolute paths shortened to their last part (a viewer of
+    the page must not learn the server's folders): '/srv/recs/a.h5: …' → 'a.h5: …'."""
+    return _ABSOLUTE.sub("", text)
+
+
 def message_html(problems: list[str]) -> str:
-    return "".join(f'<div class="msg">{html.escape(p)}</div>' for p in problems)
+    """Problems, one box each: escaped, and with no server paths."""
+    return "".join(f'<div class="msg">{html.escape(without_paths(p))}</div>' for p in problems)
 
 
 def note_html(text: str) -> str:
-    return f'<div class="note">{html.escape(text)}</div>'
+    """A short note: escaped, and with no server paths."""
+    return f'<div class="note">{html.escape(without_paths(text))}</div>'
 
 
 def analysis_note(result, ready: str) -> str:

@@ -13,7 +13,7 @@ from bokeh.plotting import figure
 
 from probe import render
 
-from .selection import Selection
+from .selection import Selection, clamp_start
 from .session import Session, View
 from .views import note_div, text_div
 
@@ -65,9 +65,11 @@ def build(session: Session) -> View:
 
     sel = session.sel  # changed in place, never replaced
     prev_btn.on_click(lambda: session.select(start=max(0, sel.start - sel.window)))
-    next_btn.on_click(lambda: session.select(start=sel.start + sel.window))
+    next_btn.on_click(lambda: session.select(start=clamp_start(sel.start + sel.window, sel.window,
+                                                               len(session.rec))))
     start.on_change("value_throttled", on_start)
-    overview.on_event(Tap, lambda e: session.select(start=int(e.x - sel.window / 2)))
+    overview.on_event(Tap, lambda e: session.select(start=clamp_start(int(e.x - sel.window / 2), sel.window,
+                                                                      len(session.rec))))
     layout = column(row(prev_btn, next_btn, start, column(legend, status)), overview, text, trace,
                     sizing_mode="stretch_width")
     return View(layout, update, clear)
