@@ -4,7 +4,8 @@
 
 Prints chars/s of (a) the model's plain forward pass over the text in the same blocks,
 (b) `probe record` sequential, (c) batched mode; the ratios (b)/(a) (goal >= 0.8) and
-(c)/(b); bytes on disk per character; peak RSS of `probe record` subprocesses on N and
+(c)/(b); the cost of the per-chunk checksums ((f), (g): the same without them); bytes on
+disk per character; peak RSS of `probe record` subprocesses on N and
 2N characters (bounded memory: it should not double); and read times for one unit over
 all T and one 5,000-character window of all units.
 """
@@ -74,12 +75,23 @@ def main() -> None:
         record(model, [("bench", text)], tmp / "bat-raw.h5", compression="none", batch=a.batch,
                progress=False)
         t_e = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        record(model, [("bench", text)], tmp / "seq-nock.h5", checksums=False, progress=False)
+        t_f = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        record(model, [("bench", text)], tmp / "raw-nock.h5", compression="none", checksums=False,
+               progress=False)
+        t_g = time.perf_counter() - t0
         n = len(text)
         print(f"(a) bare forward                          {n / t_a:10,.0f} chars/s")
         print(f"(b) record sequential {n / t_b:10,.0f} chars/s   (b)/(a) = {t_a / t_b:.2f}  (goal >= 0.8)")
         print(f"(c) record --batch {a.batch:<2d}                     {n / t_c:10,.0f} chars/s   (c)/(b) = {t_b / t_c:.2f}")
         print(f"(d) record --compression none            {n / t_d:10,.0f} chars/s   (d)/(a) = {t_a / t_d:.2f}")
         print(f"(e) record --compression none --batch {a.batch:<2d}{n / t_e:10,.0f} chars/s   (e)/(a) = {t_a / t_e:.2f}")
+        print(f"(f) record, no checksums                 {n / t_f:10,.0f} chars/s   (b)/(f) = {t_f / t_b:.2f}"
+              "  (the checksums' cost, gzip)")
+        print(f"(g) record --compression none, no checksums {n / t_g:7,.0f} chars/s   (d)/(g) = {t_g / t_d:.2f}"
+              "  (the checksums' cost, no compression)")
         for name in ("seq.h5", "seq-raw.h5"):
             size = (tmp / name).stat().st_size
             print(f"on disk, {name}: {size / n:,.0f} bytes/char ({size / 1e6:.0f} MB, float16)")

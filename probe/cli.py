@@ -17,7 +17,7 @@ from .features import parse_feature_args
 from .files import atomic, check_target
 from .model import SHIPPED, file_sha256, load_model, model_from_checkpoint, read_checkpoint
 from .record import record
-from .recording import summary
+from .recording import summary, verify
 from .render import render_recording
 from .sample import sample
 from .train import DEFAULT_STEPS, TrainConfig, train
@@ -80,9 +80,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="random seed (default: a different sample each run)")
 
     i = sub.add_parser("info", help="describe a model checkpoint or a recording", formatter_class=fmt,
-                       epilog=EPILOG + "probe info probe/models/stdlib.pt\n  probe info recordings/stdlib-test.h5")
+                       epilog=EPILOG + "probe info probe/models/stdlib.pt\n  probe info recordings/stdlib-test.h5\n"
+                       "  probe info recordings/stdlib-test.h5 --verify")
     i.add_argument("path", nargs="?", help="a .pt checkpoint or a .h5 recording (default: shipped model)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--verify", action="store_true",
+                   help="read every chunk of a recording and check its checksum (exit 1 if damaged)")
 
     r = sub.add_parser("record", help="record every layer's gates and states into HDF5", formatter_class=fmt,
                        epilog=EPILOG + "probe record --corpus stdlib --split test --limit 200000 "
@@ -199,6 +202,18 @@ def model_summary(path: str | None, history: bool = False) -> dict:
 
 
 def cmd_info(a) -> int:
+    if a.verify:
+        if not (a.path and a.path.endswith((".h5", ".hdf5"))):
+            raise ProbeError("--verify checks a recording (.h5); checkpoints are checked whenever loaded")
+        bad = verify(a.path, progress=sys.stderr.isatty())
+        if bad is None:
+            print(f"{a.path}: cannot verify: recorded without checksums (before probe stored them)")
+        elif not bad:
+            print(f"{a.path}: verified: every chunk of every dataset matches its checksum")
+        else:
+            print("\n".join(f"{a.path}: damaged: {b}" for b in bad))
+            raise ProbeError(f"{a.path}: {len(bad)} damaged range{'s' if len(bad) > 1 else ''} (see above)")
+        return 0
     if a.path and a.path.endswith((".h5", ".hdf5")):
         info = summary(a.path)
     else:

@@ -10,9 +10,11 @@ recordings with ``write``. Nothing here imports torch, so reading a recording ne
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import h5py
@@ -28,6 +30,9 @@ CHUNK_UNITS = 32        # chunk columns (units)
 TEXT_CHUNK = 65536      # chunk length of ``text`` and ``loss``
 COMPRESSIONS = ("gzip", "none")
 DTYPES = ("float16", "float32")
+# HDF5 1.10's formats: object headers, B-trees and the superblock carry checksums, so
+# damaged metadata is refused on open; readable by any HDF5 from 1.10 (2016) on
+LIBVER = ("v110", "v110")
 
 # The streams a model kind records, in the order its cell computes them.
 STREAMS: dict[str, tuple[str, ...]] = {"lstm": ("i", "f", "g", "o", "c", "h")}
@@ -39,7 +44,7 @@ RANGE: dict[str, tuple[float, float] | None] = {
 TABLES = ("text", "loss", "documents/name", "documents/start", "documents/stop")
 ATTRIBUTES = ("format", "version", "model", "model_sha256", "model_path", "model_metrics", "source",
               "created", "streams", "layers", "units", "length", "dtype", "compression", "mode",
-              "unknown_chars", "complete")  # every root attribute a recording has
+              "unknown_chars", "checksums", "complete", "digest")  # every root attribute a recording has
 
 
 def kind_of(config: dict) -> str:
@@ -65,6 +70,35 @@ def path(layer: int, stream: str) -> str:
     return f"layers/{layer}/{stream}"
 
 
+def fletcher32(data: bytes) -> int:
+    """HDF5's Fletcher-32 checksum of a filtered chunk (H5_checksum_fletcher32, exactly):
+    16-bit big-endian words, both sums folded mod 65535 with a positive sum never 0.
+    The recorder writes its own chunks (``write_direct_chunk``), so it appends this itself;
+    HDF5 checks it on every read."""
+    n = len(data)
+    words = np.frombuffer(data, dtype=">u2", count=n // 2)
+    if len(words) <= 1 << 20:  # float64 sums of integers below 2**53 are exact
+        w = words.astype(np.float64)
+        s1 = int(w.sum())
+        s2 = int(np.multiply(w, _weights(len(w)), out=w).sum())  # not a BLAS dot: no threads
+    else:
+        w = words.astype(np.int64)
+        s1, s2 = int(w.sum()), int(np.dot(w, np.arange(len(w), 0, -1, dtype=np.int64)))
+    if n % 2:
+        s1 += data[-1] << 8
+        s2 += s1
+
+    def fold(s: int) -> int:
+        return 0 if s == 0 else (s - 1) % 65535 + 1
+    return (fold(s2) << 16) | fold(s1)
+
+
+@lru_cache(maxsize=8)
+def _weights(m: int) -> np.ndarray:
+    """m, m-1, …, 1: word i is in m - i of the running sums that make the second sum."""
+    return np.arange(m, 0, -1, dtype=np.float64)
+
+
 def chunks(T: int, units: int) -> tuple[int, int] | None:
     """The chunk shape of a [T, units] stream (None for an empty one: HDF5 cannot chunk it)."""
     return (min(T, CHUNK_T), min(units, CHUNK_UNITS)) if T else None
@@ -76,8 +110,9 @@ def write_header(f: h5py.File, *, model: dict, layers: int, units: int, length: 
                  streams: tuple[str, ...], dtype: str, compression: str = "none",
                  batch: int = 1, burn_in: int = 0, source: dict | None = None,
                  model_sha256: str = "", model_path: str = "", model_metrics: dict | None = None,
-                 unknown_chars: int = 0) -> None:
-    """The root attributes of a recording (all but ``complete``, written last by ``finish``)."""
+                 unknown_chars: int = 0, checksums: bool = True) -> None:
+    """The root attributes of a recording (all but ``complete`` and ``digest``, written last
+    by ``finish``)."""
     a = f.attrs
     a["format"], a["version"] = FORMAT, VERSION
     a["model"] = json.dumps(model)
@@ -91,32 +126,57 @@ def write_header(f: h5py.File, *, model: dict, layers: int, units: int, length: 
     a["dtype"], a["compression"] = dtype, compression
     a["mode"] = json.dumps({"batch": batch, "burn_in": burn_in if batch > 1 else 0})
     a["unknown_chars"] = unknown_chars
+    a["checksums"] = "fletcher32" if checksums else "none"
 
 
-def write_text(f: h5py.File, codepoints: np.ndarray, names: list[str], starts, stops) -> h5py.Dataset:
-    """``text``, ``documents/*`` and an empty ``loss`` (returned, to be filled)."""
+def create(path: str | os.PathLike) -> h5py.File:
+    """A new, empty HDF5 file in the recording's formats (``LIBVER``)."""
+    return h5py.File(path, "w", libver=LIBVER)
+
+
+def write_text(f: h5py.File, codepoints: np.ndarray, names: list[str], starts, stops,
+               checksums: bool = True) -> h5py.Dataset:
+    """``text``, ``documents/*`` and an empty ``loss`` (returned, to be filled); chunked with
+    Fletcher-32 checksums (the names, variable-length strings, are covered by ``digest``)."""
     T = len(codepoints)
-    opts = dict(chunks=(min(T, TEXT_CHUNK),), compression="gzip") if T else {}
+    opts = dict(chunks=(min(T, TEXT_CHUNK),), compression="gzip", fletcher32=checksums) if T else {}
     f.create_dataset("text", data=codepoints, **opts)
     loss = f.create_dataset("loss", (T,), np.float32, **opts)
     f.create_dataset("documents/name", data=list(names), dtype=h5py.string_dtype())
-    f.create_dataset("documents/start", data=np.asarray(starts, dtype=np.int64))
-    f.create_dataset("documents/stop", data=np.asarray(stops, dtype=np.int64))
+    for key, values in (("start", starts), ("stop", stops)):
+        values = np.asarray(values, dtype=np.int64)
+        f.create_dataset(f"documents/{key}", data=values, chunks=(max(1, len(values)),),
+                         fletcher32=checksums)
     return loss
 
 
 def create_stream(f: h5py.File, layer: int, stream: str, T: int, units: int, dtype: str,
-                  compression: str, level: int = 1) -> h5py.Dataset:
-    """An empty [T, units] stream dataset, chunked (CHUNK_T, CHUNK_UNITS); gzip + shuffle or raw."""
+                  compression: str, level: int = 1, checksums: bool = True) -> h5py.Dataset:
+    """An empty [T, units] stream dataset, chunked (CHUNK_T, CHUNK_UNITS); shuffle + gzip or
+    raw, then a Fletcher-32 checksum per chunk."""
     gz = compression == "gzip" and T > 0
     return f.create_dataset(path(layer, stream), (T, units), dtype, chunks=chunks(T, units),
                             shuffle=gz, compression="gzip" if gz else None,
-                            compression_opts=level if gz else None)
+                            compression_opts=level if gz else None, fletcher32=checksums and T > 0)
+
+
+def digest(f: h5py.File) -> str:
+    """sha256 of every root attribute but ``digest`` and of the document names: HDF5 keeps
+    neither under a checksum of its own (large attribute sets live in a heap without one;
+    variable-length strings in the global heap)."""
+    def plain(v):  # as h5py returns it: numpy scalars, str (or bytes from other writers)
+        v = v.item() if isinstance(v, np.generic) else v
+        return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
+    attrs = {k: plain(f.attrs[k]) for k in sorted(f.attrs) if k != "digest"}
+    names = [n for n in f["documents/name"].asstr()[:]]
+    blob = json.dumps({"attrs": attrs, "names": names}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def finish(f: h5py.File) -> None:
-    """Mark the file complete: the last thing written."""
+    """Mark the file complete and seal its metadata with ``digest``: the last things written."""
     f.attrs["complete"] = True
+    f.attrs["digest"] = digest(f)
 
 
 def write(out: str | os.PathLike, text: str, values: dict, *, documents=None, loss=None,
@@ -134,7 +194,7 @@ def write(out: str | os.PathLike, text: str, values: dict, *, documents=None, lo
     streams = streams or tuple(dict.fromkeys(s for _, s in values))
     documents = documents or [("text", 0, T)]
     cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int32)
-    with atomic(out) as tmp, h5py.File(tmp, "w") as f:
+    with atomic(out) as tmp, create(tmp) as f:
         write_header(f, model=model or {"layers": layers, "units": units}, layers=layers, units=units,
                      length=T, streams=streams, dtype=dtype, source=source or {"kind": "synthetic"})
         dloss = write_text(f, cps, [n for n, _, _ in documents], [s for _, s, _ in documents],
@@ -162,6 +222,9 @@ def validate(f: h5py.File, where: object) -> None:
         raise ProbeError(f"{where}: probe recording version {v} is not supported (this probe reads {VERSION})")
     if not a.get("complete", False):
         raise ProbeError(f"{where}: recording is incomplete (it was interrupted while being written)")
+    if "digest" in a and a["digest"] != digest(f):  # files from before the digest have none
+        raise ProbeError(f"{where}: damaged metadata (the attributes or document names do not match "
+                         "their digest)")
     for key in ("layers", "units", "streams"):
         if key not in a:
             raise ProbeError(f"{where}: recording lacks the attribute {key!r}")

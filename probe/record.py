@@ -17,7 +17,6 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn as nn
@@ -165,24 +164,26 @@ def _blocks_batched(model, ids, documents, lstms, batch, burn_in, dtype):
         group = [p] if p is not None else []
 
 
-def _encode_chunk(a: np.ndarray, shape: tuple[int, int], level: int) -> bytes:
-    """One HDF5 chunk as the shuffle + deflate filters would store it (padded to ``shape``);
-    level 0 means no filters: the raw bytes."""
+def _encode_chunk(a: np.ndarray, shape: tuple[int, int], level: int, checksum: bool) -> bytes:
+    """One HDF5 chunk as the filters would store it (padded to ``shape``): shuffle + deflate
+    at ``level`` (0: no compression, the raw bytes), then the Fletcher-32 checksum."""
     if a.shape != shape:
         a = np.pad(a, ((0, shape[0] - a.shape[0]), (0, shape[1] - a.shape[1])))
     raw = np.ascontiguousarray(a)
     if level == 0:
-        return raw.tobytes()
-    shuffled = raw.view(np.uint8).reshape(-1, raw.itemsize).T.tobytes()
-    return zlib.compress(shuffled, level)
+        body = raw.tobytes()
+    else:
+        body = zlib.compress(raw.view(np.uint8).reshape(-1, raw.itemsize).T.tobytes(), level)
+    return body + h5format.fletcher32(body).to_bytes(4, "little") if checksum else body
 
 
 class ChunkWriter:
     """Append rows to [T, units] datasets in time order; whole chunks are compressed in
     worker threads (zlib releases the GIL) and stored with ``write_direct_chunk``."""
 
-    def __init__(self, dsets: dict, dtype: str, level: int = COMPRESSION_LEVEL, workers: int = 2):
-        self.dsets, self.dtype, self.level = dsets, np.dtype(dtype), level
+    def __init__(self, dsets: dict, dtype: str, level: int = COMPRESSION_LEVEL, workers: int = 2,
+                 checksum: bool = True):
+        self.dsets, self.dtype, self.level, self.checksum = dsets, np.dtype(dtype), level, checksum
         first = next(iter(dsets.values()))
         self.rows, self.cols = first.chunks
         self.units = first.shape[1]
@@ -209,7 +210,7 @@ class ChunkWriter:
             head = head.astype(self.dtype, copy=False)
             for c0 in range(0, self.units, self.cols):
                 fut = self.pool.submit(_encode_chunk, head[:, c0:c0 + self.cols],
-                                       (self.rows, self.cols), self.level)
+                                       (self.rows, self.cols), self.level, self.checksum)
                 self.inflight.append((k, (self.row0, c0), fut))
         self.n_pending -= n
         self.row0 += n
@@ -235,13 +236,14 @@ class ChunkWriter:
 def record(model: CharLSTM, documents: list[tuple[str, str]], out: str | os.PathLike,
            source: dict | None = None, dtype: str = "float16", batch: int = 1,
            burn_in: int = 256, force: bool = False, progress: bool = True,
-           compression: str = "gzip") -> Path:
+           compression: str = "gzip", checksums: bool = True) -> Path:
     """Record ``documents`` [(name, text)] through ``model`` into the HDF5 file ``out``.
 
     ``batch`` > 1 runs that many pieces of the text side by side, each warmed up on
     ``burn_in`` characters before it (see docs/recording-format.md). ``compression`` is
     "gzip" (level 1 + shuffle, readable by every HDF5 tool; about 35% smaller) or "none"
-    (fastest: compressing costs more CPU than the model itself).
+    (fastest: compressing costs more CPU than the model itself). ``checksums`` (default)
+    stores a Fletcher-32 checksum with every chunk, so damage is refused when read.
     """
     if dtype not in h5format.DTYPES:
         raise ProbeError(f"--dtype must be float16 or float32, got {dtype!r}")
@@ -263,17 +265,17 @@ def record(model: CharLSTM, documents: list[tuple[str, str]], out: str | os.Path
     lstms = layer_lstms(model)
     level = COMPRESSION_LEVEL if compression == "gzip" else 0
 
-    with interrupts() as stop, atomic(out) as tmp, h5py.File(tmp, "w") as f:
+    with interrupts() as stop, atomic(out) as tmp, h5format.create(tmp) as f:
         h5format.write_header(
             f, model=dict(model.config), layers=model.layers, units=H, length=T, streams=streams,
             dtype=dtype, compression=compression, batch=batch, burn_in=burn_in, source=source,
             model_sha256=getattr(model, "sha256", ""), model_path=getattr(model, "path", ""),
-            model_metrics=getattr(model, "metrics", {}), unknown_chars=n_unknown)
+            model_metrics=getattr(model, "metrics", {}), unknown_chars=n_unknown, checksums=checksums)
         dloss = h5format.write_text(f, corpora.codepoints(text), [n for n, _ in documents],
-                                    offsets[:-1], offsets[1:])
-        dsets = {(k, s): h5format.create_stream(f, k, s, T, H, dtype, compression, COMPRESSION_LEVEL)
-                 for k in range(model.layers) for s in streams}
-        writer = ChunkWriter(dsets, dtype, level)
+                                    offsets[:-1], offsets[1:], checksums)
+        dsets = {(k, s): h5format.create_stream(f, k, s, T, H, dtype, compression, COMPRESSION_LEVEL,
+                                                checksums) for k in range(model.layers) for s in streams}
+        writer = ChunkWriter(dsets, dtype, level, checksum=checksums)
         tdtype = getattr(torch, dtype)
         blocks = (_blocks_sequential(model, ids, spans, lstms, tdtype) if batch == 1
                   else _blocks_batched(model, ids, spans, lstms, batch, burn_in, tdtype))

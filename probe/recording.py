@@ -22,6 +22,58 @@ from .errors import ProbeError
 CACHE_BYTES = 64 << 20  # chunk cache: one unit over T touches T/4096 chunks of 256 KB (float16)
 
 
+READ_ERRORS = (OSError, RuntimeError, KeyError)  # what h5py raises for data it cannot read
+
+
+def damaged(where: object, name: str, rows: tuple[int, int] | None = None,
+            error: BaseException | None = None) -> ProbeError:
+    """The one-line error for data that fails its checksum or cannot be decoded."""
+    span = f" rows {rows[0]:,}–{rows[1]:,}" if rows else ""
+    why = "checksum mismatch" if error is None or "checksum" in str(error).lower() or \
+        "filter" in str(error).lower() else type(error).__name__
+    return ProbeError(f"{where}: damaged data in {name}{span} ({why})")
+
+
+class Dataset:
+    """A recorded dataset, read lazily by slicing like an h5py one; a read that fails (a
+    chunk whose checksum does not match, a broken filter) becomes a one-line ProbeError
+    naming the file, the dataset and the damaged rows, never h5py's OSError."""
+
+    def __init__(self, ds: h5py.Dataset, where: object):
+        self.ds, self.where = ds, where
+        self.shape, self.dtype, self.chunks = ds.shape, ds.dtype, ds.chunks
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        try:
+            return self.ds[key]
+        except READ_ERRORS as e:
+            raise damaged(self.where, self.ds.name.lstrip("/"), self.first_bad_rows(), e) from None
+
+    def first_bad_rows(self) -> tuple[int, int] | None:
+        """[start, stop) of the first chunk row that cannot be read (None if all can now)."""
+        step = self.chunks[0] if self.chunks else max(1, len(self))
+        for a in range(0, len(self), step):
+            try:
+                self.ds[a:a + step]
+            except READ_ERRORS:
+                return a, min(a + step, len(self))
+        return None
+
+    def bad_rows(self) -> list[tuple[int, int]]:
+        """Every chunk row that cannot be read (``probe info --verify``)."""
+        step = self.chunks[0] if self.chunks else max(1, len(self))
+        bad = []
+        for a in range(0, len(self), step):
+            try:
+                self.ds[a:a + step]
+            except READ_ERRORS:
+                bad.append((a, min(a + step, len(self))))
+        return bad
+
+
 def _attr(name: str, kind: type, default, doc: str) -> property:
     """A read-only property holding one root attribute of the file, as ``kind``."""
     return property(lambda self: kind(self.file.attrs[name] if default is None
@@ -42,9 +94,12 @@ class Recording:
             raise ProbeError(f"{p}: not a readable HDF5 file (truncated or not HDF5)") from None
         try:
             h5format.validate(self.file, p)
-        except Exception:
+        except ProbeError:
             self.file.close()
             raise
+        except Exception as e:  # metadata HDF5 could not decode: damage
+            self.file.close()
+            raise ProbeError(f"{p}: damaged metadata ({type(e).__name__})") from None
 
     # ---- metadata: everything the analysis and the app need, so none reads attributes ----
     layers = _attr("layers", int, None, "model layers")
@@ -56,6 +111,7 @@ class Recording:
     model_path = _attr("model_path", str, "", "where the recorded checkpoint was (it may have moved)")
     model_sha256 = _attr("model_sha256", str, "", "sha256 of the recorded checkpoint ('' if unknown)")
     unknown_chars = _attr("unknown_chars", int, 0, "characters outside the model's vocabulary")
+    checksums = _attr("checksums", str, "none", "fletcher32 (every chunk checked on read) or none")
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -88,9 +144,16 @@ class Recording:
         return len(self.file["text"])
 
     # ---- per-character data --------------------------------------------------------------
+    def dataset(self, name: str) -> Dataset:
+        """Any dataset of the file (``text``, ``loss``, ``layers/0/c``…), reads checked."""
+        try:
+            return Dataset(self.file[name], self.path)
+        except READ_ERRORS:
+            raise ProbeError(f"{self.path}: damaged metadata (cannot open {name})") from None
+
     @cached_property
     def codepoints(self) -> np.ndarray:
-        return self.file["text"][:]  # int32 [T]
+        return self.dataset("text")[:]  # int32 [T]
 
     @cached_property
     def text(self) -> str:
@@ -98,12 +161,16 @@ class Recording:
 
     @cached_property
     def loss(self) -> np.ndarray:
-        return self.file["loss"][:]  # float32 [T], bits; NaN at document starts
+        return self.dataset("loss")[:]  # float32 [T], bits; NaN at document starts
 
     @cached_property
     def documents(self) -> pd.DataFrame:
-        d = self.file["documents"]
-        return pd.DataFrame({"name": d["name"].asstr()[:], "start": d["start"][:], "stop": d["stop"][:]})
+        try:
+            names = self.file["documents/name"].asstr()[:]
+        except READ_ERRORS + (UnicodeDecodeError,):
+            raise damaged(self.path, "documents/name") from None
+        return pd.DataFrame({"name": names, "start": self.dataset("documents/start")[:],
+                             "stop": self.dataset("documents/stop")[:]})
 
     @cached_property
     def document_spans(self) -> list[tuple[int, int]]:
@@ -125,21 +192,21 @@ class Recording:
         if unit is not None and (not isinstance(unit, (int, np.integer)) or not 0 <= unit < self.units):
             raise ProbeError(f"{self.path}: no unit {unit!r} (units are 0..{self.units - 1})")
 
-    def stream(self, layer: int, stream: str) -> h5py.Dataset:
+    def stream(self, layer: int, stream: str) -> Dataset:
         """Lazy [T, units] array: slicing reads only what is asked for."""
         self.check(layer, stream)
-        return self.file[h5format.path(layer, stream)]
+        return self.dataset(h5format.path(layer, stream))
 
     def unit(self, layer: int, stream: str, unit: int, start: int | None = None,
              stop: int | None = None) -> np.ndarray:
         """One unit's values over [start, stop) as float32 [n]."""
         self.check(layer, stream, unit)
-        return self.file[h5format.path(layer, stream)][start:stop, unit].astype(np.float32)
+        return self.stream(layer, stream)[start:stop, unit].astype(np.float32)
 
     def window(self, layer: int, stream: str, start: int, stop: int) -> np.ndarray:
         """All units over [start, stop) as float32 [n, units]."""
         self.check(layer, stream)
-        return self.file[h5format.path(layer, stream)][start:stop].astype(np.float32)
+        return self.stream(layer, stream)[start:stop].astype(np.float32)
 
     def frame(self, layer: int, stream: str, units=None, start: int | None = None,
               stop: int | None = None) -> pd.DataFrame:
@@ -159,7 +226,7 @@ class Recording:
         last_nl = np.maximum.accumulate(np.where(cps == 10, np.arange(T), -1))
         prev_nl = np.concatenate([[-1], last_nl[:-1]])[pos]
         column = pos - np.maximum(prev_nl + 1, doc_start)
-        vals = self.file[h5format.path(layer, stream)][start:stop][:, units].astype(np.float32)
+        vals = self.stream(layer, stream)[start:stop][:, units].astype(np.float32)
         df = pd.DataFrame({"position": pos, "char": list(self.text[start:stop]), "document": doc,
                            "line": line, "column": column, "loss": self.loss[start:stop]})
         return pd.concat([df, pd.DataFrame(vals, columns=[f"unit_{u}" for u in units])], axis=1)
@@ -202,3 +269,18 @@ def summary(path: str | os.PathLike) -> dict:
             "mean_bits_per_char": round(float(np.nanmean(loss)), 4) if np.isfinite(loss).any() else None,
             "unknown_chars": rec.unknown_chars,
         }
+
+
+def verify(path: str | os.PathLike, progress: bool = False) -> list[str] | None:
+    """Read every chunk of every dataset: the damaged ranges (``"layers/1/c rows 0–4,096"``),
+    [] if none, or None if the recording has no checksums to check (made before them)."""
+    from tqdm.auto import tqdm
+    with open_recording(path) as rec:  # opening checks the metadata's digest
+        if rec.checksums != "fletcher32":
+            return None
+        names = [n for n in h5format.TABLES if n != "documents/name"] + [
+            h5format.path(k, s) for k in range(rec.layers) for s in rec.streams]
+        bad = []
+        for name in tqdm(names, desc="verifying", unit="dataset", disable=not progress):
+            bad += [f"{name} rows {a:,}–{b:,}" for a, b in rec.dataset(name).bad_rows()]
+        return bad
