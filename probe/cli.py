@@ -252,8 +252,7 @@ def cmd_export_lstmvis(a) -> int:
 
 def cmd_analyze(a) -> int:
     regex = parse_feature_args(a.feature)
-    if a.top < 1:
-        raise ProbeError(f"--top must be at least 1, got {a.top}")
+    detectors.check_top(a.top)  # before the slow part
     res = analysis.analysis(a.recording, refresh=a.refresh, progress=sys.stderr.isatty(), regex=regex)
     top = detectors.best(res["scores"], a.top)
     sat = detectors.saturation_summary(res["saturation"])

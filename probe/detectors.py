@@ -387,14 +387,19 @@ def strength(w: pd.DataFrame) -> tuple[str, np.ndarray]:
     return "r", np.abs(w["r"].to_numpy(dtype=float))
 
 
+def check_top(top: int) -> None:
+    """``top`` must be a whole number >= 1 (``probe analyze --top``)."""
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ProbeError(f"--top must be at least 1, got {top}")
+
+
 def best(scores_df: pd.DataFrame, top: int = 5) -> pd.DataFrame:
     """Per feature, the ``top`` cells: binary features by max(auc, 1 - auc), others by |r|.
 
     Columns feature, rank (1 = best), layer, stream, unit, metric, score (the raw, signed
     value of the ranking metric), plus r and auc (NaN where not computed).
     """
-    if top < 1:
-        raise ProbeError(f"--top must be at least 1, got {top}")
+    check_top(top)
     missing = set(SCORE_COLUMNS) - set(scores_df.columns)
     if missing:
         raise ProbeError(f"scores table lacks columns {sorted(missing)}")

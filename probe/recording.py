@@ -265,6 +265,8 @@ def summary(path: str | os.PathLike) -> dict:
             "documents": len(rec.documents), "length": len(rec), "layers": rec.layers,
             "streams": " ".join(rec.streams), "units": rec.units, "dtype": rec.dtype,
             "compression": rec.compression, "chunks": str(rec.chunks),
+            "checksums": (f"{rec.checksums} on every chunk (probe info --verify reads them all)"
+                          if rec.checksums != "none" else "none (damage cannot be detected)"),
             "size_on_disk": f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes/char)",
             "mean_bits_per_char": round(float(np.nanmean(loss)), 4) if np.isfinite(loss).any() else None,
             "unknown_chars": rec.unknown_chars,

@@ -11,6 +11,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 from bokeh.application import Application
@@ -42,7 +43,8 @@ NASTY = "<script>alert(1)</script>\n<img src=x onerror=alert(1)> & $x^2$ \"'\n"
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    """recordings/: tiny.h5, nasty.h5 (HTML in its text), broken.h5 (not HDF5); model beside."""
+    """recordings/: tiny.h5, nasty.h5 (HTML in its text), broken.h5 (not HDF5), zdamaged.h5 (a
+    byte of layer 1's c changed: its checksum fails); model beside."""
     root = tmp_path_factory.mktemp("cells")
     torch.manual_seed(0)
     model = CharLSTM(corpus.build_vocab(TEXT), layers=2, units=8, embedding=4)
@@ -57,6 +59,13 @@ def folder(tmp_path_factory) -> Path:
            dtype="float32", progress=False)
     record(model, [("<b>x</b>.py", NASTY * 3)], recs / "nasty.h5", dtype="float32", progress=False)
     (recs / "broken.h5").write_bytes(b"this is not HDF5 at all")
+    damaged = recs / "zdamaged.h5"
+    record(model, [("a.py", TEXT)], damaged, compression="none", progress=False)
+    with h5py.File(damaged) as f:
+        at = f["layers/1/c"].id.get_chunk_info_by_coord((0, 0)).byte_offset + 10
+    data = bytearray(damaged.read_bytes())
+    data[at] ^= 0x40
+    damaged.write_bytes(data)
     return recs
 
 
@@ -225,6 +234,14 @@ def test_no_message_shows_a_server_path(page, folder):
     for m in messages:
         assert str(folder) not in m and str(folder.resolve()) not in m and "/tmp" not in m, m
     assert "no recording named &#x27;nope.h5&#x27; in the recordings folder" in messages[1]
+
+
+def test_a_damaged_cell_is_a_message_and_the_others_still_show(page):
+    p = page(recording="zdamaged.h5", layer=1, stream="c", unit=2)
+    assert "damaged data in layers/1/c rows 0–" in p.message and "checksum mismatch" in p.message
+    assert "/tmp" not in p.message
+    p.set("stream", value="h")
+    assert p.message == "" and p.positions()[0] == 0  # the other streams are intact
 
 
 def test_a_start_past_the_end_is_said_not_hidden(page):

@@ -102,3 +102,11 @@ def test_cli_render_errors_clearly(recording_path, tmp_path, capsys):
     assert main(["render", str(recording_path), "--layer", "0", "--stream", "q", "--unit", "1",
                  "--out", str(out), "--force"]) == 1
     assert "no stream 'q'" in capsys.readouterr().err
+
+
+def test_cli_render_into_a_missing_folder_is_one_line(recording_path, tmp_path, capsys):
+    out = tmp_path / "nope" / "cell.html"
+    assert main(["render", str(recording_path), "--layer", "0", "--stream", "c", "--unit", "1",
+                 "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"probe: error: {out.parent}: output folder does not exist\n"
+    assert not out.parent.exists()

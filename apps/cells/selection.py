@@ -96,7 +96,8 @@ def from_query(arguments: dict, store: Store) -> tuple[Selection, list[str]]:
     if feature is not None:
         sel.feature = feature
     if sel.feature not in FEATURES:
-        problems.append(f"feature={sel.feature!r} in the URL is not one of {', '.join(FEATURES)}")
+        problems.append(f"feature={sel.feature!r} in the URL is not one of {', '.join(FEATURES)}; "
+                        f"showing {FEATURES[0]}")
         sel.feature = FEATURES[0]
     return sel, problems
 
@@ -113,6 +114,8 @@ def fit(sel: Selection, rec: Recording) -> list[str]:
                         "showing unit 0")
         sel.unit = 0
     if sel.stream not in rec.streams:
+        problems.append(f"no stream {sel.stream} in {rec.path.name} (streams are {' '.join(rec.streams)}); "
+                        f"showing {rec.streams[0]}")
         sel.stream = rec.streams[0]
     T = len(rec)
     start = clamp_start(sel.start, sel.window, T)
