@@ -11,6 +11,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -52,26 +53,17 @@ class Dataset:
         except READ_ERRORS as e:
             raise damaged(self.where, self.ds.name.lstrip("/"), self.first_bad_rows(), e) from None
 
-    def first_bad_rows(self) -> tuple[int, int] | None:
-        """[start, stop) of the first chunk row that cannot be read (None if all can now)."""
+    def bad_rows(self) -> Iterator[tuple[int, int]]:
+        """[start, stop) of every chunk row that cannot be read (``probe info --verify``)."""
         step = self.chunks[0] if self.chunks else max(1, len(self))
         for a in range(0, len(self), step):
             try:
                 self.ds[a:a + step]
             except READ_ERRORS:
-                return a, min(a + step, len(self))
-        return None
+                yield a, min(a + step, len(self))
 
-    def bad_rows(self) -> list[tuple[int, int]]:
-        """Every chunk row that cannot be read (``probe info --verify``)."""
-        step = self.chunks[0] if self.chunks else max(1, len(self))
-        bad = []
-        for a in range(0, len(self), step):
-            try:
-                self.ds[a:a + step]
-            except READ_ERRORS:
-                bad.append((a, min(a + step, len(self))))
-        return bad
+    def first_bad_rows(self) -> tuple[int, int] | None:
+        return next(self.bad_rows(), None)
 
 
 def _attr(name: str, kind: type, default, doc: str) -> property:
