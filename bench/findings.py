@@ -47,22 +47,20 @@ def where_wrong(rec, feats, b) -> str:
         x = -x
     codes = rec.codepoints
     quote = (codes == ord("'")) | (codes == ord('"'))
-    closing = y & quote & ~np.r_[y[1:], False]          # last character of a literal
+    closing = ~y & quote & np.r_[False, y[:-1]]  # a literal's closing quote: outside, by the convention
     pos_low = y & (x < np.percentile(x[~y], 75))
     neg_high = ~y & (x > np.percentile(x[y], 25))
-    quotes = f", {closing[pos_low].mean():.0%} of them closing quotes" if "string" in b.feature else ""
+    quotes = f" ({closing[neg_high].mean():.0%} of them closing quotes)" if "string" in b.feature else ""
     lines = [f"{b.feature}, layer {b.layer} {b.stream} {b.unit}: "
-             f"{pos_low.sum():,} of {y.sum():,} positives look negative{quotes}; "
-             f"{neg_high.sum():,} of {(~y).sum():,} negatives look positive"]
+             f"{pos_low.sum():,} of {y.sum():,} positives look negative; "
+             f"{neg_high.sum():,} of {(~y).sum():,} negatives look positive{quotes}"]
     for other in ("in_comment", "in_long_string", "in_short_string"):
         if other != b.feature and other in feats:
             lines.append(f"  {feats[other].to_numpy()[neg_high].mean():.0%} of those are {other}")
     if b.feature == "in_short_string":  # the same cell, scored on parts of the text
         prose = (feats["in_comment"].to_numpy() != 0) | (feats["in_long_string"].to_numpy() != 0)
-        lines.append(f"  AUC {auc_exact(x, y):.3f}; "
-                     f"without closing quotes {auc_exact(x[~closing], y[~closing]):.3f}; "
-                     f"without them and without comments and docstrings (code only) "
-                     f"{auc_exact(x[~closing & ~prose], y[~closing & ~prose]):.3f}")
+        lines.append(f"  AUC {auc_exact(x, y):.3f}; on code only (comments and docstrings left out) "
+                     f"{auc_exact(x[~prose], y[~prose]):.3f}")
     if b.feature == "in_comment":  # is it a comment cell or a prose cell?
         doc = feats["in_long_string"].to_numpy() != 0
         lines.append(f"  AUC {auc_exact(x, y):.3f}; without docstrings {auc_exact(x[~doc], y[~doc]):.3f}; "
@@ -127,16 +125,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recording")
     p.add_argument("--img", default="docs/img")
+    p.add_argument("--causal-chars", type=int, default=20_000,
+                   help="characters the ablation of the best cells reads (default 20000)")
     a = p.parse_args()
     img = Path(a.img)
     img.mkdir(parents=True, exist_ok=True)
     res = analysis.analysis(a.recording, progress=True)
     best = detectors.best(res["scores"], top=1)
+    effect = analysis.causal(a.recording, best, chars=a.causal_chars, progress=True).set_index("feature")
     with open_recording(a.recording) as rec:
         feats = detectors.default_features(rec)
         print(f"{rec.path.name}: {len(rec):,} characters, {rec.layers} layers x {rec.units} units\n")
-        print("| feature | best cell (layer, stream, unit) | score | target | met |")
-        print("|---|---|---|---|---|")
+        print("| feature | best cell (layer, stream, unit) | score | ablated: Δ bits/char where it holds "
+              "(× the median of 32 random units) | target | met |")
+        print("|---|---|---|---|---|---|")
         for _, b in best.iterrows():
             if b.metric == "auc":
                 score, strength = f"AUC {b.score:.3f}", max(b.score, 1 - b.score)
@@ -146,8 +148,14 @@ def main() -> None:
             label = "AUC" if metric == "auc" else "\\|r\\|"  # escaped: inside a Markdown table
             target = f"{label} ≥ {goal}" if goal else ""
             met = ("yes" if strength >= goal else "**no**") if goal else ""
-            print(f"| {b.feature} | {b.layer}, {b.stream}, {b.unit} | {score} | {target} | {met} |")
-        print("\nAUC below 0.5 means the cell is *off* where the feature is on (ranked by distance from 0.5).")
+            causal = ""
+            if b.feature in effect.index:
+                e = effect.loc[b.feature]
+                causal = f"{e.delta_bits:+.3f} ({e.ratio:.0f}×)"
+            print(f"| {b.feature} | {b.layer}, {b.stream}, {b.unit} | {score} | {causal} | {target} | {met} |")
+        print("\nAUC below 0.5 means the cell is *off* where the feature is on (ranked by distance from 0.5). "
+              f"Ablated: the cell pinned to 0 (c: its cell state, else its h) on the first {a.causal_chars:,} "
+              "characters; the change in the cost of the next character where the feature holds.")
         print("\nwhere the best cell errs:")
         for feature in ("in_short_string", "in_comment"):
             print(where_wrong(rec, feats, best[best.feature == feature].iloc[0]))

@@ -24,8 +24,10 @@ from . import detectors
 from .files import atomic
 from .recording import Recording, open_recording
 
-ANALYSIS_VERSION = 2      # bump when scores/saturation change meaning: invalidates caches
-                          # (2: the saturation frame's column ``gate`` became ``stream``)
+ANALYSIS_VERSION = 3      # bump when scores/saturation change meaning: invalidates caches
+                          # (2: the saturation frame's column ``gate`` became ``stream``;
+                          # 3: string features follow the after-reading-t convention, prefix
+                          # letters and closing quotes now outside: old scores used old labels)
 
 
 # ---- the cached analysis ---------------------------------------------------------------
@@ -124,6 +126,35 @@ def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = Fa
             "saturation": cached["saturation"]}
 
 
+# ---- the causal column -------------------------------------------------------------------
+
+def causal(path: str | os.PathLike, best_df: pd.DataFrame, *, chars: int = 20_000, random: int = 32,
+           seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    """``best_df``'s rows of binary features with the ablation effect of each cell beside
+    its score: ``delta_bits``, ``random_median`` and ``ratio`` (see ``intervene.effects``),
+    measured on the recording's first ``chars`` characters with the recording's model.
+    A ``c`` cell is ablated by pinning its cell state to 0, any other by pinning the
+    unit's h (a gate's own value is not an edit the model can take)."""
+    from . import intervene  # runs the model: torch only when asked for
+    from .model import for_recording
+    with open_recording(path) as rec:
+        model, _ = for_recording(rec)
+        docs = [(str(n), rec.text[a:b]) for n, a, b in rec.documents.itertuples(index=False) if a < chars]
+        docs = [(n, t[:max(0, chars - sum(len(x) for _, x in docs[:i]))]) for i, (n, t) in enumerate(docs)]
+    rows = best_df[best_df["metric"] == "auc"].copy()
+    rows["on"] = np.where(rows["stream"] == "c", "c", "h")
+    parts = []
+    for on, g in rows.groupby("on"):
+        cells = sorted(set(zip(g["layer"].astype(int), g["unit"].astype(int))))
+        eff = intervene.effects(model, docs, cells, feature_names=sorted(set(g["feature"])), on=on,
+                                random=min(random, model.units), seed=seed, progress=progress)
+        parts.append(g.merge(eff[["layer", "unit", "feature", "delta_bits", "random_median", "ratio"]],
+                             on=["layer", "unit", "feature"], how="left"))
+    if not parts:
+        return rows.assign(delta_bits=[], random_median=[], ratio=[]).drop(columns="on")
+    return pd.concat(parts).sort_values(["feature", "rank"]).drop(columns="on").reset_index(drop=True)
+
+
 # ---- reports (the CLI's output) --------------------------------------------------------
 
 def _fmt(metric: str, value: float) -> str:
@@ -138,11 +169,14 @@ def report_text(best_df: pd.DataFrame, sat_summary: pd.DataFrame, title: str = "
     for feature, g in best_df.groupby("feature", sort=False):
         metric = g["metric"].iloc[0]
         how = "binary: by AUC distance from 0.5" if metric == "auc" else "by |r|"
-        lines += ["", f"{feature}  ({how})", "  rank  layer  stream   unit  score      other"]
+        effect = "delta_bits" in g and g["delta_bits"].notna().any()
+        lines += ["", f"{feature}  ({how})", "  rank  layer  stream   unit  score      other"
+                  + ("      ablated: delta_bits  ratio" if effect else "")]
         for row in g.itertuples():
             other = _fmt("r", row.r) if metric == "auc" else _fmt("auc", row.auc)
+            causal_part = f"  {row.delta_bits:+17.4f}  {row.ratio:+5.1f}" if effect else ""
             lines.append(f"  {row.rank:>4}  {row.layer:>5}  {row.stream:<6} {row.unit:>5}  "
-                         f"{_fmt(metric, row.score):<9}  {other}".rstrip())
+                         f"{_fmt(metric, row.score):<9}  {other:<9}{causal_part}".rstrip())
     if best_df.empty:
         lines += ["", "no feature varies in this recording: nothing to rank"]
     if not sat_summary.empty:

@@ -7,9 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from . import analysis, detectors
+from . import analysis, detectors, intervene
 from .corpus import encode, load
 from .errors import ProbeError
 from .export import export_lstmvis
@@ -72,12 +73,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="generate text from a model", formatter_class=fmt,
-                       epilog=EPILOG + "probe sample --prime 'def ' --length 400 --temperature 0.7 --seed 1")
+                       epilog=EPILOG + "probe sample --prime 'def ' --length 400 --temperature 0.7 --seed 1\n"
+                       "  probe sample --prime 'x = ' --clamp 0:89:c=0 --seed 1     # the quote cell held at 0")
     s.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
     s.add_argument("--prime", default="\n", help="text to start from")
     s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
     s.add_argument("--temperature", type=float, default=0.8, help="1 = model's distribution, 0 = greedy")
     s.add_argument("--seed", type=int, default=None, help="random seed (default: a different sample each run)")
+    s.add_argument("--clamp", action="append", default=[], metavar="L:U=VALUE",
+                   help="pin unit U of layer L to VALUE at every step (h; L:U:c=VALUE pins the cell "
+                        "state); repeatable")
 
     i = sub.add_parser("info", help="describe a model checkpoint or a recording", formatter_class=fmt,
                        epilog=EPILOG + "probe info probe/models/stdlib.pt\n  probe info recordings/stdlib-test.h5\n"
@@ -137,14 +142,47 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="replace a non-empty folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    ab = sub.add_parser("ablate", help="pin cells while the model reads, and measure what it costs",
+                        formatter_class=fmt, epilog=EPILOG + "probe ablate --cells 0:89 --limit 20000\n"
+                        "  probe ablate --layer 0 --feature in_short_string --limit 10000 --csv layer0.csv\n"
+                        "  probe ablate --text mycode/ --cells 0:89,1:158 --how mean --json")
+    ab.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
+    absrc = ab.add_mutually_exclusive_group()
+    absrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
+    absrc.add_argument("--text", help="a UTF-8 text file or a folder of them")
+    ab.add_argument("--glob", default="**/*", help="files to take from a --text folder")
+    ab.add_argument("--split", default="test", help="split of a built-in corpus (default test)")
+    ab.add_argument("--limit", type=int, default=20_000, help="characters to read (default 20000)")
+    which = ab.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cells", metavar="L:U[,L:U...]", help="the cells to ablate, e.g. 0:89,1:158")
+    which.add_argument("--layer", type=int, help="sweep every unit of this layer")
+    ab.add_argument("--feature", action="append", default=[], metavar="NAME",
+                    help="feature to measure at (repeatable; default: every binary feature)")
+    ab.add_argument("--how", default="zero", help="pin to zero (default), mean (over the text) or a number")
+    ab.add_argument("--on", default="h", choices=["h", "c"],
+                    help="pin the hidden output h (default) or the cell state c")
+    ab.add_argument("--random", type=int, default=32, help="random units of the same layer to compare "
+                    "with (default 32)")
+    ab.add_argument("--seed", type=int, default=0, help="seed of the random units (default 0)")
+    out = ab.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out.add_argument("--csv", metavar="OUT", help="write the table as CSV")
+    ab.add_argument("--force", action="store_true", help="overwrite an existing --csv file")
+    ab.add_argument("--quiet", action="store_true", help="no progress bar")
+
     an = sub.add_parser("analyze", help="rank the cells that track each per-character feature",
                         formatter_class=fmt, epilog=EPILOG + "probe analyze recordings/stdlib-test.h5 --top 3\n"
                         "  probe analyze rec.h5 --feature 'digit=[0-9]' --feature 'self=self\\.' --json\n"
+                        "  probe analyze rec.h5 --causal        # ablate the top cells too\n"
                         "results are cached in REC.h5.analysis.npz; --refresh recomputes")
     an.add_argument("recording", help="a .h5 recording")
     an.add_argument("--top", type=int, default=5, help="cells per feature (default 5)")
     an.add_argument("--json", action="store_true", help="machine-readable output")
     an.add_argument("--refresh", action="store_true", help="recompute even if cached")
+    an.add_argument("--causal", action="store_true", help="also ablate the ranked cells of binary features "
+                    "(with the recording's model) and show the effect beside each score")
+    an.add_argument("--causal-chars", type=int, default=20_000, metavar="N",
+                    help="characters the ablation reads (default 20000, from the recording's start)")
     an.add_argument("--feature", action="append", default=[], metavar="NAME=REGEX",
                     help="extra binary feature: 1 inside matches of REGEX (repeatable)")
     return p
@@ -181,7 +219,8 @@ def cmd_train(a) -> int:
 def cmd_sample(a) -> int:
     torch.set_num_threads(1)  # one character per step: threads only add synchronisation
     model = load_model(a.model)
-    text = sample(model, a.prime, a.length, a.temperature, a.seed)
+    clamp = [intervene.parse_clamp(c) for c in a.clamp]
+    text = sample(model, a.prime, a.length, a.temperature, a.seed, clamp=clamp)
     unknown = encode(a.prime, model.vocab)[1]
     if unknown:
         print(f"probe: {unknown} character(s) of --prime are outside the model's vocabulary; "
@@ -255,6 +294,10 @@ def cmd_analyze(a) -> int:
     detectors.check_top(a.top)  # before the slow part
     res = analysis.analysis(a.recording, refresh=a.refresh, progress=sys.stderr.isatty(), regex=regex)
     top = detectors.best(res["scores"], a.top)
+    if a.causal:
+        effect = analysis.causal(a.recording, top, chars=a.causal_chars, progress=sys.stderr.isatty())
+        top = top.merge(effect[["feature", "rank", "delta_bits", "random_median", "ratio"]],
+                        on=["feature", "rank"], how="left")
     sat = detectors.saturation_summary(res["saturation"])
     if a.json:
         print(analysis.report_json(top, sat, recording=str(a.recording)))
@@ -263,8 +306,28 @@ def cmd_analyze(a) -> int:
     return 0
 
 
+def cmd_ablate(a) -> int:
+    how = intervene.parse_how(a.how)
+    cells = intervene.parse_cells(a.cells) if a.cells else None
+    csv = check_target(a.csv, a.force) if a.csv else None
+    model = load_model(a.model)
+    docs = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit).documents
+    df = intervene.effects(model, docs, cells, layer=a.layer, feature_names=a.feature or None, how=how,
+                           on=a.on, random=a.random, seed=a.seed, progress=not a.quiet)
+    if csv is not None:
+        with atomic(csv) as tmp:
+            df.to_csv(tmp, index=False)
+        print(f"wrote {csv}: {len(df)} rows")
+    elif a.json:
+        print(json.dumps([{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                           for k, v in r.items()} for r in df.to_dict("records")], indent=2, default=float))
+    else:
+        print(intervene.report(df, how=str(how), on=a.on))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
-            "analyze": cmd_analyze, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis}
+            "analyze": cmd_analyze, "ablate": cmd_ablate, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,14 +4,35 @@ A feature maps a text of T characters to an array of T values, the "ground truth
 hold a cell's activations against (a cell that is on inside strings, one that counts
 brackets). Binary features are 0/1 (int8); the others are counts (int32).
 
+The convention, the same for every feature: the value at character t describes the
+state *after reading* character t (what a reader that has just read it can know).
+
+- Strings: from the opening quote on the reader is inside; the literal's last
+  character (the closing quote) takes it out again, so the opening quote is 1 and the
+  closing quote 0. Prefix letters (``r b f u rb br fr rf``, any case) come before the
+  opening quote: 0. A triple-quoted literal is inside from its first opening quote on,
+  and only the last of its three closing quotes is 0: after reading the first or the
+  second closing quote the reader cannot yet know that the string ended (in
+  ``'''a''b'''`` it goes on). A literal without a closing quote (unterminated) is 1
+  from its opening quote to the end of its span (the newline that ends an unterminated
+  short string is 0). Which kind a literal is (short or long) is the kind it turns out
+  to be: all three opening quotes of ``'''`` are ``in_long_string``, although after
+  the first one a reader cannot tell yet.
+- Comments: the ``#`` is 1 (after reading it the reader is in a comment), the newline
+  that ends the comment 0.
+- Brackets: the depth after the character is read, so an opener has the inner depth
+  and a closer the outer one.
+- Lines: ``column``, ``line_length``, ``chars_to_eol`` and ``indent`` are positions in
+  the line the character belongs to (a newline belongs to the line it ends).
+
 Built-in features, with a tiny example (one value per character of the text):
 
-- ``in_string``: 1 inside a string literal; the quotes and prefix letters count as
-  inside. ``x=rb"a"`` -> 0 0 1 1 1 1 1
+- ``in_string``: 1 inside a string literal, from its opening quote to its closing
+  quote (exclusive). ``x=rb"a"`` -> 0 0 0 0 1 1 0
 - ``in_short_string``: 1 inside a one-line ``'...'`` or ``"..."`` literal.
-  ``'a'+'''b'''`` -> 1 1 1 0 0 0 0 0 0 0 0
+  ``'a'+'''b'''`` -> 1 1 0 0 0 0 0 0 0 0 0
 - ``in_long_string``: 1 inside a triple-quoted literal (mostly docstrings).
-  ``'a'+'''b'''`` -> 0 0 0 0 1 1 1 1 1 1 1
+  ``'a'+'''b'''`` -> 0 0 0 0 1 1 1 1 1 1 0
 - ``in_comment``: 1 from a ``#`` outside strings to the end of its line, newline
   excluded. ``a # b\\n`` -> 0 0 1 1 1 0
 - ``column``: characters since the last newline (a newline has its line's length).
@@ -32,7 +53,8 @@ Lexing modes (``python=``):
 - ``True`` or ``None`` (the default, "auto": Python rules): single, double and
   triple quotes; backslash escapes (a backslash always protects the next character, in
   raw strings too, as in Python; backslash-newline continues a short string); prefixes
-  r b f u rb br fr rf in any case, counted as inside; ``#`` comments outside strings.
+  r b f u rb br fr rf in any case, outside like anything before the opening quote (so
+  the lexer need not recognise them); ``#`` comments outside strings.
   Never fails on arbitrary text: an unterminated short string ends at the end of its
   line, an unterminated triple-quoted string runs to the end of the document. f-strings
   are ordinary strings (no nested same-kind quotes as in Python 3.12).
@@ -40,7 +62,8 @@ Lexing modes (``python=``):
   unescaped ``"`` on the same line; a ``'`` opens only when not preceded by a letter,
   digit or underscore (so ``don't`` opens nothing) and closes at the next ``'`` on the
   line that is not followed by one (so ``'it's'`` is one string). A quote without a
-  partner on its line is just a character. All such strings are short; there are no
+  partner on its line is just a character. As in Python mode the opening quote is
+  inside and the closing one outside. All such strings are short; there are no
   comments (``in_comment`` is all 0: use a regex feature, e.g.
   ``{"c_comment": r"/\\*[\\s\\S]*?\\*/|//.*"}``). Brackets count outside strings.
 
@@ -70,17 +93,19 @@ _LEXICAL = BINARY | {"bracket_depth"}
 
 # ---- lexers: tokens found with one regex, masks filled with numpy ---------------------
 
-# Python: the leftmost '#' or quote starts a token; group 1 comment, 2 long, 3 short
-# string. Loops are "unrolled" ([^q\\]*(?:\\.[^q\\]*)*) so the engine never backtracks.
+# Python: the leftmost '#' or quote starts a token; group 1 comment, 2 long, 5 short
+# string; groups 3, 4, 6, 7 are the closing quotes, set only when the literal is closed
+# (an unterminated one ends at its line's end or the document's end instead). Loops are
+# "unrolled" ([^q\\]*(?:\\.[^q\\]*)*) so the engine never backtracks.
 _ESC = r"\\(?:\r\n|[\s\S]|\Z)"  # a backslash protects the next character (a newline too)
 _PY_TOKEN = re.compile(
     r"(#[^\n]*)"
-    r"|('''[^'\\]*(?:(?:" + _ESC + r"|'(?!''))[^'\\]*)*(?:'''|\Z)"
-    r'|"""[^"\\]*(?:(?:' + _ESC + r'|"(?!""))[^"\\]*)*(?:"""|\Z))'
-    r"|('[^'\\\n]*(?:" + _ESC + r"[^'\\\n]*)*(?:'|(?=\n)|\Z)"
-    r'|"[^"\\\n]*(?:' + _ESC + r'[^"\\\n]*)*(?:"|(?=\n)|\Z))'
+    r"|('''[^'\\]*(?:(?:" + _ESC + r"|'(?!''))[^'\\]*)*(?:(''')|\Z)"
+    r'|"""[^"\\]*(?:(?:' + _ESC + r'|"(?!""))[^"\\]*)*(?:(""")|\Z))'
+    r"|('[^'\\\n]*(?:" + _ESC + r"[^'\\\n]*)*(?:(')|(?=\n)|\Z)"
+    r'|"[^"\\\n]*(?:' + _ESC + r'[^"\\\n]*)*(?:(")|(?=\n)|\Z))'
 )
-_PREFIXES = {"r", "b", "f", "u", "rb", "br", "fr", "rf"}
+_CLOSERS = (3, 4, 6, 7)
 
 # Plain text: pairs of quotes on one line; unpaired quotes match nothing.
 _PLAIN_TOKEN = re.compile(
@@ -89,22 +114,14 @@ _PLAIN_TOKEN = re.compile(
 )
 
 
-def _is_word(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
-
-
-def _prefix_length(text: str, quote: int) -> int:
-    """How many prefix letters (r, b, f, u, rb, ...) stand right before the quote at ``quote``."""
-    for n in (2, 1):
-        start = quote - n
-        if start >= 0 and text[start:quote].lower() in _PREFIXES and (
-                start == 0 or not _is_word(text[start - 1])):
-            return n
-    return 0
-
-
 def _spans_python(text: str) -> tuple[list, list, list]:
-    """[start, stop) spans of short strings, long strings and comments of Python text."""
+    """[start, stop) spans of short strings, long strings and comments of Python text.
+
+    A string's span runs from its first opening quote to its last closing quote,
+    exclusive (the state after reading each character; see the module docstring).
+    Prefix letters need no handling: the token starts at the quote, and the letters
+    before it are outside anyway.
+    """
     spans: tuple[list, list, list] = ([], [], [])  # short, long, comment
     for m in _PY_TOKEN.finditer(text):
         start, stop = m.span()
@@ -112,14 +129,17 @@ def _spans_python(text: str) -> tuple[list, list, list]:
         if kind == 1:
             spans[2].append((start, stop))
         else:
-            start -= _prefix_length(text, start)
-            spans[0 if kind == 3 else 1].append((start, stop))
+            closed = any(m.start(g) >= 0 for g in _CLOSERS)
+            spans[0 if kind == 5 else 1].append((start, stop - closed))
     return spans
 
 
 def _spans_plain(text: str) -> tuple[list, list, list]:
-    """[start, stop) spans of the quoted parts of plain text (all short; no comments)."""
-    return [m.span() for m in _PLAIN_TOKEN.finditer(text)], [], []
+    """[start, stop) spans of the quoted parts of plain text (all short; no comments).
+
+    Every match is a closed pair of quotes: the closing quote is left out.
+    """
+    return [(a, b - 1) for a, b in (m.span() for m in _PLAIN_TOKEN.finditer(text))], [], []
 
 
 def _mask(spans: list[tuple[int, int]], length: int) -> np.ndarray:
@@ -138,7 +158,7 @@ def lex_python(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     >>> short, long, comment = lex_python("s = 'a#' # c")
     >>> short.astype(int).tolist()
-    [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0]
+    [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
     >>> comment.astype(int).tolist()
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
     """
@@ -149,7 +169,7 @@ def lex_plain(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boolean masks (in_short_string, in_long_string, in_comment) of plain text.
 
     >>> lex_plain("don't 'go'")[0].astype(int).tolist()
-    [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    [0, 0, 0, 0, 0, 0, 1, 1, 1, 0]
     """
     return tuple(_mask(s, len(text)) for s in _spans_plain(text))  # type: ignore[return-value]
 
@@ -374,10 +394,13 @@ def _one(name: str, text: str, python: bool | None = None) -> np.ndarray:
 
 
 def in_string(text: str, python: bool | None = None) -> np.ndarray:
-    """1 inside a string literal, quotes and prefix letters included.
+    """1 from the opening quote of a string literal to its closing quote (exclusive).
+
+    Prefix letters are 0, the opening quote 1, the closing quote 0: the state after
+    reading each character (see the module docstring).
 
     >>> in_string('x=rb"a"').tolist()
-    [0, 0, 1, 1, 1, 1, 1]
+    [0, 0, 0, 0, 1, 1, 0]
     """
     return _one("in_string", text, python)
 
@@ -386,22 +409,26 @@ def in_short_string(text: str, python: bool | None = None) -> np.ndarray:
     """1 inside a one-line quoted literal.
 
     >>> in_short_string("'a'+'''b'''").tolist()
-    [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     """
     return _one("in_short_string", text, python)
 
 
 def in_long_string(text: str, python: bool | None = None) -> np.ndarray:
-    """1 inside a triple-quoted literal.
+    """1 inside a triple-quoted literal, from its first opening quote to its last closing
+    quote (exclusive): the first two closing quotes are still 1, since after reading
+    them the string may yet go on.
 
     >>> in_long_string("'a'+'''b'''").tolist()
-    [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0]
+    >>> in_long_string("'''ab'''").tolist()
+    [1, 1, 1, 1, 1, 1, 1, 0]
     """
     return _one("in_long_string", text, python)
 
 
 def in_comment(text: str, python: bool | None = None) -> np.ndarray:
-    """1 from a ``#`` outside strings to the end of the line (newline excluded).
+    """1 from a ``#`` outside strings (included) to the end of the line (newline excluded).
 
     >>> in_comment("a # b\\n").tolist()
     [0, 0, 1, 1, 1, 0]

@@ -189,3 +189,30 @@ def widen(model: CharLSTM, units: int, dropout: float | None = None, seed: int =
     big.head.weight[:, :old] = model.head.weight
     big.head.bias.copy_(model.head.bias)
     return big
+
+
+def for_recording(rec) -> tuple[CharLSTM, str]:
+    """(model, note): the model a recording was made with, to run it again (live text,
+    ablation). Its own checkpoint if the file is still there, else the shipped model if it
+    has the same vocabulary and shape; the note says which when it is not the recorded
+    file (names only: it may be shown on a page). A one-line error if neither fits."""
+    cfg = rec.model_config
+    own = rec.model_path
+    candidates = ([own] if own and Path(own).is_file() else []) + [None]
+    for path in candidates:
+        try:
+            model = load_model(path)
+        except ProbeError:
+            continue
+        if (model.vocab, model.layers, model.units) != (cfg.get("vocab"), cfg.get("layers"),
+                                                         cfg.get("units")):
+            continue
+        note, own_name = "", Path(own).name
+        if path is None and own:
+            note = (f"the recording's model {own_name} is missing; using the shipped model, which has "
+                    "the same shape.")
+        elif rec.model_sha256 and model.sha256 != rec.model_sha256:
+            note = f"{own_name} changed since the recording was made."
+        return model, note
+    raise ProbeError(f"{rec.path.name}: no model to run: its checkpoint {Path(own).name or '(unknown)'} "
+                     "is missing and the shipped model has a different vocabulary or shape")

@@ -6,12 +6,14 @@ would be applied; the assertions read the HTML the page would show.
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from bokeh.application import Application
@@ -23,9 +25,11 @@ from bokeh.models import Div, Tabs
 from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
-from probe import corpus
+from probe import corpus, features, intervene
 from probe.model import CharLSTM, load_model, save_checkpoint
 from probe.record import record
+from probe.recording import open_recording
+from probe.sample import sample
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "cells"
 TEXT = '''def greet(name):
@@ -297,6 +301,119 @@ def test_typed_text_runs_through_the_model(page):
     assert p["live"].text != before  # recoloured by the new cell without rerunning
 
 
+def open_tab(p: Page, title: str) -> None:
+    """Click a tab, as the browser would: its panel's on_show runs."""
+    tabs = p.doc.select_one({"type": Tabs})
+    index = [t.title for t in tabs.tabs].index(title)
+    p.locked(lambda: tabs.update(active=index))
+
+
+def click(p: Page, name: str) -> None:
+    p.locked(lambda: p[name]._trigger_event(ButtonClick(p[name])))
+
+
+def numbers(summary: str) -> dict:
+    """The summary table's numbers by class (— is NaN)."""
+    return {k: float("nan") if v == "—" else float(v.replace(",", ""))
+            for k, v in re.findall(r'<td class="([\w-]+)">([^<]*)</td>', summary)}
+
+
+def test_intervene_zeroes_the_unit_on_the_visible_window(page, folder):
+    start = len(TEXT) + 5  # inside b.py, which is longer than the window
+    p = page(recording="tiny.h5", layer=1, stream="c", unit=2, start=start, window=1000, feature="in_string")
+    open_tab(p, "intervene")
+    assert p["intervene-text"].text == "" and "Press the button" in p["intervene-note"].text
+    click(p, "intervene-run")
+    p.wait_for(lambda: p["intervene-text"].text)
+    assert p.positions("intervene-text") == list(range(start, start + 1000))  # one span a character
+    assert "bits" in p["intervene-text"].text and "Δ bits" in p["intervene-legend"].text
+    got = numbers(p["intervene-summary"].text)
+    assert {"inside", "outside", "random-inside", "random-outside", "ratio"} <= set(got)
+    assert all(np.isfinite(v) for v in got.values()), got
+    assert got["positions-inside"] > 0 and got["positions-inside"] + got["positions-outside"] == 999
+
+    # the same numbers from the library, on the same window text
+    rec = open_recording(folder / "tiny.h5")
+    text = rec.text[start:start + 1000]
+    mask = features.compute(rec.text, ["in_string"], documents=rec.document_spans)["in_string"].to_numpy()
+    mask = mask[start:start + 1000] != 0
+    bits = intervene.losses(load_model(folder.parent / "tiny.pt"), text, [intervene.Edit(1, 2, "zero", "c")])
+    delta = bits[1, 1:] - bits[0, 1:]  # [n - 1]: the cost of character t + 1, for t = 0 … n - 2
+    assert got["inside"] == pytest.approx(float(np.mean(delta[mask[:-1]])), abs=1e-3)
+    assert got["outside"] == pytest.approx(float(np.mean(delta[~mask[:-1]])), abs=1e-3)
+    rec.close()
+
+    # another overlay feature: the summary follows from the kept losses; the text stays
+    coloured = p["intervene-text"].text
+    p.set("feature", value="in_comment")
+    assert "where in_comment holds" in p["intervene-summary"].text and p["intervene-text"].text == coloured
+    # another cell: the old result goes, and the tab waits for the button again
+    p.set("unit", value=3)
+    assert p["intervene-text"].text == "" and p["intervene-summary"].text == ""
+    assert "Press the button to zero layer 1 unit 3" in p["intervene-note"].text
+
+
+def test_intervene_on_a_gate_pins_h_and_escapes_the_text(page):
+    p = page(recording="nasty.h5", stream="o", unit=1)
+    open_tab(p, "intervene")
+    click(p, "intervene-run")
+    p.wait_for(lambda: p["intervene-text"].text)
+    out = p["intervene-text"].text
+    assert "<script" not in out and "<img" not in out and "&lt;" in out
+    assert "the o stream itself is not pinned" in p["intervene-legend"].text
+
+
+def test_steering_samples_with_and_without_the_clamp(page, folder):
+    p = page(recording="tiny.h5", layer=0, stream="h", unit=1)
+    open_tab(p, "intervene")
+    p.set("steer-prime", value="def <")
+    p.set("steer-value", value=0.9)
+    p.set("steer-length", value=60)
+    click(p, "steer-run")
+    p.wait_for(lambda: p["steer-clamped"].text)
+
+    def generated(name):
+        out = p[name].text
+        assert "<b" not in out and '<span class="prime">def &lt;</span>' in out  # escaped
+        return html.unescape(re.search(r'<span class="gen">(.*?)</span>', out, re.S).group(1))
+
+    model = load_model(folder.parent / "tiny.pt")
+    free, clamped = generated("steer-free"), generated("steer-clamped")
+    assert len(free) == len(clamped) == 60
+    assert free == sample(model, "def <", 60, 0.7, 0)
+    assert clamped == sample(model, "def <", 60, 0.7, 0, clamp=[intervene.Edit(0, 1, 0.9, "h")])
+    assert "with 0:1=0.9" in p["steer-clamped"].text and "without clamp" in p["steer-free"].text
+    p.set("unit", value=2)  # another cell: the samples were of the old one
+    assert p["steer-clamped"].text == "" and p["steer-free"].text == ""
+
+
+def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "missing.pt")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "gone.pt", CharLSTM(corpus.build_vocab(TEXT), layers=1, units=4, embedding=4))
+    recs = tmp_path / "recordings"
+    recs.mkdir()
+    record(load_model(tmp_path / "gone.pt"), [("a.py", TEXT)], recs / "orphan.h5", progress=False)
+    (tmp_path / "gone.pt").unlink()
+    with serving(recs) as server:
+        p = Page(server, recording="orphan.h5")
+        try:
+            assert p.message == "" and p.positions()[:2] == [0, 1]
+            open_tab(p, "intervene")
+            said = "cannot intervene: orphan.h5: no model"
+            assert said in p["intervene-note"].text and "gone.pt is missing" in p["intervene-note"].text
+            click(p, "intervene-run")
+            click(p, "steer-run")
+            p.wait_for(lambda: True)  # let any next-tick callback run
+            assert said in p["intervene-note"].text and said in p["steer-note"].text
+            assert p["intervene-text"].text == "" and p["steer-clamped"].text == ""
+            assert str(tmp_path) not in p["intervene-note"].text + p["steer-note"].text
+            p.set("unit", value=2)
+            assert said in p["intervene-note"].text  # still said after a change of cell
+        finally:
+            p.close()
+
+
 def test_no_recordings_and_no_model_shows_a_message(tmp_path, monkeypatch):
     monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "missing.pt")
     empty = tmp_path / "recordings"
@@ -362,7 +479,7 @@ def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
             assert p.message == ""
             tabs = p.doc.select_one({"type": Tabs})
             assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "gate saturation",
-                                                    "type your own text", "dummy"]
+                                                    "type your own text", "intervene", "dummy"]
             assert tabs.tabs[-1].child is p["dummy"]
             assert p["dummy"].text.startswith("dummy tab: update 1 with recording=tiny.h5&layer=0&stream=c&unit=0")
             p.set("unit", value=5)

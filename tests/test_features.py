@@ -28,14 +28,26 @@ def values(text: str, name: str, **kw) -> list[int]:
 
 
 def tokenize_masks(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """(in_string, in_comment) from Python's tokenize: STRING and COMMENT tokens."""
+    """(in_string, in_comment) from Python's tokenize, in the features' convention.
+
+    A COMMENT token is marked whole (it never holds its newline). A STRING token is
+    marked from its opening quote to its closing quote, exclusive: its prefix letters
+    and its last character are dropped (tokenize only yields closed strings).
+    """
     starts = np.cumsum([0] + [len(line) + 1 for line in text.split("\n")])
     string, comment = np.zeros(len(text), bool), np.zeros(len(text), bool)
     for tok in tokenize.generate_tokens(io.StringIO(text).readline):
         if tok.type in (tokenize.STRING, tokenize.COMMENT):
             a = starts[tok.start[0] - 1] + tok.start[1]
             b = starts[tok.end[0] - 1] + tok.end[1]
-            (string if tok.type == tokenize.STRING else comment)[a:b] = True
+            assert text[a:b] == tok.string
+            if tok.type == tokenize.COMMENT:
+                comment[a:b] = True
+                continue
+            prefix = len(tok.string) - len(tok.string.lstrip("rRbBfFuU"))
+            quote = tok.string[prefix]
+            assert quote in "'\"" and tok.string.endswith(quote) and len(tok.string) - prefix >= 2
+            string[a + prefix:b - 1] = True
     return string, comment
 
 
@@ -43,46 +55,99 @@ def test_docstring_examples_hold():
     assert doctest.testmod(F).failed == 0
 
 
+# ---- the convention: every feature is the state after reading character t ---------
+
+def test_opening_quote_is_inside_closing_quote_is_outside():
+    text = "x = 'ab' + \"cd\" + ''"
+    expect = "....111....111....1."
+    assert marks(text, "in_string") == expect
+    assert marks(text, "in_short_string") == expect
+    assert marks(text, "in_string", python=False) == expect
+
+
+def test_prefix_letters_are_outside():
+    for prefix in ["r", "b", "f", "u", "rb", "br", "fr", "rf", "R", "B", "F", "U", "Rb", "bR", "FR", "rF"]:
+        for quote in ["'", '"', "'''", '"""']:
+            text = f"{prefix}{quote}a{quote}"
+            # prefix 0, opening quote(s) and `a` 1, closing quotes 1 but the last
+            expect = "." * len(prefix) + "1" * (len(quote) + 1) + "1" * (len(quote) - 1) + "."
+            assert marks(text, "in_string") == expect, text
+    text = "f'{x!r}' + Rb\"y\" + if'z' + ub'a'"  # `if`, `ub`: identifiers, outside all the same
+    assert marks(text, "in_string") == ".111111." + "..." + "..11." + "..." + "..11." + "..." + "..11."
+
+
+def test_triple_quotes_only_the_last_closing_quote_is_outside():
+    # after reading the 1st or 2nd closing quote the string may go on: '''a''b''' holds a''b
+    assert marks('"""abc"""', "in_long_string") == "11111111."
+    assert marks("'''a''b'''", "in_long_string") == "111111111."
+    assert marks('x = """a""" + 1', "in_string") == "....111111....."
+    assert marks('"""a"""', "in_short_string") == "......."
+
+
+def test_triple_quote_is_long_from_its_first_opening_quote():
+    text = "'''a'''"
+    assert marks(text, "in_long_string") == "111111."
+    assert marks(text, "in_short_string") == "......."
+
+
+def test_unterminated_strings_are_inside_to_the_end_of_their_span():
+    assert marks("x = 'ab\ny", "in_short_string") == "....111.."  # the newline is outside
+    assert marks("x = 'ab", "in_short_string") == "....111"  # the end of the text
+    assert marks("x = 'a\\'", "in_short_string") == "....1111"  # an escaped quote closes nothing
+    assert marks("x = '''a\n''", "in_long_string") == "....1111111"  # two quotes do not close
+    assert marks('x = """a\nb', "in_string") == "....111111"
+
+
+def test_comment_hash_is_inside_the_newline_outside():
+    text = "x = 1  # c\ny # \n"
+    assert marks(text, "in_comment") == ".......111." + "..11."
+    assert marks("#\n#", "in_comment") == "1.1"
+
+
+def test_bracket_depth_is_the_depth_after_the_character():
+    assert values("(x)", "bracket_depth") == [1, 1, 0]
+    assert values("f('(') + g", "bracket_depth") == [0, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+
+
+def test_plain_text_opening_quote_inside_closing_quote_outside():
+    text = "say \"hi\" and 'it's'"
+    assert marks(text, "in_string", python=False) == "....111." + "....." + "11111."
+
+
 # ---- strings and comments (Python) --------------------------------------------------
 
 def test_escaped_quote_stays_inside():
     text = r'x = "a\"b" + c'
-    assert marks(text, "in_string") == "....111111...."
+    assert marks(text, "in_string") == "....11111....."
 
 
 def test_other_quote_inside_a_string_does_not_close_it():
     text = "s = \"it's\" + 'say \"hi\"'"
-    assert marks(text, "in_string") == "....111111...1111111111"
+    assert marks(text, "in_string") == "....11111....111111111."
 
 
 def test_triple_quotes_span_lines_with_quotes_and_hash():
     text = '"""a "b" \'c\'\n# d """ # e\nx'
-    assert marks(text, "in_long_string") == "1" * 20 + "." * 6
+    assert marks(text, "in_long_string") == "1" * 19 + "." * 7
     assert marks(text, "in_short_string") == "." * 26
     assert marks(text, "in_comment") == "." * 21 + "111" + ".."
 
 
 def test_raw_string_backslash_still_protects_the_quote():
-    assert marks(r"r'\'' + 'x'", "in_string") == "11111...111"
-    assert marks(r"r'\\' # c", "in_string") == "11111...."
+    assert marks(r"r'\'' + 'x'", "in_string") == ".111....11."
+    assert marks(r"r'\\' # c", "in_string") == ".111....."
     assert marks(r"r'\\' # c", "in_comment") == "......111"
-
-
-def test_prefix_letters_count_as_inside():
-    text = "f'{x!r}' + Rb\"y\" + if'z'"
-    assert marks(text, "in_string") == "11111111...11111.....111"  # the f of `if` is no prefix
-    assert marks("x = ub'a'", "in_string") == "......111"  # `ub` is no prefix: an identifier
 
 
 def test_hash_inside_a_string_is_not_a_comment():
     text = "x = '#no' # yes\n"
     assert marks(text, "in_comment") == "..........11111."
-    assert marks(text, "in_string") == "....11111......."
+    assert marks(text, "in_string") == "....1111........"
 
 
 def test_backslash_newline_continues_a_short_string():
     text = "s = 'a\\\nb' + 1"
-    assert marks(text, "in_short_string") == "....111111...."
+    assert marks(text, "in_short_string") == "....11111....."
 
 
 def test_unterminated_short_string_ends_at_end_of_line():
@@ -101,7 +166,7 @@ def test_in_string_is_short_or_long():
     text = "a = 'x' + '''y\n''' + \"z\"  # '\n"
     df = compute(text)
     assert (df.in_string == (df.in_short_string | df.in_long_string)).all()
-    assert df.in_long_string.sum() == 8 and df.in_short_string.sum() == 6
+    assert df.in_long_string.sum() == 7 and df.in_short_string.sum() == 4
 
 
 # ---- brackets ------------------------------------------------------------------------
@@ -196,11 +261,11 @@ def test_documents_must_cover_the_text():
 
 def test_plain_text_rules():
     text = "don't say \"no (\" or 'it's' # (x)"
-    assert marks(text, "in_string", python=False) == "." * 10 + "1" * 6 + "...." + "1" * 6 + "." * 6
+    assert marks(text, "in_string", python=False) == "." * 10 + "11111." + "...." + "11111." + "." * 6
     assert marks(text, "in_comment", python=False) == "." * len(text)
     assert values(text, "bracket_depth", python=False)[-4:] == [0, 1, 1, 0]
     # a quote without a partner on its line is just a character
-    assert marks('a " b\n"c"', "in_string", python=False) == "......111"
+    assert marks('a " b\n"c"', "in_string", python=False) == "......11."
 
 
 # ---- the DataFrame and user features -------------------------------------------------
@@ -316,5 +381,12 @@ def test_the_lexers_never_fail_and_stay_aligned_on_any_text(text, python, data):
     inside = df["in_short_string"].to_numpy() | df["in_long_string"].to_numpy()
     assert (inside <= df["in_string"].to_numpy()).all()
     assert not (df["in_comment"].to_numpy() & df["in_string"].to_numpy()).any()
-    newlines = np.array([c == "\n" for c in text], dtype=bool)
-    assert not df["in_comment"].to_numpy()[newlines].any()
+    chars = np.array(list(text))
+    assert not df["in_comment"].to_numpy()[chars == "\n"].any()
+    # the convention: a string starts on its opening quote and ends after a closing quote
+    # (0 on it) or, unterminated, before the newline or at the end of its document
+    s = df["in_string"].to_numpy().astype(bool)
+    before = np.r_[False, s[:-1]]
+    before[bounds[:-1]] = False  # a document starts outside any string
+    assert set(chars[s & ~before]) <= {"'", '"'}
+    assert set(chars[before & ~s]) <= ({"'", '"', "\n"} if python else {"'", '"'})

@@ -23,7 +23,7 @@ from .selection import STREAM_NAMES, WINDOWS, from_query
 from .session import Session, View
 from .store import store_for
 
-TABS = ["card", "leaderboard", "saturation", "live"]  # modules in tabs/, in page order
+TABS = ["card", "leaderboard", "saturation", "live", "intervene"]  # modules in tabs/, in page order
 
 # ---- data -----------------------------------------------------------------------------------
 doc = curdoc()

@@ -19,7 +19,7 @@ import numpy as np
 from probe import analysis, features
 from probe.corpus import stdlib
 from probe.errors import ProbeError
-from probe.model import load_model
+from probe.model import for_recording, load_model
 from probe.record import record
 from probe.recording import Recording, open_recording
 
@@ -160,7 +160,7 @@ class Store:
     def model(self, name: str):
         """(model, note) to run typed text through, for this recording; note may be ''."""
         if name not in self._models:
-            self._models[name] = model_for(self.recording(name))
+            self._models[name] = for_recording(self.recording(name))
         return self._models[name]
 
     def close(self) -> None:
@@ -170,31 +170,6 @@ class Store:
         for rec in self._recordings.values():
             rec.close()
         self._recordings.clear()
-
-
-def model_for(rec: Recording):
-    """The recording's own model if its file is still there, else the shipped one if it fits."""
-    cfg = rec.model_config
-    own = rec.model_path
-    candidates = ([own] if own and Path(own).is_file() else []) + [None]
-    for path in candidates:
-        try:
-            model = load_model(path)
-        except ProbeError:
-            continue
-        if (model.vocab, model.layers, model.units) != (cfg.get("vocab"), cfg.get("layers"),
-                                                         cfg.get("units")):
-            continue
-        note, own_name = "", Path(own).name  # pages name files, never server paths
-        if path is None and own:
-            note = (f"the recording's model {own_name} is missing; using the shipped model, which has "
-                    "the same shape.")
-        elif rec.model_sha256 and model.sha256 != rec.model_sha256:
-            note = f"{own_name} changed since the recording was made."
-        return model, note
-    raise ProbeError(f"{rec.path.name}: no model to run typed text: its checkpoint "
-                     f"{Path(own).name or '(unknown)'} is missing and the shipped model has a different "
-                     "vocabulary or shape")
 
 
 def ensure_default(folder: Path) -> str | None:
