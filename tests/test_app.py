@@ -385,6 +385,9 @@ def test_steering_samples_with_and_without_the_clamp(page, folder):
     assert "with 0:1=0.9" in p["steer-clamped"].text and "without clamp" in p["steer-free"].text
     p.set("unit", value=2)  # another cell: the samples were of the old one
     assert p["steer-clamped"].text == "" and p["steer-free"].text == ""
+    p.set("steer-prime", value="")
+    click(p, "steer-run")
+    p.wait_for(lambda: "type a prime" in p["steer-note"].text)
 
 
 def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypatch):
@@ -402,9 +405,9 @@ def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypat
             open_tab(p, "intervene")
             said = "cannot intervene: orphan.h5: no model"
             assert said in p["intervene-note"].text and "gone.pt is missing" in p["intervene-note"].text
-            click(p, "intervene-run")
+            click(p, "intervene-run")  # nothing is scheduled: said again, and the buttons stay usable
             click(p, "steer-run")
-            p.wait_for(lambda: True)  # let any next-tick callback run
+            assert not p["intervene-run"].disabled and not p["steer-run"].disabled
             assert said in p["intervene-note"].text and said in p["steer-note"].text
             assert p["intervene-text"].text == "" and p["steer-clamped"].text == ""
             assert str(tmp_path) not in p["intervene-note"].text + p["steer-note"].text

@@ -17,6 +17,7 @@ from bokeh.layouts import column, row
 from bokeh.models import Button, Div, InlineStyleSheet, Spinner, TextInput
 
 from probe import intervene, render
+from probe.errors import ProbeError
 from probe.intervene import Edit
 from probe.sample import sample
 
@@ -116,8 +117,9 @@ def summary_html(s: dict, feature: str, w: Window, controls: list[int]) -> str:
     def cells(*pairs) -> str:  # (class, text) per cell
         return "".join(f'<td class="{k}">{v}</td>' if k else f"<td>{v}</td>" for k, v in pairs)
 
-    rows = [f"<tr><th></th><th>zeroing {w.layer}:{w.unit}{':c' if w.on == 'c' else ''}</th><th>{len(controls)} random units<br>"
-            "(median |mean|)</th><th>positions</th></tr>"]
+    cell = f"{w.layer}:{w.unit}{':c' if w.on == 'c' else ''}"
+    rows = [f"<tr><th></th><th>zeroing {cell}</th><th>{len(controls)} random units<br>(median |mean|)</th>"
+            "<th>positions</th></tr>"]
     for key, label in (("inside", f"where {html.escape(feature)} holds"), ("outside", "elsewhere")):
         rows.append("<tr>" + cells(("", label), (key, _num(s[key])),
                                    (f"random-{key}", _num(s[f"random_{key}"], ".4f")),
@@ -186,11 +188,11 @@ def build(session: Session) -> View:
         mask = session.store.feature(w.recording, sel.feature)[w.start:w.stop] != 0  # [n]
         table.text = summary_html(summary(delta, mask), sel.feature, w, result["controls"])
         if result["feature"] is None:  # the text does not depend on the feature
-            legend.text = legend_html(w, sel.stream)
             # Δbits as they are: the diverging palette's ±1 is ±1 bit, and the titles show the bits
             out.text = render.colored_html(rec.text[w.start:w.stop], delta[0], "h",
                                            start=w.start, title_fmt=TITLE_FMT)
         result["feature"] = sel.feature
+        legend.text = legend_html(w, sel.stream)  # the stream named may change (h ↔ a gate: same edit)
 
     def drop() -> None:
         nonlocal result
@@ -207,6 +209,8 @@ def build(session: Session) -> View:
                 note.text = idle_note(sel)
         elif result["feature"] != sel.feature:
             draw(sel)
+        else:
+            legend.text = legend_html(result["window"], sel.stream)
         if steered is not None and steered != (w.recording, w.layer, w.unit, w.on):
             steered = None
             free.text = clamped.text = steer_note.text = ""
@@ -289,9 +293,11 @@ def build(session: Session) -> View:
         nonlocal sampling, steered
         model, model_note = found
         try:
+            if not prime.value:
+                raise ProbeError("type a prime to start from")
             edit = Edit(w.layer, w.unit, float(value.value or 0), w.on)
-            kw = dict(prime=prime.value, length=int(length.value or 0), temperature=float(temperature.value),
-                      seed=int(seed.value or 0))
+            kw = dict(prime=prime.value, length=int(length.value or 0), seed=int(seed.value or 0),
+                      temperature=float(0.7 if temperature.value is None else temperature.value))
             plain = sample(model, **kw)
             pinned = sample(model, **kw, clamp=[edit])
             free.text = steer_html("without clamp", kw["prime"], plain)
