@@ -167,6 +167,9 @@ def parser() -> argparse.ArgumentParser:
     out = ab.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--csv", metavar="OUT", help="write the table as CSV")
+    ab.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: every core; use 1 when other programs keep the "
+                         "cores busy: waiting threads then slow it down many times)")
     ab.add_argument("--force", action="store_true", help="overwrite an existing --csv file")
     ab.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -310,6 +313,8 @@ def cmd_ablate(a) -> int:
     how = intervene.parse_how(a.how)
     cells = intervene.parse_cells(a.cells) if a.cells else None
     csv = check_target(a.csv, a.force) if a.csv else None
+    if a.threads:
+        torch.set_num_threads(max(1, a.threads))
     model = load_model(a.model)
     docs = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit).documents
     df = intervene.effects(model, docs, cells, layer=a.layer, feature_names=a.feature or None, how=how,
