@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import analysis, detectors, intervene
+from . import analysis, detectors, intervene, match
 from .corpus import encode, load
 from .errors import ProbeError
 from .export import export_lstmvis
@@ -18,7 +18,7 @@ from .features import parse_feature_args
 from .files import atomic, check_target
 from .model import SHIPPED, file_sha256, load_model, model_from_checkpoint, read_checkpoint
 from .record import record
-from .recording import summary, verify
+from .recording import open_recording, summary, verify
 from .render import render_recording
 from .sample import sample
 from .train import DEFAULT_STEPS, TrainConfig, train
@@ -173,6 +173,24 @@ def parser() -> argparse.ArgumentParser:
     ab.add_argument("--force", action="store_true", help="overwrite an existing --csv file")
     ab.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    mt = sub.add_parser("match", help="select a span's cells and find where else they are on together",
+                        formatter_class=fmt, epilog=EPILOG + "probe match recordings/stdlib-test.h5 --layer 0 "
+                        "--stream c --span 5010:5016\n"
+                        "  probe match rec.h5 --layer 1 --stream c --units 43,158 --top 20 --json")
+    mt.add_argument("recording", help="a .h5 recording")
+    mt.add_argument("--layer", type=int, required=True, help="layer, 0 = nearest the input")
+    mt.add_argument("--stream", required=True, help="one of i f g o c h (c is compared as tanh(c))")
+    what = mt.add_mutually_exclusive_group(required=True)
+    what.add_argument("--span", metavar="START:STOP", help="select the units on over these characters")
+    what.add_argument("--units", metavar="U,U,...", help="search for these units")
+    mt.add_argument("--threshold", type=float, default=0.3, help="a unit is on at >= this (default 0.3)")
+    mt.add_argument("--top", type=int, default=50, help="matches to show (default 50)")
+    mt.add_argument("--mode", default="lstmvis", choices=["lstmvis", "jaccard"],
+                    help="ranking: lstmvis (LSTMVis's rule, default) or jaccard (see probe/match.py)")
+    mt.add_argument("--off-after", action="store_true",
+                    help="selected units must also be off right after the span (and after matches)")
+    mt.add_argument("--json", action="store_true", help="machine-readable output")
+
     an = sub.add_parser("analyze", help="rank the cells that track each per-character feature",
                         formatter_class=fmt, epilog=EPILOG + "probe analyze recordings/stdlib-test.h5 --top 3\n"
                         "  probe analyze rec.h5 --feature 'digit=[0-9]' --feature 'self=self\\.' --json\n"
@@ -309,6 +327,32 @@ def cmd_analyze(a) -> int:
     return 0
 
 
+def cmd_match(a) -> int:
+    with open_recording(a.recording) as rec:
+        if a.span:
+            start, stop = match.parse_span(a.span)
+            units = match.select(rec, a.layer, a.stream, start, stop, a.threshold, off_after=a.off_after)
+        else:
+            units = match.parse_units(a.units)
+        hits = match.search(rec, a.layer, a.stream, units, a.threshold, a.top, a.mode,
+                            off_before=bool(a.span), off_after=a.off_after)
+        why = match.explain(rec, hits)
+    if a.json:
+        print(json.dumps({"units": units,
+                          "matches": hits.drop(columns="text").to_dict("records"),
+                          "explain": why.replace({np.nan: None}).to_dict("records")}, indent=2, default=float))
+        return 0
+    print(f"{len(units)} units of layer {a.layer} {a.stream} on (>= {a.threshold:g}): "
+          f"{' '.join(map(str, units))}")
+    print(f"\ntop {len(hits)} matches ({a.mode}):\n  start   stop  n_on  union  jaccard  text")
+    for r in hits.itertuples():
+        print(f"  {r.start:>6} {r.stop:>6}  {r.n_on:>4}  {r.n_union:>5}  {r.jaccard:7.3f}  {r.text!r}")
+    print("\nwhat the matches share (fraction of matched characters vs the whole recording):")
+    for r in why.head(6).itertuples():
+        print(f"  {r.feature:<16} {r.matched:6.1%} vs {r.overall:6.1%}  ({r.enrichment:.1f}x)")
+    return 0
+
+
 def cmd_ablate(a) -> int:
     how = intervene.parse_how(a.how)
     cells = intervene.parse_cells(a.cells) if a.cells else None
@@ -332,7 +376,7 @@ def cmd_ablate(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
-            "analyze": cmd_analyze, "ablate": cmd_ablate, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis}
+            "analyze": cmd_analyze, "ablate": cmd_ablate, "match": cmd_match, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis}
 
 
 def main(argv: list[str] | None = None) -> int:
