@@ -162,7 +162,23 @@ def _mask(units: list[int], words: int) -> np.ndarray:
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(x).sum(axis=-1, dtype=np.int64)
+    """Set bits per row of uint64 [N, W] (column by column: summing over a short last axis
+    is several times slower)."""
+    pc = np.bitwise_count(x)
+    out = pc[:, 0].astype(np.int64)
+    for j in range(1, pc.shape[1]):
+        out += pc[:, j]
+    return out
+
+
+def _selected_count(bits: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """How many of the selected units are on at each character: only the words that hold
+    selected units are read."""
+    words = np.flatnonzero(sel)
+    out = np.bitwise_count(bits[:, words[0]] & sel[words[0]]).astype(np.int16)
+    for w in words[1:]:
+        out += np.bitwise_count(bits[:, w] & sel[w])
+    return out
 
 
 # ---- search -------------------------------------------------------------------------------
@@ -197,9 +213,10 @@ def search(rec: Recording, layer: int, stream: str, units: list[int], threshold:
     bits = index(rec, layer, stream, threshold)  # [T, W]
     T, n = len(bits), len(units)
     sel = _mask(units, bits.shape[1])
-    count = _popcount(bits & sel)  # [T] selected units on at each character
+    count = _selected_count(bits, sel)  # [T] selected units on at each character
 
-    starts, lengths, actives = [], [], []
+    starts, lengths, on_counts, union_counts = [], [], [], []
+    kept = 0  # candidates so far with at least m selected units on throughout
     for m in range(n, 0, -1):  # LSTMVis's levels: at least m selected units on
         s, ln = _runs(count, m)
         ok = (s >= 1) & (s + ln + 1 <= T)  # as LSTMVis: a neighbour on each side
@@ -208,18 +225,25 @@ def search(rec: Recording, layer: int, stream: str, units: list[int], threshold:
             low = np.minimum.reduceat(count, np.stack([s, s + ln], 1).ravel())[0::2]  # run at m + 1
             s, ln = s[low == m], ln[low == m]
         if len(s):
+            active = _and_over(bits, s, ln)  # [C, W] units on throughout each candidate
+            if off_before:
+                active &= ~bits[s - 1]
+            if off_after:
+                active &= ~bits[s + ln]
+            on = _popcount(active & sel)
             starts.append(s)
             lengths.append(ln)
-            actives.append(_and_over(bits, s, ln))  # [C, W] units on throughout each candidate
+            on_counts.append(on)
+            union_counts.append(_popcount(active) + n - on)
+        # a run at a lower level has fewer than m selected units on throughout (its least
+        # count is below m): once `top` candidates have m or more, none can rank above them
+        kept = sum(int((c >= m).sum()) for c in on_counts)
+        if mode == "lstmvis" and kept >= top:
+            break
     if not starts:
         return _frame(rec, [], [], [], [], [])
-    start, length, active = np.concatenate(starts), np.concatenate(lengths), np.concatenate(actives)
-    if off_before:
-        active &= ~bits[start - 1]
-    if off_after:
-        active &= ~bits[start + length]
-    n_on = _popcount(active & sel)
-    n_union = _popcount(active) + n - n_on
+    start, length = np.concatenate(starts), np.concatenate(lengths)
+    n_on, n_union = np.concatenate(on_counts), np.concatenate(union_counts)
     jaccard = n_on / n_union
     if mode == "lstmvis":
         order = np.lexsort((start, -length, n_union, -n_on))  # last key sorts first
@@ -230,10 +254,13 @@ def search(rec: Recording, layer: int, stream: str, units: list[int], threshold:
 
 
 def _and_over(bits: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """AND of bits[s:s + l] for every candidate (of one level: disjoint, so the rows gathered
-    are at most T), reduced segment by segment (``np.bitwise_and.reduceat``)."""
+    """AND of bits[s:s + l] for every candidate of one level (disjoint, sorted), segment by
+    segment (``np.bitwise_and.reduceat``): over the index itself when the runs cover much of
+    it, else over their rows gathered."""
     if len(start) == 0:
         return np.zeros((0, bits.shape[1]), dtype=np.uint64)
+    if length.sum() * 8 > len(bits):  # every run ends before the last row: s + l < T
+        return np.bitwise_and.reduceat(bits, np.stack([start, start + length], 1).ravel(), axis=0)[0::2]
     offsets = np.concatenate([[0], np.cumsum(length)[:-1]])
     rows = np.repeat(start - offsets, length) + np.arange(int(length.sum()))
     return np.bitwise_and.reduceat(bits[rows], offsets, axis=0)
