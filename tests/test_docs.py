@@ -60,4 +60,10 @@ def test_the_readme_python_example_runs(recording_path):
     code = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     code = code.replace("recordings/stdlib-test.h5", str(recording_path)).replace(", 42)", ", 3)")
     code = code.replace("units=[42]", "units=[3]")
+    import numpy as np
+    from probe import open_recording
+    with open_recording(recording_path) as rec:  # a span where some unit of layer 0 c turns on
+        c = np.tanh(rec.stream(0, "c")[:])
+        t = int(np.flatnonzero(((c[1:] >= 0.3) & (c[:-1] < 0.3)).any(axis=1))[0]) + 1
+    code = code.replace("194721, 194724", f"{t}, {t + 1}")
     exec(compile(code, "README.md", "exec"), {})
