@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from probe import corpus
-from probe.model import CharLSTM
+from probe.model import CharRNN
 from probe.train import TrainConfig, rows, train
 
 
 def bare_loop(vocab: str, ids, units: int, batch: int, seq: int, steps: int) -> float:
     torch.manual_seed(0)
-    model = CharLSTM(vocab, 2, units, 64, 0.1)
+    model = CharRNN(vocab, 2, units, 64, 0.1)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     data = rows(ids, batch)
     state = None

@@ -64,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--text", help="a UTF-8 text file or a folder of them")
     t.add_argument("--glob", default="**/*", help="files to take from a --text folder (default **/*)")
     t.add_argument("--out", required=True, help="checkpoint to write (best validation weights)")
+    t.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn"],
+                   help="recurrent cell: lstm (default), gru, or rnn (vanilla, tanh)")
     _train_flags(t)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--resume", action="store_true", help="continue from OUT's .resume.pt")

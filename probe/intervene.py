@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import corpus as corpora
 from . import features as features_mod
 from .errors import ProbeError
-from .model import CharLSTM
+from .model import CharRNN
 from .record import activations, layer_lstms
 
 LOG2E = 1.4426950408889634
@@ -88,7 +88,7 @@ def parse_clamp(spec: str) -> Edit:
     return Edit(int(m.group(1)), int(m.group(2)), 0.0 if value == "zero" else value, m.group(3) or "h")
 
 
-def check(model: CharLSTM, edits: list[Edit]) -> None:
+def check(model: CharRNN, edits: list[Edit]) -> None:
     """One line for the first edit this model cannot take."""
     for e in edits:
         if not 0 <= e.layer < model.layers:
@@ -101,7 +101,7 @@ def check(model: CharLSTM, edits: list[Edit]) -> None:
             raise ProbeError(f"an edit pins to zero, mean or a number, not {e.how!r}")
 
 
-def resolve(model: CharLSTM, texts: list[str], edits: list[Edit]) -> list[Edit]:
+def resolve(model: CharRNN, texts: list[str], edits: list[Edit]) -> list[Edit]:
     """The same edits with "zero" and "mean" replaced by numbers (mean: over all ``texts``)."""
     check(model, edits)
     means = {}
@@ -118,7 +118,7 @@ def resolve(model: CharLSTM, texts: list[str], edits: list[Edit]) -> list[Edit]:
 
 
 @torch.no_grad()
-def _batch_losses(model: CharLSTM, ids: np.ndarray, layer: int, edits: list[Edit],
+def _batch_losses(model: CharRNN, ids: np.ndarray, layer: int, edits: list[Edit],
                   bar=None) -> np.ndarray:
     """Losses [1 + len(edits), T] in bits: row 0 unedited, then one row per edit, all edits
     on ``layer`` and already resolved to numbers."""
@@ -170,7 +170,7 @@ def _batch_losses(model: CharLSTM, ids: np.ndarray, layer: int, edits: list[Edit
     return out
 
 
-def losses(model: CharLSTM, text: str, edits: list[Edit], *, batch: int = BATCH,
+def losses(model: CharRNN, text: str, edits: list[Edit], *, batch: int = BATCH,
            progress: bool = False, bar=None) -> np.ndarray:
     """Bits per character [1 + len(edits), T] of ``text`` read from a zero state: row 0
     unedited, then one row per edit (loss[t] is the cost of character t; NaN at 0).
@@ -209,7 +209,7 @@ EFFECT_COLUMNS = ["layer", "unit", "feature", "delta_bits", "delta_bits_elsewher
                   "ratio", "percentile", "positions"]
 
 
-def effects(model: CharLSTM, documents: list[tuple[str, str]], cells: list[tuple[int, int]] | None = None,
+def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[int, int]] | None = None,
             *, layer: int | None = None, feature_names: list[str] | None = None, how: str | float = "zero",
             on: str = "h", random: int = 32, seed: int = 0, batch: int = BATCH,
             progress: bool = False) -> pd.DataFrame:

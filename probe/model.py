@@ -1,6 +1,7 @@
-"""The character-level LSTM language model and its checkpoint file.
+"""The character-level language model (LSTM, GRU or vanilla RNN) and its checkpoint file.
 
-embedding → multi-layer ``torch.nn.LSTM`` (dropout between layers) → linear head.
+embedding → multi-layer ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` (dropout between layers) →
+linear head.
 A checkpoint is one ``torch.save`` file of plain containers (readable with
 ``torch.load(path, weights_only=True)``)::
 
@@ -28,37 +29,56 @@ from .files import atomic
 FORMAT = "probe-model"
 VERSION = 1
 SHIPPED = Path(__file__).parent / "models" / "stdlib.pt"
-# the one default of each size (the shipped model's): CharLSTM, probe train and its CLI
+# the one default of each size (the shipped model's): CharRNN, probe train and its CLI
 LAYERS, UNITS, EMBEDDING, DROPOUT = 2, 256, 64, 0.1
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # the recurrent cell types (rnn: tanh)
 
 
-class CharLSTM(nn.Module):
-    """Embedding → LSTM(layers × units) → Linear over the vocabulary."""
+class CharRNN(nn.Module):
+    """Embedding → recurrent layers (``cell``: lstm, gru or rnn; layers × units) → Linear
+    over the vocabulary."""
 
     def __init__(self, vocab: str, layers: int = LAYERS, units: int = UNITS,
-                 embedding: int = EMBEDDING, dropout: float = DROPOUT):
+                 embedding: int = EMBEDDING, dropout: float = DROPOUT, cell: str = "lstm"):
         super().__init__()
+        if cell not in CELLS:
+            raise ProbeError(f"unknown cell type {cell!r}: choose {', '.join(CELLS)}")
         self.vocab = vocab
+        self.cell = cell
         self.config = dict(vocab=vocab, layers=layers, units=units, embedding=embedding,
-                           dropout=dropout)
+                           dropout=dropout, cell=cell)
         self.embed = nn.Embedding(len(vocab), embedding)
-        self.lstm = nn.LSTM(embedding, units, layers, batch_first=True,
-                            dropout=dropout if layers > 1 else 0.0)
+        self.rnn = CELLS[cell](embedding, units, layers, batch_first=True,
+                               dropout=dropout if layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(units, len(vocab))
 
     @property
     def layers(self) -> int:
-        return self.lstm.num_layers
+        return self.rnn.num_layers
 
     @property
     def units(self) -> int:
-        return self.lstm.hidden_size
+        return self.rnn.hidden_size
 
     def forward(self, ids: torch.Tensor, state=None):
-        """ids [B, T] → logits [B, T, V], (h, c) each [layers, B, units]."""
-        out, state = self.lstm(self.embed(ids), state)  # [B, T, units]
+        """ids [B, T] → logits [B, T, V], state ((h, c) for an LSTM, h otherwise; each
+        [layers, B, units])."""
+        out, state = self.rnn(self.embed(ids), state)  # [B, T, units]
         return self.head(self.drop(out)), state
+
+
+CharLSTM = CharRNN  # the name before GRU and vanilla RNN models: older code imports it
+
+
+def detach(state):
+    """A recurrent state cut from the graph (TBPTT): (h, c) for an LSTM, h otherwise."""
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+def _renamed(state_dict: dict) -> dict:
+    """Checkpoints from before GRU and RNN models name the recurrent module ``lstm``."""
+    return {("rnn." + k[5:] if k.startswith("lstm.") else k): v for k, v in state_dict.items()}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -69,7 +89,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, model: CharLSTM, corpus: dict | None = None,
+def save_checkpoint(path: str | os.PathLike, model: CharRNN, corpus: dict | None = None,
                     metrics: dict | None = None, train_state: dict | None = None) -> None:
     """Write a checkpoint atomically (temporary name beside it, then rename)."""
     path = Path(path)
@@ -117,16 +137,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") -> CharLSTM:
+def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") -> CharRNN:
     """The model a checkpoint dict describes, or a one-line error naming the first tensor
     that does not fit its config."""
     cfg = ckpt["config"]
     try:
-        model = CharLSTM(cfg["vocab"], int(cfg["layers"]), int(cfg["units"]), int(cfg["embedding"]),
-                         cfg.get("dropout", 0.0))  # checkpoints from before dropout was stored had none
+        model = CharRNN(cfg["vocab"], int(cfg["layers"]), int(cfg["units"]), int(cfg["embedding"]),
+                        cfg.get("dropout", 0.0),  # checkpoints from before dropout was stored had none
+                        cfg.get("cell", "lstm"))
+    except ProbeError as e:
+        raise ProbeError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ProbeError(f"{path}: checkpoint config is unusable ({type(e).__name__}: {e})") from None
-    want, got = model.state_dict(), ckpt["state_dict"]
+    want, got = model.state_dict(), _renamed(ckpt["state_dict"])
     for name in sorted(set(want) | set(got)):
         if name not in got:
             raise ProbeError(f"{path}: checkpoint lacks the tensor {name} its config needs")
@@ -143,7 +166,7 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") ->
     return model
 
 
-def load_model(path: str | os.PathLike | None = None) -> CharLSTM:
+def load_model(path: str | os.PathLike | None = None) -> CharRNN:
     """Load a probe checkpoint in eval mode; with no path, the model shipped in the package."""
     p = Path(path) if path is not None else SHIPPED
     if path is None and not p.exists():
@@ -155,7 +178,7 @@ def load_model(path: str | os.PathLike | None = None) -> CharLSTM:
 
 
 @torch.no_grad()
-def widen(model: CharLSTM, units: int, dropout: float | None = None, seed: int = 0) -> CharLSTM:
+def widen(model: CharRNN, units: int, dropout: float | None = None, seed: int = 0) -> CharRNN:
     """A copy of ``model`` with ``units`` units per layer that computes the same function.
 
     The old units keep their weights; each new unit gets fresh random incoming weights
@@ -165,17 +188,19 @@ def widen(model: CharLSTM, units: int, dropout: float | None = None, seed: int =
     Net2Net's zero-init variant) instead of from scratch.
     """
     old = model.units
+    if model.cell != "lstm":
+        raise ProbeError(f"widening is written for LSTM models, not {model.cell}")
     if units < old:
         raise ProbeError(f"cannot widen a {old}-unit model to {units} units")
     torch.manual_seed(seed)
     cfg = model.config
-    big = CharLSTM(model.vocab, cfg["layers"], units, cfg["embedding"],
+    big = CharRNN(model.vocab, cfg["layers"], units, cfg["embedding"],
                    cfg["dropout"] if dropout is None else dropout)
     big.embed.weight.copy_(model.embed.weight)
     for k in range(model.layers):
         for kind in ("ih", "hh"):
-            w_old, w = getattr(model.lstm, f"weight_{kind}_l{k}"), getattr(big.lstm, f"weight_{kind}_l{k}")
-            b_old, b = getattr(model.lstm, f"bias_{kind}_l{k}"), getattr(big.lstm, f"bias_{kind}_l{k}")
+            w_old, w = getattr(model.rnn, f"weight_{kind}_l{k}"), getattr(big.rnn, f"weight_{kind}_l{k}")
+            b_old, b = getattr(model.rnn, f"bias_{kind}_l{k}"), getattr(big.rnn, f"bias_{kind}_l{k}")
             reads_h = kind == "hh" or k > 0  # the columns are units of a layer (else the embedding)
             for gate in range(4):  # i, f, g, o blocks of rows
                 rows, rows_old = slice(gate * units, gate * units + old), slice(gate * old, (gate + 1) * old)
@@ -191,7 +216,7 @@ def widen(model: CharLSTM, units: int, dropout: float | None = None, seed: int =
     return big
 
 
-def for_recording(rec) -> tuple[CharLSTM, str]:
+def for_recording(rec) -> tuple[CharRNN, str]:
     """(model, note): the model a recording was made with, to run it again (live text,
     ablation). Its own checkpoint if the file is still there, else the shipped model if it
     has the same vocabulary and shape; the note says which when it is not the recorded

@@ -26,7 +26,7 @@ from . import corpus as corpora
 from . import h5format
 from .errors import ProbeError
 from .files import atomic, check_target, interrupts
-from .model import CharLSTM
+from .model import CharRNN
 
 BLOCK = 8192          # characters per processing block (a multiple of h5format.CHUNK_T)
 PIECE = 2048          # characters per piece in batched mode (B pieces run as one batch)
@@ -34,20 +34,20 @@ COMPRESSION_LEVEL = 1  # gzip level: 1 is ~2x faster than 4 for ~5% more bytes o
 LOG2E = 1.4426950408889634
 
 
-def layer_lstms(model: CharLSTM) -> list[nn.LSTM]:
+def layer_lstms(model: CharRNN) -> list[nn.LSTM]:
     """One single-layer nn.LSTM per model layer, sharing the model's weight tensors."""
     out = []
     for k in range(model.layers):
-        w_ih = getattr(model.lstm, f"weight_ih_l{k}")
+        w_ih = getattr(model.rnn, f"weight_ih_l{k}")
         one = nn.LSTM(w_ih.shape[1], model.units, 1, batch_first=True)
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            setattr(one, f"{name}_l0", getattr(model.lstm, f"{name}_l{k}"))
+            setattr(one, f"{name}_l0", getattr(model.rnn, f"{name}_l{k}"))
         out.append(one.eval())
     return out
 
 
 @torch.no_grad()
-def run(model: CharLSTM, ids: torch.Tensor, state: list | None = None,
+def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
         lstms: list[nn.LSTM] | None = None, dtype: torch.dtype = torch.float32,
         ) -> tuple[dict, torch.Tensor, list]:
     """Run ids [B, L] from ``state`` (per layer (h0, c0), each [B, units]; None = zeros).
@@ -86,7 +86,7 @@ def run(model: CharLSTM, ids: torch.Tensor, state: list | None = None,
     return streams, logp, new_state
 
 
-def activations(model: CharLSTM, text: str) -> tuple[dict, np.ndarray]:
+def activations(model: CharRNN, text: str) -> tuple[dict, np.ndarray]:
     """In memory, for short texts (the dashboard's live box): {(layer, s): [T, units]}, loss [T]."""
     ids, _ = corpora.encode(text, model.vocab)
     if len(ids) == 0:
@@ -233,7 +233,7 @@ class ChunkWriter:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def record(model: CharLSTM, documents: list[tuple[str, str]], out: str | os.PathLike,
+def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathLike,
            source: dict | None = None, dtype: str = "float16", batch: int = 1,
            burn_in: int = 256, force: bool = False, progress: bool = True,
            compression: str = "gzip", checksums: bool = True) -> Path:

@@ -7,12 +7,12 @@ import torch
 
 from . import corpus as corpora
 from .errors import ProbeError
-from .model import CharLSTM
+from .model import CharRNN
 from .stepwise import layer_weights, lstm_step
 
 
 @torch.no_grad()
-def sample(model: CharLSTM, prime: str = "\n", length: int = 500, temperature: float = 1.0,
+def sample(model: CharRNN, prime: str = "\n", length: int = 500, temperature: float = 1.0,
            seed: int | None = None, clamp=()) -> str:
     """Continue ``prime`` by ``length`` characters.
 
@@ -48,7 +48,7 @@ def sample(model: CharLSTM, prime: str = "\n", length: int = 500, temperature: f
     return "".join(out)
 
 
-def _free(model: CharLSTM):
+def _free(model: CharRNN):
     """step(char id) -> logits [V] of the next character, the model's own fused LSTM."""
     state = None
 
@@ -59,7 +59,7 @@ def _free(model: CharLSTM):
     return step
 
 
-def _clamped(model: CharLSTM, clamp: list):
+def _clamped(model: CharRNN, clamp: list):
     """step(char id) -> logits [V], one character at a time with the clamped units pinned
     (``probe.stepwise``'s cell with an edit hook)."""
     from .intervene import check

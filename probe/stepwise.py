@@ -35,7 +35,7 @@ import torch
 
 from . import corpus as corpora
 from .errors import ProbeError
-from .model import CharLSTM
+from .model import CharRNN
 
 Edit = Callable[[int, int, str, torch.Tensor], "torch.Tensor | None"]
 LOG2E = 1.4426950408889634
@@ -66,15 +66,15 @@ def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
     return out
 
 
-def layer_weights(model: CharLSTM, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def layer_weights(model: CharRNN, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(W_ih, W_hh, b_ih + b_hh) of one layer of the model's ``nn.LSTM``."""
-    lstm = model.lstm
+    lstm = model.rnn
     return (getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}"),
             getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}"))
 
 
 @torch.no_grad()
-def stepwise(model: CharLSTM, text: str, edit: Edit | None = None) -> tuple[dict, np.ndarray]:
+def stepwise(model: CharRNN, text: str, edit: Edit | None = None) -> tuple[dict, np.ndarray]:
     """Run ``text`` through ``model`` one character at a time from a zero state.
 
     Returns ({(layer, stream): float32 [T, units]}, loss [T]): the same layout as

@@ -1,7 +1,7 @@
 """Train a character-level LSTM with truncated backpropagation through time.
 
 The text is cut into ``batch`` contiguous rows; each step reads the next ``seq``
-characters of every row, carries the LSTM state over from the previous step
+characters of every row, carries the recurrent state over from the previous step
 (detached), clips the gradient norm and takes an Adam step on a warmup + cosine
 learning-rate schedule. Every ``eval_every`` steps it measures validation bits/char,
 keeps the best weights at ``out`` and writes a resumable checkpoint beside it.
@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from . import corpus as corpora
 from .errors import ProbeError
 from .files import check_target, interrupts
-from .model import (DROPOUT, EMBEDDING, LAYERS, UNITS, CharLSTM, load_model, model_from_checkpoint,
-                    read_checkpoint, save_checkpoint, widen)
+from .model import (CELLS, DROPOUT, EMBEDDING, LAYERS, UNITS, CharRNN, detach, load_model,
+                    model_from_checkpoint, read_checkpoint, save_checkpoint, widen)
 
 LN2 = math.log(2)
 DEFAULT_STEPS = 4000
@@ -39,6 +39,7 @@ class TrainConfig:
     corpus: str | None = "stdlib"  # built-in corpus (stdlib or linux); ignored when text is given
     text: str | None = None        # a UTF-8 text file or a folder of them
     glob: str = "**/*"             # files to take from a text folder
+    cell: str = "lstm"             # the recurrent cell: lstm, gru or rnn (vanilla, tanh)
     layers: int = LAYERS
     units: int = UNITS
     embedding: int = EMBEDDING
@@ -63,6 +64,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ProbeError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
+        if self.cell not in CELLS:
+            raise ProbeError(f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ProbeError(f"--warmup must be a whole number >= 0, got {self.warmup!r}")
         for name, ok, rule in (("lr", lambda v: v > 0, "> 0"), ("clip", lambda v: v > 0, "> 0"),
@@ -98,7 +101,7 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, min_frac: float) -> flo
 
 
 @torch.no_grad()
-def bits_per_char(model: CharLSTM, ids: np.ndarray, batch: int = 16, seq: int = 256,
+def bits_per_char(model: CharRNN, ids: np.ndarray, batch: int = 16, seq: int = 256,
                   desc: str | None = None) -> float:
     """Mean −log2 p(next char) over ``ids``, read as ``batch`` rows with state carried."""
     was_training = model.training
@@ -185,8 +188,8 @@ def train(out: str | os.PathLike, config: TrainConfig | None = None, *, resume: 
             args["init"] = {"path": str(cfg.init), "sha256": base.sha256, "units": base.units,
                             "chars": base.metrics.get("chars"), "test_bpc": base.metrics.get("test_bpc")}
         else:
-            model = CharLSTM(corpora.build_vocab(train_text), cfg.layers, cfg.units, cfg.embedding,
-                             cfg.dropout)
+            model = CharRNN(corpora.build_vocab(train_text), cfg.layers, cfg.units, cfg.embedding,
+                            cfg.dropout, cfg.cell)
     batch, seq, steps, lr, warmup = cfg.batch, cfg.seq, cfg.steps, cfg.lr, cfg.warmup
     min_lr_frac, clip, eval_every, eval_chars = cfg.min_lr_frac, cfg.clip, cfg.eval_every, cfg.eval_chars
     vocab = model.vocab
@@ -204,7 +207,8 @@ def train(out: str | os.PathLike, config: TrainConfig | None = None, *, resume: 
         step, pos, best, elapsed, chars = st["step"], st["pos"], st["best"], st["elapsed"], st["chars"]
         history = list(st.get("history", []))
         torch.set_rng_state(st["rng"])
-        state = (st["h"], st["c"]) if st.get("h") is not None else None
+        if st.get("h") is not None:  # (h, c) for an LSTM, h alone otherwise
+            state = (st["h"], st["c"]) if st.get("c") is not None else st["h"]
 
     def metrics() -> dict:
         return {"step": step, "chars": chars, "train_seconds": round(elapsed, 1), "best_val_bpc": best,
@@ -215,7 +219,8 @@ def train(out: str | os.PathLike, config: TrainConfig | None = None, *, resume: 
         save_checkpoint(rpath, model, source.source, metrics(), train_state={
             "step": step, "pos": pos, "best": best, "elapsed": elapsed, "chars": chars,
             "history": history, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-            "h": state[0] if state else None, "c": state[1] if state else None, "args": args})
+            "h": None if state is None else state[0] if isinstance(state, tuple) else state,
+            "c": state[1] if isinstance(state, tuple) else None, "args": args})
 
     if n_unk:
         print(f"probe: {n_unk} training characters are outside the vocabulary (mapped to unknown)")
@@ -245,7 +250,7 @@ def train(out: str | os.PathLike, config: TrainConfig | None = None, *, resume: 
                 pos += seq
                 # TBPTT step with clipping
                 logits, state = model(x, state)
-                state = tuple(s.detach() for s in state)
+                state = detach(state)
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from probe import corpus, features, h5format
-from probe.model import CharLSTM, save_checkpoint
+from probe.model import CharRNN, save_checkpoint
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core machine
 
@@ -29,11 +29,11 @@ def text() -> str:
 
 
 @pytest.fixture
-def tiny_model() -> CharLSTM:
+def tiny_model() -> CharRNN:
     torch.manual_seed(0)
-    model = CharLSTM(corpus.build_vocab(TEXT), layers=2, units=8, embedding=4)
+    model = CharRNN(corpus.build_vocab(TEXT), layers=2, units=8, embedding=4)
     with torch.no_grad():  # larger weights than the default init, so gates move visibly
-        for p in model.lstm.parameters():
+        for p in model.rnn.parameters():
             p.mul_(3)
     return model.eval()
 

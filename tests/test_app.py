@@ -26,7 +26,7 @@ from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
 from probe import corpus, features, intervene
-from probe.model import CharLSTM, load_model, save_checkpoint
+from probe.model import CharRNN, load_model, save_checkpoint
 from probe.record import record
 from probe.recording import open_recording
 from probe.sample import sample
@@ -51,9 +51,9 @@ def folder(tmp_path_factory) -> Path:
     byte of layer 1's c changed: its checksum fails); model beside."""
     root = tmp_path_factory.mktemp("cells")
     torch.manual_seed(0)
-    model = CharLSTM(corpus.build_vocab(TEXT), layers=2, units=8, embedding=4)
+    model = CharRNN(corpus.build_vocab(TEXT), layers=2, units=8, embedding=4)
     with torch.no_grad():  # larger weights than the default init, so gates move visibly
-        for p in model.lstm.parameters():
+        for p in model.rnn.parameters():
             p.mul_(3)
     save_checkpoint(root / "tiny.pt", model.eval())
     recs = root / "recordings"
@@ -393,7 +393,7 @@ def test_steering_samples_with_and_without_the_clamp(page, folder):
 def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "missing.pt")
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "gone.pt", CharLSTM(corpus.build_vocab(TEXT), layers=1, units=4, embedding=4))
+    save_checkpoint(tmp_path / "gone.pt", CharRNN(corpus.build_vocab(TEXT), layers=1, units=4, embedding=4))
     recs = tmp_path / "recordings"
     recs.mkdir()
     record(load_model(tmp_path / "gone.pt"), [("a.py", TEXT)], recs / "orphan.h5", progress=False)

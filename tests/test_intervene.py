@@ -50,7 +50,7 @@ def test_a_unit_nothing_reads_changes_nothing(tiny_model, text):
     deaf = copy.deepcopy(tiny_model)
     with torch.no_grad():  # unit 6 of the top layer: nothing reads its h (not the head, not itself)
         deaf.head.weight[:, 6] = 0
-        deaf.lstm.weight_hh_l1[:, 6] = 0
+        deaf.rnn.weight_hh_l1[:, 6] = 0
     got = intervene.losses(deaf, text, [Edit(1, 6), Edit(1, 6, 3.0), Edit(1, 2)])
     np.testing.assert_allclose(got[1], got[0], atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(got[2], got[0], atol=1e-6, equal_nan=True)

@@ -18,7 +18,7 @@ def test_the_step_by_step_cell_agrees_with_nn_lstm(tiny_model, text):
     ids, _ = corpus.encode(text, tiny_model.vocab)
     steps, loss = stepwise(tiny_model, text)
     assert set(steps) == {(k, s) for k in range(2) for s in "ifgoch"}
-    out, (hT, cT) = tiny_model.lstm(tiny_model.embed(torch.from_numpy(ids))[None])
+    out, (hT, cT) = tiny_model.rnn(tiny_model.embed(torch.from_numpy(ids))[None])
     np.testing.assert_allclose(steps[(1, "h")], out[0].numpy(), atol=1e-6)
     for k in range(tiny_model.layers):
         np.testing.assert_allclose(steps[(k, "c")][-1], cT[k, 0].numpy(), atol=1e-5)
@@ -53,8 +53,8 @@ def test_the_edit_hook_sees_every_named_value_and_its_edits_flow_on(tiny_model, 
     assert (edited[(0, "h")][:, 5] == 0).all()
     # the same as cutting the unit's outgoing weights (to itself and to layer 1)
     cut = copy.deepcopy(tiny_model)
-    cut.lstm.weight_hh_l0[:, 5] = 0
-    cut.lstm.weight_ih_l1[:, 5] = 0
+    cut.rnn.weight_hh_l0[:, 5] = 0
+    cut.rnn.weight_ih_l1[:, 5] = 0
     want, want_loss = stepwise(cut, text)
     for key in want:
         if key != (0, "h"):
