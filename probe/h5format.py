@@ -35,12 +35,17 @@ DTYPES = ("float16", "float32")
 LIBVER = ("v110", "v110")
 
 # The streams a model kind records, in the order its cell computes them.
-STREAMS: dict[str, tuple[str, ...]] = {"lstm": ("i", "f", "g", "o", "c", "h")}
+# Named as PyTorch and the lectures name them.
+STREAMS: dict[str, tuple[str, ...]] = {"lstm": ("i", "f", "g", "o", "c", "h"),
+                                       "gru": ("r", "z", "n", "h"),
+                                       "rnn": ("h",)}
 # What each stream is (the dashboard's labels) and its range (None: unbounded).
 DESCRIPTION = {"i": "input gate", "f": "forget gate", "g": "candidate", "o": "output gate",
-               "c": "cell state", "h": "hidden state"}
+               "c": "cell state", "h": "hidden state", "r": "reset gate", "z": "update gate",
+               "n": "candidate"}
 RANGE: dict[str, tuple[float, float] | None] = {
-    "i": (0.0, 1.0), "f": (0.0, 1.0), "g": (-1.0, 1.0), "o": (0.0, 1.0), "c": None, "h": (-1.0, 1.0)}
+    "i": (0.0, 1.0), "f": (0.0, 1.0), "g": (-1.0, 1.0), "o": (0.0, 1.0), "c": None, "h": (-1.0, 1.0),
+    "r": (0.0, 1.0), "z": (0.0, 1.0), "n": (-1.0, 1.0)}
 TABLES = ("text", "loss", "documents/name", "documents/start", "documents/stop")
 ATTRIBUTES = ("format", "version", "model", "model_sha256", "model_path", "model_metrics", "source",
               "created", "streams", "layers", "units", "length", "dtype", "compression", "mode",

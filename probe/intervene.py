@@ -90,6 +90,8 @@ def parse_clamp(spec: str) -> Edit:
 
 def check(model: CharRNN, edits: list[Edit]) -> None:
     """One line for the first edit this model cannot take."""
+    if getattr(model, "cell", "lstm") != "lstm":
+        raise ProbeError(f"ablation and clamping are written for LSTM models; this one is a {model.cell}")
     for e in edits:
         if not 0 <= e.layer < model.layers:
             raise ProbeError(f"no layer {e.layer} in the model (layers are 0..{model.layers - 1})")

@@ -1,10 +1,11 @@
 """Record every layer's gates and states, per character, into an HDF5 recording.
 
 ``torch.nn.LSTM`` returns only the top layer's h per step. To record everything exactly,
-each layer is run as its own one-layer ``nn.LSTM`` with the model's weights (giving that
+each layer is run as its own one-layer module with the model's weights (giving that
 layer's h at every step), then the gates are recomputed for all steps at once from x_t
-and h_{t-1} with the same weights, and c is rebuilt with the recurrence
-c_t = f_t * c_{t-1} + i_t * g_t. Streams, in PyTorch's gate order: i f g o c h.
+and h_{t-1} with the same weights, and an LSTM's c is rebuilt with the recurrence
+c_t = f_t * c_{t-1} + i_t * g_t. Streams, in PyTorch's gate order: LSTM i f g o c h;
+GRU r z n h; vanilla RNN h (``h5format.STREAMS``).
 
 The text is processed in blocks of ``BLOCK`` characters with the state carried, so
 memory does not grow with the text; the file is written under a temporary name and
@@ -34,12 +35,12 @@ COMPRESSION_LEVEL = 1  # gzip level: 1 is ~2x faster than 4 for ~5% more bytes o
 LOG2E = 1.4426950408889634
 
 
-def layer_lstms(model: CharRNN) -> list[nn.LSTM]:
-    """One single-layer nn.LSTM per model layer, sharing the model's weight tensors."""
+def layer_lstms(model: CharRNN) -> list[nn.Module]:
+    """One single-layer module of the model's cell type per layer, sharing its weights."""
     out = []
     for k in range(model.layers):
         w_ih = getattr(model.rnn, f"weight_ih_l{k}")
-        one = nn.LSTM(w_ih.shape[1], model.units, 1, batch_first=True)
+        one = type(model.rnn)(w_ih.shape[1], model.units, 1, batch_first=True)
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             setattr(one, f"{name}_l0", getattr(model.rnn, f"{name}_l{k}"))
         out.append(one.eval())
@@ -50,7 +51,8 @@ def layer_lstms(model: CharRNN) -> list[nn.LSTM]:
 def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
         lstms: list[nn.LSTM] | None = None, dtype: torch.dtype = torch.float32,
         ) -> tuple[dict, torch.Tensor, list]:
-    """Run ids [B, L] from ``state`` (per layer (h0, c0), each [B, units]; None = zeros).
+    """Run ids [B, L] from ``state`` (per layer (h0, c0), each [B, units], c0 None but for an
+    LSTM; None = zeros).
 
     Returns ``streams`` {(layer, s): [B, L, units]}, ``logp`` [B, L, V] (log-probabilities of
     the next character after each position) and the final state per layer. Streams are
@@ -63,6 +65,12 @@ def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
     streams, new_state = {}, []
     for k, lstm in enumerate(lstms):
         h0, c0 = state[k] if state else (x.new_zeros(B, H), x.new_zeros(B, H))
+        if model.cell != "lstm":
+            h, new = _run_other(model.cell, lstm, x, h0)
+            streams.update({(k, name): v.to(dtype) for name, v in new.items()})
+            new_state.append((h[:, -1], None))
+            x = h
+            continue
         h, (hT, cT) = lstm(x, (h0[None].contiguous(), c0[None].contiguous()))  # h [B, L, H]
         h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1)  # [B, L, H]
         pre = (x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
@@ -84,6 +92,23 @@ def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
         x = h
     logp = torch.log_softmax(model.head(x), dim=-1)  # [B, L, V]
     return streams, logp, new_state
+
+
+def _run_other(cell: str, module: nn.Module, x: torch.Tensor, h0: torch.Tensor) -> tuple:
+    """One GRU or vanilla RNN layer over x [B, L, in]: (h [B, L, H], {stream: [B, L, H]}).
+    The GRU's gates are recomputed from x_t and h_{t-1} as PyTorch computes them:
+    r, z = sigmoid(W_i x + b_i + W_h h + b_h), n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
+    h, _ = module(x, h0[None].contiguous())  # [B, L, H]
+    if cell == "rnn":
+        return h, {"h": h}
+    H = h.shape[-1]
+    h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1)  # [B, L, H]
+    gi = x @ module.weight_ih_l0.T + module.bias_ih_l0  # [B, L, 3H] in PyTorch's order r z n
+    gh = h_prev @ module.weight_hh_l0.T + module.bias_hh_l0
+    r = torch.sigmoid(gi[..., :H] + gh[..., :H])
+    z = torch.sigmoid(gi[..., H:2 * H] + gh[..., H:2 * H])
+    n = torch.tanh(gi[..., 2 * H:] + r * gh[..., 2 * H:])
+    return h, {"r": r, "z": z, "n": n, "h": h}
 
 
 def activations(model: CharRNN, text: str) -> tuple[dict, np.ndarray]:

@@ -1,5 +1,6 @@
 """The model, one character at a time, with every gate named: the reference for what
-``probe.record`` stores, and the place to edit a unit while the model runs.
+``probe.record`` stores, and the place to edit a unit while the model runs. Written for
+the LSTM below; ``gru_step`` and ``rnn_step`` do the same for the other cell types.
 
 Like char-rnn's ``LSTM.lua``: the LSTM equations written out, step by step, in PyTorch's
 gate order (i f g o), for layer k at position t (x_t is the character's embedding for
@@ -66,11 +67,56 @@ def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
     return out
 
 
+def gru_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Edit | None = None,
+             position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
+    """One GRU step, as PyTorch computes it: {"r", "z", "n", "h"}, each [units]::
+
+        r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)          # reset gate
+        z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)          # update gate
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))       # candidate
+        h' = (1 - z) * n + z * h
+    """
+    w_ih, w_hh, b_ih, b_hh = weights
+    H = h.shape[0]
+    gi, gh = w_ih @ x + b_ih, w_hh @ h + b_hh  # [3 units] each, PyTorch's order r z n
+    out: dict[str, torch.Tensor] = {}
+
+    def named(stream, value):
+        if edit is not None:
+            new = edit(position, layer, stream, value)
+            value = value if new is None else new
+        out[stream] = value
+        return value
+
+    r = named("r", torch.sigmoid(gi[:H] + gh[:H]))
+    z = named("z", torch.sigmoid(gi[H:2 * H] + gh[H:2 * H]))
+    n = named("n", torch.tanh(gi[2 * H:] + r * gh[2 * H:]))
+    named("h", (1 - z) * n + z * h)
+    return out
+
+
+def rnn_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Edit | None = None,
+             position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
+    """One vanilla (tanh) RNN step: {"h": tanh(W_ih x + b_ih + W_hh h + b_hh)}."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    value = torch.tanh(w_ih @ x + b_ih + w_hh @ h + b_hh)
+    if edit is not None:
+        new = edit(position, layer, "h", value)
+        value = value if new is None else new
+    return {"h": value}
+
+
 def layer_weights(model: CharRNN, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(W_ih, W_hh, b_ih + b_hh) of one layer of the model's ``nn.LSTM``."""
     lstm = model.rnn
     return (getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}"),
             getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}"))
+
+
+def _raw_weights(model: CharRNN, layer: int) -> tuple:
+    """(W_ih, W_hh, b_ih, b_hh): a GRU keeps its two biases apart (r scales only W_hn h + b_hn)."""
+    return tuple(getattr(model.rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh",
+                                                                     "bias_ih", "bias_hh"))
 
 
 @torch.no_grad()
@@ -84,7 +130,9 @@ def stepwise(model: CharRNN, text: str, edit: Edit | None = None) -> tuple[dict,
     if len(ids) == 0:
         raise ProbeError("empty text")
     model = model.eval()
-    weights = [layer_weights(model, k) for k in range(model.layers)]
+    cell = getattr(model, "cell", "lstm")
+    weights = [layer_weights(model, k) if cell == "lstm" else _raw_weights(model, k)
+               for k in range(model.layers)]
     H = model.units
     h = [torch.zeros(H) for _ in weights]
     c = [torch.zeros(H) for _ in weights]
@@ -93,8 +141,12 @@ def stepwise(model: CharRNN, text: str, edit: Edit | None = None) -> tuple[dict,
     for t, char in enumerate(ids.tolist()):
         x = model.embed.weight[char]  # [embedding]
         for k, w in enumerate(weights):
-            values = lstm_step(x, h[k], c[k], w, edit, t, k)
-            h[k], c[k] = values["h"], values["c"]
+            if cell == "lstm":
+                values = lstm_step(x, h[k], c[k], w, edit, t, k)
+                c[k] = values["c"]
+            else:
+                values = (gru_step if cell == "gru" else rnn_step)(x, h[k], w, edit, t, k)
+            h[k] = values["h"]
             for s, v in values.items():
                 rows.setdefault((k, s), []).append(v)
             x = h[k]

@@ -13,6 +13,7 @@ from probe.cli import main
 from probe.model import read_checkpoint, save_checkpoint, widen
 from probe.sample import sample
 from probe.train import TrainConfig, train
+from probe import intervene
 
 
 def test_stdlib_split_is_deterministic_and_disjoint():
@@ -258,9 +259,8 @@ def test_gru_and_vanilla_rnn_train_resume_and_load(tmp_path, text, cell):
     again = train(tmp_path / "m.pt", replace(cfg, steps=30), resume=True, progress=False)
     assert again["step"] == 30
     assert len(sample(model, "def ", 20, temperature=0, seed=0)) == 20
-    with pytest.raises(ProbeError, match=f"unknown model kind '{cell}'"):  # not recordable yet
-        from probe.record import record
-        record(model, [("a.py", text)], tmp_path / "r.h5", progress=False)
+    with pytest.raises(ProbeError, match=f"written for LSTM models; this one is a {cell}"):
+        sample(model, "def ", 5, clamp=[intervene.Edit(0, 1, 0.5)])
 
 
 def test_an_unknown_cell_is_one_line(model_path, capsys):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
-from probe import corpus, h5format, open_recording
+from probe import ProbeError, corpus, h5format, open_recording
 from probe.model import load_model
 from probe.record import activations, record
 from probe.stepwise import stepwise
@@ -116,3 +117,27 @@ def test_batched_mode_is_close_to_sequential(tiny_model, tmp_path, monkeypatch, 
         # the first piece starts at the document start, so it is exact
         np.testing.assert_allclose(h_a[:100], h_b[:100], atol=1e-5)
         assert np.isnan(b.loss[0]) and np.isfinite(b.loss[1:]).all()
+
+
+@pytest.mark.parametrize("cell, streams", [("gru", "rznh"), ("rnn", "h")])
+@torch.no_grad()
+def test_gru_and_rnn_recordings_equal_their_step_by_step_cells(tmp_path, text, cell, streams):
+    from probe.model import CharRNN
+    torch.manual_seed(0)
+    model = CharRNN(corpus.build_vocab(text), layers=2, units=6, embedding=4, cell=cell).eval()
+    steps, loss = stepwise(model, text)
+    assert set(steps) == {(k, s) for k in range(2) for s in streams}
+    ids = torch.from_numpy(corpus.encode(text, model.vocab)[0])
+    out, hT = model.rnn(model.embed(ids)[None])  # PyTorch's own cell: h of the top layer
+    np.testing.assert_allclose(steps[(1, "h")], out[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(steps[(0, "h")][-1], hT[0, 0].numpy(), atol=1e-5)
+    logits, _ = model(ids[None])
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], ids[1:], reduction="none")
+    np.testing.assert_allclose(loss[1:], ce.numpy() / np.log(2), rtol=1e-5)
+    path = record(model, [("a.py", text)], tmp_path / f"{cell}.h5", dtype="float32", progress=False)
+    with open_recording(path) as rec:
+        assert rec.streams == tuple(streams)
+        for (k, s), v in steps.items():
+            np.testing.assert_allclose(rec.stream(k, s)[:], v, atol=1e-5, err_msg=f"{k} {s}")
+        with pytest.raises(ProbeError, match="no stream 'c'"):
+            rec.unit(0, "c", 0)
