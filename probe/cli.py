@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import analysis, detectors, intervene, match
+from . import analysis, detectors, gradients, intervene, match
 from .corpus import encode, load
 from .errors import ProbeError
 from .export import export_lstmvis
@@ -193,6 +193,25 @@ def parser() -> argparse.ArgumentParser:
                     help="selected units must also be off right after the span (and after matches)")
     mt.add_argument("--json", action="store_true", help="machine-readable output")
 
+    gr = sub.add_parser("gradients", help="how far back the loss reaches: gradient norm against steps back",
+                        formatter_class=fmt, epilog=EPILOG + "probe gradients --limit 50000 --span 200\n"
+                        "  probe gradients --model runs/gru.pt --text mycode/ --json --out gru-flow.json")
+    gr.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
+    grsrc = gr.add_mutually_exclusive_group()
+    grsrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
+    grsrc.add_argument("--text", help="a UTF-8 text file or a folder of them")
+    gr.add_argument("--glob", default="**/*", help="files to take from a --text folder")
+    gr.add_argument("--split", default="test", help="split of a built-in corpus (default test)")
+    gr.add_argument("--limit", type=int, default=50_000, help="characters to sample positions from "
+                    "(default 50000)")
+    gr.add_argument("--span", type=int, default=200, help="steps back, K (default 200)")
+    gr.add_argument("--positions", type=int, default=1000, help="positions sampled (default 1000)")
+    gr.add_argument("--seed", type=int, default=0, help="seed of the sampled positions (default 0)")
+    gr.add_argument("--out", help="also write the result as JSON to this file")
+    gr.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    gr.add_argument("--json", action="store_true", help="print the result as JSON")
+    gr.add_argument("--quiet", action="store_true", help="no progress bar")
+
     an = sub.add_parser("analyze", help="rank the cells that track each per-character feature",
                         formatter_class=fmt, epilog=EPILOG + "probe analyze recordings/stdlib-test.h5 --top 3\n"
                         "  probe analyze rec.h5 --feature 'digit=[0-9]' --feature 'self=self\\.' --json\n"
@@ -355,6 +374,32 @@ def cmd_match(a) -> int:
     return 0
 
 
+def cmd_gradients(a) -> int:
+    out = check_target(a.out, a.force) if a.out else None
+    model = load_model(a.model)
+    text = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit).text
+    res = gradients.flow(model, text, span=a.span, positions=a.positions, seed=a.seed, progress=not a.quiet)
+    doc = json.dumps(res)
+    if out is not None:
+        with atomic(out) as tmp:
+            tmp.write_text(doc)
+    if a.json:
+        print(doc)
+        return 0
+    ks = [k for k in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= a.span]
+    print(f"{model.cell} {model.layers} x {model.units}: mean |d loss_t / d state_(t-k)| over "
+          f"{res['positions']:,} positions")
+    print("  layer stream " + "".join(f"{'k=' + str(k):>10}" for k in ks))
+    for r in res["layers"]:
+        print(f"  {r['layer']:>5} {r['stream']:<6} " + "".join(f"{r['mean'][k]:10.2e}" for k in ks))
+    for r in res["memory_span"]:
+        spans = np.array(r["units"])
+        print(f"  layer {r['layer']} {r['stream']}: units whose gradient stays above 1 % of k=0 for all "
+              f"{a.span} steps: {int((spans > a.span).sum())} of {len(spans)}; median memory span "
+              f"{int(np.median(spans))} steps")
+    return 0
+
+
 def cmd_ablate(a) -> int:
     how = intervene.parse_how(a.how)
     cells = intervene.parse_cells(a.cells) if a.cells else None
@@ -378,7 +423,7 @@ def cmd_ablate(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
-            "analyze": cmd_analyze, "ablate": cmd_ablate, "match": cmd_match, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis}
+            "analyze": cmd_analyze, "ablate": cmd_ablate, "match": cmd_match, "gradients": cmd_gradients, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,122 @@
+"""Gradient flow through time: how much the loss at t depends on the state k steps back.
+
+The lectures' claim, measurable: in a vanilla RNN the gradient of the loss at position t
+with respect to the hidden state at t − k vanishes (or explodes) as k grows, while the
+LSTM's cell state carries it further ("a gradient highway")::
+
+    from probe import gradients
+    flow = gradients.flow(model, text, span=200, positions=1000)
+    flow["layers"][0]["mean"]   # ‖∂loss_t/∂h_{t-k}‖ for k = 0..span, averaged over positions
+
+For each sampled position t, the model reads the ``span`` characters before it, starting
+from the state the real text left there (recorded once, detached), one step at a time with
+every state a node of the graph; one backward pass through all sampled positions at once
+(a batch) gives ∂loss_t/∂h_{t−k} (and ∂/∂c_{t−k} for an LSTM) for every k.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import corpus as corpora
+from .errors import ProbeError
+from .model import CharRNN
+from .record import activations
+
+BATCH = 250  # positions per backward pass
+
+
+def _step(cell: str, x, state, w):
+    """One batched step of a layer: (h, c) for an LSTM, (h, None) otherwise."""
+    w_ih, w_hh, b_ih, b_hh = w
+    h, c = state
+    H = h.shape[1]
+    if cell == "lstm":
+        z = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh  # [B, 4H], PyTorch's order i f g o
+        i, f = torch.sigmoid(z[:, :H]), torch.sigmoid(z[:, H:2 * H])
+        g, o = torch.tanh(z[:, 2 * H:3 * H]), torch.sigmoid(z[:, 3 * H:])
+        c = f * c + i * g
+        return o * torch.tanh(c), c
+    if cell == "gru":
+        gi, gh = x @ w_ih.T + b_ih, h @ w_hh.T + b_hh  # [B, 3H], r z n
+        r, z = torch.sigmoid(gi[:, :H] + gh[:, :H]), torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+        n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+        return (1 - z) * n + z * h, None
+    return torch.tanh(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh), None
+
+
+def _norms(model: CharRNN, ids: np.ndarray, streams: dict, starts: np.ndarray, span: int) -> tuple:
+    """Gradient norms {(layer, stream): [B, span + 1]} and sizes per unit {…: [B, span + 1,
+    units]} (column j: k = span - j) for the windows ids[s : s + span + 1] predicting
+    ids[s + span + 1]."""
+    cell, H, B = model.cell, model.units, len(starts)
+    weights = [tuple(getattr(model.rnn, f"{n}_l{k}").detach() for n in ("weight_ih", "weight_hh",
+                                                                           "bias_ih", "bias_hh"))
+               for k in range(model.layers)]  # detached: only the states' gradients are wanted
+    state = []
+    for k in range(model.layers):  # the state the real text left just before each window
+        h0 = torch.zeros(B, H)
+        c0 = torch.zeros(B, H) if cell == "lstm" else None
+        has = starts > 0
+        if has.any():
+            h0[torch.from_numpy(has)] = torch.from_numpy(streams[(k, "h")][starts[has] - 1])
+            if cell == "lstm":
+                c0[torch.from_numpy(has)] = torch.from_numpy(streams[(k, "c")][starts[has] - 1])
+        state.append((h0.requires_grad_(), None if c0 is None else c0.requires_grad_()))  # graph roots
+    window = torch.from_numpy(np.stack([ids[s:s + span + 1] for s in starts]))  # [B, span + 1]
+    kept: dict = {}
+    with torch.enable_grad():
+        for j in range(span + 1):
+            x = model.embed.weight[window[:, j]].detach()  # [B, E]
+            for k, w in enumerate(weights):
+                h, c = _step(cell, x, state[k], w)
+                h.retain_grad()
+                kept.setdefault((k, "h"), []).append(h)
+                if c is not None:
+                    c.retain_grad()
+                    kept.setdefault((k, "c"), []).append(c)
+                state[k] = (h, c)
+                x = h
+        target = torch.from_numpy(ids[starts + span + 1])
+        logits = x @ model.head.weight.detach().T + model.head.bias.detach()  # [B, V]
+        torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
+    norms = {key: torch.stack([t.grad.norm(dim=1) for t in ts], 1).numpy() for key, ts in kept.items()}
+    sizes = {key: torch.stack([t.grad.abs() for t in ts], 1).numpy() for key, ts in kept.items()}
+    return norms, sizes
+
+
+def flow(model: CharRNN, text: str, span: int = 200, positions: int = 1000, seed: int = 0,
+         batch: int = BATCH, progress: bool = False) -> dict:
+    """‖∂loss_t/∂h_{t−k}‖ (and c for an LSTM) for k = 0…``span``, over ``positions`` sampled
+    positions t of ``text``: {"k", "layers": [{layer, stream, mean, q10, q90}],
+    "memory_span": [{layer, stream, units: [k per unit]}]} — a unit's memory span is the
+    first k at which its mean |gradient| falls below 1 % of its value at k = 0."""
+    model = model.eval()
+    ids, _ = corpora.encode(text, model.vocab)
+    if span < 1 or positions < 1:
+        raise ProbeError(f"--span and --positions must be >= 1, got {span} and {positions}")
+    if len(ids) < span + 2:
+        raise ProbeError(f"--span {span} needs a text of at least {span + 2} characters, got {len(ids)}")
+    rng = np.random.default_rng(seed)
+    starts = np.sort(rng.choice(len(ids) - span - 1, size=min(positions, len(ids) - span - 1), replace=False))
+    streams, _ = activations(model, text)
+    norms, units = {}, {}
+    for a in tqdm(range(0, len(starts), batch), desc="gradients", disable=not progress):
+        n, u = _norms(model, ids, streams, starts[a:a + batch], span)
+        for key in n:
+            norms.setdefault(key, []).append(n[key])
+            units.setdefault(key, []).append(u[key].sum(axis=0))
+    k = np.arange(span, -1, -1)  # column j holds k = span - j
+    order = np.argsort(k)
+    layers, spans = [], []
+    for (layer, stream), parts in sorted(norms.items()):
+        g = np.concatenate(parts)[:, order]  # [positions, span + 1], k ascending
+        layers.append({"layer": layer, "stream": stream, "mean": g.mean(0).tolist(),
+                       "q10": np.quantile(g, 0.1, axis=0).tolist(), "q90": np.quantile(g, 0.9, axis=0).tolist()})
+        per_unit = (sum(units[(layer, stream)]) / len(starts))[order]  # [span + 1, units] mean |grad|
+        below = per_unit < 0.01 * per_unit[0]
+        first = np.where(below.any(axis=0), below.argmax(axis=0), span + 1)
+        spans.append({"layer": layer, "stream": stream, "units": first.astype(int).tolist()})
+    return {"k": list(range(span + 1)), "positions": int(len(starts)), "cell": model.cell,
+            "layers": layers, "memory_span": spans}
