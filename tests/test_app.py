@@ -25,7 +25,7 @@ from bokeh.models import Div, Tabs
 from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
-from probe import corpus, features, intervene
+from probe import analysis, corpus, features, intervene, match, render
 from probe.model import CharRNN, load_model, save_checkpoint
 from probe.record import record
 from probe.recording import open_recording
@@ -157,11 +157,18 @@ def test_document_builds_without_a_server(folder):
     assert doc.get_model_by_name("text").disable_math
 
 
-def test_default_view_shows_the_first_recording(page):
+def test_default_view_shows_the_first_recording_on_its_best_string_cell(page, folder):
+    """A bare URL opens on the leaderboard's top cell for in_short_string (no longer unit 0 of
+    layer 0 c), with that overlay, in a window holding strings (nasty.h5 is one short window)."""
     p = page()
     assert p.message == ""
     assert p.positions()[:3] == [0, 1, 2]
-    assert p["url-state"].text.startswith("recording=nasty.h5&layer=0&stream=c&unit=0&start=0")
+    best = analysis.analysis(folder / "nasty.h5")["best"]
+    top = best[best["feature"] == "in_short_string"].sort_values("rank").iloc[0]
+    assert p["url-state"].text == (f"recording=nasty.h5&layer={top['layer']}&stream={top['stream']}"
+                                   f"&unit={top['unit']}&start=0&window=2000&feature=in_short_string")
+    assert page(recording="nasty.h5")["url-state"].text.startswith(  # any argument: as asked
+        "recording=nasty.h5&layer=0&stream=c&unit=0&start=0&window=2000&feature=in_string")
 
 
 def test_changing_the_unit_changes_the_coloured_text(page):
@@ -439,7 +446,10 @@ def test_an_empty_folder_gets_a_default_recording_from_the_shipped_model(folder,
             assert sorted(x.name for x in empty.iterdir())[0] == "stdlib-test.h5"
             assert "recording 100,000 characters of the stdlib test split" in capfd.readouterr().out
             assert p.message == "" and p["recording"].value == "stdlib-test.h5"
-            assert p.positions()[:2] == [0, 1]
+            # a bare URL: the opening view, at once or once the analysis is ready
+            p.wait_for(lambda: "feature=in_short_string" in p["url-state"].text)
+            start = p.positions()[0]
+            assert p.positions()[:2] == [start, start + 1] and f"start={start}&" in p["url-state"].text
         finally:
             p.close()
 
@@ -481,8 +491,9 @@ def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
         try:
             assert p.message == ""
             tabs = p.doc.select_one({"type": Tabs})
-            assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "gate saturation",
-                                                    "type your own text", "intervene", "dummy"]
+            assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "select & match",
+                                                    "gate saturation", "type your own text", "intervene",
+                                                    "dummy"]
             assert tabs.tabs[-1].child is p["dummy"]
             assert p["dummy"].text.startswith("dummy tab: update 1 with recording=tiny.h5&layer=0&stream=c&unit=0")
             p.set("unit", value=5)
@@ -490,3 +501,143 @@ def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
             assert p.positions()[0] == 0  # the rest of the page still works
         finally:
             p.close()
+
+
+# ---- select & match ---------------------------------------------------------------------------
+
+def stacked(p: Page) -> list[tuple[str, list[int]]]:
+    """The stacked rows as (cell label, positions of its characters), block after block."""
+    rows = re.findall(r'<span class="lab">([^<]*)</span>(<div class="probe-text pickable">.*?</div>)',
+                      p["match-rows"].text)
+    return [(label, [int(x) for x in re.findall(r'title="(\d+) ', body)]) for label, body in rows]
+
+
+def test_selecting_a_span_lists_its_cells_and_finds_their_matches(page, folder):
+    a = TEXT.index("{name}!")  # inside the f-string: layer 1 has cells on there
+    span = (a, a + 4)
+    p = page(recording="tiny.h5", layer=1, stream="c", unit=0, window=1000)
+    open_tab(p, "select & match")
+    assert "Select a span" in p["match-cells"].text and p["match-table"].source.data["start"] == []
+    p.set("match-span", value=f"{a}:{a + 4}")  # as a click-drag in the text writes it
+    assert p.message == ""
+    rec = open_recording(folder / "tiny.h5")
+    units = match.select(rec, 1, "c", *span, threshold=0.3)
+    assert len(units) >= 2
+    assert re.findall(r'class="cell">1:c:(\d+)<', p["match-cells"].text) == [str(u) for u in units]
+    assert f"&span={a}:{a + 4}" in p["url-state"].text and "threshold" not in p["url-state"].text
+    assert p["text"].text.count('class="sel ') == 4  # the span is underlined in the window
+
+    # the matches: the library's, with a snippet each coloured by the count of those cells on
+    hits = match.search(rec, 1, "c", units, threshold=0.3, top=50)
+    data = p["match-table"].source.data
+    assert len(hits) > 3
+    for key in ("start", "stop", "n_on", "n_union"):
+        assert data[key] == hits[key].tolist(), key
+    assert len(data["snippet"]) == len(hits) and "<script" not in "".join(data["snippet"])
+    full = f's{len(render.SEQUENTIAL) - 1}'  # all of the cells on: the darkest step
+    assert re.search(rf'class="hit {full}"', data["snippet"][0])  # the match itself: underlined
+    shared = match.explain(rec, hits)
+    assert p["match-explain"].source.data["feature"] == shared["feature"].tolist()
+    assert p["match-explain"].source.data["enrichment"] == pytest.approx(shared["enrichment"].tolist(), nan_ok=True)
+
+    # stacked rows: one per cell, character by character over the same positions
+    rows = stacked(p)
+    labels = [f"1:c:{u}" for u in units]
+    assert [label for label, _ in rows[:len(units)]] == labels
+    for i in range(0, len(rows), len(units)):
+        block = rows[i:i + len(units)]
+        assert [label for label, _ in block] == labels and len({tuple(pos) for _, pos in block}) == 1
+
+    # a click on a match shows it: the window moves there and marks it
+    far = max(range(len(hits)), key=lambda i: hits["start"][i])
+    start, stop = int(hits["start"][far]), int(hits["stop"][far])
+    p.locked(lambda: p["match-table"].source.selected.update(indices=[far]))
+    assert start in p.positions() and p["start"].value == p.positions()[0] > 0
+    assert p["text"].text.count('class="hit ') == stop - start
+    assert f"start={p['start'].value}&" in p["url-state"].text and f"span={a}:{a + 4}" in p["url-state"].text
+
+    # another threshold: the cells and the URL follow
+    p.set("match-threshold", value=0.2)
+    assert "threshold=0.2" in p["url-state"].text
+    assert re.findall(r'class="cell">1:c:(\d+)<', p["match-cells"].text) == [
+        str(u) for u in match.select(rec, 1, "c", *span, threshold=0.2)]
+    rec.close()
+
+    # the same selection from its URL
+    q = page(recording="tiny.h5", layer=1, stream="c", span=f"{a}:{a + 4}", threshold=0.2)
+    assert q.message == "" and q["match-cells"].text == p["match-cells"].text
+    assert q["match-span"].value == f"{a}:{a + 4}" and q["match-threshold"].value == 0.2
+
+
+def test_typed_cells_are_stacked_rows(page):
+    p = page(recording="tiny.h5", layer=1, stream="c", window=1000)
+    p.set("match-cells-in", value="0:c:1, 1:h:3 1:f:0")
+    assert p.message == "" and "cells=0:c:1,1:h:3,1:f:0" in p["url-state"].text
+    rows = stacked(p)
+    assert [label for label, _ in rows[:3]] == ["0:c:1", "1:h:3", "1:f:0"]
+    assert len(rows) == 3 * -(-1000 // 120)  # the window in lines of 120, three rows each
+    assert sum(len(pos) for _, pos in rows) == 3 * 1000
+    assert rows[0][1] == rows[1][1] == rows[2][1] == list(range(120))
+    f_row = re.findall(r'<span class="lab">1:f:0</span><div class="probe-text pickable">(.*?)</div>',
+                       p["match-rows"].text)[0]
+    assert re.search(r'class="s\d+"', f_row) and not re.search(r'class="d\d+"', f_row)  # a gate's palette
+    click(p, "match-clear")
+    assert "cells" not in p["url-state"].text and p["match-rows"].text == ""
+    q = page(recording="tiny.h5", cells="1:c:5")
+    assert [label for label, _ in stacked(q)[:1]] == ["1:c:5"]
+
+
+def test_the_search_waits_for_its_index_without_blocking_the_page(page):
+    """The on/off index is made ready in the background: until then the cells are listed and
+    the tab says the index is being built; the matches follow when it is ready."""
+    from concurrent.futures import Future
+    p = page(recording="tiny.h5", layer=1, stream="c", threshold=0.25)
+    pending = Future()  # as if the index of (layer 1, c, 0.25) were still being built
+    p.doc.session_context.server_context.cells._indexes[("tiny.h5", 1, "c", 0.25)] = pending
+    a = TEXT.index("{name}!")
+    p.set("match-span", value=f"{a}:{a + 4}")
+    assert "building the on/off index of layer 1 c at 0.25" in p["match-note"].text
+    assert 'class="cell">1:c:' in p["match-cells"].text and p["match-table"].source.data["start"] == []
+    pending.set_result(None)
+    p.wait_for(lambda: len(p["match-table"].source.data["start"]) > 0)
+    assert "best places over the whole recording" in p["match-note"].text and p.message == ""
+
+
+@pytest.mark.parametrize("arguments, said", [
+    ({"span": "30:20", "threshold": "1.5", "cells": "1:c:2, 9:c:1, 1:c:99"}, [
+        "span=30:20 is empty (its stop must be after its start); no span selected",
+        "threshold=1.5 is out of range for stream c: tanh(c) lies between -1 and 1, so a threshold must "
+        "lie strictly inside; using 0.3",
+        "no cell 9:c:1, 1:c:99 in tiny.h5 (layers 0..1, streams i f g o c h, units 0..7); left out of the rows"]),
+    ({"span": "10:99999", "stream": "i", "threshold": "-0.2", "cells": "1:c:2, 1:q:3, x"}, [
+        "span=10:99999 is outside tiny.h5 (characters 0:", "threshold=-0.2 is out of range for stream i",
+        "&#x27;1:q:3&#x27;, &#x27;x&#x27; not LAYER:STREAM:UNIT"]),
+    ({"span": "-3:5"}, ["span=-3:5 is outside tiny.h5"]),
+    ({"span": "0:2100"}, ["span=0:2100 is longer than 2,000 characters; no span selected"]),
+    ({"span": "abc", "threshold": "lots"}, ["span &#x27;abc&#x27; is not START:STOP",
+                                            "threshold &#x27;lots&#x27; is not a number"]),
+])
+def test_bad_search_input_in_the_url_is_said(page, arguments, said):
+    p = page(recording="tiny.h5", layer=1, **arguments)
+    for message in said:
+        assert message in p.message
+    assert "Traceback" not in p.message and p.positions()[0] == 0  # the rest of the page works
+    state = p["url-state"].text
+    assert "threshold" not in state and "span" not in state
+    if "cells" in arguments:
+        assert "cells=1:c:2" in state and [label for label, _ in stacked(p)[:1]] == ["1:c:2"]
+
+
+def test_a_span_with_no_cell_on_says_so_and_suggests_a_lower_threshold(page):
+    a = TEXT.index("'x'")
+    p = page(recording="tiny.h5", layer=1, stream="c", span=f"{a}:{a + 2}")
+    said = (f"no unit of layer 1 c is &gt;= 0.3 on every character of {a}:{a + 2} and off just before it; "
+            "try a lower threshold or a shorter span")
+    assert said in p.message and said in p["match-cells"].text
+    assert p["match-table"].source.data["start"] == [] and "--" not in p.message
+    assert f"span={a}:{a + 2}" in p["url-state"].text  # kept: a lower threshold may find cells
+    p.set("match-span", value="12-15")  # typed, malformed: said, the selection stays
+    assert "span &#x27;12-15&#x27; is not START:STOP" in p.message
+    assert f"span={a}:{a + 2}" in p["url-state"].text
+    p.set("match-span", value="")  # cleared
+    assert p.message == "" and "span" not in p["url-state"].text

@@ -87,3 +87,60 @@ def test_dashboard_in_chromium(served, chromium):
     d.save_screenshot(str(ARTIFACTS / "dashboard.png"))
     severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []
+
+
+# per block of stacked rows: for each row its cell, its characters' positions and left edges
+STACKED = """
+return walkAll('.stack .block').map(b => [...b.querySelectorAll('.srow')].map(r => ({
+  label: r.querySelector('.lab').textContent,
+  pos: [...r.querySelectorAll('span[title]')].map(s => parseInt(s.title, 10)),
+  left: [...r.querySelectorAll('span[title]')].map(s => Math.round(s.getBoundingClientRect().left)),
+})));
+"""
+
+
+def test_stacked_rows_align_and_a_span_is_selected_with_the_mouse(served, chromium):
+    from selenium.webdriver.common.action_chains import ActionChains
+    d = chromium
+    d.get(served + "?recording=tiny.h5&layer=1&stream=c&window=1000&cells=0:c:1,1:c:2,1:h:3")
+    d.execute_script(WALK)
+    wait(d, lambda d: d.execute_script(COLOURED))
+
+    def char(position):  # a character of the text window
+        return d.execute_script(f"""return walkAll('.probe-text.pickable span[title]')
+            .find(s => !s.closest('.stack') && s.title.startsWith('{position} '))""")
+
+    ActionChains(d).click(char(40)).click(char(43)).perform()  # another tab is open: plain clicks
+    tab = wait(d, lambda d: d.execute_script(
+        "return walkAll('.bk-tab').find(t => t.textContent.trim() === 'select & match')"))
+    ActionChains(d).click(tab).perform()
+    blocks = wait(d, lambda d: (lambda b: b if b and b[0][0]["left"][0] > 0 else None)(d.execute_script(STACKED)))
+
+    # one row per typed cell in every block, the same characters, each exactly under the others
+    for block in blocks:
+        assert [r["label"] for r in block] == ["0:c:1", "1:c:2", "1:h:3"]
+        assert block[0]["pos"] == block[1]["pos"] == block[2]["pos"] and len(block[0]["pos"]) > 0
+        assert block[0]["left"] == block[1]["left"] == block[2]["left"]
+    shown = [p for b in blocks for p in b[0]["pos"]]  # the window (the recording is shorter), by lines of 120
+    assert shown == list(range(len(shown))) and len(blocks) == -(-len(shown) // 120) > 1
+
+    assert "span=" not in d.current_url
+
+    # with the tab open, two clicks on characters select the span between them (both included)
+    ActionChains(d).click(char(40)).click(char(43)).perform()
+    wait(d, lambda d: "span=40:44" in d.current_url)
+    said = wait(d, lambda d: d.execute_script(
+        "return [...walkAll('.cells'), ...walkAll('.msg')].map(e => e.textContent).join(' ')"))
+    assert "40:44" in said  # the cells on over it, or why there are none
+    underlined = "return walkAll('.probe-text.pickable span.sel').filter(s => !s.closest('.stack')).length"
+    wait(d, lambda d: d.execute_script(underlined) == 4)
+
+    # pressing on one character and releasing on another selects the span too
+    ActionChains(d).click_and_hold(char(60)).move_to_element(char(52)).release().perform()
+    wait(d, lambda d: "span=52:61" in d.current_url)
+    wait(d, lambda d: d.execute_script(underlined) == 9)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    d.save_screenshot(str(ARTIFACTS / "match.png"))
+    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []

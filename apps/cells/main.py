@@ -2,6 +2,9 @@
 
     bokeh serve apps/cells --args --recordings recordings/
     http://localhost:5006/cells?recording=stdlib-test.h5&layer=1&stream=c&unit=42&start=0
+    http://localhost:5006/cells?…&span=5010:5016&threshold=0.3&cells=0:c:89,1:c:120   (select & match)
+
+A bare URL opens on the best cell for in_short_string in a window of strings (``selection.opening``).
 
 Order as in Bokeh's movies example: data → widgets → callbacks → layout → first update →
 add_root. The text window is ``window.py``; each tab is a module in ``tabs/`` (add one:
@@ -19,11 +22,11 @@ from probe.features import FEATURES
 from probe.h5format import DESCRIPTION
 
 from . import views, window
-from .selection import STREAM_NAMES, WINDOWS, from_query
+from .selection import STREAM_NAMES, WINDOWS, from_query, is_bare
 from .session import Session, View
 from .store import store_for
 
-TABS = ["card", "leaderboard", "saturation", "live", "intervene"]  # modules in tabs/, in page order
+TABS = ["card", "leaderboard", "match", "saturation", "live", "intervene"]  # modules in tabs/, in page order
 
 # ---- data -----------------------------------------------------------------------------------
 doc = curdoc()
@@ -85,5 +88,5 @@ body = column(head.child, text_window.child, panels, name="body", visible=bool(s
 session.views = [text_window, *tabs, head]  # widgets and address last: they say what is shown
 
 # ---- first update ---------------------------------------------------------------------------
-session.start(url_problems)
+session.start(url_problems, bare=is_bare(arguments))
 doc.add_root(column(session.message, body, url_state, sizing_mode="stretch_width"))

@@ -1,16 +1,22 @@
-"""What a page shows, as in its URL: ``?recording=…&layer=1&stream=c&unit=42&start=0…``.
+"""What a page shows, as in its URL: ``?recording=…&layer=1&stream=c&unit=42&start=0…``,
+and the hypothesis search's ``span=5010:5016&threshold=0.3&cells=0:c:89,1:c:120``.
 
 Plain data and checks, no Bokeh: ``from_query`` reads a URL's arguments, ``fit`` clamps
 the selection into the open recording. Each refusal becomes one message for the page.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+import re
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
+import numpy as np
+
+from probe import match
 from probe.errors import ProbeError
 from probe.features import FEATURES
-from probe.h5format import STREAMS
+from probe.h5format import RANGE, STREAMS
 from probe.recording import Recording
 
 from .store import Store
@@ -18,6 +24,12 @@ from .store import Store
 STREAM_NAMES = STREAMS["lstm"]  # i f g o c h: what a URL may ask for
 WINDOWS = (1000, 2000, 5000, 10000)
 DEFAULT_WINDOW = 2000       # characters shown at first: fewer spans for the browser to draw
+DEFAULT_THRESHOLD = 0.3     # a unit is on at a character when its value (tanh(c) for c) is >= this
+MAX_CELLS = 32              # cells a URL or the cells box may list
+MAX_SPAN = 2000             # characters a span may cover: cells on over longer ones are rare
+VIEW_KEYS = ("recording", "layer", "stream", "unit", "start", "window", "feature")
+URL_KEYS = VIEW_KEYS + ("span", "threshold", "cells")
+Cell = tuple[int, str, int]  # (layer, stream, unit), written 1:c:120
 
 
 @dataclass
@@ -31,14 +43,74 @@ class Selection:
     start: int = 0
     window: int = DEFAULT_WINDOW
     feature: str = "in_string"
+    span: tuple[int, int] | None = None   # characters [start, stop) selected to find the cells on
+    threshold: float = DEFAULT_THRESHOLD  # what "on" means for the span and the matches
+    cells: tuple[Cell, ...] = ()          # typed rows for the stacked view (else the span's cells)
 
     @property
     def cell(self) -> tuple:
         """(recording, layer, stream, unit): views redraw what depends on the cell when it changes."""
         return self.recording, self.layer, self.stream, self.unit
 
+    @property
+    def matching(self) -> tuple:
+        """(recording, layer, stream, span, threshold): what the span's cells and matches depend on."""
+        return self.recording, self.layer, self.stream, self.span, self.threshold
+
     def query(self) -> str:
-        return urlencode({k: v for k, v in asdict(self).items() if v is not None})
+        """The URL query; the hypothesis-search keys only when set (older links stay the same)."""
+        q = {k: getattr(self, k) for k in VIEW_KEYS if getattr(self, k) is not None}
+        if self.span is not None:
+            q["span"] = f"{self.span[0]}:{self.span[1]}"
+        if self.threshold != DEFAULT_THRESHOLD:
+            q["threshold"] = f"{self.threshold:g}"
+        if self.cells:
+            q["cells"] = cells_text(self.cells)
+        return urlencode(q, safe=":,")
+
+
+def cells_text(cells) -> str:
+    return ",".join(f"{layer}:{stream}:{unit}" for layer, stream, unit in cells)
+
+
+_CELL = re.compile(r"(\d+):([a-z]+):(\d+)")
+
+
+def parse_cells(text: str) -> tuple[tuple[Cell, ...], list[str]]:
+    """``"0:c:89, 1:c:120"`` → ((0, "c", 89), (1, "c", 120)), and the parts that are not
+    LAYER:STREAM:UNIT (whole numbers, a stream name) or are one too many."""
+    cells, bad = [], []
+    for part in re.split(r"[,\s]+", text.strip()):
+        m = _CELL.fullmatch(part)
+        if not part:
+            continue
+        if m is None or m.group(2) not in STREAM_NAMES:
+            bad.append(part)
+        elif len(cells) >= MAX_CELLS:
+            bad.append(f"{part} (more than {MAX_CELLS} cells)")
+        else:
+            cell = (int(m.group(1)), m.group(2), int(m.group(3)))
+            if cell not in cells:
+                cells.append(cell)
+    return tuple(cells), bad
+
+
+def parse_span(text: str) -> tuple[int, int]:
+    """``"5010:5016"`` → (5010, 5016); a ProbeError if it is not START:STOP."""
+    m = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", text)
+    if m is None:
+        raise ProbeError(f"span {text!r} is not START:STOP (two whole numbers, like 5010:5016)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ProbeError(f"threshold {text!r} is not a number (like 0.3)")
+    return round(value, 4)
 
 
 def _arg(arguments: dict, key: str) -> str | None:
@@ -99,7 +171,30 @@ def from_query(arguments: dict, store: Store) -> tuple[Selection, list[str]]:
         problems.append(f"feature={sel.feature!r} in the URL is not one of {', '.join(FEATURES)}; "
                         f"showing {FEATURES[0]}")
         sel.feature = FEATURES[0]
+    span = _arg(arguments, "span")
+    if span is not None:
+        try:
+            sel.span = parse_span(span)
+        except ProbeError as e:
+            problems.append(f"{e} in the URL; no span selected")
+    threshold = _arg(arguments, "threshold")
+    if threshold is not None:
+        try:
+            sel.threshold = parse_threshold(threshold)
+        except ProbeError as e:
+            problems.append(f"{e} in the URL; using {DEFAULT_THRESHOLD:g}")
+    cells = _arg(arguments, "cells")
+    if cells is not None:
+        sel.cells, bad = parse_cells(cells)
+        if bad:
+            problems.append(f"cells={cells!r} in the URL: {', '.join(repr(b) for b in bad)} "
+                            "not LAYER:STREAM:UNIT (like 0:c:89, 1:c:120); left out")
     return sel, problems
+
+
+def is_bare(arguments: dict) -> bool:
+    """The URL asks for nothing: the page opens on the dashboard's own choice (``opening``)."""
+    return not any(key in arguments for key in URL_KEYS)
 
 
 def fit(sel: Selection, rec: Recording) -> list[str]:
@@ -123,8 +218,70 @@ def fit(sel: Selection, rec: Recording) -> list[str]:
         problems.append(f"start={sel.start} is outside {rec.path.name} ({T:,} characters); "
                         f"showing characters {start:,}–{min(T, start + sel.window):,}")
     sel.start = start
+    problems.extend(fit_search(sel, rec))
+    return problems
+
+
+def fit_search(sel: Selection, rec: Recording) -> list[str]:
+    """Drop a span outside the recording, a threshold the stream cannot cross and cells the
+    recording does not have; a message for each."""
+    problems = []
+    name, T = rec.path.name, len(rec)
+    if sel.span is not None:
+        a, b = sel.span
+        if a >= b:
+            problems.append(f"span={a}:{b} is empty (its stop must be after its start); no span selected")
+            sel.span = None
+        elif not (0 <= a and b <= T):
+            problems.append(f"span={a}:{b} is outside {name} (characters 0:{T}); no span selected")
+            sel.span = None
+        elif b - a > MAX_SPAN:
+            problems.append(f"span={a}:{b} is longer than {MAX_SPAN:,} characters; no span selected")
+            sel.span = None
+    try:
+        match.check_threshold(sel.stream, sel.threshold)
+    except ProbeError:
+        low, high = RANGE.get(sel.stream) or (-1.0, 1.0)
+        what = "tanh(c)" if sel.stream == "c" else sel.stream
+        problems.append(f"threshold={sel.threshold:g} is out of range for stream {sel.stream}: {what} "
+                        f"lies between {low:g} and {high:g}, so a threshold must lie strictly inside; "
+                        f"using {DEFAULT_THRESHOLD:g}")
+        sel.threshold = DEFAULT_THRESHOLD
+    unknown = [c for c in sel.cells if not (0 <= c[0] < rec.layers and c[1] in rec.streams
+                                            and 0 <= c[2] < rec.units)]
+    if unknown:
+        problems.append(f"no cell {cells_text(unknown).replace(',', ', ')} in {name} (layers 0..{rec.layers - 1}, "
+                        f"streams {' '.join(rec.streams)}, units 0..{rec.units - 1}); left out of the rows")
+        sel.cells = tuple(c for c in sel.cells if c not in unknown)
     return problems
 
 
 def clamp_start(start: int, window: int, length: int) -> int:
     return int(max(0, min(start, max(0, length - window))))
+
+
+# ---- the opening view -----------------------------------------------------------------------
+OPENING_FEATURE = "in_short_string"  # a bare URL opens on this feature's best cell …
+OPENING_STRINGS = 10                 # … in the first window holding this many string literals
+
+
+def opening(best, strings: np.ndarray, text: str, window: int) -> dict | None:
+    """What a bare URL shows once the recording's analysis is known: the leaderboard's top
+    cell for ``OPENING_FEATURE`` with that feature as overlay, in the first window (in steps
+    of half a window, started at a line) holding ``OPENING_STRINGS`` one-line string literals
+    (or the most). ``strings``: the feature over the recording, [T]. None if it has no cell."""
+    rows = best[best["feature"] == OPENING_FEATURE].sort_values("rank")
+    if rows.empty:
+        return None
+    top = rows.iloc[0]
+    literals = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(strings) != 0]).astype(np.int8)) == 1)
+    step = max(1, window // 2)
+    start = 0
+    if len(literals):
+        per_step = np.bincount(literals // step)
+        per_window = per_step + np.concatenate([per_step[1:], [0]])  # [steps]: literals in a window
+        start = int(np.argmax(per_window >= min(OPENING_STRINGS, per_window.max()))) * step
+        line = text.rfind("\n", max(0, start - 200), start)
+        start = line + 1 if line >= 0 else start  # from the start of its line
+    return dict(layer=int(top["layer"]), stream=str(top["stream"]), unit=int(top["unit"]),
+                feature=OPENING_FEATURE, start=clamp_start(start, window, len(text)))

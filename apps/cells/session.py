@@ -7,8 +7,9 @@ everything a session changes lives on its ``Session`` or in closures made by ``b
 from __future__ import annotations
 
 import logging
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable
 
@@ -19,11 +20,12 @@ from bokeh.models import Div, LayoutDOM
 from probe.errors import ProbeError
 from probe.recording import Recording
 
-from .selection import Selection, fit
+from .selection import OPENING_FEATURE, Selection, fit, opening
 from .store import Store
 from .views import message_html, reason
 
 log = logging.getLogger(__name__)
+OPENING_WAIT = 1.0  # seconds a bare URL waits for the recording's analysis (cached: ~0.5 s at most)
 
 
 def _nothing(*args) -> None:
@@ -61,6 +63,8 @@ class Session:
     values: np.ndarray | None = None  # [T] the selected cell over the whole recording
     analysis: object = None           # the recording's analysis: None, the exception, or its dict
     quiet: bool = False               # widgets are being set from the selection
+    mark: tuple | None = None         # (sel.matching, start, stop): the match jumped to, marked in the text
+    pending: Selection | None = None  # a bare URL's view, to leave for ``opening`` if still untouched
 
     def select(self, **changes) -> None:
         """The one way the selection changes (widgets, table, scatter, overview, paging)."""
@@ -82,10 +86,26 @@ class Session:
                                  f"{sel.unit}: {reason(e)}")
         self.show_problems()
 
-    def start(self, url_problems: list[str]) -> None:
-        """The first update; what the URL asked for and could not get is said first."""
+    def start(self, url_problems: list[str], bare: bool = False) -> None:
+        """The first update; what the URL asked for and could not get is said first. A bare
+        URL (``bare``) then opens on ``selection.opening``, once the analysis is known: at
+        once if it is cached, else when it is ready, if the page is still as it opened."""
         self.select()
+        if bare and self.rec is not None:
+            try:
+                result = self.store.analysis(self.sel.recording).result(timeout=OPENING_WAIT)
+            except FutureTimeout:
+                self.pending = replace(self.sel)
+            except Exception:  # noqa: BLE001 - the analysis failed: its views say so
+                pass
+            else:
+                self._open_on(result)
         self.problems[:0] = url_problems
+        self.show_problems()
+
+    def say(self, *problems: str) -> None:
+        """Messages about input that changed nothing (a malformed box), until the next change."""
+        self.problems.extend(problems)
         self.show_problems()
 
     def on_widget(self, **changes) -> None:
@@ -131,7 +151,7 @@ class Session:
         for view in self.views:
             view.on_analysis(None)
         self.store.analysis(name).add_done_callback(
-            lambda future: _on_next_tick(self.doc, partial(self._analysed, name, future)))
+            lambda future: on_next_tick(self.doc, partial(self._analysed, name, future)))
 
     def _analysed(self, name: str, future) -> None:
         if name != self.sel.recording:
@@ -142,9 +162,24 @@ class Session:
             self.analysis = e
         for view in self.views:
             view.on_analysis(self.analysis)
+        pending, self.pending = self.pending, None
+        if pending is not None and pending == self.sel and isinstance(self.analysis, dict):
+            self._open_on(self.analysis)
+
+    def _open_on(self, result: dict) -> None:
+        """Show the opening view of the recording (``selection.opening``), if it has one."""
+        sel = self.sel
+        try:
+            view = opening(result["best"], self.store.feature(sel.recording, OPENING_FEATURE),
+                           self.rec.text, sel.window)
+        except Exception:  # noqa: BLE001 - keep the plain first view
+            log.exception("cells: no opening view for %s", sel.recording)
+            return
+        if view is not None:
+            self.select(**view)
 
 
-def _on_next_tick(doc: Document, callback) -> None:
+def on_next_tick(doc: Document, callback) -> None:
     """Schedule ``callback`` on the document's thread (safe from a worker thread)."""
     try:
         doc.add_next_tick_callback(callback)

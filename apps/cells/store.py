@@ -1,8 +1,8 @@
 """What every session shares: the recordings folder and everything opened from it.
 
 A ``Store`` lives on ``server_context.cells`` (set in ``app_hooks.on_server_loaded``), so
-all sessions share its open recordings, analyses, feature arrays, models and recently
-shown cells. Per-session state lives in ``session.py``.
+all sessions share its open recordings, analyses, feature arrays, on/off indexes for
+matching, models and recently shown cells. Per-session state lives in ``session.py``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe import analysis, features
+from probe import analysis, features, match
 from probe.corpus import stdlib
 from probe.errors import ProbeError
 from probe.model import for_recording, load_model
@@ -59,6 +59,9 @@ class Store:
         self._columns: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._held: OrderedDict[tuple, object] = OrderedDict()  # open h5py datasets
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cells-analysis")
+        self._frames: dict[str, object] = {}
+        self._indexes: dict[tuple, Future] = {}
+        self._index_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cells-index")
 
     @classmethod
     def from_argv(cls, argv: list[str]) -> "Store":
@@ -157,6 +160,24 @@ class Store:
             self._features[key] = df[feature].to_numpy(dtype=np.float32)
         return self._features[key]
 
+    def features(self, name: str):
+        """Every feature over the whole recording, one DataFrame [T, features] (for ``match.explain``)."""
+        if name not in self._frames:
+            rec = self.recording(name)
+            self._frames[name] = features.compute(rec.text, documents=rec.document_spans)
+        return self._frames[name]
+
+    def match_index(self, name: str, layer: int, stream: str, threshold: float) -> Future:
+        """``match.index`` made ready in a background thread (read from beside the recording,
+        or built once, a second per 200,000 characters); when the future is done,
+        ``match.index`` on the open recording is a memory read. Its result is None."""
+        key = (name, layer, stream, float(threshold))
+        with self._lock:
+            if key not in self._indexes:
+                path = self.folder / name
+                self._indexes[key] = self._index_executor.submit(_ready_index, path, layer, stream, threshold)
+            return self._indexes[key]
+
     def model(self, name: str):
         """(model, note) to run typed text through, for this recording; note may be ''."""
         if name not in self._models:
@@ -165,11 +186,19 @@ class Store:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._index_executor.shutdown(wait=False, cancel_futures=True)
         self._held.clear()
         self._columns.clear()
         for rec in self._recordings.values():
             rec.close()
         self._recordings.clear()
+
+
+def _ready_index(path: Path, layer: int, stream: str, threshold: float) -> None:
+    """Load or build the on/off index on a recording opened for this thread: ``match`` keeps
+    it in memory (and beside the recording) for the session's own ``match.index``."""
+    with open_recording(path) as rec:
+        match.index(rec, layer, stream, threshold)
 
 
 def ensure_default(folder: Path) -> str | None:

@@ -1,6 +1,7 @@
 """The window onto the text, always shown: paging, the colour legend and where the window
 is, the whole recording as one strip, the coloured text, and the cell's trace beside a
-feature."""
+feature. The selected span is underlined (black) and a match jumped to (orange); the text
+is ``pickable``: a span is selected in it with the mouse (``views.PICK_JS``)."""
 from __future__ import annotations
 
 import html
@@ -15,7 +16,7 @@ from probe import render
 
 from .selection import Selection, clamp_start
 from .session import Session, View
-from .views import note_div, text_div
+from .views import mark_range, note_div, text_div
 
 
 def build(session: Session) -> View:
@@ -40,7 +41,8 @@ def build(session: Session) -> View:
             overview.x_range.start, overview.x_range.end = 0, len(rec)
             shown = sel.cell
         a, b = sel.start, min(len(rec), sel.start + sel.window)
-        text.text = render.colored_html(rec.text[a:b], values[a:b], sel.stream, start=a)
+        text.text = marked(render.colored_html(rec.text[a:b], values[a:b], sel.stream, start=a,
+                                               root_class="probe-text pickable"), a, sel, session.mark)
         status.text = status_html(rec, a, b)
         box.left, box.right = a, b
         feat = session.store.feature(sel.recording, sel.feature)[a:b]  # [n]
@@ -73,6 +75,15 @@ def build(session: Session) -> View:
     layout = column(row(prev_btn, next_btn, start, column(legend, status)), overview, text, trace,
                     sizing_mode="stretch_width")
     return View(layout, update, clear)
+
+
+def marked(coloured: str, start: int, sel: Selection, mark: tuple | None) -> str:
+    """Coloured text starting at ``start`` with the selected span and the match jumped to marked."""
+    if sel.span is not None:
+        coloured = mark_range(coloured, start, *sel.span, "sel")
+    if mark is not None and mark[0] == sel.matching:
+        coloured = mark_range(coloured, start, mark[1], mark[2], "hit")
+    return coloured
 
 
 def overview_bins(values: np.ndarray, bins: int = 600) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
