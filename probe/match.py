@@ -29,6 +29,7 @@ few others are.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -45,6 +46,7 @@ CHUNK = 32768            # rows per read while building an index
 MODES = ("lstmvis", "jaccard")
 INDEX_VERSION = 1
 _LOADED: OrderedDict = OrderedDict()  # recently used indexes, shared by all callers in a process
+_LOCK = threading.Lock()              # the dashboard builds indexes in a background thread
 _KEEP = 4
 
 
@@ -111,9 +113,10 @@ def index(rec: Recording, layer: int, stream: str, threshold: float = 0.3) -> np
     rec.check(layer, stream)
     check_threshold(stream, threshold)
     key = (str(rec.path.resolve()), layer, stream, float(threshold), _key(rec))
-    if key in _LOADED:
-        _LOADED.move_to_end(key)
-        return _LOADED[key]
+    with _LOCK:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
     side = index_path(rec, layer, stream, threshold)
     bits = _read_index(side, key[-1])
     if bits is None:
@@ -124,9 +127,10 @@ def index(rec: Recording, layer: int, stream: str, threshold: float = 0.3) -> np
                 np.save(f, bits)
         except OSError:
             pass
-    _LOADED[key] = bits
-    while len(_LOADED) > _KEEP:
-        _LOADED.popitem(last=False)
+    with _LOCK:
+        _LOADED[key] = bits
+        while len(_LOADED) > _KEEP:
+            _LOADED.popitem(last=False)
     return bits
 
 
