@@ -190,7 +190,7 @@ def parser() -> argparse.ArgumentParser:
     mt.add_argument("--mode", default="lstmvis", choices=["lstmvis", "jaccard"],
                     help="ranking: lstmvis (LSTMVis's rule, default) or jaccard (see probe/match.py)")
     mt.add_argument("--off-after", action="store_true",
-                    help="selected units must also be off right after the span (and after matches)")
+                    help="select only units that are also off right after the span")
     mt.add_argument("--json", action="store_true", help="machine-readable output")
 
     gr = sub.add_parser("gradients", help="how far back the loss reaches: gradient norm against steps back",
@@ -355,8 +355,7 @@ def cmd_match(a) -> int:
             units = match.select(rec, a.layer, a.stream, start, stop, a.threshold, off_after=a.off_after)
         else:
             units = match.parse_units(a.units)
-        hits = match.search(rec, a.layer, a.stream, units, a.threshold, a.top, a.mode,
-                            off_before=bool(a.span), off_after=a.off_after)
+        hits = match.search(rec, a.layer, a.stream, units, a.threshold, a.top, a.mode)
         why = match.explain(rec, hits)
     if a.json:
         print(json.dumps({"units": units,
