@@ -16,7 +16,7 @@ from .errors import ProbeError
 from .export import export_lstmvis
 from .features import parse_feature_args
 from .files import atomic, check_target
-from .model import SHIPPED, file_sha256, load_model, model_from_checkpoint, read_checkpoint
+from .model import NAMED, SHIPPED, file_sha256, load_model, model_from_checkpoint, read_checkpoint, shipped
 from .record import record
 from .recording import open_recording, summary, verify
 from .render import render_recording
@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate text from a model", formatter_class=fmt,
                        epilog=EPILOG + "probe sample --prime 'def ' --length 400 --temperature 0.7 --seed 1\n"
                        "  probe sample --prime 'x = ' --clamp 0:89:c=0 --seed 1     # the quote cell held at 0")
-    s.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
+    s.add_argument("--model", help="checkpoint, or a shipped model: lstm (default), gru, rnn")
     s.add_argument("--prime", default="\n", help="text to start from")
     s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
     s.add_argument("--temperature", type=float, default=0.8, help="1 = model's distribution, 0 = greedy")
@@ -98,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
                        epilog=EPILOG + "probe record --corpus stdlib --split test --limit 200000 "
                        "--out recordings/stdlib-test.h5\n  probe record --text mycode/ --glob '**/*.py' "
                        "--out recordings/mycode.h5 --batch 16")
-    r.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
+    r.add_argument("--model", help="checkpoint, or a shipped model: lstm (default), gru, rnn")
     rsrc = r.add_mutually_exclusive_group()
     rsrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
     rsrc.add_argument("--text", help="a UTF-8 text file or a folder of them")
@@ -148,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
                         formatter_class=fmt, epilog=EPILOG + "probe ablate --cells 0:89 --limit 20000\n"
                         "  probe ablate --layer 0 --feature in_short_string --limit 10000 --csv layer0.csv\n"
                         "  probe ablate --text mycode/ --cells 0:89,1:158 --how mean --json")
-    ab.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
+    ab.add_argument("--model", help="checkpoint, or a shipped model: lstm (default), gru, rnn")
     absrc = ab.add_mutually_exclusive_group()
     absrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
     absrc.add_argument("--text", help="a UTF-8 text file or a folder of them")
@@ -196,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     gr = sub.add_parser("gradients", help="how far back the loss reaches: gradient norm against steps back",
                         formatter_class=fmt, epilog=EPILOG + "probe gradients --limit 50000 --span 200\n"
                         "  probe gradients --model runs/gru.pt --text mycode/ --json --out gru-flow.json")
-    gr.add_argument("--model", help="checkpoint (default: the shipped stdlib model)")
+    gr.add_argument("--model", help="checkpoint, or a shipped model: lstm (default), gru, rnn")
     grsrc = gr.add_mutually_exclusive_group()
     grsrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
     grsrc.add_argument("--text", help="a UTF-8 text file or a folder of them")
@@ -272,7 +272,7 @@ def cmd_sample(a) -> int:
 
 
 def model_summary(path: str | None, history: bool = False) -> dict:
-    p = Path(path) if path else SHIPPED
+    p = shipped(path) if path in NAMED and not Path(path).exists() else Path(path) if path else SHIPPED
     ck = read_checkpoint(p)
     model_from_checkpoint(ck, p)  # refuses weights that do not fit the config, naming the tensor
     cfg = dict(ck["config"])

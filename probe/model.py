@@ -28,7 +28,11 @@ from .files import atomic
 
 FORMAT = "probe-model"
 VERSION = 1
-SHIPPED = Path(__file__).parent / "models" / "stdlib.pt"
+SHIPPED = Path(__file__).parent / "models" / "stdlib.pt"  # the LSTM: the default everywhere
+# shipped models by name (``load_model("gru")``, ``--model gru``), and how each is trained
+NAMED = {"lstm": "stdlib.pt", "gru": "stdlib-gru.pt", "rnn": "stdlib-rnn.pt"}
+HOW = {"lstm": "probe train --steps 12000", "gru": "probe train --cell gru --units 296 --steps 12000",
+       "rnn": "probe train --cell rnn --units 506 --steps 12000"}
 # the one default of each size (the shipped model's): CharRNN, probe train and its CLI
 LAYERS, UNITS, EMBEDDING, DROPOUT = 2, 256, 64, 0.1
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # the recurrent cell types (rnn: tanh)
@@ -166,11 +170,21 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") ->
     return model
 
 
+def shipped(name: str) -> Path:
+    """The file of a shipped model by name: lstm (the default), gru or rnn."""
+    return SHIPPED if name == "lstm" else SHIPPED.with_name(NAMED[name])
+
+
 def load_model(path: str | os.PathLike | None = None) -> CharRNN:
-    """Load a probe checkpoint in eval mode; with no path, the model shipped in the package."""
-    p = Path(path) if path is not None else SHIPPED
-    if path is None and not p.exists():
-        raise ProbeError(f"{p}: the shipped model is missing from this installation")
+    """Load a probe checkpoint in eval mode: a path, a shipped model's name (lstm, gru,
+    rnn), or nothing for the shipped LSTM. A file named like a shipped model wins over the
+    name (``--model gru`` in a folder holding a file ``gru``)."""
+    named = path is None or (str(path) in NAMED and not Path(path).exists())
+    name = "lstm" if path is None else str(path)
+    p = shipped(name) if named else Path(path)
+    if named and not p.exists():
+        raise ProbeError(f"{p}: the shipped {name} model is not in this installation"
+                         + ("" if name == "lstm" else f" yet (train it: {HOW[name]} --out {p})"))
     model = model_from_checkpoint(read_checkpoint(p), p)
     model.path = str(p)
     model.sha256 = file_sha256(p)

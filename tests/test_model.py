@@ -272,3 +272,13 @@ def test_an_unknown_cell_is_one_line(model_path, capsys):
                                        "choose lstm, gru, rnn\n")
     with pytest.raises(SystemExit):  # the flag itself: argparse lists the choices
         main(["train", "--cell", "transformer", "--out", str(model_path.parent / "m.pt")])
+
+
+def test_shipped_models_by_name(capsys, monkeypatch, tmp_path):
+    assert load_model("lstm").sha256 == load_model().sha256
+    monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "stdlib.pt")  # an installation without them
+    with pytest.raises(ProbeError, match=r"stdlib-gru.pt: the shipped gru model is not in this installation "
+                                         r"yet \(train it: probe train --cell gru --units 296"):
+        load_model("gru")
+    assert main(["sample", "--model", "rnn", "--length", "5"]) == 1
+    assert "the shipped rnn model is not in this installation yet" in capsys.readouterr().err
