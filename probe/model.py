@@ -243,8 +243,8 @@ def for_recording(rec) -> tuple[CharRNN, str]:
             model = load_model(path)
         except ProbeError:
             continue
-        if (model.vocab, model.layers, model.units) != (cfg.get("vocab"), cfg.get("layers"),
-                                                         cfg.get("units")):
+        if (model.vocab, model.layers, model.units, model.cell) != (
+                cfg.get("vocab"), cfg.get("layers"), cfg.get("units"), cfg.get("cell", "lstm")):
             continue
         note, own_name = "", Path(own).name
         if path is None and own:

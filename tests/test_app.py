@@ -196,8 +196,13 @@ def test_unknown_layer_unit_and_stream_in_the_url_give_messages(page):
     msg = p.message
     assert "no layer 7 in tiny.h5 (layers are 0..1)" in msg
     assert "no unit 99 in tiny.h5 (units are 0..7)" in msg
-    assert "stream=&#x27;z&#x27;" in msg and "start=&#x27;abc&#x27;" in msg
-    assert p["unit"].value == 0 and p.positions()[0] == 0
+    # z is a GRU's stream: accepted from the URL, then refused by this LSTM recording
+    assert "no stream z in tiny.h5 (streams are i f g o c h); showing c" in msg
+    assert "start=&#x27;abc&#x27;" in msg
+    assert p["unit"].value == 0 and p.positions()[0] == 0 and p["stream"].value == "c"
+    q = page(recording="tiny.h5", stream="q")  # no model kind records q
+    assert "stream=&#x27;q&#x27; in the URL is not one of i f g o c h r z n; ignored" in q.message
+    assert "stream=c" in q["url-state"].text
 
 
 def test_recording_text_is_escaped(page):
@@ -641,3 +646,115 @@ def test_a_span_with_no_cell_on_says_so_and_suggests_a_lower_threshold(page):
     assert f"span={a}:{a + 2}" in p["url-state"].text
     p.set("match-span", value="")  # cleared
     assert p.message == "" and "span" not in p["url-state"].text
+
+
+# ---- other model kinds: GRU and plain RNN --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory) -> Path:
+    """recordings/: gru.h5 and rnn.h5 (two layers of eight units each), their checkpoints beside."""
+    root = tmp_path_factory.mktemp("kinds")
+    recs = root / "recordings"
+    recs.mkdir()
+    for cell in ("gru", "rnn"):
+        torch.manual_seed(0)
+        model = CharRNN(corpus.build_vocab(TEXT), layers=2, units=8, embedding=4, cell=cell)
+        with torch.no_grad():  # larger weights, so gates move visibly
+            for p in model.rnn.parameters():
+                p.mul_(3)
+        save_checkpoint(root / f"{cell}.pt", model.eval())
+        record(load_model(root / f"{cell}.pt"), [("a.py", TEXT), ("b.py", TEXT.replace("Point", "Line") * 4)],
+               recs / f"{cell}.h5", dtype="float32", progress=False)
+    return recs
+
+
+@pytest.fixture(scope="module")
+def kinds_server(kinds):
+    with serving(kinds) as s:
+        yield s
+
+
+@pytest.fixture
+def kinds_page(kinds_server):
+    opened = []
+
+    def open_page(**arguments) -> Page:
+        opened.append(Page(kinds_server, **arguments))
+        return opened[-1]
+    yield open_page
+    for p in opened:
+        p.close()
+
+
+def test_a_gru_recording_shows_its_own_streams(kinds_page):
+    p = kinds_page(recording="gru.h5", layer=1, stream="z", unit=3)
+    assert p.message == "" and p.positions()[0] == 0
+    assert re.search(r'class="s\d+"', p["text"].text)  # a gate: the sequential palette
+    assert [value for value, _ in p["stream"].options] == ["r", "z", "n", "h"]
+    assert dict(p["stream"].options)["r"] == "r · reset gate"
+    p.set("stream", value="n")
+    assert re.search(r'class="d\d+"', p["text"].text) and "stream=n" in p["url-state"].text
+    assert p.message == ""
+    q = kinds_page(recording="gru.h5")  # no stream asked for: h, silently
+    assert q.message == "" and q["stream"].value == "h"
+
+
+def test_a_stream_the_recording_lacks_is_said_and_another_shown(kinds_page):
+    p = kinds_page(recording="gru.h5", stream="c", unit=2)
+    assert "no stream c in gru.h5 (streams are r z n h); showing h" in p.message
+    assert p["stream"].value == "h" and "stream=h" in p["url-state"].text and p.positions()[0] == 0
+    p.set("recording", value="rnn.h5")  # h is recorded by every kind: kept
+    assert p.message == "" and [v for v, _ in p["stream"].options] == ["h"]
+    p.set("recording", value="gru.h5")
+    p.set("stream", value="z")
+    p.set("recording", value="rnn.h5")
+    assert "no stream z in rnn.h5 (streams are h); showing h" in p.message
+    assert p["stream"].value == "h" and p.positions()[0] == 0
+
+
+def test_saturation_plots_the_recordings_gates(kinds_page):
+    p = kinds_page(recording="gru.h5")
+    p.wait_for(lambda: "click a dot" in p["saturation-note"].text)
+    names = [f"saturation-{g}" for g in "ifozr"]
+    assert [n for n in names if p.doc.select_one({"name": n}) is not None] == ["saturation-z", "saturation-r"]
+    sat = p["saturation-z"].renderers[0].data_source
+    assert len(sat.data["unit"]) == 2 * 8
+    p.locked(lambda: sat.selected.update(indices=[9]))
+    assert (p["stream"].value, p["unit"].value) == ("z", sat.data["unit"][9])
+
+    q = kinds_page(recording="rnn.h5")
+    assert "this model has no gates" in q["saturation-note"].text
+    assert all(q.doc.select_one({"name": n}) is None for n in names)
+    q.set("recording", value="gru.h5")
+    q.wait_for(lambda: "click a dot" in q["saturation-note"].text)
+    assert q.doc.select_one({"name": "saturation-r"}) is not None
+
+
+def test_intervene_says_it_is_for_lstm_models(kinds_page):
+    p = kinds_page(recording="gru.h5", stream="h", unit=1)
+    open_tab(p, "intervene")
+    said = "ablation and steering are written for LSTM models; this one is a gru"
+    assert said in p["intervene-note"].text
+    click(p, "intervene-run")
+    click(p, "steer-run")
+    assert said in p["intervene-note"].text and said in p["steer-note"].text
+    assert p["intervene-text"].text == "" and p["steer-clamped"].text == "" and p.message == ""
+    assert not p["intervene-run"].disabled and not p["steer-run"].disabled
+
+
+@pytest.mark.parametrize("recording, stream", [("gru.h5", "z"), ("rnn.h5", "h")])
+def test_typed_text_and_the_opening_view_work_for_any_kind(kinds_page, kinds, recording, stream):
+    p = kinds_page(recording=recording, layer=1, stream=stream, unit=2)
+    p.set("live-in", value="def f(x): return x")
+    assert len(p.positions("live")) == len("def f(x): return x") and p.message == ""
+    before = p["live"].text
+    p.set("unit", value=3)
+    assert p["live"].text != before
+
+    bare = kinds_page()  # the opening view: the first recording's best in_short_string cell
+    best = analysis.analysis(kinds / "gru.h5")["best"]
+    top = best[best["feature"] == "in_short_string"].sort_values("rank").iloc[0]
+    bare.wait_for(lambda: "feature=in_short_string" in bare["url-state"].text)
+    assert bare.message == ""
+    assert f"recording=gru.h5&layer={top['layer']}&stream={top['stream']}&unit={top['unit']}&" in \
+        bare["url-state"].text

@@ -1,4 +1,4 @@
-"""One LSTM cell at a time: the recorded text coloured by the cell, and ways to find cells.
+"""One recurrent cell at a time: the recorded text coloured by the cell, and ways to find cells.
 
     bokeh serve apps/cells --args --recordings recordings/
     http://localhost:5006/cells?recording=stdlib-test.h5&layer=1&stream=c&unit=42&start=0
@@ -22,7 +22,7 @@ from probe.features import FEATURES
 from probe.h5format import DESCRIPTION
 
 from . import views, window
-from .selection import STREAM_NAMES, WINDOWS, from_query, is_bare
+from .selection import WINDOWS, from_query, is_bare
 from .session import Session, View
 from .store import store_for
 
@@ -40,8 +40,7 @@ controls = dict(
     recording=Select(title="recording", options=store.names(), value=sel.recording or "", width=200,
                      name="recording"),
     layer=Select(title="layer", options=["0"], value="0", width=70, name="layer"),
-    stream=Select(title="stream", value=sel.stream, width=150, name="stream",
-                  options=[(s, f"{s} · {DESCRIPTION[s]}") for s in STREAM_NAMES]),
+    stream=Select(title="stream", value=sel.stream or "", width=150, name="stream", options=[]),  # see show
     unit=Spinner(title="unit", low=0, high=0, step=1, value=0, width=90, name="unit"),
     feature=Select(title="feature overlay", options=list(FEATURES), value=sel.feature, width=150,
                    name="feature"),
@@ -59,10 +58,11 @@ def show(sel):
     """Widgets, address bar and title follow the selection."""
     rec = session.rec
     with session.quietly():
+        controls["layer"].options = [str(k) for k in range(rec.layers)]  # the open recording's, first
+        controls["stream"].options = [(s, f"{s} · {DESCRIPTION.get(s, s)}") for s in rec.streams]
+        controls["unit"].high = rec.units - 1
         for key, widget in controls.items():
             widget.value = getattr(sel, key) if isinstance(widget, Spinner) else str(getattr(sel, key))
-        controls["layer"].options = [str(k) for k in range(rec.layers)]
-        controls["unit"].high = rec.units - 1
     url_state.text = sel.query()
     doc.title = f"cells · {sel.recording} layer {sel.layer} {sel.stream} unit {sel.unit}"
 

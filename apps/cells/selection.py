@@ -21,7 +21,9 @@ from probe.recording import Recording
 
 from .store import Store
 
-STREAM_NAMES = STREAMS["lstm"]  # i f g o c h: what a URL may ask for
+# i f g o c h r z n: what a URL may ask for (a stream of any kind; ``fit`` checks the recording's)
+STREAM_NAMES = tuple(dict.fromkeys(s for kind in STREAMS.values() for s in kind))
+PREFERRED_STREAMS = ("c", "h")  # what a page shows when its URL names no stream: c if recorded, else h
 WINDOWS = (1000, 2000, 5000, 10000)
 DEFAULT_WINDOW = 2000       # characters shown at first: fewer spans for the browser to draw
 DEFAULT_THRESHOLD = 0.3     # a unit is on at a character when its value (tanh(c) for c) is >= this
@@ -38,7 +40,7 @@ class Selection:
 
     recording: str | None = None
     layer: int = 0
-    stream: str = "c"
+    stream: str | None = None  # None: the recording's default (``default_stream``), set by ``fit``
     unit: int = 0
     start: int = 0
     window: int = DEFAULT_WINDOW
@@ -156,7 +158,7 @@ def from_query(arguments: dict, store: Store) -> tuple[Selection, list[str]]:
         if stream in STREAM_NAMES:
             sel.stream = stream
         else:
-            problems.append(f"stream={stream!r} in the URL is not one of {' '.join(STREAM_NAMES)}; showing c")
+            problems.append(f"stream={stream!r} in the URL is not one of {' '.join(STREAM_NAMES)}; ignored")
     for key in ("layer", "unit", "start", "window"):
         v = _int(arguments, key, problems)
         if v is not None:
@@ -208,10 +210,13 @@ def fit(sel: Selection, rec: Recording) -> list[str]:
         problems.append(f"no unit {sel.unit} in {rec.path.name} (units are 0..{rec.units - 1}); "
                         "showing unit 0")
         sel.unit = 0
-    if sel.stream not in rec.streams:
+    if sel.stream is None:  # none asked for: the recording's default, silently
+        sel.stream = default_stream(rec.streams)
+    elif sel.stream not in rec.streams:
+        shown = default_stream(rec.streams)
         problems.append(f"no stream {sel.stream} in {rec.path.name} (streams are {' '.join(rec.streams)}); "
-                        f"showing {rec.streams[0]}")
-        sel.stream = rec.streams[0]
+                        f"showing {shown}")
+        sel.stream = shown
     T = len(rec)
     start = clamp_start(sel.start, sel.window, T)
     if not 0 <= sel.start < T:
@@ -220,6 +225,12 @@ def fit(sel: Selection, rec: Recording) -> list[str]:
     sel.start = start
     problems.extend(fit_search(sel, rec))
     return problems
+
+
+def default_stream(streams) -> str:
+    """The stream shown when none (or one the recording lacks) is asked for: c for an LSTM,
+    else h (every kind records it), else the first."""
+    return next((s for s in PREFERRED_STREAMS if s in streams), streams[0])
 
 
 def fit_search(sel: Selection, rec: Recording) -> list[str]:

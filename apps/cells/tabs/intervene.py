@@ -4,6 +4,9 @@ and colour each character by what that costs; then steer the model by clamping t
 Computed on demand, when a button is pressed, never on a change of selection: a change of
 cell or window only drops the old result (a change of overlay feature recomputes the
 summary from the kept losses), so switching cells costs what it did without this tab.
+
+Ablation and clamping (``probe.intervene``) are written for LSTM models: on a recording of
+another kind the tab says so and its buttons do nothing.
 """
 from __future__ import annotations
 
@@ -68,6 +71,15 @@ def window_of(session: Session, sel: Selection) -> Window:
 
 def pinned_stream(stream: str) -> str:
     return "c" if stream == "c" else "h"
+
+
+def not_lstm(rec) -> str | None:
+    """Why this recording's model cannot be edited here (not an LSTM), or None."""
+    kind = rec.model_config.get("cell", "lstm") if rec is not None else "lstm"
+    if kind == "lstm":
+        return None
+    return (f"ablation and steering are written for LSTM models; this one is a {kind}, so there is "
+            "nothing to zero or clamp here")
 
 
 def random_units(units: int, unit: int, k: int = RANDOM_UNITS, seed: int = SEED) -> list[int]:
@@ -174,6 +186,8 @@ def build(session: Session) -> View:
     busy = sampling = False  # a run or a sample is scheduled: further clicks are ignored
 
     def idle_note(sel: Selection) -> str:
+        if not_lstm(session.rec):
+            return note_html(not_lstm(session.rec))
         if sel.recording in missing:
             return message_html([missing[sel.recording]])
         w = window_of(session, sel)
@@ -235,12 +249,16 @@ def build(session: Session) -> View:
 
     def on_show() -> None:
         if session.rec is not None and result is None and not busy:
-            if model_or_say(note) is not None:
+            if not_lstm(session.rec) or model_or_say(note) is not None:
                 note.text = idle_note(session.sel)
 
     def on_run() -> None:
         nonlocal busy
         if busy or session.rec is None:
+            return
+        if not_lstm(session.rec):
+            drop()
+            note.text = idle_note(session.sel)
             return
         found = model_or_say(note)
         if found is None:
@@ -279,6 +297,10 @@ def build(session: Session) -> View:
     def on_sample() -> None:
         nonlocal sampling
         if sampling or session.rec is None:
+            return
+        if not_lstm(session.rec):
+            free.text = clamped.text = ""
+            steer_note.text = note_html(not_lstm(session.rec))
             return
         found = model_or_say(steer_note)
         if found is None:

@@ -1,5 +1,8 @@
 """Gate saturation (Karpathy et al. 2015, fig. 3): for each gate unit, the fraction of
-characters it spends left- and right-saturated; a click on a dot shows that unit."""
+characters it spends left- and right-saturated; a click on a dot shows that unit.
+
+One plot per gate stream of the open recording (LSTM: i f o; GRU: r z; a plain RNN has
+none), each made the first time a recording needs it and kept for the session."""
 from __future__ import annotations
 
 from functools import partial
@@ -11,28 +14,40 @@ from bokeh.plotting import figure
 from bokeh.transform import factor_cmap
 
 from probe.detectors import gates
-from probe.h5format import STREAMS
 
 from ..selection import Selection
 from ..session import Session, View
-from ..views import analysis_note, note_div
+from ..views import analysis_note, note_div, note_html
 
 TITLE = "gate saturation"
-GATES = gates(STREAMS["lstm"])            # i f o: the streams in [0, 1]
 LAYERS = [str(k) for k in range(10)]      # coloured by layer, up to ten
 COLUMNS = ("left", "right", "layer", "unit")
 
 
 def build(session: Session) -> View:
-    sources = {g: ColumnDataSource({k: [] for k in COLUMNS}) for g in GATES}
-    figures = [saturation_figure(sources[g], g) for g in GATES]
-    note = note_div()
+    sources: dict[str, ColumnDataSource] = {}  # gate -> its dots; made on first use
+    figures: dict[str, figure] = {}
+    plots = row()                              # the open recording's gates' figures
+    note = note_div(name="saturation-note")
+    shown: list[str] = []                      # the gates plotted now
+
+    def show_gates() -> None:
+        """The open recording's gate streams get a plot each (made the first time)."""
+        shown[:] = gates(session.rec.streams) if session.rec is not None else []
+        for g in shown:
+            if g not in figures:
+                sources[g] = ColumnDataSource({k: [] for k in COLUMNS})
+                sources[g].selected.on_change("indices", partial(on_dot, g))
+                figures[g] = saturation_figure(sources[g], g)
+        if [f.name for f in plots.children] != [f"saturation-{g}" for g in shown]:
+            plots.children = [figures[g] for g in shown]
 
     def update(sel: Selection) -> None:
         """Select the dot of the shown cell, in its gate's plot."""
         ready = isinstance(session.analysis, dict)
         with session.quietly():
-            for g, src in sources.items():
+            for g in shown:
+                src = sources[g]
                 src.selected.indices = index_of(src, sel.layer, sel.unit) if ready and g == sel.stream else []
 
     def clear() -> None:
@@ -40,13 +55,18 @@ def build(session: Session) -> View:
             src.data = {k: [] for k in COLUMNS}
 
     def on_analysis(result) -> None:
-        note.text = analysis_note(result, "fraction of characters each gate unit spends left- (<0.1) or "
-                                          "right- (>0.9) saturated; click a dot to show that unit")
-        if isinstance(result, dict):
-            for g, src in sources.items():
-                src.data = saturation_data(result["saturation"], g)
+        show_gates()
+        if session.rec is not None and not shown:
+            kind = session.rec.model_config.get("cell", "lstm")
+            note.text = note_html(f"this model has no gates (a plain {kind.upper()} records only "
+                                  f"{' '.join(session.rec.streams)}): nothing saturates in [0, 1]")
         else:
-            clear()
+            note.text = analysis_note(result, "fraction of characters each gate unit spends left- (<0.1) or "
+                                              "right- (>0.9) saturated; click a dot to show that unit")
+        clear()
+        if isinstance(result, dict):
+            for g in shown:
+                sources[g].data = saturation_data(result["saturation"], g)
         update(session.sel)
 
     def on_dot(gate, attr, old, new):
@@ -54,9 +74,7 @@ def build(session: Session) -> View:
             d = sources[gate].data
             session.on_widget(layer=int(d["layer"][new[0]]), stream=gate, unit=int(d["unit"][new[0]]))
 
-    for g, src in sources.items():
-        src.selected.on_change("indices", partial(on_dot, g))
-    return View(column(note, row(*figures)), update, clear, on_analysis)
+    return View(column(note, plots), update, clear, on_analysis)
 
 
 def saturation_data(sat, stream: str) -> dict:
