@@ -24,10 +24,12 @@ from . import detectors
 from .files import atomic
 from .recording import Recording, open_recording
 
-ANALYSIS_VERSION = 3      # bump when scores/saturation change meaning: invalidates caches
+ANALYSIS_VERSION = 4      # bump when scores/saturation change meaning: invalidates caches
                           # (2: the saturation frame's column ``gate`` became ``stream``;
                           # 3: string features follow the after-reading-t convention, prefix
-                          # letters and closing quotes now outside: old scores used old labels)
+                          # letters and closing quotes now outside: old scores used old labels;
+                          # 4: new built-in feature ``preprocessor``, and .c/.h documents get
+                          # C lexing rules: cached tables hold the old feature set and labels)
 
 
 # ---- the cached analysis ---------------------------------------------------------------

@@ -57,7 +57,8 @@ def length(rec: Recording) -> int:
 def default_features(rec: Recording, regex: dict[str, str] | None = None) -> pd.DataFrame:
     """The built-in features (plus ``regex`` ones) of the recording's text, per document."""
     length(rec)
-    return features_mod.compute(rec.text, documents=rec.document_spans, regex=regex)
+    return features_mod.compute(rec.text, documents=rec.document_spans,
+                                document_names=rec.documents["name"].tolist(), regex=regex)
 
 
 def gates(streams) -> list[str]:

@@ -47,6 +47,10 @@ Built-in features, with a tiny example (one value per character of the text):
   ``f(a[1])`` -> 0 1 1 2 2 1 0 ; ``)(`` -> 0 1
 - ``indent``: number of leading spaces and tabs of the current line (a tab counts 1),
   for every character of the line. `` a\\n\\tb`` -> 1 1 1 1 1
+- ``preprocessor``: 1 on every character of a C preprocessor line (first non-blank
+  character ``#``), continuation lines included, its final newline excluded; always 0
+  in Python and plain text (a Python ``#`` line is a comment).
+  ``#if A \\\\\\n B\\nx`` -> 1 1 1 1 1 1 1 1 1 1 0 0
 
 Lexing modes (``python=``):
 
@@ -67,6 +71,37 @@ Lexing modes (``python=``):
   comments (``in_comment`` is all 0: use a regex feature, e.g.
   ``{"c_comment": r"/\\*[\\s\\S]*?\\*/|//.*"}``). Brackets count outside strings.
 
+C rules (``languages=["c"]``, or a document name ending in ``.c`` or ``.h``):
+
+- ``"..."`` strings and ``'...'`` character literals are both ``in_short_string``
+  (short quoted literals; prefixes such as ``L u U u8`` are outside like Python's). A
+  backslash protects the next character, so ``'\\''`` is one literal and a
+  backslash-newline continues a literal; an unterminated literal ends at the end of its
+  line (the newline outside), like Python's short strings. C has no long strings:
+  ``in_long_string`` is always 0.
+- Comments: ``/* ... */`` may span lines; its ``/*`` is inside and the ``/`` of its
+  ``*/`` outside (after reading it the reader is out, like after a closing quote);
+  ``/*/`` does not close; an unterminated one runs to the end of the document.
+  ``// ...`` runs to the end of its line, the newline outside; a backslash-newline
+  continues it onto the next line (C's line splicing). As with triple quotes, the first
+  ``/`` is already inside although a reader cannot yet tell it opens a comment.
+- Brackets count outside literals and comments, as in Python (preprocessor lines
+  included: ``#define f(x) ((x) + 1)`` is balanced).
+- ``preprocessor``: from the start of a line whose first non-blank character is a ``#``
+  outside comments and literals, through every line joined to it by a trailing
+  backslash (and through the lines of a ``/* */`` comment inside it, as in C), to its
+  final newline (0). Strings and comments inside a directive keep their own features.
+- Simplifications: C's line splicing is applied to ``//`` comments and directives;
+  inside a literal a backslash escapes the next character, so ``"a\\\\`` then a newline
+  ends there (unterminated) where C would splice the last backslash and go on.
+  Trigraphs, C23 digit separators (``1'000``) and ``#if 0`` blocks are not special.
+
+Choosing the rules per document: ``languages`` gives one of ``"c"``, ``"python"``,
+``"plain"`` (None: the ``python=`` rule) per document; ``document_names`` chooses by
+extension (``.c``, ``.h`` -> C; ``.py`` -> Python; anything else -> the ``python=`` rule:
+plain text for ``python=False``, else Python). ``probe.detectors.default_features``
+passes a recording's document names, so a recording of kernel sources gets C rules.
+
 Only ``\\n`` ends a line (a ``\\r`` is an ordinary character). With ``documents``, every
 document is lexed on its own: strings, comments, brackets and lines restart at its start.
 
@@ -86,10 +121,12 @@ from .errors import ProbeError
 
 FEATURES: tuple[str, ...] = (
     "in_string", "in_short_string", "in_long_string", "in_comment",
-    "column", "line_length", "chars_to_eol", "bracket_depth", "indent",
+    "column", "line_length", "chars_to_eol", "bracket_depth", "indent", "preprocessor",
 )
-BINARY: set[str] = {"in_string", "in_short_string", "in_long_string", "in_comment"}
+BINARY: set[str] = {"in_string", "in_short_string", "in_long_string", "in_comment", "preprocessor"}
 _LEXICAL = BINARY | {"bracket_depth"}
+LANGUAGES: tuple[str, ...] = ("c", "python", "plain")
+EXTENSIONS: dict[str, str] = {".c": "c", ".h": "c", ".py": "python"}  # the rest: ``python=``
 
 # ---- lexers: tokens found with one regex, masks filled with numpy ---------------------
 
@@ -113,16 +150,30 @@ _PLAIN_TOKEN = re.compile(
     r"|(?<!\w)'[^'\\\n]*(?:(?:\\.|'(?=\w))[^'\\\n]*)*'(?!\w)"
 )
 
+# C: group 1 a // comment (a backslash-newline continues it), 2 a /* */ comment (3 its
+# closing '/', set only when closed), 4 a '...' or "..." literal (5, 6 the closing
+# quotes), 7 the start of a preprocessor line (blanks and '#' at a line's start; the
+# rest of the directive is found from the masks). Unrolled loops as for Python.
+_C_TOKEN = re.compile(
+    r"(//[^\\\n]*(?:\\(?:\r?\n)?[^\\\n]*)*)"
+    r"|(/\*[^*]*(?:\*+[^*/][^*]*)*\**(?:(/)|\Z))"
+    r"|('[^'\\\n]*(?:" + _ESC + r"[^'\\\n]*)*(?:(')|(?=\n)|\Z)"
+    r'|"[^"\\\n]*(?:' + _ESC + r'[^"\\\n]*)*(?:(")|(?=\n)|\Z))'
+    r"|^([ \t]*#)",
+    re.MULTILINE,
+)
 
-def _spans_python(text: str) -> tuple[list, list, list]:
-    """[start, stop) spans of short strings, long strings and comments of Python text.
+
+def _spans_python(text: str) -> tuple[list, list, list, list]:
+    """[start, stop) spans of short strings, long strings, comments and preprocessor
+    lines (none) of Python text.
 
     A string's span runs from its first opening quote to its last closing quote,
     exclusive (the state after reading each character; see the module docstring).
     Prefix letters need no handling: the token starts at the quote, and the letters
     before it are outside anyway.
     """
-    spans: tuple[list, list, list] = ([], [], [])  # short, long, comment
+    spans: tuple[list, list, list, list] = ([], [], [], [])  # short, long, comment, none
     for m in _PY_TOKEN.finditer(text):
         start, stop = m.span()
         kind = m.lastindex
@@ -134,12 +185,53 @@ def _spans_python(text: str) -> tuple[list, list, list]:
     return spans
 
 
-def _spans_plain(text: str) -> tuple[list, list, list]:
-    """[start, stop) spans of the quoted parts of plain text (all short; no comments).
+def _spans_plain(text: str) -> tuple[list, list, list, list]:
+    """[start, stop) spans of the quoted parts of plain text (all short; no comments, no
+    preprocessor lines).
 
     Every match is a closed pair of quotes: the closing quote is left out.
     """
-    return [(a, b - 1) for a, b in (m.span() for m in _PLAIN_TOKEN.finditer(text))], [], []
+    return [(a, b - 1) for a, b in (m.span() for m in _PLAIN_TOKEN.finditer(text))], [], [], []
+
+
+def _spans_c(text: str) -> tuple[list, list, list, list]:
+    """[start, stop) spans of short literals, long strings (none), comments and
+    preprocessor lines of C text.
+
+    A literal's closing quote and a block comment's closing ``/`` are left out, like a
+    line comment's newline (the state after reading each character). A preprocessor
+    line runs from its line's start to the first newline after its ``#`` that is not
+    spliced (preceded by a backslash) and not inside a comment or literal (a ``/* */``
+    comment may carry a directive over several lines, as in C); that newline is out.
+    """
+    short: list = []
+    comment: list = []
+    directives: list = []
+    for m in _C_TOKEN.finditer(text):
+        start, stop = m.span()
+        kind = m.lastindex
+        if kind == 1:
+            comment.append((start, stop))
+        elif kind == 2:
+            comment.append((start, stop - (m.start(3) >= 0)))
+        elif kind == 4:
+            short.append((start, stop - (m.start(5) >= 0 or m.start(6) >= 0)))
+        else:
+            directives.append(start)
+    if directives:
+        n = len(text)
+        codes = _codepoints(text)
+        newline = np.flatnonzero(codes == 10)
+        inside = _mask(short, n) | _mask(comment, n)
+        prev = np.where(newline >= 1, codes[newline - 1], 0)
+        prev2 = np.where(newline >= 2, codes[newline - 2], 0)
+        spliced = (prev == 92) | ((prev == 13) & (prev2 == 92))  # '\\' then '\n' or '\r\n'
+        ends = np.append(newline[~spliced & ~inside[newline]], n)
+        stops = ends[np.searchsorted(ends, np.asarray(directives))]
+        # one span per logical line: a '#' opening a continuation line adds nothing
+        stops, first = np.unique(stops, return_index=True)
+        directives = list(zip(np.asarray(directives)[first].tolist(), stops.tolist()))
+    return short, [], comment, directives
 
 
 def _mask(spans: list[tuple[int, int]], length: int) -> np.ndarray:
@@ -162,7 +254,7 @@ def lex_python(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     >>> comment.astype(int).tolist()
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
     """
-    return tuple(_mask(s, len(text)) for s in _spans_python(text))  # type: ignore[return-value]
+    return tuple(_mask(s, len(text)) for s in _spans_python(text)[:3])  # type: ignore[return-value]
 
 
 def lex_plain(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -171,7 +263,22 @@ def lex_plain(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     >>> lex_plain("don't 'go'")[0].astype(int).tolist()
     [0, 0, 0, 0, 0, 0, 1, 1, 1, 0]
     """
-    return tuple(_mask(s, len(text)) for s in _spans_plain(text))  # type: ignore[return-value]
+    return tuple(_mask(s, len(text)) for s in _spans_plain(text)[:3])  # type: ignore[return-value]
+
+
+def lex_c(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks (in_short_string, in_long_string, in_comment, preprocessor) of C
+    source; ``in_long_string`` is all False (C has no long strings).
+
+    >>> short, long, comment, pre = lex_c("#define A '/' /* x */\\nA")
+    >>> short.astype(int).tolist()[10:]
+    [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    >>> comment.astype(int).tolist()[10:]
+    [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    >>> pre.astype(int).tolist()
+    [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+    """
+    return tuple(_mask(s, len(text)) for s in _spans_c(text))  # type: ignore[return-value]
 
 
 # ---- numpy helpers ------------------------------------------------------------------
@@ -221,16 +328,19 @@ def _line_features(codes: np.ndarray, doc_starts: np.ndarray) -> dict[str, np.nd
             "indent": per_line(first - starts)}
 
 
+_SPLIT = {"c": _spans_c, "python": _spans_python, "plain": _spans_plain}
+
+
 def _lexical_features(text: str, bounds: list[tuple[int, int]], codes: np.ndarray,
-                      python: bool) -> dict[str, np.ndarray]:
-    """String, comment and bracket features, lexing every document separately."""
-    spans: tuple[list, list, list] = ([], [], [])
-    split = _spans_python if python else _spans_plain
-    for start, stop in bounds:
-        for acc, doc_spans in zip(spans, split(text[start:stop])):
+                      languages: list[str]) -> dict[str, np.ndarray]:
+    """String, comment, bracket and preprocessor features, lexing every document
+    separately with the rules of its language."""
+    spans: tuple[list, list, list, list] = ([], [], [], [])
+    for (start, stop), language in zip(bounds, languages):
+        for acc, doc_spans in zip(spans, _SPLIT[language](text[start:stop])):
             acc.extend((a + start, b + start) for a, b in doc_spans)
     n = len(text)
-    short, long, comment = (_mask(s, n) for s in spans)
+    short, long, comment, pre = (_mask(s, n) for s in spans)
     in_str = short | long
     steps = _BRACKET_STEP[np.minimum(codes, 127)]
     steps[in_str | comment] = 0
@@ -243,6 +353,7 @@ def _lexical_features(text: str, bounds: list[tuple[int, int]], codes: np.ndarra
         "in_long_string": long.astype(np.int8),
         "in_comment": comment.astype(np.int8),
         "bracket_depth": depth,
+        "preprocessor": pre.astype(np.int8),
     }
 
 
@@ -310,7 +421,44 @@ def is_binary(name: str, values: np.ndarray | None = None) -> bool:
 
 # ---- the entry point ----------------------------------------------------------------
 
+def language_of(name: str, python: bool | None = None) -> str:
+    """The lexing rules for a document called ``name``: by its extension (``.c`` and
+    ``.h`` C, ``.py`` Python, any case), else as ``python=`` says (``False`` plain text,
+    otherwise Python).
+
+    >>> language_of("drivers/net/tun.c"), language_of("x.PY"), language_of("README"), language_of("a.txt", False)
+    ('c', 'python', 'python', 'plain')
+    """
+    ext = str(name)[str(name).rfind("."):].lower() if "." in str(name) else ""
+    return EXTENSIONS.get(ext, "plain" if python is False else "python")
+
+
+def _check_languages(languages, document_names, count: int, python: bool | None) -> list[str]:
+    """One language per document (``count`` of them, empty ones included)."""
+    default = "plain" if python is False else "python"
+    if languages is not None and document_names is not None:
+        raise ProbeError("give languages or document_names, not both")
+    given, what = (languages, "languages") if languages is not None else (document_names, "document_names")
+    if given is None:
+        return [default] * count
+    given = list(given)
+    if len(given) != count:
+        raise ProbeError(f"{what}: {len(given)} given for {count} document{'s' * (count != 1)}")
+    if languages is None:
+        return [language_of(name, python) for name in given]
+    out = []
+    for lang in given:
+        if lang is None:
+            out.append(default)
+        elif lang in LANGUAGES:
+            out.append(lang)
+        else:
+            raise ProbeError(f"languages: unknown language {lang!r}: choose {', '.join(LANGUAGES)}")
+    return out
+
+
 def _check_documents(documents, n: int) -> list[tuple[int, int]]:
+    """[start, stop) bounds of every document, empty ones included."""
     if documents is None:
         return [(0, n)]
     bounds, expect = [], 0
@@ -326,11 +474,12 @@ def _check_documents(documents, n: int) -> list[tuple[int, int]]:
         expect = stop
     if expect != n:
         raise ProbeError(f"documents cover {expect} characters but the text has {n}")
-    return [b for b in bounds if b[1] > b[0]]
+    return bounds
 
 
 def compute(text: str, names: list[str] | None = None, *,
             documents: list[tuple[int, int]] | None = None, python: bool | None = None,
+            languages: list[str | None] | None = None, document_names: list[str] | None = None,
             regex: dict[str, str] | None = None,
             custom: dict[str, Callable[[str], np.ndarray]] | None = None) -> pd.DataFrame:
     """A DataFrame with one row per character (index 0..T-1) and one column per feature.
@@ -338,6 +487,9 @@ def compute(text: str, names: list[str] | None = None, *,
     ``names`` picks and orders the columns (default: the built-ins, then the ``regex``
     features, then the ``custom`` ones). ``documents`` are [start, stop) offsets covering
     the text, each lexed separately. ``python=False`` uses the plain-text rules.
+    ``languages`` (``"c"``, ``"python"``, ``"plain"`` or None for the ``python=`` rule) or
+    ``document_names`` (rules by extension, see ``language_of``) pick the rules per
+    document: one entry per document (or one for the whole text without ``documents``).
 
     >>> df = compute("f(x)  # (\\n", ["bracket_depth", "in_comment"])
     >>> df["bracket_depth"].tolist()
@@ -370,11 +522,14 @@ def compute(text: str, names: list[str] | None = None, *,
             raise ProbeError(f"feature regex {name!r}: does not compile: {err}") from None
 
     n = len(text)
-    bounds = _check_documents(documents, n)
+    every = _check_documents(documents, n)
+    langs = _check_languages(languages, document_names, len(every), python)
+    kept = [i for i, (start, stop) in enumerate(every) if stop > start]
+    bounds = [every[i] for i in kept]
     codes = _codepoints(text)
     values: dict[str, np.ndarray] = {}
     if any(name in _LEXICAL for name in names):
-        values.update(_lexical_features(text, bounds, codes, python is not False))
+        values.update(_lexical_features(text, bounds, codes, [langs[i] for i in kept]))
     if any(name in FEATURES and name not in _LEXICAL for name in names):
         values.update(_line_features(codes, np.array([s for s, _ in bounds], dtype=np.int64)))
     for name in names:
@@ -481,3 +636,15 @@ def indent(text: str) -> np.ndarray:
     [1, 1, 1, 1, 1]
     """
     return _one("indent", text)
+
+
+def preprocessor(text: str) -> np.ndarray:
+    """1 on every character of a C preprocessor line, continuation lines included, its
+    final newline excluded (C rules; 0 everywhere in Python and plain text).
+
+    >>> preprocessor("#if A\\nx").tolist()
+    [1, 1, 1, 1, 1, 0, 0]
+    """
+    if not text:
+        return np.zeros(0, dtype=np.int8)
+    return compute(text, ["preprocessor"], languages=["c"])["preprocessor"].to_numpy()

@@ -247,7 +247,8 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
     spans = np.cumsum([0] + [len(t) for t in texts])
     feats = features_mod.compute("".join(texts), feature_names,
                                  documents=list(zip(spans[:-1].tolist(), spans[1:].tolist())))
-    names = feature_names or [n for n in feats.columns if features_mod.is_binary(n, feats[n].to_numpy())]
+    names = feature_names or [n for n in feats.columns  # every binary feature that holds somewhere
+                              if features_mod.is_binary(n, feats[n].to_numpy()) and feats[n].any()]
     edits = resolve(model, texts, [Edit(k, u, how, on) for k, u in todo])
 
     # bits [1 + E, T] over all documents; delta at position t is the change at t + 1

@@ -1,6 +1,7 @@
 """Per-character features: hand-checked examples, edge cases of the lexers, a
 cross-check of the Python lexer against the standard library's own tokenizer, and a
 property test (Hypothesis) that the lexers never fail on any text."""
+import ast
 import doctest
 import io
 import random
@@ -9,6 +10,7 @@ import tokenize
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -268,6 +270,301 @@ def test_plain_text_rules():
     assert marks('a " b\n"c"', "in_string", python=False) == "......11."
 
 
+# ---- C rules -------------------------------------------------------------------------
+
+def cmarks(text: str, name: str) -> str:
+    return marks(text, name, languages=["c"])
+
+
+def test_c_string_with_escapes_opening_quote_inside_closing_quote_outside():
+    text = r'p("a\"b\\", L"w");'
+    assert cmarks(text, "in_string") == "..1111111....11..."
+    assert cmarks(text, "in_short_string") == cmarks(text, "in_string")
+    assert cmarks(text, "in_long_string") == "." * len(text)
+
+
+def test_c_char_literals_are_short_literals():
+    text = r"c = '\'' + '\\' + '\0' + '\"' + '(';"
+    assert cmarks(text, "in_short_string") == "....111....111....111....111....11.."
+    assert values(text, "bracket_depth", languages=["c"]) == [0] * len(text)
+
+
+def test_c_backslash_newline_continues_a_literal_unterminated_ends_at_line_end():
+    assert cmarks('s = "ab\\\ncd";', "in_string") == "....1111111.."
+    assert cmarks("s = \"ab\nt = 'x\n(", "in_string") == "....111.....11.."
+    assert cmarks('s = "ab', "in_string") == "....111"
+
+
+def test_c_block_comment_spans_lines_closing_slash_outside():
+    text = "a /* x\n * (y */ b"
+    assert cmarks(text, "in_comment") == "..111111111111..."
+    assert cmarks("/**/x", "in_comment") == "111.."
+    assert cmarks("/*/ x */", "in_comment") == "1111111."  # '/*/' does not close
+    assert cmarks("/*** x ***/", "in_comment") == "1111111111."
+
+
+def test_c_unterminated_block_comment_runs_to_end_of_document():
+    text = "x; /* open\n(y\n"
+    assert cmarks(text, "in_comment") == "...11111111111"
+    assert values(text, "bracket_depth", languages=["c"]) == [0] * len(text)
+
+
+def test_c_line_comment_newline_outside_backslash_newline_continues_it():
+    text = "a; // (c '\nb"
+    assert cmarks(text, "in_comment") == "...1111111.."
+    assert cmarks(text, "in_string") == "." * len(text)
+    assert cmarks("// a \\\n b\nc", "in_comment") == "111111111.."
+    assert cmarks("// a \\\\\n b", "in_comment") == "1111111111"  # the last backslash splices
+
+
+def test_c_comment_markers_inside_literals_and_quotes_inside_comments():
+    text = 'u = "/* no */ // no"; /* it\'s "x" */'
+    assert cmarks(text, "in_string") == "....111111111111111" + "." * (len(text) - 19)
+    assert cmarks(text, "in_comment") == "." * 22 + "1111111111111."
+
+
+def test_c_preprocessor_lines_with_continuation_newline_outside():
+    text = '#define F(x) \\\n\t((x) + "#")\nint a; # x\n  #  include <a.h>\n#\n'
+    assert cmarks(text, "preprocessor") == ("1" * 27 + "." + "." * 11 +
+                                            "1" * 18 + "." + "1.")
+    depth = values(text, "bracket_depth", languages=["c"])
+    assert depth[8:12] == [0, 1, 1, 0] and depth[16:20] == [1, 2, 2, 1]
+    assert cmarks(text, "in_string") == "." * 23 + "11" + "." * (len(text) - 25)
+
+
+def test_c_preprocessor_carried_over_lines_by_a_block_comment_not_inside_one():
+    text = "#if A /* x\ny */ || B\nz\n/*\n#no */\n"
+    assert cmarks(text, "preprocessor") == "1" * 20 + "." * 13
+    assert cmarks("x /*\n  # y */ #z\n", "preprocessor") == "." * 17
+
+
+def test_c_brackets_do_not_count_inside_literals_and_comments():
+    text = "f(\"(\", '[', /* { */ a) // )\n}"
+    depth = values(text, "bracket_depth", languages=["c"])
+    assert depth == [0] + [1] * 20 + [0] * 7 + [0]
+
+
+def test_preprocessor_is_zero_in_python_and_plain_text():
+    text = "#define A 1\n  # x\n"
+    assert marks(text, "preprocessor") == "." * len(text)
+    assert marks(text, "preprocessor", python=False) == "." * len(text)
+    assert marks(text, "in_comment") == "11111111111." + "..111."
+
+
+# ---- choosing the rules per document -------------------------------------------------
+
+def test_rules_are_chosen_per_document_by_extension():
+    docs = ["/* 'a' */ #x\n", "# 'a' /* b\n", "/* 'a' */\n", "#include <x>\n"]
+    names = ["drivers/a.c", "tools/b.py", "notes.txt", "include/d.H"]
+    text = "".join(docs)
+    bounds = np.cumsum([0] + [len(d) for d in docs])
+    documents = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    df = compute(text, documents=documents, document_names=names)
+    for d, lang in zip(range(4), ["c", "python", "python", "c"]):
+        part = df.iloc[bounds[d]:bounds[d + 1]].reset_index(drop=True)
+        np.testing.assert_array_equal(part.to_numpy(), compute(docs[d], languages=[lang]).to_numpy())
+    assert "".join(".1"[v] for v in df.in_comment[:13]) == "11111111....."
+    assert df.preprocessor.iloc[bounds[3]:].tolist() == [1] * 12 + [0]
+    # unknown extensions follow python=: plain text there
+    plain = compute(text, documents=documents, document_names=names, python=False)
+    np.testing.assert_array_equal(plain.iloc[bounds[2]:bounds[3]].to_numpy(),
+                                  compute(docs[2], python=False).to_numpy())
+    # and the explicit languages list, None meaning the python= rule
+    same = compute(text, documents=documents, languages=["c", "python", None, "c"])
+    np.testing.assert_array_equal(same.to_numpy(), df.to_numpy())
+
+
+def test_language_of_and_bad_language_lists():
+    assert [F.language_of(n) for n in ["a.c", "b.h", "c.py", "d.S", "Makefile", "e.c.orig"]] == \
+        ["c", "c", "python", "python", "python", "python"]
+    assert F.language_of("x.txt", python=False) == "plain"
+    with pytest.raises(ProbeError, match="2 given for 1 document"):
+        compute("abc", document_names=["a.c", "b.c"])
+    with pytest.raises(ProbeError, match="unknown language 'rust'"):
+        compute("abc", languages=["rust"])
+    with pytest.raises(ProbeError, match="not both"):
+        compute("abc", languages=["c"], document_names=["a.c"])
+    # empty documents count in the alignment
+    df = compute("/*x", documents=[(0, 0), (0, 3)], document_names=["e.py", "f.c"])
+    assert df.in_comment.tolist() == [1, 1, 1]
+
+
+def test_default_features_of_a_recording_use_its_document_names():
+    class Rec:  # what default_features reads of a Recording
+        text = "/* c */\n# py\n"
+        document_spans = [(0, 8), (8, 13)]
+        documents = {"name": pd.Series(["k/a.c", "s/b.py"])}
+        path = "rec.h5"
+
+        def __len__(self):
+            return len(self.text)
+
+    from probe import detectors
+    df = detectors.default_features(Rec())
+    assert "".join(".1"[v] for v in df.in_comment) == "111111.." + "1111."
+    assert df.preprocessor.sum() == 0
+
+
+# ---- the C lexer against hand-labelled kernel-like source -----------------------------
+
+def runs(text: str, name: str, extra: int = 0, **kw) -> list[str]:
+    """The runs of 1s of a binary feature, each with its ``extra`` following characters."""
+    v = np.r_[0, compute(text, [name], **kw)[name].to_numpy(), 0]
+    edges = np.flatnonzero(np.diff(v))
+    return [text[a:b + extra] for a, b in zip(edges[::2], edges[1::2])]
+
+
+KERNEL_SNIPPET = r'''// SPDX-License-Identifier: GPL-2.0-only
+/*
+ *  TUN - Universal TUN/TAP device driver ("it's" {not} code).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/module.h>
+#define TUN_MINOR \
+	200 /* see
+	       Documentation/admin-guide/devices.txt */
+
+static const char *tun_names[] = { "tun\"0\"", "tap\\", "{(" };
+static char sep = '\'', nul = '\0', brace = '{';
+
+static int tun_get(int *v) /* (v) */
+{
+	if (v && (v[0] > 1)) // '(' unmatched
+		return -EINVAL;
+	return printk(KERN_INFO "a %s\n",
+		      "b /* c */");
+}
+#if IS_ENABLED(CONFIG_NET) /* x
+*/ && 1
+#endif
+'''
+
+
+def test_c_lexer_on_a_hand_labelled_kernel_snippet():
+    text = KERNEL_SNIPPET
+    kw = {"languages": ["c"]}
+    assert runs(text, "in_comment", 1, **kw) == [
+        "// SPDX-License-Identifier: GPL-2.0-only\n",
+        "/*\n *  TUN - Universal TUN/TAP device driver (\"it's\" {not} code).\n */",
+        "/* see\n\t       Documentation/admin-guide/devices.txt */",
+        "/* (v) */",
+        "// '(' unmatched\n",
+        "/* x\n*/",
+    ]
+    assert runs(text, "in_string", 1, **kw) == [
+        '": "', '"tun\\"0\\""', '"tap\\\\"', '"{("', "'\\''", "'\\0'", "'{'",
+        '"a %s\\n"', '"b /* c */"',
+    ]
+    assert runs(text, "preprocessor", **kw) == [
+        "#define pr_fmt(fmt) KBUILD_MODNAME \": \" fmt",
+        "#include <linux/module.h>",
+        "#define TUN_MINOR \\\n\t200 /* see\n\t       Documentation/admin-guide/devices.txt */",
+        "#if IS_ENABLED(CONFIG_NET) /* x\n*/ && 1",
+        "#endif",
+    ]
+    df = compute(text, **kw)
+    assert df.in_long_string.sum() == 0
+    depth = df.bracket_depth.to_numpy()
+    lines = np.cumsum([0] + [len(line) + 1 for line in text.split("\n")])
+    depth_at_eol = {text[a:b - 1].strip(): depth[b - 2] for a, b in zip(lines[:-1], lines[1:]) if b - a > 1}
+    assert depth_at_eol["{"] == 1 and depth_at_eol["return -EINVAL;"] == 1
+    assert depth_at_eol["if (v && (v[0] > 1)) // '(' unmatched"] == 1
+    assert depth_at_eol['return printk(KERN_INFO "a %s\\n",'] == 2
+    assert depth_at_eol["}"] == 0
+    assert depth[text.index("v[0]") + 2] == 4  # { ( ( [
+    assert depth.max() == 4 and depth[-1] == 0
+
+
+# ---- the C lexer against texts built from pieces with known labels --------------------
+
+C_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\t": "\\t", "\0": "\\0"}
+
+
+def c_literal(value: str, quote: str) -> str:
+    return quote + "".join(C_ESCAPES.get(ch, ch) for ch in value) + quote
+
+
+def build_c(rng: random.Random) -> tuple[str, dict[str, list[int]], list[tuple[int, str, str]]]:
+    """A C-like text, its expected binary features, and (start, value, quote) of each literal.
+
+    Made of pieces whose labels are known by construction: code with brackets, string
+    and character literals of random values (C escapes), comments of both kinds with
+    quotes, brackets and comment markers inside, preprocessor lines with continuations.
+    """
+    pieces: list[tuple[str, dict[str, int]]] = []
+    literals = []
+    alphabet = "ab (){}[]'\"\\/*#\n\t\0;"
+    directive = 0
+
+    def add(s: str, **labels):
+        labels["preprocessor"] = directive
+        pieces.append((s, labels))
+
+    def literal():
+        quote = rng.choice("'\"")
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randrange(quote == "'", 5)))
+        lit = c_literal(value, quote)
+        literals.append((sum(len(p) for p, _ in pieces), value, quote))
+        add(lit[:-1], in_string=1)
+        add(lit[-1])
+
+    def comment() -> bool:
+        """Adds a comment; True for a // comment (which ends the line)."""
+        body = "".join(rng.choice(alphabet.replace("\n", "").replace("\\", "")) for _ in range(rng.randrange(8)))
+        if rng.random() < 0.5:
+            body = body.replace("*", "")
+            add("/*" + body + ("\n" + body if rng.random() < 0.5 else "") + "*", in_comment=1)
+            add("/")
+            return False
+        add("//" + body + ("\\\n" + body if rng.random() < 0.3 else ""), in_comment=1)
+        return True
+
+    def code():
+        add("".join(rng.choice("x1 ;+(){}[]") for _ in range(rng.randrange(6))))
+
+    for _ in range(rng.randrange(1, 12)):
+        directive = int(rng.random() < 0.3)
+        if directive:
+            add(rng.choice(["#", " \t# ", "#  "]) + rng.choice(["define A", "if B", "include"]) + " ")
+        for _ in range(rng.randrange(1, 4)):
+            choice = rng.random()
+            if choice < 0.3:
+                literal()
+            elif choice < 0.55:
+                if comment():
+                    break
+            elif choice < 0.65 and directive:
+                add(" \\\n ")
+            else:
+                code()
+            add(" ")
+        directive = 0
+        add("\n")
+    text = "".join(s for s, _ in pieces)
+    expect = {name: [] for name in ("in_string", "in_comment", "preprocessor")}
+    for s, labels in pieces:
+        for name in expect:
+            expect[name] += [labels.get(name, 0)] * len(s)
+    return text, expect, literals
+
+
+def test_c_lexer_on_texts_built_with_known_labels():
+    rng = random.Random(14)
+    for _ in range(300):
+        text, expect, literals = build_c(rng)
+        df = compute(text, languages=["c"])
+        for name, want in expect.items():
+            got = df[name].tolist()
+            if got != want:
+                i = next(k for k, (a, b) in enumerate(zip(got, want)) if a != b)
+                raise AssertionError(f"{name} differs at {i}: {text[max(0, i - 30):i + 10]!r} in {text!r}")
+        # every literal found decodes to the value it was built from
+        for start, value, quote in literals:
+            stop = start + 1 + df.in_string.iloc[start + 1:].to_numpy().argmin()
+            assert text[stop] == quote
+            assert ast.literal_eval(text[start:stop + 1]) == value
+
+
 # ---- the DataFrame and user features -------------------------------------------------
 
 def test_compute_columns_dtypes_and_index():
@@ -358,8 +655,9 @@ def test_lexer_agrees_with_tokenize_on_edge_cases():
     assert (df.in_comment.to_numpy() == comment).all()
 
 
-# text made of what the lexers care about: quotes, prefixes, escapes, comments, brackets, lines
-LEXED = "'\"#\\()[]{}\nrbfux \t=a"
+# text made of what the lexers care about: quotes, prefixes, escapes, comments, brackets,
+# lines, C comment markers and preprocessor lines
+LEXED = "'\"#\\()[]{}\nrbfux \t=a/*"
 
 
 @settings(max_examples=300, deadline=None)
@@ -373,7 +671,9 @@ def test_the_lexers_never_fail_and_stay_aligned_on_any_text(text, python, data):
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(text) - 1)), max_size=3))) if len(text) > 1 else []
     bounds = [0, *[c for c in cuts if 0 < c < len(text)], len(text)]
     documents = list(zip(bounds[:-1], bounds[1:]))
-    df = compute(text, documents=documents, python=python)
+    languages = data.draw(st.lists(st.sampled_from([None, *F.LANGUAGES]),
+                                   min_size=len(documents), max_size=len(documents)))
+    df = compute(text, documents=documents, python=python, languages=languages)
     assert len(df) == len(text) and list(df.columns) == list(FEATURES)
     assert (df["bracket_depth"] >= 0).all() and (df["column"] >= 0).all() and (df["indent"] >= 0).all()
     for name in BINARY:
@@ -382,11 +682,29 @@ def test_the_lexers_never_fail_and_stay_aligned_on_any_text(text, python, data):
     assert (inside <= df["in_string"].to_numpy()).all()
     assert not (df["in_comment"].to_numpy() & df["in_string"].to_numpy()).any()
     chars = np.array(list(text))
-    assert not df["in_comment"].to_numpy()[chars == "\n"].any()
+    rules = np.repeat([lang or ("python" if python else "plain") for lang in languages], np.diff(bounds))
+    c = rules == "c"
+    # only C comments may hold a newline; only C has preprocessor lines, and no long strings
+    assert not df["in_comment"].to_numpy()[(chars == "\n") & ~c].any()
+    assert not df["preprocessor"].to_numpy()[~c].any() and not df["in_long_string"].to_numpy()[c].any()
     # the convention: a string starts on its opening quote and ends after a closing quote
-    # (0 on it) or, unterminated, before the newline or at the end of its document
+    # (0 on it) or, unterminated, before the newline (not in plain text) or at the end of
+    # its document
     s = df["in_string"].to_numpy().astype(bool)
     before = np.r_[False, s[:-1]]
     before[bounds[:-1]] = False  # a document starts outside any string
     assert set(chars[s & ~before]) <= {"'", '"'}
-    assert set(chars[before & ~s]) <= ({"'", '"', "\n"} if python else {"'", '"'})
+    assert set(chars[before & ~s & (rules == "plain")]) <= {"'", '"'}
+    assert set(chars[before & ~s]) <= {"'", '"', "\n"}
+    # a C comment starts on a '/', a C directive on a line start
+    com = df["in_comment"].to_numpy().astype(bool)
+    before = np.r_[False, com[:-1]]
+    before[bounds[:-1]] = False
+    assert set(chars[com & ~before & c]) <= {"/"}
+    pre = df["preprocessor"].to_numpy().astype(bool)
+    starts = pre & ~np.r_[False, pre[:-1]]
+    assert (df["column"].to_numpy()[starts] == 0).all()
+    # every document gives what it gives alone, with its rules
+    for (a, b), lang in zip(documents, languages):
+        alone = compute(text[a:b], python=python, languages=[lang])
+        np.testing.assert_array_equal(df.iloc[a:b].to_numpy(), alone.to_numpy())
