@@ -124,8 +124,8 @@ def test_probe_ablate_json(model_path, tmp_path, capsys):
                  "--random", "3", "--json", "--quiet"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {(r["layer"], r["unit"]) for r in rows} == {(0, 1), (1, 2)}
-    # every binary feature that holds somewhere in the text (Python: no preprocessor lines)
-    assert {r["feature"] for r in rows} == {"in_string", "in_short_string", "in_long_string", "in_comment"}
+    # every binary feature that holds somewhere in the text (no docstrings, no preprocessor lines)
+    assert {r["feature"] for r in rows} == {"in_string", "in_short_string", "in_comment"}
     for r in rows:
         assert {"layer", "unit", "feature", "delta_bits", "delta_bits_elsewhere", "random_median", "ratio"} <= set(r)
     assert main(["ablate", "--model", str(model_path), "--text", str(src), "--layer", "1", "--feature",
