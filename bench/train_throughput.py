@@ -22,9 +22,9 @@ from probe.model import CharRNN
 from probe.train import TrainConfig, rows, train
 
 
-def bare_loop(vocab: str, ids, units: int, batch: int, seq: int, steps: int) -> float:
+def bare_loop(vocab: str, ids, units: int, batch: int, seq: int, steps: int, cell: str = "lstm") -> float:
     torch.manual_seed(0)
-    model = CharRNN(vocab, 2, units, 64, 0.1)
+    model = CharRNN(vocab, 2, units, 64, 0.1, cell)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     data = rows(ids, batch)
     state = None
@@ -33,7 +33,7 @@ def bare_loop(vocab: str, ids, units: int, batch: int, seq: int, steps: int) -> 
         x = data[:, step * seq:(step + 1) * seq]
         y = data[:, step * seq + 1:(step + 1) * seq + 1]
         logits, state = model(x, state)
-        state = tuple(s.detach() for s in state)
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad()
         loss.backward()
@@ -44,6 +44,7 @@ def bare_loop(vocab: str, ids, units: int, batch: int, seq: int, steps: int) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn"], help="the cell type")
     p.add_argument("--units", type=int, default=256)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seq", type=int, default=128)
@@ -59,13 +60,13 @@ def main() -> None:
         ids = corpus.encode(text[: int(len(text) * 0.95)], vocab)[0]
         rates = {"bare": [], "probe": []}
         for _ in range(2):  # interleave to share the machine's noise fairly
-            rates["bare"].append(bare_loop(vocab, ids, a.units, a.batch, a.seq, a.steps))
-            cfg = TrainConfig(text=str(src), units=a.units, batch=a.batch, seq=a.seq, steps=a.steps,
+            rates["bare"].append(bare_loop(vocab, ids, a.units, a.batch, a.seq, a.steps, a.cell))
+            cfg = TrainConfig(text=str(src), cell=a.cell, units=a.units, batch=a.batch, seq=a.seq, steps=a.steps,
                               eval_every=10 ** 9, warmup=5)
             m = train(Path(tmp) / "m.pt", cfg, progress=False, force=True)
             rates["probe"].append(m["chars"] / m["train_seconds"])
     bare, probe = max(rates["bare"]), max(rates["probe"])
-    print(f"2x{a.units} LSTM, batch {a.batch} x seq {a.seq}, {a.steps} steps, {a.threads} thread(s)")
+    print(f"2x{a.units} {a.cell}, batch {a.batch} x seq {a.seq}, {a.steps} steps, {a.threads} thread(s)")
     print(f"bare PyTorch loop: {bare:,.0f} chars/s")
     print(f"probe train:       {probe:,.0f} chars/s")
     print(f"ratio probe/bare:  {probe / bare:.2f}  (goal >= 0.95)")

@@ -9,7 +9,7 @@ LSTM's cell state carries it further ("a gradient highway")::
     flow["layers"][0]["mean"]   # ‖∂loss_t/∂h_{t-k}‖ for k = 0..span, averaged over positions
 
 For each sampled position t, the model reads the ``span`` characters before it, starting
-from the state the real text left there (recorded once, detached), one step at a time with
+from the state the real text left there (the model's own layers run up to it, detached), one step at a time with
 every state a node of the graph; one backward pass through all sampled positions at once
 (a batch) gives ∂loss_t/∂h_{t−k} (and ∂/∂c_{t−k} for an LSTM) for every k.
 """
@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from . import corpus as corpora
 from .errors import ProbeError
 from .model import CharRNN
-from .record import activations
 
 BATCH = 250  # positions per backward pass
 
@@ -46,7 +45,20 @@ def _step(cell: str, x, state, w):
     return torch.tanh(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh), None
 
 
-def _norms(model: CharRNN, ids: np.ndarray, streams: dict, starts: np.ndarray, span: int) -> tuple:
+@torch.no_grad()
+def _states_before(model: CharRNN, ids: np.ndarray, starts: np.ndarray) -> list:
+    """The state the real text leaves just before each start (sorted), per start: the
+    model's own fused layers run from one start to the next, carrying the state."""
+    out, state, at = [], None, 0
+    for s in starts.tolist():
+        if s > at:
+            _, state = model.rnn(model.embed(torch.from_numpy(ids[at:s]))[None], state)
+            at = s
+        out.append(state)
+    return out
+
+
+def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, span: int) -> tuple:
     """Gradient norms {(layer, stream): [B, span + 1]} and sizes per unit {…: [B, span + 1,
     units]} (column j: k = span - j) for the windows ids[s : s + span + 1] predicting
     ids[s + span + 1]."""
@@ -58,11 +70,11 @@ def _norms(model: CharRNN, ids: np.ndarray, streams: dict, starts: np.ndarray, s
     for k in range(model.layers):  # the state the real text left just before each window
         h0 = torch.zeros(B, H)
         c0 = torch.zeros(B, H) if cell == "lstm" else None
-        has = starts > 0
-        if has.any():
-            h0[torch.from_numpy(has)] = torch.from_numpy(streams[(k, "h")][starts[has] - 1])
-            if cell == "lstm":
-                c0[torch.from_numpy(has)] = torch.from_numpy(streams[(k, "c")][starts[has] - 1])
+        for b, st in enumerate(before):
+            if st is not None:
+                h0[b] = (st[0] if cell == "lstm" else st)[k, 0]
+                if cell == "lstm":
+                    c0[b] = st[1][k, 0]
         state.append((h0.requires_grad_(), None if c0 is None else c0.requires_grad_()))  # graph roots
     window = torch.from_numpy(np.stack([ids[s:s + span + 1] for s in starts]))  # [B, span + 1]
     kept: dict = {}
@@ -100,10 +112,10 @@ def flow(model: CharRNN, text: str, span: int = 200, positions: int = 1000, seed
         raise ProbeError(f"--span {span} needs a text of at least {span + 2} characters, got {len(ids)}")
     rng = np.random.default_rng(seed)
     starts = np.sort(rng.choice(len(ids) - span - 1, size=min(positions, len(ids) - span - 1), replace=False))
-    streams, _ = activations(model, text)
+    before = _states_before(model, ids, starts)
     norms, units = {}, {}
     for a in tqdm(range(0, len(starts), batch), desc="gradients", disable=not progress):
-        n, u = _norms(model, ids, streams, starts[a:a + batch], span)
+        n, u = _norms(model, ids, before[a:a + batch], starts[a:a + batch], span)
         for key in n:
             norms.setdefault(key, []).append(n[key])
             units.setdefault(key, []).append(u[key].sum(axis=0))
