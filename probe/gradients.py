@@ -132,3 +132,26 @@ def flow(model: CharRNN, text: str, span: int = 200, positions: int = 1000, seed
         spans.append({"layer": layer, "stream": stream, "units": first.astype(int).tolist()})
     return {"k": list(range(span + 1)), "positions": int(len(starts)), "cell": model.cell,
             "layers": layers, "memory_span": spans}
+
+
+def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tuple[int, np.ndarray]:
+    """How much each of the ``window`` characters up to ``position`` (inclusive) moved the
+    prediction of the character after it: gradient × input (the gradient of the log-loss
+    of character position + 1 with respect to each character's embedding, dotted with the
+    embedding; positive: the character made the prediction worse). The window is read from
+    a zero state. Returns (first position of the window, values [n])."""
+    ids, _ = corpora.encode(text, model.vocab)
+    if not 0 <= position < len(ids) - 1:
+        raise ProbeError(f"position {position} has no next character to explain "
+                         f"(positions are 0..{len(ids) - 2})")
+    if window < 1:
+        raise ProbeError(f"window must be >= 1, got {window}")
+    start = max(0, position + 1 - window)
+    model = model.eval()
+    x = model.embed.weight[torch.from_numpy(ids[start:position + 1])].detach().requires_grad_()  # [n, E]
+    with torch.enable_grad():
+        out, _ = model.rnn(x[None])
+        logits = model.head(out[0, -1])
+        loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])]))
+        (grad,) = torch.autograd.grad(loss, x)
+    return start, (grad * x).sum(dim=1).detach().numpy()

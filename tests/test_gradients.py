@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from probe import corpus, gradients
@@ -80,3 +81,20 @@ def test_probe_gradients_json_and_bad_input(model_path, tmp_path, text, capsys):
     assert main(["gradients", "--model", str(model_path), "--text", str(src), "--span", "100000",
                  "--quiet"]) == 1
     assert "--span 100000 needs a text of at least 100002 characters" in capsys.readouterr().err
+
+
+def test_saliency_sees_only_what_the_prediction_reads():
+    """A vanilla RNN with no recurrence reads only the last character: all the saliency
+    is there."""
+    torch.manual_seed(0)
+    model = CharRNN("abcdefgh\n", layers=1, units=8, embedding=4, cell="rnn").eval()
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.zero_()
+    start, s = gradients.saliency(model, "abcdefgh\nabc", position=10, window=6)
+    assert start == 5 and len(s) == 6
+    assert s[-1] != 0 and np.all(s[:-1] == 0)
+    normal = CharRNN("abcdefgh\n", layers=1, units=8, embedding=4, cell="lstm").eval()
+    _, s = gradients.saliency(normal, "abcdefgh\nabc", position=10, window=6)
+    assert np.all(s[:-1] != 0)  # with a memory, earlier characters count too
+    with pytest.raises(Exception, match="has no next character"):
+        gradients.saliency(normal, "abc", position=2)
