@@ -31,7 +31,7 @@ from . import corpus as corpora
 from . import features as features_mod
 from .errors import ProbeError
 from .model import CharRNN
-from .record import activations, layer_lstms
+from .record import activations, layer_modules
 
 LOG2E = 1.4426950408889634
 BLOCK = 256       # characters per block of the batched pass (memory: BLOCK x batch x vocab logits)
@@ -126,16 +126,16 @@ def _batch_losses(model: CharRNN, ids: np.ndarray, layer: int, edits: list[Edit]
     on ``layer`` and already resolved to numbers."""
     T, H = len(ids), model.units
     B = 1 + len(edits)
-    lstms = layer_lstms(model)
+    modules = layer_modules(model)
     x = model.embed(torch.from_numpy(ids))  # [T, E]
     for k in range(layer):  # the layers below cannot see the edit: once, fused
-        x = lstms[k](x[None])[0][0]
+        x = modules[k](x[None])[0][0]
     pins = {on: (torch.tensor([1 + j for j, e in enumerate(edits) if e.on == on], dtype=torch.long),
                  torch.tensor([e.unit for e in edits if e.on == on], dtype=torch.long),
                  torch.tensor([float(e.how) for e in edits if e.on == on]))
             for on in ("h", "c")}
     weights = [(lstm.weight_ih_l0, lstm.weight_hh_l0.T.contiguous(), lstm.bias_ih_l0 + lstm.bias_hh_l0)
-               for lstm in lstms[layer:]]
+               for lstm in modules[layer:]]
     state = [(torch.zeros(B, H), torch.zeros(B, H)) for _ in weights]
     target = torch.from_numpy(ids)
     out = np.full((B, T), np.nan, dtype=np.float32)

@@ -35,7 +35,7 @@ COMPRESSION_LEVEL = 1  # gzip level: 1 is ~2x faster than 4 for ~5% more bytes o
 LOG2E = 1.4426950408889634
 
 
-def layer_lstms(model: CharRNN) -> list[nn.Module]:
+def layer_modules(model: CharRNN) -> list[nn.Module]:
     """One single-layer module of the model's cell type per layer, sharing its weights."""
     out = []
     for k in range(model.layers):
@@ -49,7 +49,7 @@ def layer_lstms(model: CharRNN) -> list[nn.Module]:
 
 @torch.no_grad()
 def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
-        lstms: list[nn.LSTM] | None = None, dtype: torch.dtype = torch.float32,
+        modules: list[nn.Module] | None = None, dtype: torch.dtype = torch.float32,
         ) -> tuple[dict, torch.Tensor, list]:
     """Run ids [B, L] from ``state`` (per layer (h0, c0), each [B, units], c0 None but for an
     LSTM; None = zeros).
@@ -58,12 +58,12 @@ def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
     the next character after each position) and the final state per layer. Streams are
     computed in float32 and stored as ``dtype`` (float16 halves the memory of a block).
     """
-    lstms = lstms or layer_lstms(model)
+    modules = modules or layer_modules(model)
     B, L = ids.shape
     H = model.units
     x = model.embed(ids)  # [B, L, E]
     streams, new_state = {}, []
-    for k, lstm in enumerate(lstms):
+    for k, lstm in enumerate(modules):
         h0, c0 = state[k] if state else (x.new_zeros(B, H), x.new_zeros(B, H))
         if model.cell != "lstm":
             h, new = _run_other(model.cell, lstm, x, h0)
@@ -135,7 +135,7 @@ def _pieces(documents: list[tuple[int, int]], piece: int, burn_in: int) -> list[
     return out
 
 
-def _blocks_sequential(model, ids, documents, lstms, dtype):
+def _blocks_sequential(model, ids, documents, modules, dtype):
     """Yield (start, streams {key: [n, units]}, loss [n]) blocks of BLOCK characters in order."""
     starts = np.array([d0 for d0, _ in documents])  # documents are contiguous and sorted
     doc_starts = set(starts.tolist())
@@ -149,7 +149,7 @@ def _blocks_sequential(model, ids, documents, lstms, dtype):
             if s0 in doc_starts:
                 state, last_logp = None, None
             x = torch.from_numpy(ids[s0:s1])
-            streams, logp, state = run(model, x[None], state, lstms, dtype)
+            streams, logp, state = run(model, x[None], state, modules, dtype)
             loss = torch.empty(s1 - s0)
             loss[1:] = -logp[0, :-1].gather(1, x[1:, None])[:, 0]
             loss[0] = -last_logp[x[0]] if last_logp is not None else float("nan")
@@ -159,7 +159,7 @@ def _blocks_sequential(model, ids, documents, lstms, dtype):
         yield b0, {k: torch.cat([p[k][0] for p in parts]) for k in parts[0]}, torch.cat(losses) * LOG2E
 
 
-def _blocks_batched(model, ids, documents, lstms, batch, burn_in, dtype):
+def _blocks_batched(model, ids, documents, modules, batch, burn_in, dtype):
     """Like _blocks_sequential, but B pieces of one block run as a batch, each warmed up."""
     piece = PIECE
     pieces = _pieces(documents, piece, burn_in)
@@ -173,7 +173,7 @@ def _blocks_batched(model, ids, documents, lstms, batch, burn_in, dtype):
         x = torch.zeros(len(group), L, dtype=torch.long)
         for j, (w, _, s1) in enumerate(group):
             x[j, : s1 - w] = torch.from_numpy(ids[w:s1])
-        streams, logp, _ = run(model, x, None, lstms, dtype)
+        streams, logp, _ = run(model, x, None, modules, dtype)
         out, losses = {k: [] for k in streams}, []
         for j, (w, s0, s1) in enumerate(group):
             a, b = s0 - w, s1 - w
@@ -287,7 +287,7 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
     spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
     streams = h5format.streams_of(model.config)
     model = model.eval()
-    lstms = layer_lstms(model)
+    modules = layer_modules(model)
     level = COMPRESSION_LEVEL if compression == "gzip" else 0
 
     with interrupts() as stop, atomic(out) as tmp, h5format.create(tmp) as f:
@@ -302,8 +302,8 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
                                                 checksums) for k in range(model.layers) for s in streams}
         writer = ChunkWriter(dsets, dtype, level, checksum=checksums)
         tdtype = getattr(torch, dtype)
-        blocks = (_blocks_sequential(model, ids, spans, lstms, tdtype) if batch == 1
-                  else _blocks_batched(model, ids, spans, lstms, batch, burn_in, tdtype))
+        blocks = (_blocks_sequential(model, ids, spans, modules, tdtype) if batch == 1
+                  else _blocks_batched(model, ids, spans, modules, batch, burn_in, tdtype))
         bar = tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="recording")
         try:
             for start, vals, loss in blocks:
