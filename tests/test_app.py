@@ -25,7 +25,7 @@ from bokeh.models import Div, Tabs
 from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
-from probe import analysis, corpus, features, intervene, match, render
+from probe import analysis, corpus, features, gradients, intervene, match, render
 from probe.model import CharRNN, load_model, save_checkpoint
 from probe.record import record
 from probe.recording import open_recording
@@ -425,8 +425,70 @@ def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypat
             assert str(tmp_path) not in p["intervene-note"].text + p["steer-note"].text
             p.set("unit", value=2)
             assert said in p["intervene-note"].text  # still said after a change of cell
+            open_tab(p, "explain a prediction")
+            click(p, "saliency-run")
+            assert "cannot explain: orphan.h5: no model" in p["saliency-note"].text
+            assert p["saliency-text"].text == "" and not p["saliency-run"].disabled
+            assert str(tmp_path) not in p["saliency-note"].text
         finally:
             p.close()
+
+
+def test_saliency_explains_the_prediction_after_a_position(page, folder):
+    start = len(TEXT) + 5  # inside b.py
+    p = page(recording="tiny.h5", layer=1, stream="c", unit=2, start=start, window=1000)
+    open_tab(p, "explain a prediction")
+    assert p["saliency-position"].value == start + 499  # the middle of the visible window
+    assert p["saliency-text"].text == "" and "Click a character" in p["saliency-note"].text
+    at = start + 300
+    p.set("saliency-position", value=at)
+    p.set("saliency-window", value="100")
+    assert p["saliency-text"].text == ""  # computed on the button, not on a change of input
+    click(p, "saliency-run")
+    p.wait_for(lambda: p["saliency-text"].text)
+    # one span a window character up to the position, then the predicted character, outlined
+    assert p.positions("saliency-text") == list(range(at - 99, at + 2))
+    assert f'class="d10 mark" title="{at + 1}  ' in p["saliency-text"].text
+    rec = open_recording(folder / "tiny.h5")
+    predicted = rec.text[at + 1]
+    note = html.unescape(p["saliency-note"].text)
+    assert f"Predicting {predicted!r} (character {at + 1:,})" in note and "bits" in note
+
+    # the same values from the library, on the same text
+    first, values = gradients.saliency(load_model(folder.parent / "tiny.pt"), rec.text[at - 99:at + 2], 99,
+                                       window=100)
+    assert first == 0 and len(values) == 100
+    top = [at - 99 + int(j) for j in np.argsort(-np.abs(values), kind="stable")[:5]]
+    listed = [int(x.replace(",", "")) for x in re.findall(r" at ([\d,]+) \(", note.split("Most influential")[1])]
+    assert listed == top
+    scale = float(np.max(np.abs(values)))
+    assert f"{scale:.3g}" in note
+
+    # a change of cell keeps the result; a click on a character explains the prediction after it
+    coloured = p["saliency-text"].text
+    p.set("unit", value=3)
+    assert p["saliency-text"].text == coloured
+    p.set("saliency-clicked", text=f"{at + 10} 1")
+    p.wait_for(lambda: p.positions("saliency-text")[-1] == at + 11)
+    assert p["saliency-position"].value == at + 10
+
+    # the last character of the recording has nothing after it: said, no traceback
+    p.set("saliency-position", value=len(rec) - 1)
+    click(p, "saliency-run")
+    p.wait_for(lambda: "cannot explain" in p["saliency-note"].text)
+    assert "is the last of the recording" in html.unescape(p["saliency-note"].text)
+    assert p["saliency-text"].text == "" and p.message == "" and not p["saliency-run"].disabled
+    rec.close()
+
+
+def test_saliency_text_is_escaped(page):
+    p = page(recording="nasty.h5")
+    open_tab(p, "explain a prediction")
+    p.set("saliency-position", value=30)
+    click(p, "saliency-run")
+    p.wait_for(lambda: p["saliency-text"].text)
+    out = p["saliency-text"].text + p["saliency-note"].text
+    assert "<script>" not in out and "<img" not in out
 
 
 def test_no_recordings_and_no_model_shows_a_message(tmp_path, monkeypatch):
@@ -498,7 +560,7 @@ def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
             tabs = p.doc.select_one({"type": Tabs})
             assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "select & match",
                                                     "gate saturation", "type your own text", "intervene",
-                                                    "dummy"]
+                                                    "explain a prediction", "dummy"]
             assert tabs.tabs[-1].child is p["dummy"]
             assert p["dummy"].text.startswith("dummy tab: update 1 with recording=tiny.h5&layer=0&stream=c&unit=0")
             p.set("unit", value=5)

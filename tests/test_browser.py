@@ -144,3 +144,21 @@ def test_stacked_rows_align_and_a_span_is_selected_with_the_mouse(served, chromi
     d.save_screenshot(str(ARTIFACTS / "match.png"))
     severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []
+
+
+def test_clicking_a_character_explains_its_prediction(served, chromium):
+    from selenium.webdriver.common.action_chains import ActionChains
+    d = chromium
+    d.get(served + "?recording=tiny.h5&layer=0&stream=c&unit=1")
+    d.execute_script(WALK)
+    wait(d, lambda d: d.execute_script(COLOURED))
+    tab = wait(d, lambda d: d.execute_script(
+        "return walkAll('.bk-tab').find(t => t.textContent.trim() === 'explain a prediction')"))
+    ActionChains(d).click(tab).perform()
+    char = wait(d, lambda d: d.execute_script(
+        "return walkAll('.probe-text.pickable span[title]').find(s => s.title.startsWith('30 '))"))
+    ActionChains(d).click(char).perform()
+    note = "const m = Bokeh.documents[0].get_model_by_name('saliency-note'); return m.text"
+    text = wait(d, lambda d: (lambda t: t if "after character 30" in t else None)(d.execute_script(note)))
+    assert "Predicting" in text and "Most influential" in text
+    assert [e for e in d.get_log("browser") if e["level"] == "SEVERE"] == []

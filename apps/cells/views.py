@@ -115,6 +115,38 @@ def span_picker(target) -> CustomJS:
     return CustomJS(args=dict(target=target), code=PICK_JS)
 
 
+# Point at one character of ``pickable`` text while ``gate`` (a widget of a tab) is on screen,
+# i.e. its tab is open: a click writes "POS N" (N counts clicks, so clicking the same character
+# again is heard) into ``target.text`` (a hidden Div), which the server hears. As ``PICK_JS``:
+# listeners on the document, once per gate; the character is the <span title="POS  …">.
+POINT_JS = """
+const key = "probePoint" + gate.id;
+if (window[key]) return;
+window[key] = true;
+let clicks = 0;
+document.addEventListener("click", (e) => {
+  const view = Bokeh.index.find_one(gate);
+  if (e.button !== 0 || view == null ||
+      !view.el.checkVisibility({visibilityProperty: true, checkVisibilityCSS: true}))
+    return;  // hidden tabs are visibility: hidden
+  let ch = null;
+  for (const el of e.composedPath()) {
+    if (!(el instanceof Element)) continue;
+    if (ch === null && el.tagName === "SPAN" && /^\\d+ /.test(el.title || "")) ch = el;
+    if (el.classList.contains("pickable")) {
+      if (ch !== null) target.text = parseInt(ch.title, 10) + " " + (++clicks);
+      return;
+    }
+  }
+}, true);
+"""
+
+
+def point_picker(gate, target) -> CustomJS:
+    """The listener of ``POINT_JS``, for ``doc.js_on_event("document_ready", …)``."""
+    return CustomJS(args=dict(gate=gate, target=target), code=POINT_JS)
+
+
 def reason(e: BaseException) -> str:
     return str(e) if isinstance(e, ProbeError) else f"{type(e).__name__}: {e}"
 

@@ -1,0 +1,182 @@
+"""Explain a prediction: for a chosen position t, how much each earlier character of a
+window moved the model's prediction of character t + 1 (gradient × input on its log-loss,
+``probe.gradients.saliency``), the window's text coloured by it.
+
+The position is typed, or picked by clicking a character in the text while this tab is open
+(``views.POINT_JS``; elsewhere a click does what it did). Computed on demand, on the button
+or a click, never on a change of selection: a change of cell keeps the result (it does not
+depend on the cell), a change of recording drops it.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+from bokeh.layouts import column, row
+from bokeh.models import Button, Div, Select, Spinner
+
+from probe import corpus, gradients, render
+from probe.errors import ProbeError
+
+from ..selection import Selection
+from ..session import Session, View
+from ..views import message_html, note_div, note_html, point_picker, reason, text_div
+
+TITLE = "explain a prediction"
+WINDOWS = (100, 200, 500)   # characters read before the position (the position included)
+TOP = 5                     # most influential characters listed
+
+
+def middle(session: Session, sel: Selection) -> int:
+    """The middle of the visible window."""
+    return sel.start + max(0, min(sel.window, len(session.rec) - sel.start) - 1) // 2
+
+
+def bounds(rec, position: int, window: int) -> tuple[int, int]:
+    """(first, stop) of the text to read: ``window`` characters up to ``position`` and the
+    character after it, within the position's document (a document is read from a zero
+    state). ProbeError if there is nothing after the position to predict."""
+    if not 0 <= position < len(rec):
+        raise ProbeError(f"no character {position:,}: positions are 0..{len(rec) - 1:,}")
+    d = int(rec.document_of([position])[0])
+    docs = rec.documents
+    lo, hi = (int(docs["start"].iloc[d]), int(docs["stop"].iloc[d])) if 0 <= d < len(docs) else (0, len(rec))
+    if position + 1 >= hi:
+        where = "the recording" if hi >= len(rec) else f"document {docs['name'].iloc[d]}"
+        raise ProbeError(f"character {position:,} is the last of {where}: there is no next character "
+                         "to explain; pick an earlier one")
+    return max(lo, position + 1 - window), position + 2
+
+
+@torch.no_grad()
+def bits_of_last(model, text: str) -> float:
+    """The cost in bits of the last character of ``text``, read from a zero state."""
+    ids, _ = corpus.encode(text, model.vocab)
+    out, _ = model.rnn(model.embed(torch.from_numpy(ids[:-1]))[None])
+    logp = torch.log_softmax(model.head(out[0, -1]), dim=-1)
+    return float(-logp[int(ids[-1])] / np.log(2))
+
+
+def explain(model, rec, position: int, window: int) -> dict:
+    """Saliency of the window before ``position`` on the prediction of ``position + 1``."""
+    a, b = bounds(rec, position, window)
+    text = rec.text[a:b]  # the window and the character it predicts
+    start, values = gradients.saliency(model, text, position - a, window=window)
+    start += a
+    top = np.argsort(-np.abs(values), kind="stable")[:TOP]
+    return {"recording": rec.path.name, "position": position, "start": start, "text": rec.text[start:b],
+            "values": values, "bits": bits_of_last(model, rec.text[start:b]),
+            "top": [(start + int(j), rec.text[start + int(j)], float(values[j])) for j in top]}
+
+
+def result_html(r: dict) -> tuple[str, str]:
+    """(note, coloured text) of a result: values divided by the largest |value| (the palette's
+    ±1), the predicted character appended and outlined."""
+    values, start, position = r["values"], r["start"], r["position"]
+    scale = float(np.max(np.abs(values))) if len(values) else 0.0
+    shown = values / scale if scale > 0 else values
+    fmt = f"{{position}}  {{char}}  {{value:+.3f}} × {scale:.3g}"
+    body = render.colored_html(r["text"][:-1], shown, "h", start=start, title_fmt=fmt,
+                               root_class="probe-text pickable")
+    tail = render.colored_html(r["text"][-1], [np.nan], "h", start=position + 1, mark=position + 1,
+                               title_fmt="{position}  {char}  predicted")
+    inner = tail[tail.index(">") + 1:-len("</div>")]
+    coloured = body[:-len("</div>")] + inner + "</div>"
+    nxt = r["text"][-1]
+    top = ", ".join(f"{ch!r} at {p:,} ({v:+.3g})" for p, ch, v in r["top"])
+    note = (note_html(f"Predicting {nxt!r} (character {position + 1:,}) after character {position:,}: "
+                      f"{r['bits']:.2f} bits, reading the {len(values):,} characters {start:,}–{position:,} "
+                      "from a zero state.")
+            + note_html(f"Most influential (gradient × input): {top}.")
+            + render.legend_html("h", label="gradient × input ÷ largest |value|")
+            + note_html(f"Red: the character made the prediction worse (raised its loss), blue: better. "
+                        f"Colours are divided by the largest |value| in the window, {scale:.3g}, so the "
+                        f"palette spans it; hover shows the divided value × {scale:.3g} (the raw value is "
+                        "the product). The predicted character is outlined. Click a character to explain "
+                        "the prediction after it."))
+    return note, coloured
+
+
+def build(session: Session) -> View:
+    position = Spinner(title="position (or click a character)", low=0, step=1, value=0, width=180,
+                       name="saliency-position")
+    window = Select(title="window", options=[str(w) for w in WINDOWS], value="200", width=90,
+                    name="saliency-window")
+    run = Button(label="explain", button_type="primary", width=100, name="saliency-run", align="end")
+    clicked = Div(text="", visible=False, disable_math=True, name="saliency-clicked")  # "POS N", written by POINT_JS
+    note = note_div(name="saliency-note", sizing_mode="stretch_width")
+    out = text_div(name="saliency-text", sizing_mode="stretch_width")
+    session.doc.js_on_event("document_ready", point_picker(position, clicked))
+
+    shown = None    # (recording, start, window) the position's default was set for
+    result = None   # explain(...) of the last run
+    busy = False
+
+    def idle_note() -> str:
+        return note_html("Click a character in the text above, or set a position and press explain: "
+                         "each character of the window before it is coloured by how much it moved the "
+                         "model's prediction of the next character. Computed for that window only.")
+
+    def update(sel: Selection) -> None:
+        nonlocal shown, result
+        if result is not None and result["recording"] != sel.recording:
+            result = None
+            out.text = ""
+            note.text = idle_note()
+        key = (sel.recording, sel.start, sel.window)
+        if key != shown:
+            shown = key
+            position.value, position.high = middle(session, sel), len(session.rec) - 1
+        if result is None and not busy and not note.text:
+            note.text = idle_note()
+
+    def clear() -> None:
+        nonlocal shown, result
+        shown = result = None
+        note.text = out.text = ""
+
+    def on_run() -> None:
+        nonlocal busy
+        if busy or session.rec is None or position.value is None:
+            return
+        name = session.sel.recording
+        try:
+            found = session.store.model(name)
+        except Exception as e:  # noqa: BLE001 - no model, or a bad checkpoint: said, not raised
+            note.text = message_html([f"cannot explain: {reason(e)}"])
+            out.text = ""
+            return
+        busy, run.disabled = True, True
+        note.text = note_html(f"computing the saliency of character {int(position.value):,}…")
+        session.doc.add_next_tick_callback(partial(compute, found, name, int(position.value),
+                                                   int(window.value)))
+
+    def compute(found, name: str, at: int, length: int) -> None:
+        nonlocal busy, result
+        model, model_note = found
+        try:
+            if session.rec is None or session.sel.recording != name:
+                return
+            result = explain(model, session.rec, at, length)
+            text_note, out.text = result_html(result)
+            note.text = text_note + (note_html(model_note) if model_note else "")
+        except Exception as e:  # noqa: BLE001 - a bad position is said, not raised
+            result = None
+            out.text = ""
+            note.text = message_html([f"cannot explain: {reason(e)}"])
+        finally:
+            busy, run.disabled = False, False
+
+    def on_click(attr, old, new) -> None:
+        try:
+            at = int(new.split()[0])
+        except (ValueError, IndexError):
+            return
+        position.value = at
+        on_run()
+
+    run.on_click(on_run)
+    clicked.on_change("text", on_click)
+    layout = column(row(position, window, run), clicked, note, out, sizing_mode="stretch_width")
+    return View(layout, update, clear)
