@@ -15,15 +15,6 @@ from pathlib import Path
 from probe import browser
 
 REPO = Path(__file__).resolve().parents[1]
-WALK = """window.walkAll = function (sel) {
-  const out = [];
-  (function walk(root) {
-    out.push(...root.querySelectorAll(sel));
-    for (const el of root.querySelectorAll('*')) if (el.shadowRoot) walk(el.shadowRoot);
-  })(document);
-  return out;
-};
-"""
 
 
 def main() -> None:
@@ -40,7 +31,7 @@ def main() -> None:
             d.get(f"{served.url}?{q}")
             time.sleep(8)  # let the page, the analysis and the colours settle
             if tab:
-                d.execute_script(WALK + "walkAll('.bk-tab').find(t => t.textContent.trim() === "
+                d.execute_script(browser.WALK_JS + "walkAll('.bk-tab').find(t => t.textContent.trim() === "
                                  "arguments[0]).click()", tab)
                 time.sleep(4)
             out = REPO / "docs" / "img" / f"{a.name}-{n}.png"

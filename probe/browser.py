@@ -28,6 +28,18 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--hide-scrollbars")
 APP = Path(__file__).resolve().parents[1] / "apps" / "cells"
+# Bokeh 3 puts widgets and Div contents in shadow roots: walkAll(selector) finds elements
+# inside them too (run this once in the page before using it)
+WALK_JS = """
+window.walkAll = function (sel) {
+  const out = [];
+  (function walk(root) {
+    out.push(...root.querySelectorAll(sel));
+    for (const el of root.querySelectorAll('*')) if (el.shadowRoot) walk(el.shadowRoot);
+  })(document);
+  return out;
+};
+"""
 
 
 def available() -> bool:

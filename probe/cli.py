@@ -38,6 +38,18 @@ TRAIN_HELP = {
 }
 
 
+def _source_flags(p: argparse.ArgumentParser, limit: int | None, limit_help: str) -> None:
+    """--model and the text to read (--corpus | --text, --glob, --split, --limit): the same
+    flags for every command that runs a model over text."""
+    p.add_argument("--model", help="checkpoint, or a shipped model: lstm (default), gru, rnn")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--corpus", default="stdlib", help="built-in corpus: stdlib (default) or linux")
+    src.add_argument("--text", help="a UTF-8 text file or a folder of them")
+    p.add_argument("--glob", default="**/*", help="files to take from a --text folder (default **/*)")
+    p.add_argument("--split", default="test", help="split of a built-in corpus: train, val, test (default)")
+    p.add_argument("--limit", type=int, default=limit, help=limit_help)
+
+
 def _train_flags(t: argparse.ArgumentParser) -> None:
     """One flag per numeric TrainConfig field, its default taken from the field."""
     for f in dataclasses.fields(TrainConfig):
@@ -98,13 +110,7 @@ def parser() -> argparse.ArgumentParser:
                        epilog=EPILOG + "probe record --corpus stdlib --split test --limit 200000 "
                        "--out recordings/stdlib-test.h5\n  probe record --text mycode/ --glob '**/*.py' "
                        "--out recordings/mycode.h5 --batch 16")
-    r.add_argument("--model", help="checkpoint, or a shipped model: lstm (default), gru, rnn")
-    rsrc = r.add_mutually_exclusive_group()
-    rsrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
-    rsrc.add_argument("--text", help="a UTF-8 text file or a folder of them")
-    r.add_argument("--glob", default="**/*", help="files to take from a --text folder")
-    r.add_argument("--split", default="test", help="split of a built-in corpus: train, val, test (default)")
-    r.add_argument("--limit", type=int, default=None, help="record at most N characters")
+    _source_flags(r, None, "record at most N characters")
     r.add_argument("--out", required=True, help="recording to write (.h5)")
     r.add_argument("--dtype", default="float16", choices=["float16", "float32"],
                    help="stored precision of the streams (default float16: half the size)")
@@ -148,13 +154,7 @@ def parser() -> argparse.ArgumentParser:
                         formatter_class=fmt, epilog=EPILOG + "probe ablate --cells 0:89 --limit 20000\n"
                         "  probe ablate --layer 0 --feature in_short_string --limit 10000 --csv layer0.csv\n"
                         "  probe ablate --text mycode/ --cells 0:89,1:158 --how mean --json")
-    ab.add_argument("--model", help="checkpoint, or a shipped model: lstm (default), gru, rnn")
-    absrc = ab.add_mutually_exclusive_group()
-    absrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
-    absrc.add_argument("--text", help="a UTF-8 text file or a folder of them")
-    ab.add_argument("--glob", default="**/*", help="files to take from a --text folder")
-    ab.add_argument("--split", default="test", help="split of a built-in corpus (default test)")
-    ab.add_argument("--limit", type=int, default=20_000, help="characters to read (default 20000)")
+    _source_flags(ab, 20_000, "characters to read (default 20000)")
     which = ab.add_mutually_exclusive_group(required=True)
     which.add_argument("--cells", metavar="L:U[,L:U...]", help="the cells to ablate, e.g. 0:89,1:158")
     which.add_argument("--layer", type=int, help="sweep every unit of this layer")
@@ -196,14 +196,7 @@ def parser() -> argparse.ArgumentParser:
     gr = sub.add_parser("gradients", help="how far back the loss reaches: gradient norm against steps back",
                         formatter_class=fmt, epilog=EPILOG + "probe gradients --limit 50000 --span 200\n"
                         "  probe gradients --model runs/gru.pt --text mycode/ --json --out gru-flow.json")
-    gr.add_argument("--model", help="checkpoint, or a shipped model: lstm (default), gru, rnn")
-    grsrc = gr.add_mutually_exclusive_group()
-    grsrc.add_argument("--corpus", default="stdlib", help="built-in corpus (default stdlib)")
-    grsrc.add_argument("--text", help="a UTF-8 text file or a folder of them")
-    gr.add_argument("--glob", default="**/*", help="files to take from a --text folder")
-    gr.add_argument("--split", default="test", help="split of a built-in corpus (default test)")
-    gr.add_argument("--limit", type=int, default=50_000, help="characters to sample positions from "
-                    "(default 50000)")
+    _source_flags(gr, 50_000, "characters to sample positions from (default 50000)")
     gr.add_argument("--span", type=int, default=200, help="steps back, K (default 200)")
     gr.add_argument("--positions", type=int, default=1000, help="positions sampled (default 1000)")
     gr.add_argument("--seed", type=int, default=0, help="seed of the sampled positions (default 0)")

@@ -17,17 +17,7 @@ pytestmark = pytest.mark.skipif(not browser.available(), reason="needs Debian ch
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 
-# every element matching a selector, inside shadow roots too
-WALK = """
-window.walkAll = function (sel) {
-  const out = [];
-  (function walk(root) {
-    out.push(...root.querySelectorAll(sel));
-    for (const el of root.querySelectorAll('*')) if (el.shadowRoot) walk(el.shadowRoot);
-  })(document);
-  return out;
-};
-"""
+WALK = browser.WALK_JS  # every element matching a selector, inside shadow roots too
 COLOURED = "return walkAll('div[data-probe] span, .probe-text span[title]').map(s => s.className).join(' ')"
 
 
