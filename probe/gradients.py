@@ -59,9 +59,9 @@ def _states_before(model: CharRNN, ids: np.ndarray, starts: np.ndarray) -> list:
 
 
 def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, span: int) -> tuple:
-    """Gradient norms {(layer, stream): [B, span + 1]} and sizes per unit {…: [B, span + 1,
-    units]} (column j: k = span - j) for the windows ids[s : s + span + 1] predicting
-    ids[s + span + 1]."""
+    """Gradient norms {(layer, stream): [B, span + 1]} and per-unit sizes summed over the
+    windows {…: [span + 1, units]} (column / row j: k = span - j) for the windows
+    ids[s : s + span + 1] predicting ids[s + span + 1]."""
     cell, H, B = model.cell, model.units, len(starts)
     weights = [tuple(getattr(model.rnn, f"{n}_l{k}").detach() for n in ("weight_ih", "weight_hh",
                                                                            "bias_ih", "bias_hh"))
@@ -94,7 +94,7 @@ def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, sp
         logits = x @ model.head.weight.detach().T + model.head.bias.detach()  # [B, V]
         torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
     norms = {key: torch.stack([t.grad.norm(dim=1) for t in ts], 1).numpy() for key, ts in kept.items()}
-    sizes = {key: torch.stack([t.grad.abs() for t in ts], 1).numpy() for key, ts in kept.items()}
+    sizes = {key: torch.stack([t.grad.abs().sum(0) for t in ts]).numpy() for key, ts in kept.items()}
     return norms, sizes
 
 
@@ -118,7 +118,7 @@ def flow(model: CharRNN, text: str, span: int = 200, positions: int = 1000, seed
         n, u = _norms(model, ids, before[a:a + batch], starts[a:a + batch], span)
         for key in n:
             norms.setdefault(key, []).append(n[key])
-            units.setdefault(key, []).append(u[key].sum(axis=0))
+            units.setdefault(key, []).append(u[key])
     k = np.arange(span, -1, -1)  # column j holds k = span - j
     order = np.argsort(k)
     layers, spans = [], []
