@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import detectors
+from .corpus import Corpus
 from .files import atomic
 from .recording import Recording, open_recording
 
@@ -141,8 +142,8 @@ def causal(path: str | os.PathLike, best_df: pd.DataFrame, *, chars: int = 20_00
     from .model import for_recording
     with open_recording(path) as rec:
         model, _ = for_recording(rec)
-        docs = [(str(n), rec.text[a:b]) for n, a, b in rec.documents.itertuples(index=False) if a < chars]
-        docs = [(n, t[:max(0, chars - sum(len(x) for _, x in docs[:i]))]) for i, (n, t) in enumerate(docs)]
+        docs = Corpus([(str(n), rec.text[a:b]) for n, a, b in rec.documents.itertuples(index=False)],
+                      rec.source).limited(chars).documents
     rows = best_df[best_df["metric"] == "auc"].copy()
     rows["on"] = np.where(rows["stream"] == "c", "c", "h")
     parts = []

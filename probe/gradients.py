@@ -134,12 +134,13 @@ def flow(model: CharRNN, text: str, span: int = 200, positions: int = 1000, seed
             "layers": layers, "memory_span": spans}
 
 
-def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tuple[int, np.ndarray]:
+def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tuple[int, np.ndarray, float]:
     """How much each of the ``window`` characters up to ``position`` (inclusive) moved the
     prediction of the character after it: gradient × input (the gradient of the log-loss
     of character position + 1 with respect to each character's embedding, dotted with the
     embedding; positive: the character made the prediction worse). The window is read from
-    a zero state. Returns (first position of the window, values [n])."""
+    a zero state. Returns (first position of the window, values [n], the cost in bits of
+    the character predicted)."""
     ids, _ = corpora.encode(text, model.vocab)
     if not 0 <= position < len(ids) - 1:
         raise ProbeError(f"position {position} has no next character to explain "
@@ -154,4 +155,4 @@ def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tup
         logits = model.head(out[0, -1])
         loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])]))
         (grad,) = torch.autograd.grad(loss, x)
-    return start, (grad * x).sum(dim=1).detach().numpy()
+    return start, (grad * x).sum(dim=1).detach().numpy(), float(loss) / np.log(2)

@@ -175,9 +175,10 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _selected_count(bits: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    """How many of the selected units are on at each character: only the words that hold
-    selected units are read."""
+def count_on(bits: np.ndarray, units: list[int]) -> np.ndarray:
+    """How many of ``units`` are on at each row of ``bits`` (the index, or rows of it): only
+    the words that hold selected units are read. int16 [rows]."""
+    sel = _mask(units, bits.shape[1])
     words = np.flatnonzero(sel)
     out = np.bitwise_count(bits[:, words[0]] & sel[words[0]]).astype(np.int16)
     for w in words[1:]:
@@ -217,7 +218,7 @@ def search(rec: Recording, layer: int, stream: str, units: list[int], threshold:
     bits = index(rec, layer, stream, threshold)  # [T, W]
     T, n = len(bits), len(units)
     sel = _mask(units, bits.shape[1])
-    count = _selected_count(bits, sel)  # [T] selected units on at each character
+    count = count_on(bits, units)  # [T] selected units on at each character
 
     starts, lengths, on_counts, union_counts = [], [], [], []
     kept = 0  # candidates so far with at least m selected units on throughout

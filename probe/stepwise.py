@@ -42,14 +42,9 @@ Edit = Callable[[int, int, str, torch.Tensor], "torch.Tensor | None"]
 LOG2E = 1.4426950408889634
 
 
-def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
-              edit: Edit | None = None, position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
-    """One LSTM step: x [in], h and c [units] → {"i", "f", "g", "o", "c", "h"}, each [units]."""
-    w_ih, w_hh, b = weights
-    H = h.shape[0]
-    z = w_ih @ x + w_hh @ h + b  # [4 units], PyTorch's order i f g o
-    out: dict[str, torch.Tensor] = {}
-
+def _namer(edit: Edit | None, position: int, layer: int, out: dict):
+    """named(stream, value): passes each value through the edit hook (if any) and keeps the
+    result in ``out``; what is computed next uses the returned value."""
     def named(stream: str, value: torch.Tensor) -> torch.Tensor:
         if edit is not None:
             new = edit(position, layer, stream, value)
@@ -57,7 +52,17 @@ def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
                 value = new
         out[stream] = value
         return value
+    return named
 
+
+def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
+              edit: Edit | None = None, position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
+    """One LSTM step: x [in], h and c [units] → {"i", "f", "g", "o", "c", "h"}, each [units]."""
+    w_ih, w_hh, b = weights
+    H = h.shape[0]
+    z = w_ih @ x + w_hh @ h + b  # [4 units], PyTorch's order i f g o
+    out: dict[str, torch.Tensor] = {}
+    named = _namer(edit, position, layer, out)
     i = named("i", torch.sigmoid(z[:H]))
     f = named("f", torch.sigmoid(z[H:2 * H]))
     g = named("g", torch.tanh(z[2 * H:3 * H]))
@@ -80,13 +85,7 @@ def gru_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Edit | None
     H = h.shape[0]
     gi, gh = w_ih @ x + b_ih, w_hh @ h + b_hh  # [3 units] each, PyTorch's order r z n
     out: dict[str, torch.Tensor] = {}
-
-    def named(stream, value):
-        if edit is not None:
-            new = edit(position, layer, stream, value)
-            value = value if new is None else new
-        out[stream] = value
-        return value
+    named = _namer(edit, position, layer, out)
 
     r = named("r", torch.sigmoid(gi[:H] + gh[:H]))
     z = named("z", torch.sigmoid(gi[H:2 * H] + gh[H:2 * H]))
@@ -99,11 +98,9 @@ def rnn_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Edit | None
              position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
     """One vanilla (tanh) RNN step: {"h": tanh(W_ih x + b_ih + W_hh h + b_hh)}."""
     w_ih, w_hh, b_ih, b_hh = weights
-    value = torch.tanh(w_ih @ x + b_ih + w_hh @ h + b_hh)
-    if edit is not None:
-        new = edit(position, layer, "h", value)
-        value = value if new is None else new
-    return {"h": value}
+    out: dict[str, torch.Tensor] = {}
+    _namer(edit, position, layer, out)("h", torch.tanh(w_ih @ x + b_ih + w_hh @ h + b_hh))
+    return out
 
 
 def layer_weights(model: CharRNN, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -136,8 +136,8 @@ class Page:
         self.client.close()
 
 
-@pytest.fixture
-def page(server):
+def pages(server):
+    """open_page(**url arguments) -> Page on ``server``; every page is closed afterwards."""
     opened = []
 
     def open_page(**arguments) -> Page:
@@ -146,6 +146,11 @@ def page(server):
     yield open_page
     for p in opened:
         p.close()
+
+
+@pytest.fixture
+def page(server):
+    yield from pages(server)
 
 
 def test_document_builds_without_a_server(folder):
@@ -455,7 +460,7 @@ def test_saliency_explains_the_prediction_after_a_position(page, folder):
     assert f"Predicting {predicted!r} (character {at + 1:,})" in note and "bits" in note
 
     # the same values from the library, on the same text
-    first, values = gradients.saliency(load_model(folder.parent / "tiny.pt"), rec.text[at - 99:at + 2], 99,
+    first, values, _ = gradients.saliency(load_model(folder.parent / "tiny.pt"), rec.text[at - 99:at + 2], 99,
                                        window=100)
     assert first == 0 and len(values) == 100
     top = [at - 99 + int(j) for j in np.argsort(-np.abs(values), kind="stable")[:5]]
@@ -738,14 +743,7 @@ def kinds_server(kinds):
 
 @pytest.fixture
 def kinds_page(kinds_server):
-    opened = []
-
-    def open_page(**arguments) -> Page:
-        opened.append(Page(kinds_server, **arguments))
-        return opened[-1]
-    yield open_page
-    for p in opened:
-        p.close()
+    yield from pages(kinds_server)
 
 
 def test_a_gru_recording_shows_its_own_streams(kinds_page):

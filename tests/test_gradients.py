@@ -90,11 +90,14 @@ def test_saliency_sees_only_what_the_prediction_reads():
     model = CharRNN("abcdefgh\n", layers=1, units=8, embedding=4, cell="rnn").eval()
     with torch.no_grad():
         model.rnn.weight_hh_l0.zero_()
-    start, s = gradients.saliency(model, "abcdefgh\nabc", position=10, window=6)
+    start, s, bits = gradients.saliency(model, "abcdefgh\nabc", position=10, window=6)
     assert start == 5 and len(s) == 6
+    ids = torch.tensor([[model.vocab.index("b")]])  # position 10; with no recurrence only it is read
+    logp = torch.log_softmax(model(ids)[0][0, -1], dim=-1)
+    assert bits == pytest.approx(-float(logp[model.vocab.index("c")]) / np.log(2), rel=1e-5)
     assert s[-1] != 0 and np.all(s[:-1] == 0)
     normal = CharRNN("abcdefgh\n", layers=1, units=8, embedding=4, cell="lstm").eval()
-    _, s = gradients.saliency(normal, "abcdefgh\nabc", position=10, window=6)
+    _, s, _ = gradients.saliency(normal, "abcdefgh\nabc", position=10, window=6)
     assert np.all(s[:-1] != 0)  # with a memory, earlier characters count too
     with pytest.raises(Exception, match="has no next character"):
         gradients.saliency(normal, "abc", position=2)

@@ -284,17 +284,11 @@ def stacked_html(rec, cells: list[tuple], a: int, b: int, span: tuple | None) ->
 def table_data(text: str, hits, bits: np.ndarray, units: list[int]) -> dict:
     """The matches with a coloured snippet each: the count of the selected units on at each
     character (from the on/off index ``bits`` [T, words]), over the match and its context."""
-    words = bits.shape[1]
-    mask = np.zeros(words, dtype=np.uint64)
-    for u in units:
-        mask[u // 64] |= np.uint64(1) << np.uint64(u % 64)
-    used = np.flatnonzero(mask)
     T = len(text)
     snippets = []
     for s, e in zip(hits["start"].tolist(), hits["stop"].tolist()):
         lo, hi = max(0, s - BEFORE), min(T, min(e, s + SHOWN) + AFTER)
-        rows = bits[lo:hi]
-        count = sum(np.bitwise_count(rows[:, w] & mask[w]).astype(np.int64) for w in used)  # [hi - lo]
+        count = match.count_on(bits[lo:hi], units)  # [hi - lo]
         snippet = render.colored_html(text[lo:hi], count / len(units), COUNT, start=lo, newlines="symbol",
                                       titles=False)
         snippet = mark_range(snippet, lo, s, min(e, s + SHOWN), "hit")

@@ -12,11 +12,10 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-import torch
 from bokeh.layouts import column, row
 from bokeh.models import Button, Div, Select, Spinner
 
-from probe import corpus, gradients, render
+from probe import gradients, render
 from probe.errors import ProbeError
 
 from ..selection import Selection
@@ -49,24 +48,15 @@ def bounds(rec, position: int, window: int) -> tuple[int, int]:
     return max(lo, position + 1 - window), position + 2
 
 
-@torch.no_grad()
-def bits_of_last(model, text: str) -> float:
-    """The cost in bits of the last character of ``text``, read from a zero state."""
-    ids, _ = corpus.encode(text, model.vocab)
-    out, _ = model.rnn(model.embed(torch.from_numpy(ids[:-1]))[None])
-    logp = torch.log_softmax(model.head(out[0, -1]), dim=-1)
-    return float(-logp[int(ids[-1])] / np.log(2))
-
-
 def explain(model, rec, position: int, window: int) -> dict:
     """Saliency of the window before ``position`` on the prediction of ``position + 1``."""
     a, b = bounds(rec, position, window)
     text = rec.text[a:b]  # the window and the character it predicts
-    start, values = gradients.saliency(model, text, position - a, window=window)
+    start, values, bits = gradients.saliency(model, text, position - a, window=window)
     start += a
     top = np.argsort(-np.abs(values), kind="stable")[:TOP]
     return {"recording": rec.path.name, "position": position, "start": start, "text": rec.text[start:b],
-            "values": values, "bits": bits_of_last(model, rec.text[start:b]),
+            "values": values, "bits": bits,
             "top": [(start + int(j), rec.text[start + int(j)], float(values[j])) for j in top]}
 
 
