@@ -3,9 +3,9 @@
     python bench/record_throughput.py [--model M] [--chars 200000] [--batch 16]
 
 Prints chars/s of (a) the model's plain forward pass over the text in the same blocks,
-(b) `probe record` sequential, (c) batched mode; the ratios (b)/(a) (goal >= 0.8) and
-(c)/(b); the cost of the per-chunk checksums ((f), (g): the same without them); bytes on
-disk per character; peak RSS of `probe record` subprocesses on N and
+then of `probe record` with each codec (zstd, the default; gzip; none), in batched mode and
+without checksums, each as a ratio to (a) (goal: zstd >= 0.8) with its bytes on disk per
+character; peak RSS of `probe record` subprocesses on N and
 2N characters (bounded memory: it should not double); and read times for one unit over
 all T and one 5,000-character window of all units.
 """
@@ -62,39 +62,26 @@ def main() -> None:
         tmp = Path(tmp)
         bare_forward(model, ids[:BLOCK])  # warm up
         t_a = bare_forward(model, ids)
-        t0 = time.perf_counter()
-        record(model, [("bench", text)], tmp / "seq.h5", progress=False)
-        t_b = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        record(model, [("bench", text)], tmp / "bat.h5", batch=a.batch, progress=False)
-        t_c = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        record(model, [("bench", text)], tmp / "seq-raw.h5", compression="none", progress=False)
-        t_d = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        record(model, [("bench", text)], tmp / "bat-raw.h5", compression="none", batch=a.batch,
-               progress=False)
-        t_e = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        record(model, [("bench", text)], tmp / "seq-nock.h5", checksums=False, progress=False)
-        t_f = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        record(model, [("bench", text)], tmp / "raw-nock.h5", compression="none", checksums=False,
-               progress=False)
-        t_g = time.perf_counter() - t0
         n = len(text)
-        print(f"(a) bare forward                          {n / t_a:10,.0f} chars/s")
-        print(f"(b) record sequential {n / t_b:10,.0f} chars/s   (b)/(a) = {t_a / t_b:.2f}  (goal >= 0.8)")
-        print(f"(c) record --batch {a.batch:<2d}                     {n / t_c:10,.0f} chars/s   (c)/(b) = {t_b / t_c:.2f}")
-        print(f"(d) record --compression none            {n / t_d:10,.0f} chars/s   (d)/(a) = {t_a / t_d:.2f}")
-        print(f"(e) record --compression none --batch {a.batch:<2d}{n / t_e:10,.0f} chars/s   (e)/(a) = {t_a / t_e:.2f}")
-        print(f"(f) record, no checksums                 {n / t_f:10,.0f} chars/s   (b)/(f) = {t_f / t_b:.2f}"
-              "  (the checksums' cost, gzip)")
-        print(f"(g) record --compression none, no checksums {n / t_g:7,.0f} chars/s   (d)/(g) = {t_g / t_d:.2f}"
-              "  (the checksums' cost, no compression)")
-        for name in ("seq.h5", "seq-raw.h5"):
+        print(f"(a) bare forward: {n / t_a:,.0f} chars/s")
+        print(f"{'probe record':44s} {'chars/s':>9s} {'/ (a)':>6s} {'bytes/char':>11s}")
+        runs = [("seq.h5", "zstd (the default)", {}),
+                ("gzip.h5", "--compression gzip", dict(compression="gzip")),
+                ("seq-raw.h5", "--compression none", dict(compression="none")),
+                ("bat.h5", f"--batch {a.batch}", dict(batch=a.batch)),
+                ("bat-raw.h5", f"--batch {a.batch} --compression none", dict(batch=a.batch, compression="none")),
+                ("nock.h5", "zstd, no checksums", dict(checksums=False)),
+                ("raw-nock.h5", "--compression none, no checksums", dict(compression="none", checksums=False))]
+        took = {}
+        for name, label, kw in runs:
+            t0 = time.perf_counter()
+            record(model, [("bench", text)], tmp / name, progress=False, **kw)
+            took[name] = time.perf_counter() - t0
             size = (tmp / name).stat().st_size
-            print(f"on disk, {name}: {size / n:,.0f} bytes/char ({size / 1e6:.0f} MB, float16)")
+            print(f"{label:44s} {n / took[name]:9,.0f} {t_a / took[name]:6.2f} {size / n:11,.0f}")
+        print(f"goal: zstd / (a) >= 0.8.  batched / sequential: {took['seq.h5'] / took['bat.h5']:.2f} (zstd), "
+              f"{took['seq-raw.h5'] / took['bat-raw.h5']:.2f} (none); checksums' cost (with / without): "
+              f"{took['nock.h5'] / took['seq.h5']:.2f} (zstd), {took['raw-nock.h5'] / took['seq-raw.h5']:.2f} (none)")
         with open_recording(tmp / "seq.h5") as seq, open_recording(tmp / "bat.h5") as bat:
             print(f"batched vs sequential (--batch {a.batch}, --burn-in 256), mean |diff| / "
                   "99.9th percentile |diff|, and the mean |diff| in the first 64 characters of pieces:")

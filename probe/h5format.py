@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import h5py
+import hdf5plugin  # noqa: F401  (registers the Zstd filter, and others, with this process's HDF5)
 import numpy as np
 
 from .errors import ProbeError
@@ -28,7 +29,9 @@ VERSION = 1
 CHUNK_T = 4096          # chunk rows (time); measured in docs/recording-format.md
 CHUNK_UNITS = 32        # chunk columns (units)
 TEXT_CHUNK = 65536      # chunk length of ``text`` and ``loss``
-COMPRESSIONS = ("gzip", "none")
+COMPRESSIONS = ("zstd", "gzip", "none")  # the first is the default
+ZSTD = 32015            # HDF5's registered id of the Zstandard filter (hdf5plugin.Zstd)
+FILTER_NAMES = {ZSTD: "zstd (pip install hdf5plugin; then import hdf5plugin before reading with h5py)"}
 DTYPES = ("float16", "float32")
 # HDF5 1.10's formats: object headers, B-trees and the superblock carry checksums, so
 # damaged metadata is refused on open; readable by any HDF5 from 1.10 (2016) on
@@ -157,12 +160,12 @@ def write_text(f: h5py.File, codepoints: np.ndarray, names: list[str], starts, s
 
 def create_stream(f: h5py.File, layer: int, stream: str, T: int, units: int, dtype: str,
                   compression: str, level: int = 1, checksums: bool = True) -> h5py.Dataset:
-    """An empty [T, units] stream dataset, chunked (CHUNK_T, CHUNK_UNITS); shuffle + gzip or
-    raw, then a Fletcher-32 checksum per chunk."""
-    gz = compression == "gzip" and T > 0
+    """An empty [T, units] stream dataset, chunked (CHUNK_T, CHUNK_UNITS); byte shuffle +
+    Zstandard or gzip at ``level``, or raw; then a Fletcher-32 checksum per chunk."""
+    codec = {"zstd": dict(compression=ZSTD, compression_opts=(level,)),
+             "gzip": dict(compression="gzip", compression_opts=level)}.get(compression) if T else None
     return f.create_dataset(path(layer, stream), (T, units), dtype, chunks=chunks(T, units),
-                            shuffle=gz, compression="gzip" if gz else None,
-                            compression_opts=level if gz else None, fletcher32=checksums and T > 0)
+                            shuffle=codec is not None, **(codec or {}), fletcher32=checksums and T > 0)
 
 
 def digest(f: h5py.File) -> str:
@@ -241,9 +244,22 @@ def validate(f: h5py.File, where: object) -> None:
     T = len(f["text"])
     for k in range(layers):
         for s in streams:
-            shape = f[path(k, s)].shape
-            if shape != (T, units):
-                raise ProbeError(f"{where}: dataset {path(k, s)} has shape {shape}, expected {(T, units)}")
+            ds = f[path(k, s)]
+            if ds.shape != (T, units):
+                raise ProbeError(f"{where}: dataset {path(k, s)} has shape {ds.shape}, expected {(T, units)}")
+            check_filters(ds, where)
+
+
+def check_filters(ds: h5py.Dataset, where: object) -> None:
+    """Refuse, in one line, a dataset compressed with an HDF5 filter this process lacks
+    (h5py would fail on the first read, deep inside HDF5)."""
+    dcpl = ds.id.get_create_plist()
+    for j in range(dcpl.get_nfilters()):
+        fid = dcpl.get_filter(j)[0]
+        if not h5py.h5z.filter_avail(fid):
+            name = FILTER_NAMES.get(fid, f"filter {fid}")
+            raise ProbeError(f"{where}: {ds.name} is compressed with an HDF5 filter that is not "
+                             f"available here: {name}")
 
 
 def read_mode(attrs) -> dict:

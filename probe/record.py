@@ -14,6 +14,7 @@ renamed when complete.
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import zstandard
 from tqdm.auto import tqdm
 
 from . import corpus as corpora
@@ -31,7 +33,7 @@ from .model import CharRNN
 
 BLOCK = 8192          # characters per processing block (a multiple of h5format.CHUNK_T)
 PIECE = 2048          # characters per piece in batched mode (B pieces run as one batch)
-COMPRESSION_LEVEL = 1  # gzip level: 1 is ~2x faster than 4 for ~5% more bytes on activations
+COMPRESSION_LEVEL = 1  # zstd and gzip level: the fastest (docs/recording-format.md, "Compression")
 LOG2E = 1.4426950408889634
 
 
@@ -48,67 +50,87 @@ def layer_modules(model: CharRNN) -> list[nn.Module]:
 
 
 @torch.no_grad()
+def forward(model: CharRNN, ids: torch.Tensor, state: list | None = None,
+            modules: list[nn.Module] | None = None) -> tuple[list, torch.Tensor, list]:
+    """The model's own forward pass over ids [B, L] from ``state`` (per layer (h0, c0), each
+    [B, units]; c0 None but for an LSTM; None = zeros), one layer module at a time.
+
+    Returns per layer what its gates are recomputed from, (x, h, h0, c0) (input [B, L, in],
+    output [B, L, units], initial state); ``logp`` [B, L, V] (log-probabilities of the next
+    character after each position); and the final state per layer.
+    """
+    modules = modules or layer_modules(model)
+    B = ids.shape[0]
+    lstm = model.cell == "lstm"
+    x = model.embed(ids)  # [B, L, E]
+    inputs, new_state = [], []
+    for k, module in enumerate(modules):
+        h0, c0 = state[k] if state else (x.new_zeros(B, model.units), x.new_zeros(B, model.units) if lstm else None)
+        if lstm:
+            h, (hT, cT) = module(x, (h0[None].contiguous(), c0[None].contiguous()))
+            new_state.append((hT[0], cT[0]))
+        else:
+            h, hT = module(x, h0[None].contiguous())
+            new_state.append((hT[0], None))
+        inputs.append((x, h, h0, c0))
+        x = h
+    return inputs, torch.log_softmax(model.head(x), dim=-1), new_state
+
+
+@torch.no_grad()
+def gates(model: CharRNN, modules: list[nn.Module], inputs: list, dtype: torch.dtype = torch.float32) -> dict:
+    """Every stream {(layer, s): [B, L, units]} of ``forward``'s ``inputs``, computed in
+    float32 for all steps at once from x_t and h_{t-1} with the layer's weights, as PyTorch
+    computes them, and stored as ``dtype``. LSTM: i, f, g, o = act(W_i x + b_i + W_h h + b_h),
+    c_t = f_t * c_{t-1} + i_t * g_t; GRU: r, z = sigmoid(W_i x + b_i + W_h h + b_h),
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); RNN: h itself."""
+    streams = {}
+    for k, (module, (x, h, h0, c0)) in enumerate(zip(modules, inputs)):
+        B, L, H = h.shape
+        if model.cell == "rnn":
+            streams[(k, "h")] = h.to(dtype)
+            continue
+        # 2-D matrix products ([B*L, in] x [in, nH]): twice as fast as batched 3-D ones here
+        x2 = x.reshape(B * L, -1)
+        h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1).reshape(B * L, H)
+        w_ih, w_hh, b_ih, b_hh = (module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0)
+        if model.cell == "gru":
+            gi = torch.addmm(b_ih, x2, w_ih.T)  # [B*L, 3H] in PyTorch's order r z n
+            gh = torch.addmm(b_hh, h_prev, w_hh.T)
+            r = torch.sigmoid(gi[:, :H] + gh[:, :H])
+            z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+            n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+            streams.update({(k, s): v.reshape(B, L, H).to(dtype)
+                            for s, v in zip(h5format.STREAMS["gru"], (r, z, n))})
+            streams[(k, "h")] = h.to(dtype)
+            continue
+        pre = torch.addmm(b_ih + b_hh, x2, w_ih.T).addmm_(h_prev, w_hh.T)  # [B*L, 4H]: i f g o
+        i, f, o = (torch.sigmoid(pre[:, j * H:(j + 1) * H]).reshape(B, L, H) for j in (0, 1, 3))
+        g = torch.tanh(pre[:, 2 * H:3 * H]).reshape(B, L, H)
+        streams.update({(k, s): v.to(dtype) for s, v in zip("ifgo", (i, f, g, o))})
+        del pre
+        # c_t = f_t * c_{t-1} + i_t * g_t, time-major so each step is one contiguous op
+        # (numpy: a third of torch's per-call cost in this loop of L steps)
+        f_t = f.transpose(0, 1).contiguous().numpy()  # [L, B, H]
+        c_t = (i * g).transpose(0, 1).contiguous().numpy()  # i * g, then c in place
+        prev = c0.numpy()
+        for t in range(L):
+            row = c_t[t]
+            row += f_t[t] * prev
+            prev = row
+        streams[(k, "c")] = torch.from_numpy(c_t).transpose(0, 1).to(dtype)
+        streams[(k, "h")] = h.to(dtype)
+    return streams
+
+
 def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
         modules: list[nn.Module] | None = None, dtype: torch.dtype = torch.float32,
         ) -> tuple[dict, torch.Tensor, list]:
-    """Run ids [B, L] from ``state`` (per layer (h0, c0), each [B, units], c0 None but for an
-    LSTM; None = zeros).
-
-    Returns ``streams`` {(layer, s): [B, L, units]}, ``logp`` [B, L, V] (log-probabilities of
-    the next character after each position) and the final state per layer. Streams are
-    computed in float32 and stored as ``dtype`` (float16 halves the memory of a block).
-    """
+    """``forward`` then ``gates``: (streams {(layer, s): [B, L, units]}, logp [B, L, V],
+    final state per layer)."""
     modules = modules or layer_modules(model)
-    B, L = ids.shape
-    H = model.units
-    x = model.embed(ids)  # [B, L, E]
-    streams, new_state = {}, []
-    for k, lstm in enumerate(modules):
-        h0, c0 = state[k] if state else (x.new_zeros(B, H), x.new_zeros(B, H))
-        if model.cell != "lstm":
-            h, new = _run_other(model.cell, lstm, x, h0)
-            streams.update({(k, name): v.to(dtype) for name, v in new.items()})
-            new_state.append((h[:, -1], None))
-            x = h
-            continue
-        h, (hT, cT) = lstm(x, (h0[None].contiguous(), c0[None].contiguous()))  # h [B, L, H]
-        h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1)  # [B, L, H]
-        pre = (x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
-               + h_prev @ lstm.weight_hh_l0.T)  # [B, L, 4H] in PyTorch's order i f g o
-        i = torch.sigmoid(pre[..., :H])
-        f = torch.sigmoid(pre[..., H:2 * H])
-        g = torch.tanh(pre[..., 2 * H:3 * H])
-        o = torch.sigmoid(pre[..., 3 * H:])
-        # c_t = f_t * c_{t-1} + i_t * g_t, time-major so each step is one contiguous op
-        f_t, ig_t = f.transpose(0, 1).contiguous(), (i * g).transpose(0, 1).contiguous()
-        c_t = torch.empty_like(f_t)  # [L, B, H]
-        prev = c0
-        for t in range(L):
-            torch.addcmul(ig_t[t], f_t[t], prev, out=c_t[t])
-            prev = c_t[t]
-        c = c_t.transpose(0, 1)
-        new_state.append((h[:, -1], c[:, -1].clone()))
-        streams.update({(k, name): v.to(dtype) for name, v in zip(h5format.STREAMS["lstm"], (i, f, g, o, c, h))})
-        x = h
-    logp = torch.log_softmax(model.head(x), dim=-1)  # [B, L, V]
-    return streams, logp, new_state
-
-
-def _run_other(cell: str, module: nn.Module, x: torch.Tensor, h0: torch.Tensor) -> tuple:
-    """One GRU or vanilla RNN layer over x [B, L, in]: (h [B, L, H], {stream: [B, L, H]}).
-    The GRU's gates are recomputed from x_t and h_{t-1} as PyTorch computes them:
-    r, z = sigmoid(W_i x + b_i + W_h h + b_h), n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
-    h, _ = module(x, h0[None].contiguous())  # [B, L, H]
-    if cell == "rnn":
-        return h, {"h": h}
-    H = h.shape[-1]
-    h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1)  # [B, L, H]
-    gi = x @ module.weight_ih_l0.T + module.bias_ih_l0  # [B, L, 3H] in PyTorch's order r z n
-    gh = h_prev @ module.weight_hh_l0.T + module.bias_hh_l0
-    r = torch.sigmoid(gi[..., :H] + gh[..., :H])
-    z = torch.sigmoid(gi[..., H:2 * H] + gh[..., H:2 * H])
-    n = torch.tanh(gi[..., 2 * H:] + r * gh[..., 2 * H:])
-    return h, {"r": r, "z": z, "n": n, "h": h}
+    inputs, logp, state = forward(model, ids, state, modules)
+    return gates(model, modules, inputs, dtype), logp, state
 
 
 def activations(model: CharRNN, text: str) -> tuple[dict, np.ndarray]:
@@ -135,80 +157,119 @@ def _pieces(documents: list[tuple[int, int]], piece: int, burn_in: int) -> list[
     return out
 
 
-def _blocks_sequential(model, ids, documents, modules, dtype):
+def _one_late(items, pool: ThreadPoolExecutor):
+    """Yield each (start, parts, loss) with ``parts`` (a list of futures of streams dicts)
+    resolved and joined, one item late: the worker computes a block's gates while this
+    thread runs the next block's forward pass (torch ops release the GIL)."""
+    def resolve(item):
+        start, parts, loss = item
+        parts = [p.result() for p in parts]
+        return start, {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
+                       for k in parts[0]}, loss
+    pending = None
+    for item in items:
+        if pending is not None:
+            yield resolve(pending)
+        pending = item
+    if pending is not None:
+        yield resolve(pending)
+
+
+def _blocks_sequential(model, ids, documents, modules, dtype, pool):
     """Yield (start, streams {key: [n, units]}, loss [n]) blocks of BLOCK characters in order."""
     starts = np.array([d0 for d0, _ in documents])  # documents are contiguous and sorted
     doc_starts = set(starts.tolist())
-    state, last_logp = None, None
-    for b0 in range(0, len(ids), BLOCK):
-        b1 = min(b0 + BLOCK, len(ids))
-        inside = starts[np.searchsorted(starts, b0, "right"):np.searchsorted(starts, b1, "left")]
-        cuts = [b0, *inside.tolist(), b1]
-        parts, losses = [], []
-        for s0, s1 in zip(cuts[:-1], cuts[1:]):
-            if s0 in doc_starts:
-                state, last_logp = None, None
-            x = torch.from_numpy(ids[s0:s1])
-            streams, logp, state = run(model, x[None], state, modules, dtype)
-            loss = torch.empty(s1 - s0)
-            loss[1:] = -logp[0, :-1].gather(1, x[1:, None])[:, 0]
-            loss[0] = -last_logp[x[0]] if last_logp is not None else float("nan")
-            last_logp = logp[0, -1]
-            parts.append(streams)
-            losses.append(loss)
-        yield b0, {k: torch.cat([p[k][0] for p in parts]) for k in parts[0]}, torch.cat(losses) * LOG2E
+
+    def blocks():
+        state, last_logp = None, None
+        for b0 in range(0, len(ids), BLOCK):
+            b1 = min(b0 + BLOCK, len(ids))
+            inside = starts[np.searchsorted(starts, b0, "right"):np.searchsorted(starts, b1, "left")]
+            cuts = [b0, *inside.tolist(), b1]
+            parts, losses = [], []
+            for s0, s1 in zip(cuts[:-1], cuts[1:]):
+                if s0 in doc_starts:
+                    state, last_logp = None, None
+                x = torch.from_numpy(ids[s0:s1])
+                inputs, logp, state = forward(model, x[None], state, modules)
+                parts.append(pool.submit(lambda inputs=inputs: {k: v[0] for k, v in
+                                                                 gates(model, modules, inputs, dtype).items()}))
+                loss = torch.empty(s1 - s0)
+                loss[1:] = -logp[0, :-1].gather(1, x[1:, None])[:, 0]
+                loss[0] = -last_logp[x[0]] if last_logp is not None else float("nan")
+                last_logp = logp[0, -1]
+                losses.append(loss)
+            yield b0, parts, torch.cat(losses) * LOG2E
+    return _one_late(blocks(), pool)
 
 
-def _blocks_batched(model, ids, documents, modules, batch, burn_in, dtype):
+def _blocks_batched(model, ids, documents, modules, batch, burn_in, dtype, pool):
     """Like _blocks_sequential, but B pieces of one block run as a batch, each warmed up."""
-    piece = PIECE
-    pieces = _pieces(documents, piece, burn_in)
-    group: list = []
-    for p in pieces + [None]:
-        if p is not None and len(group) < batch:
-            group.append(p)
-            continue
-        # run the group: sequences warm..stop, right-padded, zero initial state
-        L = max(s1 - w for w, _, s1 in group)
-        x = torch.zeros(len(group), L, dtype=torch.long)
-        for j, (w, _, s1) in enumerate(group):
-            x[j, : s1 - w] = torch.from_numpy(ids[w:s1])
-        streams, logp, _ = run(model, x, None, modules, dtype)
-        out, losses = {k: [] for k in streams}, []
-        for j, (w, s0, s1) in enumerate(group):
-            a, b = s0 - w, s1 - w
-            for k in streams:
-                out[k].append(streams[k][j, a:b])
-            loss = torch.full((b - a,), float("nan"))
-            tgt = x[j, a:b]
-            lo = 1 if a == 0 else 0  # a document's first character has no prediction
-            loss[lo:] = -logp[j, a - 1 + lo : b - 1].gather(1, tgt[lo:, None])[:, 0]
-            losses.append(loss)
-        start = group[0][1]
-        yield start, {k: torch.cat(v) for k, v in out.items()}, torch.cat(losses) * LOG2E
-        group = [p] if p is not None else []
+    pieces = _pieces(documents, PIECE, burn_in)
+
+    def cut(streams: dict, group: list) -> dict:
+        """Each piece's own characters (not its warm-up), joined in text order."""
+        return {k: torch.cat([v[j, s0 - w:s1 - w] for j, (w, s0, s1) in enumerate(group)]) for k, v in streams.items()}
+
+    def blocks():
+        group: list = []
+        for p in pieces + [None]:
+            if p is not None and len(group) < batch:
+                group.append(p)
+                continue
+            # run the group: sequences warm..stop, right-padded, zero initial state
+            L = max(s1 - w for w, _, s1 in group)
+            x = torch.zeros(len(group), L, dtype=torch.long)
+            for j, (w, _, s1) in enumerate(group):
+                x[j, : s1 - w] = torch.from_numpy(ids[w:s1])
+            inputs, logp, _ = forward(model, x, None, modules)
+            part = pool.submit(lambda inputs=inputs, group=group: cut(gates(model, modules, inputs, dtype), group))
+            losses = []
+            for j, (w, s0, s1) in enumerate(group):
+                a, b = s0 - w, s1 - w
+                loss = torch.full((b - a,), float("nan"))
+                tgt = x[j, a:b]
+                lo = 1 if a == 0 else 0  # a document's first character has no prediction
+                loss[lo:] = -logp[j, a - 1 + lo : b - 1].gather(1, tgt[lo:, None])[:, 0]
+                losses.append(loss)
+            yield group[0][1], [part], torch.cat(losses) * LOG2E
+            group = [p] if p is not None else []
+    return _one_late(blocks(), pool)
 
 
-def _encode_chunk(a: np.ndarray, shape: tuple[int, int], level: int, checksum: bool) -> bytes:
-    """One HDF5 chunk as the filters would store it (padded to ``shape``): shuffle + deflate
-    at ``level`` (0: no compression, the raw bytes), then the Fletcher-32 checksum."""
+_local = threading.local()  # one Zstandard compressor per worker thread (they are not shared)
+
+
+def _encode_chunk(a: np.ndarray, shape: tuple[int, int], codec: str, level: int, checksum: bool) -> bytes:
+    """One HDF5 chunk as the filters would store it (padded to ``shape``): byte shuffle, then
+    Zstandard (a frame with its content size, as the HDF5 filter reads it) or deflate at
+    ``level``, or the raw bytes for "none"; then the Fletcher-32 checksum."""
     if a.shape != shape:
         a = np.pad(a, ((0, shape[0] - a.shape[0]), (0, shape[1] - a.shape[1])))
     raw = np.ascontiguousarray(a)
-    if level == 0:
+    if codec == "none":
         body = raw.tobytes()
     else:
-        body = zlib.compress(raw.view(np.uint8).reshape(-1, raw.itemsize).T.tobytes(), level)
+        shuffled = raw.view(np.uint8).reshape(-1, raw.itemsize).T.tobytes()
+        if codec == "gzip":
+            body = zlib.compress(shuffled, level)
+        else:
+            z = getattr(_local, "zstd", None)
+            if z is None or _local.level != level:
+                z = _local.zstd = zstandard.ZstdCompressor(level=level)
+                _local.level = level
+            body = z.compress(shuffled)
     return body + h5format.fletcher32(body).to_bytes(4, "little") if checksum else body
 
 
 class ChunkWriter:
     """Append rows to [T, units] datasets in time order; whole chunks are compressed in
-    worker threads (zlib releases the GIL) and stored with ``write_direct_chunk``."""
+    worker threads (zstd and zlib release the GIL) and stored with ``write_direct_chunk``."""
 
-    def __init__(self, dsets: dict, dtype: str, level: int = COMPRESSION_LEVEL, workers: int = 2,
-                 checksum: bool = True):
-        self.dsets, self.dtype, self.level, self.checksum = dsets, np.dtype(dtype), level, checksum
+    def __init__(self, dsets: dict, dtype: str, codec: str = "zstd", level: int = COMPRESSION_LEVEL,
+                 workers: int = 2, checksum: bool = True):
+        self.dsets, self.dtype, self.codec, self.level = dsets, np.dtype(dtype), codec, level
+        self.checksum = checksum
         first = next(iter(dsets.values()))
         self.rows, self.cols = first.chunks
         self.units = first.shape[1]
@@ -235,7 +296,7 @@ class ChunkWriter:
             head = head.astype(self.dtype, copy=False)
             for c0 in range(0, self.units, self.cols):
                 fut = self.pool.submit(_encode_chunk, head[:, c0:c0 + self.cols],
-                                       (self.rows, self.cols), self.level, self.checksum)
+                                       (self.rows, self.cols), self.codec, self.level, self.checksum)
                 self.inflight.append((k, (self.row0, c0), fut))
         self.n_pending -= n
         self.row0 += n
@@ -261,19 +322,20 @@ class ChunkWriter:
 def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathLike,
            source: dict | None = None, dtype: str = "float16", batch: int = 1,
            burn_in: int = 256, force: bool = False, progress: bool = True,
-           compression: str = "gzip", checksums: bool = True) -> Path:
+           compression: str = "zstd", checksums: bool = True) -> Path:
     """Record ``documents`` [(name, text)] through ``model`` into the HDF5 file ``out``.
 
     ``batch`` > 1 runs that many pieces of the text side by side, each warmed up on
     ``burn_in`` characters before it (see docs/recording-format.md). ``compression`` is
-    "gzip" (level 1 + shuffle, readable by every HDF5 tool; about 35% smaller) or "none"
-    (fastest: compressing costs more CPU than the model itself). ``checksums`` (default)
+    "zstd" (byte shuffle + Zstandard level 1: ~10x faster than gzip and slightly smaller;
+    h5py reads it after ``import hdf5plugin``), "gzip" (shuffle + deflate level 1, readable by
+    every HDF5 tool as is) or "none". ``checksums`` (default)
     stores a Fletcher-32 checksum with every chunk, so damage is refused when read.
     """
     if dtype not in h5format.DTYPES:
         raise ProbeError(f"--dtype must be float16 or float32, got {dtype!r}")
     if compression not in h5format.COMPRESSIONS:
-        raise ProbeError(f"--compression must be gzip or none, got {compression!r}")
+        raise ProbeError(f"--compression must be one of {', '.join(h5format.COMPRESSIONS)}, got {compression!r}")
     if batch < 1:
         raise ProbeError(f"--batch must be >= 1, got {batch}")
     out = check_target(out, force)
@@ -288,7 +350,6 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
     streams = h5format.streams_of(model.config)
     model = model.eval()
     modules = layer_modules(model)
-    level = COMPRESSION_LEVEL if compression == "gzip" else 0
 
     with interrupts() as stop, atomic(out) as tmp, h5format.create(tmp) as f:
         h5format.write_header(
@@ -300,10 +361,11 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
                                     offsets[:-1], offsets[1:], checksums)
         dsets = {(k, s): h5format.create_stream(f, k, s, T, H, dtype, compression, COMPRESSION_LEVEL,
                                                 checksums) for k in range(model.layers) for s in streams}
-        writer = ChunkWriter(dsets, dtype, level, checksum=checksums)
+        writer = ChunkWriter(dsets, dtype, compression, checksum=checksums)
         tdtype = getattr(torch, dtype)
-        blocks = (_blocks_sequential(model, ids, spans, modules, tdtype) if batch == 1
-                  else _blocks_batched(model, ids, spans, modules, batch, burn_in, tdtype))
+        pool = ThreadPoolExecutor(1)  # the gates of one block while the next runs forward
+        blocks = (_blocks_sequential(model, ids, spans, modules, tdtype, pool) if batch == 1
+                  else _blocks_batched(model, ids, spans, modules, batch, burn_in, tdtype, pool))
         bar = tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="recording")
         try:
             for start, vals, loss in blocks:
@@ -318,6 +380,7 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
             writer.abort()
             raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
         if stop.is_set():
             raise KeyboardInterrupt

@@ -98,7 +98,7 @@ class Recording:
     units = _attr("units", int, None, "units per layer")
     version = _attr("version", int, None, "format version")
     dtype = _attr("dtype", str, "float16", "stored precision of the streams")
-    compression = _attr("compression", str, "gzip", "filter of the streams: gzip or none")
+    compression = _attr("compression", str, "gzip", "filter of the streams: zstd, gzip or none")
     created = _attr("created", str, "", "when it was recorded (ISO 8601, UTC)")
     model_path = _attr("model_path", str, "", "where the recorded checkpoint was (it may have moved)")
     model_sha256 = _attr("model_sha256", str, "", "sha256 of the recorded checkpoint ('' if unknown)")

@@ -38,7 +38,7 @@ def same(a, b) -> bool:
     return a == b or (a != a and b != b)  # NaN in a frame's loss column
 
 
-@pytest.fixture(params=["gzip", "none"])
+@pytest.fixture(params=["zstd", "gzip", "none"])
 def small(request, model_path, tmp_path):
     """A small float16 recording as probe record makes it, compressed or not."""
     out = tmp_path / f"small-{request.param}.h5"

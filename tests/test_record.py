@@ -3,7 +3,10 @@ equations one character at a time) is the reference, itself checked against nn.L
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -141,3 +144,31 @@ def test_gru_and_rnn_recordings_equal_their_step_by_step_cells(tmp_path, text, c
             np.testing.assert_allclose(rec.stream(k, s)[:], v, atol=1e-5, err_msg=f"{k} {s}")
         with pytest.raises(ProbeError, match="no stream 'c'"):
             rec.unit(0, "c", 0)
+
+
+def test_every_codec_stores_the_same_values_and_plain_h5py_reads_zstd(tiny_model, tmp_path, monkeypatch, text):
+    monkeypatch.setattr(h5format, "CHUNK_T", 256)  # several chunks, the last one partial
+    long = text * 12
+    paths = {c: record(tiny_model, [("a.py", long)], tmp_path / f"{c}.h5", compression=c, progress=False)
+             for c in h5format.COMPRESSIONS}
+    recs = {c: open_recording(p) for c, p in paths.items()}
+    for c, rec in recs.items():
+        assert rec.compression == c
+        for k in range(2):
+            for s in rec.streams:
+                np.testing.assert_array_equal(rec.stream(k, s)[:], recs["none"].stream(k, s)[:])
+    assert paths["zstd"].stat().st_size < paths["none"].stat().st_size
+    # outside probe: h5py with hdf5plugin imported reads the Zstandard chunks probe wrote itself
+    code = ("import sys, h5py, hdf5plugin; f = h5py.File(sys.argv[1], 'r'); "
+            "sys.stdout.buffer.write(f['layers/1/c'][:].tobytes())")
+    out = subprocess.run([sys.executable, "-c", code, str(paths["zstd"])], capture_output=True, check=True)
+    assert out.stdout == recs["none"].stream(1, "c")[:].tobytes()
+
+
+def test_a_recording_needing_a_missing_filter_is_refused_in_one_line(tiny_model, tmp_path, monkeypatch, text):
+    out = record(tiny_model, [("a.py", text)], tmp_path / "z.h5", progress=False)
+    real = h5py.h5z.filter_avail
+    monkeypatch.setattr(h5py.h5z, "filter_avail", lambda fid: fid != h5format.ZSTD and real(fid))
+    with pytest.raises(ProbeError, match=r"z\.h5: /layers/0/i is compressed with an HDF5 filter that is "
+                                         r"not available here: zstd \(pip install hdf5plugin"):
+        open_recording(out)
