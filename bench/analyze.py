@@ -35,7 +35,7 @@ def read_all(rec, chunk: int, as_float32: bool = True) -> float:
     """Seconds to read every stream once, ``chunk`` rows at a time, as float32 (or as stored)."""
     t0 = time.perf_counter()
     T = len(rec)
-    for k in range(rec.layers):
+    for k in rec.layer_ids:
         for s in rec.streams:
             ds = rec.stream(k, s)
             for a in range(0, T, chunk):

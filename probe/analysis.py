@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import detectors
+from . import detectors, shards
 from .corpus import Corpus
 from .files import atomic
 from .recording import Recording, open_recording
@@ -37,13 +37,11 @@ ANALYSIS_VERSION = 4      # bump when scores/saturation change meaning: invalida
 
 def cache_path(path: str | os.PathLike) -> Path:
     """The sidecar file of a recording: ``<recording>.analysis.npz``."""
-    p = Path(path)
-    return p.with_name(p.name + ".analysis.npz")
+    return shards.sidecar(path, ".analysis.npz")  # inside a folder of shards
 
 
 def _cache_key(path: Path, rec: Recording) -> dict:
-    st = path.stat()
-    return {"version": ANALYSIS_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+    return {"version": ANALYSIS_VERSION, **shards.stamp(path),  # size, mtime_ns (of every shard)
             "created": rec.created}
 
 

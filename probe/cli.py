@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import analysis, detectors, gradients, intervene, match
+from . import analysis, detectors, gradients, intervene, match, shards
 from .corpus import encode, load
 from .errors import ProbeError
 from .export import export_lstmvis
@@ -113,8 +113,12 @@ def parser() -> argparse.ArgumentParser:
                        "--out recordings/mycode.h5 --batch 16")
     _source_flags(r, None, "record at most N characters")
     r.add_argument("--out", required=True, help="recording to write (.h5)")
-    r.add_argument("--dtype", default="float16", choices=["float16", "float32"],
-                   help="stored precision of the streams (default float16: half the size)")
+    r.add_argument("--dtype", default="float16", choices=["float16", "float32", "int8"],
+                   help="stored precision of the streams (default float16; int8: a quarter of float32, "
+                        "each unit linearly quantised, read back as float32)")
+    r.add_argument("--keep", metavar="S,S", help="record only these streams (e.g. c,h; default: all of "
+                   "the cell's: LSTM i,f,g,o,c,h; GRU r,z,n,h; RNN h)")
+    r.add_argument("--layers", metavar="L,L", help="record only these layers (e.g. 1; default: all)")
     r.add_argument("--compression", default="zstd", choices=list(COMPRESSIONS),
                    help="zstd (default: fast, ~25%% smaller; h5py needs `import hdf5plugin`), "
                         "gzip (any HDF5 tool) or none")
@@ -126,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: a character-at-a-time LSTM gains little from "
                         "more, and loses a lot when other programs share the cores)")
+    r.add_argument("--shard", metavar="I/N", help="record only the I-th (1..N) of N contiguous parts of the "
+                   "text (whole documents, balanced by characters); a folder of all N files opens as one "
+                   "recording (docs/recording-format.md, Shards)")
     r.add_argument("--force", action="store_true", help="overwrite an existing recording")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -225,21 +232,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _names(value: str | None, flag: str) -> list[str] | None:
+    """"c,h" -> ["c", "h"] (None when the flag is absent)."""
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise ProbeError(f"{flag}: expected a comma-separated list, got {value!r}")
+    return names
+
+
+def _numbers(value: str | None, flag: str) -> list[int] | None:
+    """"0,1" -> [0, 1] (None when the flag is absent)."""
+    names = _names(value, flag)
+    try:
+        return None if names is None else [int(v) for v in names]
+    except ValueError:
+        raise ProbeError(f"{flag}: expected comma-separated numbers, got {value!r}") from None
+
+
 def cmd_record(a) -> int:
     if a.streams_deprecated is not None:
         print("probe: --streams is deprecated (it is the batch size); use --batch", file=sys.stderr)
         a.batch = a.streams_deprecated
     out = check_target(a.out, a.force)  # fail before the slow part
+    shard = shards.parse_spec(a.shard) if a.shard else None
     torch.set_num_threads(max(1, a.threads))
     model = load_model(a.model)
     c = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
     c = c.limited(a.limit)
-    docs = c.documents
-    record(model, docs, out, source=c.source, dtype=a.dtype, batch=a.batch, burn_in=a.burn_in,
-           force=a.force, progress=not a.quiet, compression=a.compression)
+    docs, source = shards.take(c.documents, c.source, *shard) if shard else (c.documents, c.source)
+    record(model, docs, out, source=source, dtype=a.dtype, batch=a.batch, burn_in=a.burn_in,
+           force=a.force, progress=not a.quiet, compression=a.compression,
+           keep=_names(a.keep, "--keep"), layers=_numbers(a.layers, "--layers"))
     n = sum(len(t) for _, t in docs)
     print(f"wrote {out}: {n:,} characters, {len(docs)} documents, "
-          f"{out.stat().st_size / 1e6:.1f} MB")
+          + (f"shard {shard[0]}/{shard[1]}, " if shard else "") + f"{out.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
@@ -279,7 +307,7 @@ def model_summary(path: str | None, history: bool = False) -> dict:
 
 def cmd_info(a) -> int:
     if a.verify:
-        if not (a.path and a.path.endswith((".h5", ".hdf5"))):
+        if not (a.path and (a.path.endswith((".h5", ".hdf5")) or Path(a.path).is_dir())):  # or shards
             raise ProbeError("--verify checks a recording (.h5); checkpoints are checked whenever loaded")
         bad = verify(a.path, progress=sys.stderr.isatty())
         if bad is None:
@@ -290,7 +318,7 @@ def cmd_info(a) -> int:
             print("\n".join(f"{a.path}: damaged: {b}" for b in bad))
             raise ProbeError(f"{a.path}: {len(bad)} damaged range{'s' if len(bad) > 1 else ''} (see above)")
         return 0
-    if a.path and a.path.endswith((".h5", ".hdf5")):
+    if a.path and (a.path.endswith((".h5", ".hdf5")) or Path(a.path).is_dir()):  # or a folder of shards
         info = summary(a.path)
     else:
         info = model_summary(a.path, history=a.json)  # the learning curve only in JSON
@@ -320,7 +348,7 @@ def cmd_render(a) -> int:
 
 
 def cmd_export_lstmvis(a) -> int:
-    streams = tuple(x.strip() for x in a.streams.split(",") if x.strip())
+    streams = tuple(_names(a.streams, "--streams"))
     out = export_lstmvis(a.recording, a.outdir, streams, force=a.force, progress=not a.quiet)
     print(f"wrote {out}/ (lstm.yml, states.hdf5, chars.hdf5, chars.dict)")
     return 0

@@ -68,7 +68,7 @@ def gates(streams) -> list[str]:
 
 def layer_streams(rec: Recording, layers=None, streams=None) -> list[tuple[int, str]]:
     """(layer, stream) pairs to scan, checked against the recording (one-line errors)."""
-    layers = list(range(rec.layers)) if layers is None else list(np.atleast_1d(layers))
+    layers = list(rec.layer_ids) if layers is None else list(np.atleast_1d(layers))
     streams = list(rec.streams) if streams is None else [streams] if isinstance(streams, str) else list(streams)
     for s in streams:
         if s not in rec.streams:
@@ -435,7 +435,7 @@ def saturation(rec: Recording, low: float = 0.1, high: float = 0.9, chunk: int =
     if not low <= high:
         raise ProbeError(f"saturation thresholds must satisfy low <= high, got {low} and {high}")
     frames = []
-    for k in range(rec.layers):
+    for k in rec.layer_ids:
         for g in streams:
             acc = _scan(rec.stream(k, g), T, chunk, None, g, (low, high))
             frames.append(pd.DataFrame({"layer": k, "stream": g, "unit": np.arange(len(acc["left"])),

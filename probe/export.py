@@ -54,7 +54,7 @@ def export_lstmvis(path: str | os.PathLike, outdir: str | os.PathLike, streams=(
             types = []
             with h5py.File(tmp / "states.hdf5", "w") as f:
                 T = len(rec)
-                jobs = [(k, s) for k in range(rec.layers) for s in streams]
+                jobs = [(k, s) for k in rec.layer_ids for s in streams]
                 bar = tqdm(total=T * len(jobs), unit="value", unit_scale=True, disable=not progress,
                            desc="exporting")
                 for k, s in jobs:

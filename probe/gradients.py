@@ -26,23 +26,31 @@ from .model import CharRNN
 BATCH = 250  # positions per backward pass
 
 
-def _step(cell: str, x, state, w):
-    """One batched step of a layer: (h, c) for an LSTM, (h, None) otherwise."""
-    w_ih, w_hh, b_ih, b_hh = w
-    h, c = state
+def _layer(cell: str, xp: torch.Tensor, h: torch.Tensor, c, w_hh_t: torch.Tensor, b_hh: torch.Tensor) -> tuple:
+    """One layer over a window, one step at a time: ``xp`` [S, B, nH] is the input projection
+    of every step (computed at once: W_i x + b_i, plus b_h for the LSTM and RNN), (h, c) the
+    state before it; the recurrent product is the only matrix product per step. Returns the
+    lists of h (and c for an LSTM) per step, every one a node of the graph."""
     H = h.shape[1]
-    if cell == "lstm":
-        z = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh  # [B, 4H], PyTorch's order i f g o
-        i, f = torch.sigmoid(z[:, :H]), torch.sigmoid(z[:, H:2 * H])
-        g, o = torch.tanh(z[:, 2 * H:3 * H]), torch.sigmoid(z[:, 3 * H:])
-        c = f * c + i * g
-        return o * torch.tanh(c), c
-    if cell == "gru":
-        gi, gh = x @ w_ih.T + b_ih, h @ w_hh.T + b_hh  # [B, 3H], r z n
-        r, z = torch.sigmoid(gi[:, :H] + gh[:, :H]), torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-        n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-        return (1 - z) * n + z * h, None
-    return torch.tanh(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh), None
+    hs, cs = [], []
+    for xj in xp.unbind(0):  # one backward node for all steps (indexing xp[j] would add a
+        # full-size zero gradient per step)
+        if cell == "lstm":
+            i, f, g, o = torch.addmm(xj, h, w_hh_t).chunk(4, 1)  # PyTorch's order i f g o
+            c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
+            h = torch.sigmoid(o) * torch.tanh(c)
+            cs.append(c)
+        elif cell == "gru":
+            gh = torch.addmm(b_hh, h, w_hh_t)  # [B, 3H], r z n
+            gi = xj
+            r = torch.sigmoid(gi[:, :H] + gh[:, :H])
+            z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+            n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+            h = n + z * (h - n)  # (1 - z) * n + z * h
+        else:
+            h = torch.tanh(torch.addmm(xj, h, w_hh_t))
+        hs.append(h)
+    return hs, cs
 
 
 @torch.no_grad()
@@ -76,22 +84,25 @@ def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, sp
                 if cell == "lstm":
                     c0[b] = st[1][k, 0]
         state.append((h0.requires_grad_(), None if c0 is None else c0.requires_grad_()))  # graph roots
-    window = torch.from_numpy(np.stack([ids[s:s + span + 1] for s in starts]))  # [B, span + 1]
+    window = torch.from_numpy(np.stack([ids[s:s + span + 1] for s in starts]).T.copy())  # [span + 1, B]
     kept: dict = {}
     with torch.enable_grad():
-        for j in range(span + 1):
-            x = model.embed.weight[window[:, j]].detach()  # [B, E]
-            for k, w in enumerate(weights):
-                h, c = _step(cell, x, state[k], w)
-                h.retain_grad()
-                kept.setdefault((k, "h"), []).append(h)
-                if c is not None:
-                    c.retain_grad()
-                    kept.setdefault((k, "c"), []).append(c)
-                state[k] = (h, c)
-                x = h
+        x = model.embed.weight.detach()[window]  # [S, B, E], time-major
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+            # layer by layer: a layer's input over the whole window is known once the layer
+            # below has run, so its input projection is one matrix product, not one per step
+            bias = b_ih if cell == "gru" else b_ih + b_hh
+            xp = torch.addmm(bias, x.reshape(-1, x.shape[-1]), w_ih.T).reshape(x.shape[0], B, -1)
+            h0, c0 = state[k]
+            hs, cs = _layer(cell, xp, h0, c0, w_hh.T, b_hh)
+            for key, ts in (((k, "h"), hs), ((k, "c"), cs)):
+                if ts:
+                    for t in ts:
+                        t.retain_grad()
+                    kept[key] = ts
+            x = torch.stack(hs)  # [S, B, H]: the next layer's input
         target = torch.from_numpy(ids[starts + span + 1])
-        logits = x @ model.head.weight.detach().T + model.head.bias.detach()  # [B, V]
+        logits = hs[-1] @ model.head.weight.detach().T + model.head.bias.detach()  # [B, V]
         torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
     norms = {key: torch.stack([t.grad.norm(dim=1) for t in ts], 1).numpy() for key, ts in kept.items()}
     sizes = {key: torch.stack([t.grad.abs().sum(0) for t in ts]).numpy() for key, ts in kept.items()}

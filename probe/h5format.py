@@ -32,7 +32,10 @@ TEXT_CHUNK = 65536      # chunk length of ``text`` and ``loss``
 COMPRESSIONS = ("zstd", "gzip", "none")  # the first is the default
 ZSTD = 32015            # HDF5's registered id of the Zstandard filter (hdf5plugin.Zstd)
 FILTER_NAMES = {ZSTD: "zstd (pip install hdf5plugin; then import hdf5plugin before reading with h5py)"}
-DTYPES = ("float16", "float32")
+DTYPES = ("float16", "float32", "int8")
+# int8 streams: per unit, value = code * scale + offset with codes in [-127, 127]; ``scale``
+# and ``offset`` are float32 [units] attributes of the dataset (see ``quantise``)
+INT8_CODES = 127
 # HDF5 1.10's formats: object headers, B-trees and the superblock carry checksums, so
 # damaged metadata is refused on open; readable by any HDF5 from 1.10 (2016) on
 LIBVER = ("v110", "v110")
@@ -51,7 +54,7 @@ RANGE: dict[str, tuple[float, float] | None] = {
     "r": (0.0, 1.0), "z": (0.0, 1.0), "n": (-1.0, 1.0)}
 TABLES = ("text", "loss", "documents/name", "documents/start", "documents/stop")
 ATTRIBUTES = ("format", "version", "model", "model_sha256", "model_path", "model_metrics", "source",
-              "created", "streams", "layers", "units", "length", "dtype", "compression", "mode",
+              "created", "streams", "layers", "layer_ids", "units", "length", "dtype", "compression", "mode",
               "unknown_chars", "checksums", "complete", "digest")  # every root attribute a recording has
 
 
@@ -118,9 +121,11 @@ def write_header(f: h5py.File, *, model: dict, layers: int, units: int, length: 
                  streams: tuple[str, ...], dtype: str, compression: str = "none",
                  batch: int = 1, burn_in: int = 0, source: dict | None = None,
                  model_sha256: str = "", model_path: str = "", model_metrics: dict | None = None,
-                 unknown_chars: int = 0, checksums: bool = True) -> None:
+                 unknown_chars: int = 0, checksums: bool = True, layer_ids: tuple[int, ...] | None = None,
+                 ) -> None:
     """The root attributes of a recording (all but ``complete`` and ``digest``, written last
-    by ``finish``)."""
+    by ``finish``). ``layers`` is the model's layer count; ``layer_ids`` the layers recorded
+    (default all)."""
     a = f.attrs
     a["format"], a["version"] = FORMAT, VERSION
     a["model"] = json.dumps(model)
@@ -131,6 +136,7 @@ def write_header(f: h5py.File, *, model: dict, layers: int, units: int, length: 
     a["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     a["streams"] = " ".join(streams)
     a["layers"], a["units"], a["length"] = layers, units, length
+    a["layer_ids"] = " ".join(str(k) for k in (range(layers) if layer_ids is None else layer_ids))
     a["dtype"], a["compression"] = dtype, compression
     a["mode"] = json.dumps({"batch": batch, "burn_in": burn_in if batch > 1 else 0})
     a["unknown_chars"] = unknown_chars
@@ -166,6 +172,27 @@ def create_stream(f: h5py.File, layer: int, stream: str, T: int, units: int, dty
              "gzip": dict(compression="gzip", compression_opts=level)}.get(compression) if T else None
     return f.create_dataset(path(layer, stream), (T, units), dtype, chunks=chunks(T, units),
                             shuffle=codec is not None, **(codec or {}), fletcher32=checksums and T > 0)
+
+
+def quantisation(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit (scale, offset), float32, mapping [lo, hi] onto codes -127..127; a constant unit
+    gets scale 1 (its code is 0)."""
+    lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+    offset = (lo + hi) / 2
+    scale = (hi - lo) / (2 * INT8_CODES)
+    return np.where(scale > 0, scale, 1).astype(np.float32), offset.astype(np.float32)
+
+
+def quantise(values: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """int8 codes of [n, units] values: round((v - offset) / scale), within ±127. The reader's
+    ``code * scale + offset`` is within scale / 2 of v."""
+    q = np.rint((values.astype(np.float32) - offset) / scale)
+    return np.clip(q, -INT8_CODES, INT8_CODES).astype(np.int8)
+
+
+def dequantise(codes: np.ndarray, scale, offset) -> np.ndarray:
+    """float32 values of int8 codes (``scale``, ``offset`` broadcast over the last axis)."""
+    return codes.astype(np.float32) * scale + offset
 
 
 def digest(f: h5py.File) -> str:
@@ -237,12 +264,15 @@ def validate(f: h5py.File, where: object) -> None:
         if key not in a:
             raise ProbeError(f"{where}: recording lacks the attribute {key!r}")
     layers, units, streams = int(a["layers"]), int(a["units"]), str(a["streams"]).split()
-    names = list(TABLES) + [path(k, s) for k in range(layers) for s in streams]
+    ids = layer_ids(a)
+    if not ids or any(not 0 <= k < layers for k in ids):
+        raise ProbeError(f"{where}: attribute layer_ids={a.get('layer_ids')!r} does not fit {layers} layers")
+    names = list(TABLES) + [path(k, s) for k in ids for s in streams]
     for name in names:
         if name not in f:
             raise ProbeError(f"{where}: recording is missing dataset {name!r}")
     T = len(f["text"])
-    for k in range(layers):
+    for k in ids:
         for s in streams:
             ds = f[path(k, s)]
             if ds.shape != (T, units):
@@ -260,6 +290,16 @@ def check_filters(ds: h5py.Dataset, where: object) -> None:
             name = FILTER_NAMES.get(fid, f"filter {fid}")
             raise ProbeError(f"{where}: {ds.name} is compressed with an HDF5 filter that is not "
                              f"available here: {name}")
+
+
+def layer_ids(attrs) -> tuple[int, ...]:
+    """The recorded layers (all of them in files from before ``--layers``)."""
+    if "layer_ids" not in attrs:
+        return tuple(range(int(attrs["layers"])))
+    try:
+        return tuple(int(k) for k in str(attrs["layer_ids"]).split())
+    except ValueError:
+        return ()
 
 
 def read_mode(attrs) -> dict:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from . import features as features_mod
-from . import h5format
+from . import h5format, shards
 from .errors import ProbeError
 from .files import atomic
 from .recording import Recording
@@ -97,12 +97,11 @@ def select(rec: Recording, layer: int, stream: str, start: int, stop: int, thres
 # ---- the index ----------------------------------------------------------------------------
 
 def index_path(rec: Recording, layer: int, stream: str, threshold: float) -> Path:
-    return rec.path.with_name(f"{rec.path.name}.match-{layer}-{stream}-{threshold:g}.npy")
+    return shards.sidecar(rec.path, f".match-{layer}-{stream}-{threshold:g}.npy")  # in a shard folder
 
 
 def _key(rec: Recording) -> str:
-    st = rec.path.stat()
-    return json.dumps({"version": INDEX_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+    return json.dumps({"version": INDEX_VERSION, **shards.stamp(rec.path),  # of every shard
                        "created": rec.created})
 
 

@@ -14,6 +14,8 @@ renamed when complete.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -78,17 +80,20 @@ def forward(model: CharRNN, ids: torch.Tensor, state: list | None = None,
 
 
 @torch.no_grad()
-def gates(model: CharRNN, modules: list[nn.Module], inputs: list, dtype: torch.dtype = torch.float32) -> dict:
+def gates(model: CharRNN, modules: list[nn.Module], inputs: list, dtype: torch.dtype = torch.float32,
+          keep: set | None = None) -> dict:
     """Every stream {(layer, s): [B, L, units]} of ``forward``'s ``inputs``, computed in
     float32 for all steps at once from x_t and h_{t-1} with the layer's weights, as PyTorch
     computes them, and stored as ``dtype``. LSTM: i, f, g, o = act(W_i x + b_i + W_h h + b_h),
     c_t = f_t * c_{t-1} + i_t * g_t; GRU: r, z = sigmoid(W_i x + b_i + W_h h + b_h),
-    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); RNN: h itself."""
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); RNN: h itself. ``keep`` (a set of
+    (layer, stream)) limits the work and the result to those streams."""
     streams = {}
     for k, (module, (x, h, h0, c0)) in enumerate(zip(modules, inputs)):
         B, L, H = h.shape
-        if model.cell == "rnn":
-            streams[(k, "h")] = h.to(dtype)
+        wanted = {s for kk, s in keep if kk == k} if keep is not None else set(h5format.STREAMS[model.cell])
+        if not wanted - {"h"}:  # h is the layer's output: no gate to recompute
+            streams.update({(k, "h"): h.to(dtype)} if wanted else {})
             continue
         # 2-D matrix products ([B*L, in] x [in, nH]): twice as fast as batched 3-D ones here
         x2 = x.reshape(B * L, -1)
@@ -101,13 +106,13 @@ def gates(model: CharRNN, modules: list[nn.Module], inputs: list, dtype: torch.d
             z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
             n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
             streams.update({(k, s): v.reshape(B, L, H).to(dtype)
-                            for s, v in zip(h5format.STREAMS["gru"], (r, z, n))})
+                            for s, v in zip(h5format.STREAMS["gru"], (r, z, n)) if s in wanted})
             streams[(k, "h")] = h.to(dtype)
             continue
         pre = torch.addmm(b_ih + b_hh, x2, w_ih.T).addmm_(h_prev, w_hh.T)  # [B*L, 4H]: i f g o
         i, f, o = (torch.sigmoid(pre[:, j * H:(j + 1) * H]).reshape(B, L, H) for j in (0, 1, 3))
         g = torch.tanh(pre[:, 2 * H:3 * H]).reshape(B, L, H)
-        streams.update({(k, s): v.to(dtype) for s, v in zip("ifgo", (i, f, g, o))})
+        streams.update({(k, s): v.to(dtype) for s, v in zip("ifgo", (i, f, g, o)) if s in wanted})
         del pre
         # c_t = f_t * c_{t-1} + i_t * g_t, time-major so each step is one contiguous op
         # (numpy: a third of torch's per-call cost in this loop of L steps)
@@ -120,7 +125,8 @@ def gates(model: CharRNN, modules: list[nn.Module], inputs: list, dtype: torch.d
             prev = row
         streams[(k, "c")] = torch.from_numpy(c_t).transpose(0, 1).to(dtype)
         streams[(k, "h")] = h.to(dtype)
-    return streams
+    return {key: v for key, v in streams.items() if key[1] in h5format.STREAMS[model.cell]
+            and (keep is None or key in keep)}
 
 
 def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
@@ -175,7 +181,7 @@ def _one_late(items, pool: ThreadPoolExecutor):
         yield resolve(pending)
 
 
-def _blocks_sequential(model, ids, documents, modules, dtype, pool):
+def _blocks_sequential(model, ids, documents, modules, dtype, pool, keep=None):
     """Yield (start, streams {key: [n, units]}, loss [n]) blocks of BLOCK characters in order."""
     starts = np.array([d0 for d0, _ in documents])  # documents are contiguous and sorted
     doc_starts = set(starts.tolist())
@@ -193,7 +199,7 @@ def _blocks_sequential(model, ids, documents, modules, dtype, pool):
                 x = torch.from_numpy(ids[s0:s1])
                 inputs, logp, state = forward(model, x[None], state, modules)
                 parts.append(pool.submit(lambda inputs=inputs: {k: v[0] for k, v in
-                                                                 gates(model, modules, inputs, dtype).items()}))
+                                                                 gates(model, modules, inputs, dtype, keep).items()}))
                 loss = torch.empty(s1 - s0)
                 loss[1:] = -logp[0, :-1].gather(1, x[1:, None])[:, 0]
                 loss[0] = -last_logp[x[0]] if last_logp is not None else float("nan")
@@ -203,37 +209,63 @@ def _blocks_sequential(model, ids, documents, modules, dtype, pool):
     return _one_late(blocks(), pool)
 
 
-def _blocks_batched(model, ids, documents, modules, batch, burn_in, dtype, pool):
-    """Like _blocks_sequential, but B pieces of one block run as a batch, each warmed up."""
-    pieces = _pieces(documents, PIECE, burn_in)
+@torch.no_grad()
+def _warm_up(model: CharRNN, modules: list[nn.Module], seqs: list[np.ndarray]) -> tuple[list, torch.Tensor]:
+    """Run each sequence (non-empty, of different lengths) from a zero state: the state each
+    one ends in, per layer ((h, c) each [n, units]; c None but for an LSTM), and the
+    log-probabilities of the character after each one's last ([n, V]). Packed, so a short
+    sequence's state is taken at its own end, not after padding."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    x = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
+    for j, s in enumerate(seqs):
+        x[j, :len(s)] = torch.from_numpy(s)
+    packed = nn.utils.rnn.pack_padded_sequence(model.embed(x), lengths, batch_first=True, enforce_sorted=False)
+    state = []
+    for module in modules:
+        packed, last = module(packed)
+        state.append((last[0][0], last[1][0]) if model.cell == "lstm" else (last[0], None))
+    return state, torch.log_softmax(model.head(state[-1][0]), dim=-1)
 
-    def cut(streams: dict, group: list) -> dict:
-        """Each piece's own characters (not its warm-up), joined in text order."""
-        return {k: torch.cat([v[j, s0 - w:s1 - w] for j, (w, s0, s1) in enumerate(group)]) for k, v in streams.items()}
+
+def _blocks_batched(model, ids, documents, modules, batch, burn_in, dtype, pool, keep=None):
+    """Like _blocks_sequential, but B pieces of the text run side by side as one batch. Each
+    piece first reads up to ``burn_in`` characters before it (its warm-up, a separate packed
+    run: no gates are computed there), then its own characters from that state."""
+    pieces = _pieces(documents, PIECE, burn_in)
+    lstm = model.cell == "lstm"
 
     def blocks():
-        group: list = []
-        for p in pieces + [None]:
-            if p is not None and len(group) < batch:
-                group.append(p)
-                continue
-            # run the group: sequences warm..stop, right-padded, zero initial state
-            L = max(s1 - w for w, _, s1 in group)
-            x = torch.zeros(len(group), L, dtype=torch.long)
-            for j, (w, _, s1) in enumerate(group):
-                x[j, : s1 - w] = torch.from_numpy(ids[w:s1])
-            inputs, logp, _ = forward(model, x, None, modules)
-            part = pool.submit(lambda inputs=inputs, group=group: cut(gates(model, modules, inputs, dtype), group))
+        for g0 in range(0, len(pieces), batch):
+            group = pieces[g0:g0 + batch]
+            n, H = len(group), model.units
+            state = [(torch.zeros(n, H), torch.zeros(n, H) if lstm else None) for _ in modules]
+            before = torch.full((n, model.head.out_features), float("nan"))  # logp before each piece
+            warm = [j for j, (w, s0, _) in enumerate(group) if s0 > w]  # not at a document start
+            if warm:
+                ws, wlogp = _warm_up(model, modules, [ids[group[j][0]:group[j][1]] for j in warm])
+                for k, (h, c) in enumerate(ws):
+                    state[k][0][warm] = h
+                    if lstm:
+                        state[k][1][warm] = c
+                before[warm] = wlogp
+            L = max(s1 - s0 for _, s0, s1 in group)
+            x = torch.zeros(n, L, dtype=torch.long)  # right-padded: padding comes after, harmless
+            for j, (_, s0, s1) in enumerate(group):
+                x[j, :s1 - s0] = torch.from_numpy(ids[s0:s1])
+            inputs, logp, _ = forward(model, x, state, modules)
+
+            def own(inputs=inputs, group=group):
+                streams = gates(model, modules, inputs, dtype, keep)
+                return {key: torch.cat([v[j, :s1 - s0] for j, (_, s0, s1) in enumerate(group)])
+                        for key, v in streams.items()}
             losses = []
-            for j, (w, s0, s1) in enumerate(group):
-                a, b = s0 - w, s1 - w
-                loss = torch.full((b - a,), float("nan"))
-                tgt = x[j, a:b]
-                lo = 1 if a == 0 else 0  # a document's first character has no prediction
-                loss[lo:] = -logp[j, a - 1 + lo : b - 1].gather(1, tgt[lo:, None])[:, 0]
+            for j, (_, s0, s1) in enumerate(group):
+                m = s1 - s0
+                loss = torch.empty(m)
+                loss[0] = -before[j, x[j, 0]]  # NaN at a document start
+                loss[1:] = -logp[j, :m - 1].gather(1, x[j, 1:m, None])[:, 0]
                 losses.append(loss)
-            yield group[0][1], [part], torch.cat(losses) * LOG2E
-            group = [p] if p is not None else []
+            yield group[0][1], [pool.submit(own)], torch.cat(losses) * LOG2E
     return _one_late(blocks(), pool)
 
 
@@ -319,25 +351,85 @@ class ChunkWriter:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _selection(model: CharRNN, keep, layers) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The streams (in the cell's order) and layers to record, checked: one-line errors."""
+    kind = h5format.STREAMS[model.cell]
+    keep = list(kind) if keep is None else [keep] if isinstance(keep, str) else list(keep)
+    bad = [s for s in keep if s not in kind]
+    if bad or not keep:
+        raise ProbeError(f"--keep: a {model.cell.upper()} records streams {','.join(kind)}; "
+                         f"got {','.join(map(str, keep)) or 'none'}")
+    layers = list(range(model.layers)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
+    if not layers or any(not isinstance(k, (int, np.integer)) or not 0 <= k < model.layers for k in layers):
+        raise ProbeError(f"--layers: the model has layers 0..{model.layers - 1}; "
+                         f"got {','.join(map(str, layers)) or 'none'}")
+    return tuple(s for s in kind if s in keep), tuple(sorted(set(int(k) for k in layers)))
+
+
+class Int8Spill:
+    """For ``dtype="int8"``: streams are first spilled as float16 to scratch files beside the
+    output while each unit's range is tracked, then quantised per unit into the recording
+    (scale and offset are only known once every value has been seen)."""
+
+    def __init__(self, folder: Path, keys: list, T: int, units: int):
+        self.dir = Path(tempfile.mkdtemp(prefix=".probe-int8-", dir=folder))
+        self.maps = {key: np.lib.format.open_memmap(self.dir / f"{key[0]}-{key[1]}.npy", "w+", np.float16, (T, units))
+                     for key in keys}
+        self.lo = {key: np.full(units, np.inf, np.float32) for key in keys}
+        self.hi = {key: np.full(units, -np.inf, np.float32) for key in keys}
+        self.row = 0
+
+    def append(self, vals: dict) -> None:
+        n = 0
+        for key, v in vals.items():
+            n = len(v)
+            self.maps[key][self.row:self.row + n] = v
+            np.minimum(self.lo[key], v.min(axis=0), out=self.lo[key])
+            np.maximum(self.hi[key], v.max(axis=0), out=self.hi[key])
+        self.row += n
+
+    def write(self, writer: "ChunkWriter", dsets: dict, progress: bool, stop) -> None:
+        """Quantise every stream into ``writer`` (one block of rows at a time), and store each
+        dataset's per-unit scale and offset."""
+        params = {key: h5format.quantisation(self.lo[key], self.hi[key]) for key in self.maps}
+        for key, (scale, offset) in params.items():
+            dsets[key].attrs["scale"], dsets[key].attrs["offset"] = scale, offset
+        T = self.row
+        with tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="quantising") as bar:
+            for a in range(0, T, BLOCK):
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                writer.append({key: h5format.quantise(m[a:a + BLOCK], *params[key]) for key, m in self.maps.items()})
+                bar.update(min(BLOCK, T - a))
+
+    def close(self) -> None:
+        self.maps.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathLike,
            source: dict | None = None, dtype: str = "float16", batch: int = 1,
            burn_in: int = 256, force: bool = False, progress: bool = True,
-           compression: str = "zstd", checksums: bool = True) -> Path:
+           compression: str = "zstd", checksums: bool = True,
+           keep: list[str] | None = None, layers: list[int] | None = None) -> Path:
     """Record ``documents`` [(name, text)] through ``model`` into the HDF5 file ``out``.
 
     ``batch`` > 1 runs that many pieces of the text side by side, each warmed up on
     ``burn_in`` characters before it (see docs/recording-format.md). ``compression`` is
     "zstd" (byte shuffle + Zstandard level 1: ~10x faster than gzip and slightly smaller;
     h5py reads it after ``import hdf5plugin``), "gzip" (shuffle + deflate level 1, readable by
-    every HDF5 tool as is) or "none". ``checksums`` (default)
-    stores a Fletcher-32 checksum with every chunk, so damage is refused when read.
+    every HDF5 tool as is) or "none". ``checksums`` (default) stores a Fletcher-32 checksum
+    with every chunk, so damage is refused when read. ``keep`` (streams) and ``layers``
+    record a subset; ``dtype`` "int8" stores each unit linearly quantised (per-unit scale and
+    offset; the reader returns float32 within half a step of the float16 value).
     """
     if dtype not in h5format.DTYPES:
-        raise ProbeError(f"--dtype must be float16 or float32, got {dtype!r}")
+        raise ProbeError(f"--dtype must be one of {', '.join(h5format.DTYPES)}, got {dtype!r}")
     if compression not in h5format.COMPRESSIONS:
         raise ProbeError(f"--compression must be one of {', '.join(h5format.COMPRESSIONS)}, got {compression!r}")
     if batch < 1:
         raise ProbeError(f"--batch must be >= 1, got {batch}")
+    streams, layer_ids = _selection(model, keep, layers)
     out = check_target(out, force)
     documents = [(n, t) for n, t in documents if t]
     text = "".join(t for _, t in documents)
@@ -347,34 +439,39 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
     T, H = len(ids), model.units
     offsets = np.cumsum([0] + [len(t) for _, t in documents])
     spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
-    streams = h5format.streams_of(model.config)
     model = model.eval()
     modules = layer_modules(model)
+    keys = [(k, s) for k in layer_ids for s in streams]
 
     with interrupts() as stop, atomic(out) as tmp, h5format.create(tmp) as f:
         h5format.write_header(
             f, model=dict(model.config), layers=model.layers, units=H, length=T, streams=streams,
             dtype=dtype, compression=compression, batch=batch, burn_in=burn_in, source=source,
             model_sha256=getattr(model, "sha256", ""), model_path=getattr(model, "path", ""),
-            model_metrics=getattr(model, "metrics", {}), unknown_chars=n_unknown, checksums=checksums)
+            model_metrics=getattr(model, "metrics", {}), unknown_chars=n_unknown, checksums=checksums,
+            layer_ids=layer_ids)
         dloss = h5format.write_text(f, corpora.codepoints(text), [n for n, _ in documents],
                                     offsets[:-1], offsets[1:], checksums)
-        dsets = {(k, s): h5format.create_stream(f, k, s, T, H, dtype, compression, COMPRESSION_LEVEL,
-                                                checksums) for k in range(model.layers) for s in streams}
+        dsets = {(k, s): h5format.create_stream(f, k, s, T, H, dtype, compression, COMPRESSION_LEVEL, checksums)
+                 for k, s in keys}
         writer = ChunkWriter(dsets, dtype, compression, checksum=checksums)
-        tdtype = getattr(torch, dtype)
+        spill = Int8Spill(Path(tmp).parent, keys, T, H) if dtype == "int8" else None
+        tdtype = torch.float16 if dtype == "int8" else getattr(torch, dtype)
         pool = ThreadPoolExecutor(1)  # the gates of one block while the next runs forward
-        blocks = (_blocks_sequential(model, ids, spans, modules, tdtype, pool) if batch == 1
-                  else _blocks_batched(model, ids, spans, modules, batch, burn_in, tdtype, pool))
+        blocks = (_blocks_sequential(model, ids, spans, modules, tdtype, pool, set(keys)) if batch == 1
+                  else _blocks_batched(model, ids, spans, modules, batch, burn_in, tdtype, pool, set(keys)))
         bar = tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="recording")
         try:
             for start, vals, loss in blocks:
                 if stop.is_set():
                     raise KeyboardInterrupt
                 n = len(loss)
-                writer.append({key: v.numpy() for key, v in vals.items()})
+                (spill or writer).append({key: v.numpy() for key, v in vals.items()})
                 dloss[start:start + n] = loss.numpy()
                 bar.update(n)
+            bar.close()
+            if spill is not None:
+                spill.write(writer, dsets, progress, stop)
             writer.close()
         except BaseException:
             writer.abort()
@@ -382,6 +479,8 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
+            if spill is not None:
+                spill.close()
         if stop.is_set():
             raise KeyboardInterrupt
         h5format.finish(f)

@@ -38,20 +38,32 @@ def damaged(where: object, name: str, rows: tuple[int, int] | None = None,
 class Dataset:
     """A recorded dataset, read lazily by slicing like an h5py one; a read that fails (a
     chunk whose checksum does not match, a broken filter) becomes a one-line ProbeError
-    naming the file, the dataset and the damaged rows, never h5py's OSError."""
+    naming the file, the dataset and the damaged rows, never h5py's OSError. An int8
+    stream reads as float32, dequantised with its per-unit ``scale`` and ``offset``."""
 
     def __init__(self, ds: h5py.Dataset, where: object):
         self.ds, self.where = ds, where
         self.shape, self.dtype, self.chunks = ds.shape, ds.dtype, ds.chunks
+        self.scale = self.offset = None
+        if ds.dtype == np.int8 and "scale" in ds.attrs:
+            self.scale = np.asarray(ds.attrs["scale"], np.float32)
+            self.offset = np.asarray(ds.attrs["offset"], np.float32)
+            self.dtype = np.dtype(np.float32)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, key):
         try:
-            return self.ds[key]
+            values = self.ds[key]
         except READ_ERRORS as e:
             raise damaged(self.where, self.ds.name.lstrip("/"), self.first_bad_rows(), e) from None
+        if self.scale is None:
+            return values
+        cols = np.arange(self.shape[1])
+        if isinstance(key, tuple) and len(key) == 2:
+            cols = cols[key[1]]
+        return h5format.dequantise(values, self.scale[cols], self.offset[cols])
 
     def bad_rows(self) -> Iterator[tuple[int, int]]:
         """[start, stop) of every chunk row that cannot be read (``probe info --verify``)."""
@@ -109,6 +121,11 @@ class Recording:
     def streams(self) -> tuple[str, ...]:
         return tuple(str(self.file.attrs["streams"]).split())
 
+    @property
+    def layer_ids(self) -> tuple[int, ...]:
+        """The recorded layers: all of the model's (``layers``) unless recorded with --layers."""
+        return h5format.layer_ids(self.file.attrs)
+
     @cached_property
     def model_config(self) -> dict:
         """layers, units, embedding, dropout, vocab, corpus: the checkpoint's config."""
@@ -130,7 +147,7 @@ class Recording:
 
     @property
     def chunks(self) -> tuple[int, int] | None:
-        return self.file[h5format.path(0, self.streams[0])].chunks
+        return self.file[h5format.path(self.layer_ids[0], self.streams[0])].chunks
 
     def __len__(self) -> int:
         return len(self.file["text"])
@@ -177,8 +194,10 @@ class Recording:
     # ---- streams ---------------------------------------------------------------------------
     def check(self, layer: int, stream: str, unit: int | None = None) -> None:
         """Raise a one-line error for an out-of-range layer, unknown stream or unit."""
-        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.layers:
-            raise ProbeError(f"{self.path}: no layer {layer!r} (layers are 0..{self.layers - 1})")
+        if not isinstance(layer, (int, np.integer)) or layer not in self.layer_ids:
+            which = (f"layers are 0..{self.layers - 1}" if len(self.layer_ids) == self.layers else
+                     f"recorded layers are {' '.join(map(str, self.layer_ids))} of 0..{self.layers - 1}")
+            raise ProbeError(f"{self.path}: no layer {layer!r} ({which})")
         if stream not in self.streams:
             raise ProbeError(f"{self.path}: no stream {stream!r} (streams are {' '.join(self.streams)})")
         if unit is not None and (not isinstance(unit, (int, np.integer)) or not 0 <= unit < self.units):
@@ -239,7 +258,11 @@ class Recording:
 
 
 def open_recording(path: str | os.PathLike) -> Recording:
-    """Open and validate a probe recording."""
+    """Open and validate a probe recording: an ``.h5`` file, or a folder of shards opened as
+    one (``probe.shards.ShardedRecording``, with the same interface)."""
+    if Path(path).is_dir():
+        from .shards import ShardedRecording
+        return ShardedRecording(path)
     return Recording(path)
 
 
@@ -248,7 +271,8 @@ def summary(path: str | os.PathLike) -> dict:
     with open_recording(path) as rec:
         cfg = {k: v for k, v in rec.model_config.items() if k != "vocab"}
         loss = rec.loss
-        size = rec.path.stat().st_size
+        files = getattr(rec, "files", None)  # the shards of a folder
+        size = sum(f.stat().st_size for f in files or [rec.path])
         return {
             "path": str(rec.path), "format": f"{h5format.FORMAT} v{rec.version}", "created": rec.created,
             "model": {"path": rec.model_path, "sha256": rec.model_sha256,
@@ -262,6 +286,7 @@ def summary(path: str | os.PathLike) -> dict:
             "size_on_disk": f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes/char)",
             "mean_bits_per_char": round(float(np.nanmean(loss)), 4) if np.isfinite(loss).any() else None,
             "unknown_chars": rec.unknown_chars,
+            **({"shards": f"{len(files)} files, {files[0].name} … {files[-1].name}"} if files else {}),
         }
 
 
@@ -273,8 +298,10 @@ def verify(path: str | os.PathLike, progress: bool = False) -> list[str] | None:
         if rec.checksums != "fletcher32":
             return None
         names = [n for n in h5format.TABLES if n != "documents/name"] + [
-            h5format.path(k, s) for k in range(rec.layers) for s in rec.streams]
+            h5format.path(k, s) for k in rec.layer_ids for s in rec.streams]
         bad = []
+        parts = [(p, f"{p.path.name}: ") for p in rec.parts] if hasattr(rec, "parts") else [(rec, "")]
         for name in tqdm(names, desc="verifying", unit="dataset", disable=not progress):
-            bad += [f"{name} rows {a:,}–{b:,}" for a, b in rec.dataset(name).bad_rows()]
+            for part, shard in parts:  # a folder's damage is named by shard, in its own rows
+                bad += [f"{shard}{name} rows {a:,}–{b:,}" for a, b in part.dataset(name).bad_rows()]
         return bad

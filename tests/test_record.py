@@ -172,3 +172,72 @@ def test_a_recording_needing_a_missing_filter_is_refused_in_one_line(tiny_model,
     with pytest.raises(ProbeError, match=r"z\.h5: /layers/0/i is compressed with an HDF5 filter that is "
                                          r"not available here: zstd \(pip install hdf5plugin"):
         open_recording(out)
+
+
+def test_keep_and_layers_record_a_subset_with_the_same_values(tiny_model, tmp_path, text):
+    full = open_recording(record(tiny_model, [("a.py", text)], tmp_path / "full.h5", progress=False))
+    part = open_recording(record(tiny_model, [("a.py", text)], tmp_path / "part.h5", progress=False,
+                                 keep=["h", "c"], layers=[1]))
+    assert part.streams == ("c", "h") and part.layer_ids == (1,) and part.layers == 2
+    for s in part.streams:
+        np.testing.assert_array_equal(part.stream(1, s)[:], full.stream(1, s)[:])
+    with pytest.raises(ProbeError, match=r"no layer 0 \(recorded layers are 1 of 0..1\)"):
+        part.stream(0, "h")
+    with pytest.raises(ProbeError, match="no stream 'f'"):
+        part.stream(1, "f")
+    only_h = open_recording(record(tiny_model, [("a.py", text)], tmp_path / "h.h5", progress=False, keep="h"))
+    np.testing.assert_array_equal(only_h.stream(0, "h")[:], full.stream(0, "h")[:])
+
+
+@pytest.mark.parametrize("keep, layers, message", [
+    (["c", "x"], None, "--keep: a LSTM records streams i,f,g,o,c,h; got c,x"),
+    ([], None, "--keep: a LSTM records streams i,f,g,o,c,h; got none"),
+    (None, [2], r"--layers: the model has layers 0..1; got 2"),
+])
+def test_a_bad_subset_is_refused_before_anything_is_written(tiny_model, tmp_path, text, keep, layers, message):
+    with pytest.raises(ProbeError, match=message):
+        record(tiny_model, [("a.py", text)], tmp_path / "bad.h5", progress=False, keep=keep, layers=layers)
+    assert not list(tmp_path.iterdir())
+
+
+def test_int8_streams_read_back_within_half_a_step_of_float16(tiny_model, tmp_path, monkeypatch, text):
+    monkeypatch.setattr(h5format, "CHUNK_T", 256)
+    long = text * 12
+    ref = open_recording(record(tiny_model, [("a.py", long)], tmp_path / "f16.h5", progress=False))
+    q = open_recording(record(tiny_model, [("a.py", long)], tmp_path / "q.h5", dtype="int8", progress=False))
+    assert q.dtype == "int8" and not list(tmp_path.glob(".probe-int8-*"))  # the scratch files are gone
+    for k in range(2):
+        for s in q.streams:
+            want = ref.stream(k, s)[:].astype(np.float32)
+            got = q.stream(k, s)[:]
+            assert got.dtype == np.float32
+            step = (want.max(0) - want.min(0)) / 254  # per unit
+            assert np.all(np.abs(got - want) <= step / 2 + 1e-6), (k, s)
+            # every way the readers slice gives the same values
+            np.testing.assert_array_equal(q.stream(k, s)[10:20, 3], got[10:20, 3])
+            np.testing.assert_array_equal(q.unit(k, s, 5), got[:, 5])
+            np.testing.assert_array_equal(q.window(k, s, 7, 30), got[7:30])
+    assert (tmp_path / "q.h5").stat().st_size < (tmp_path / "f16.h5").stat().st_size
+
+
+def test_each_batched_piece_equals_reading_it_after_its_warm_up(tiny_model, tmp_path, monkeypatch, text):
+    import probe.record as rec_mod
+    monkeypatch.setattr(rec_mod, "PIECE", 150)
+    docs = [("a.py", text * 3), ("b.py", text[:100]), ("c.py", text * 2)]
+    out = record(tiny_model, docs, tmp_path / "bat.h5", dtype="float32", batch=3, burn_in=40, progress=False)
+    whole = "".join(t for _, t in docs)
+    spans = [(0, len(docs[0][1]))]
+    for _, t in docs[1:]:
+        spans.append((spans[-1][1], spans[-1][1] + len(t)))
+    with open_recording(out) as rec:
+        for warm, s0, s1 in rec_mod._pieces(spans, 150, 40):
+            want, want_loss = activations(tiny_model, whole[warm:s1])  # from a zero state at warm
+            for (k, s), v in want.items():
+                np.testing.assert_allclose(rec.stream(k, s)[s0:s1], v[s0 - warm:], atol=2e-5)
+            got = rec.loss[s0:s1]
+            if s0 == warm:  # a document start: no prediction for its first character
+                assert np.isnan(got[0])
+                got, want_loss = got[1:], want_loss[1:]
+            else:
+                want_loss = want_loss[s0 - warm:]
+            np.testing.assert_allclose(got, want_loss, rtol=1e-4, atol=1e-5)

@@ -58,7 +58,7 @@ def show(sel):
     """Widgets, address bar and title follow the selection."""
     rec = session.rec
     with session.quietly():
-        controls["layer"].options = [str(k) for k in range(rec.layers)]  # the open recording's, first
+        controls["layer"].options = [str(k) for k in rec.layer_ids]  # the open recording's, first
         controls["stream"].options = [(s, f"{s} · {DESCRIPTION.get(s, s)}") for s in rec.streams]
         controls["unit"].high = rec.units - 1
         for key, widget in controls.items():

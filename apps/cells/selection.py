@@ -202,10 +202,12 @@ def is_bare(arguments: dict) -> bool:
 def fit(sel: Selection, rec: Recording) -> list[str]:
     """Clamp the selection into the open recording; a message for each change."""
     problems = []
-    if not 0 <= sel.layer < rec.layers:
-        problems.append(f"no layer {sel.layer} in {rec.path.name} (layers are 0..{rec.layers - 1}); "
-                        "showing layer 0")
-        sel.layer = 0
+    if sel.layer not in rec.layer_ids:
+        first = rec.layer_ids[0]
+        which = (f"layers are 0..{rec.layers - 1}" if len(rec.layer_ids) == rec.layers
+                 else f"recorded layers are {' '.join(map(str, rec.layer_ids))}")
+        problems.append(f"no layer {sel.layer} in {rec.path.name} ({which}); showing layer {first}")
+        sel.layer = first
     if not 0 <= sel.unit < rec.units:
         problems.append(f"no unit {sel.unit} in {rec.path.name} (units are 0..{rec.units - 1}); "
                         "showing unit 0")
@@ -258,7 +260,7 @@ def fit_search(sel: Selection, rec: Recording) -> list[str]:
                         f"lies between {low:g} and {high:g}, so a threshold must lie strictly inside; "
                         f"using {DEFAULT_THRESHOLD:g}")
         sel.threshold = DEFAULT_THRESHOLD
-    unknown = [c for c in sel.cells if not (0 <= c[0] < rec.layers and c[1] in rec.streams
+    unknown = [c for c in sel.cells if not (c[0] in rec.layer_ids and c[1] in rec.streams
                                             and 0 <= c[2] < rec.units)]
     if unknown:
         problems.append(f"no cell {cells_text(unknown).replace(',', ', ')} in {name} (layers 0..{rec.layers - 1}, "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe import analysis, features, match
+from probe import analysis, features, match, shards
 from probe.corpus import stdlib
 from probe.errors import ProbeError
 from probe.model import for_recording, load_model
@@ -29,7 +29,7 @@ DEFAULT_NAME = "stdlib-test.h5"
 DEFAULT_CHARS = 100_000
 COLUMN_CACHE_BYTES = 64 << 20  # recently shown cells, shared by all sessions
 HELD_DATASETS = 4             # (layer, stream) datasets kept open, with their chunk caches
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*\.h5")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")  # a file (or a folder of shards) name
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -40,8 +40,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def is_recording_file(path: Path) -> bool:
-    """A listed recording: ``*.h5`` in the folder, not hidden, not a cache written beside one."""
-    return path.is_file() and not path.name.startswith(".") and ".analysis" not in path.name
+    """A listed recording: ``*.h5`` in the folder or a folder of shards (``probe.shards``), not
+    hidden, not a cache written beside one."""
+    return ((path.is_file() and path.suffix == ".h5") or shards.is_folder(path)) and \
+        not path.name.startswith(".") and ".analysis" not in path.name
 
 
 class Store:
@@ -77,7 +79,7 @@ class Store:
     def names(self) -> list[str]:
         if not self.folder.is_dir():
             return []
-        return sorted(p.name for p in self.folder.glob("*.h5") if is_recording_file(p))
+        return sorted(p.name for p in self.folder.iterdir() if is_recording_file(p))
 
     def check_name(self, name: str) -> str:
         """A recording name from a URL: a plain file name that exists in the folder."""
@@ -210,7 +212,7 @@ def ensure_default(folder: Path) -> str | None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return f"Cannot create the recordings folder {folder}: {e.strerror}."
-    if any(is_recording_file(p) for p in folder.glob("*.h5")):
+    if any(is_recording_file(p) for p in folder.iterdir()):
         return None
     try:
         model = load_model()
