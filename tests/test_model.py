@@ -12,7 +12,7 @@ from probe import ProbeError, corpus, load_model
 from probe.cli import main
 from probe.model import read_checkpoint, save_checkpoint, widen
 from probe.sample import sample
-from probe.train import TrainConfig, train
+from probe.train import TrainConfig, bits_per_char, train
 from probe import intervene
 
 
@@ -276,6 +276,11 @@ def test_an_unknown_cell_is_one_line(model_path, capsys):
 
 def test_shipped_models_by_name(capsys, monkeypatch, tmp_path):
     assert load_model("lstm").sha256 == load_model().sha256
+    gru = load_model("gru")  # shipped: 2 x 296, trained on the same characters as the LSTM
+    assert (gru.cell, gru.layers, gru.units) == ("gru", 2, 296)
+    assert gru.metrics["chars"] == load_model("lstm").metrics["chars"]
+    text = corpus.stdlib("test").text[:3000]  # it predicts held-out code as well as its card says
+    assert bits_per_char(gru, corpus.encode(text, gru.vocab)[0]) < 1.8
     monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "stdlib.pt")  # an installation without them
     with pytest.raises(ProbeError, match=r"stdlib-gru.pt: the shipped gru model is not in this installation "
                                          r"yet \(train it: probe train --cell gru --units 296"):
