@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recording", help="a probe recording (.h5), ideally >= 1M characters")
     p.add_argument("--chunk", type=int, default=detectors.CHUNK, help="rows per read (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--workers", type=int, default=1, help="streams scored side by side (default 1)")
+    p.add_argument("--scan-threads", type=int, default=1, help="streams scored side by side, one thread each (default 1)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         t_feat = time.perf_counter() - t1
         t_text = t1 - t0
         t0 = time.perf_counter()
-        sc = detectors.scores(rec, feats, chunk=a.chunk, progress=sys.stderr.isatty(), workers=a.workers)
+        sc = detectors.scores(rec, feats, chunk=a.chunk, progress=sys.stderr.isatty(), threads=a.scan_threads)
         t_score = time.perf_counter() - t0
         read2 = read_all(rec, a.chunk)
         raw = read_all(rec, a.chunk, as_float32=False)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "recording": a.recording, "characters": T, "cells": cells, "features": len(feats.columns),
         "binary_features": int(sum(features.is_binary(n, feats[n]) for n in feats.columns)),
-        "scores_rows": len(sc), "workers": a.workers, "read_s": round(read, 3), "read_s_runs": [round(read1, 3), round(read2, 3)],
+        "scores_rows": len(sc), "scan_threads": a.scan_threads, "read_s": round(read, 3), "read_s_runs": [round(read1, 3), round(read2, 3)],
         "read_stored_s": round(raw, 3), "ratio_score_over_read_stored": round(t_score / max(raw, 1e-9), 2),
         "compiled_loops": detectors.COMPILED, "text_decode_s": round(t_text, 3), "features_s": round(t_feat, 3),
         "features_chars_per_s": round(T / max(t_feat, 1e-9)), "score_s": round(t_score, 3),

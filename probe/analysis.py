@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +102,17 @@ def _write_cache(side: Path, key: dict, regex: dict[str, str], sc: pd.DataFrame,
 
 
 def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = False, *,
-             regex: dict[str, str] | None = None) -> dict:
+             regex: dict[str, str] | None = None, client=None) -> dict:
     """``{"scores", "best", "saturation"}`` of a recording (see ``scores``, ``best`` with
     top=5, ``saturation``), computed once and cached in ``<recording>.analysis.npz``.
 
     The cache is keyed by the recording's size, mtime_ns, ``created`` attribute and
     ANALYSIS_VERSION (and must cover the ``regex`` features asked for); ``refresh``
-    recomputes. If the folder is read-only the result is simply not cached.
+    recomputes. If the folder is read-only the result is simply not cached. ``client``
+    computes on a Dask cluster (``probe.cluster.analyze``: the same scores, bit for bit, and
+    the same cache): a ``dask.distributed.Client``, or a function returning a context
+    manager that yields one (``lambda: cluster.client(workers=4)``), entered only when the
+    cache misses.
     """
     path = Path(path)
     regex = dict(regex or {})
@@ -117,8 +122,13 @@ def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = Fa
         cached = None if refresh else _read_cache(side, key, regex)
         if cached is None:
             feats = detectors.default_features(rec, regex)
-            sc, sats = detectors.scores_and_saturation(rec, feats, progress=progress, sat=(0.1, 0.9),
-                                                       workers=min(4, os.cpu_count() or 1))
+            if client is None:
+                sc, sats = detectors.scores_and_saturation(rec, feats, progress=progress, sat=(0.1, 0.9),
+                                                           threads=min(4, os.cpu_count() or 1))
+            else:
+                from . import cluster
+                with (client() if callable(client) else nullcontext(client)) as c:
+                    sc, sats = cluster.analyze(c, path, feats, progress=progress, sat=(0.1, 0.9))
             sat = (pd.concat(sats, ignore_index=True)[detectors.SATURATION_COLUMNS] if sats
                    else pd.DataFrame({c: [] for c in detectors.SATURATION_COLUMNS}))
             _write_cache(side, key, regex, sc, sat)

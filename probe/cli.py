@@ -51,6 +51,15 @@ def _source_flags(p: argparse.ArgumentParser, limit: int | None, limit_help: str
     p.add_argument("--limit", type=int, default=limit, help=limit_help)
 
 
+def _cluster_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--workers N | --scheduler ADDR: run on a Dask cluster (probe.cluster)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, metavar="N", help=f"start a local Dask cluster of N worker "
+                   f"processes and {what}")
+    g.add_argument("--scheduler", metavar="ADDR", help="the same on a running Dask cluster (its scheduler's "
+                   "address, like tcp://10.0.0.5:8786); the workers must see the same folders at the same paths")
+
+
 def _train_flags(t: argparse.ArgumentParser) -> None:
     """One flag per numeric TrainConfig field, its default taken from the field."""
     for f in dataclasses.fields(TrainConfig):
@@ -110,9 +119,11 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record every layer's gates and states into HDF5", formatter_class=fmt,
                        epilog=EPILOG + "probe record --corpus stdlib --split test --limit 200000 "
                        "--out recordings/stdlib-test.h5\n  probe record --text mycode/ --glob '**/*.py' "
-                       "--out recordings/mycode.h5 --batch 16")
+                       "--out recordings/mycode.h5 --batch 16\n  probe record --corpus stdlib --split train "
+                       "--workers 4 --out recordings/stdlib-train   # 4 shards side by side")
     _source_flags(r, None, "record at most N characters")
-    r.add_argument("--out", required=True, help="recording to write (.h5)")
+    r.add_argument("--out", required=True, help="recording to write (.h5); with --workers/--scheduler, "
+                   "a folder of shards")
     r.add_argument("--dtype", default="float16", choices=["float16", "float32", "int8"],
                    help="stored precision of the streams (default float16; int8: a quarter of float32, "
                         "each unit linearly quantised, read back as float32)")
@@ -135,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
                    "recording (docs/recording-format.md, Shards)")
     r.add_argument("--force", action="store_true", help="overwrite an existing recording")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _cluster_flags(r, "record N shards side by side, one per worker (then --out is a folder of shards; "
+                   "docs/scale.md)")
+    r.add_argument("--shards", type=int, metavar="N", help="with --workers/--scheduler: how many shards to "
+                   "write (default: one per worker)")
 
     v = sub.add_parser("render", help="write one cell's coloured text as a standalone HTML page",
                        formatter_class=fmt,
@@ -218,8 +233,10 @@ def parser() -> argparse.ArgumentParser:
                         formatter_class=fmt, epilog=EPILOG + "probe analyze recordings/stdlib-test.h5 --top 3\n"
                         "  probe analyze rec.h5 --feature 'digit=[0-9]' --feature 'self=self\\.' --json\n"
                         "  probe analyze rec.h5 --causal        # ablate the top cells too\n"
-                        "results are cached in REC.h5.analysis.npz; --refresh recomputes")
-    an.add_argument("recording", help="a .h5 recording")
+                        "  probe analyze recordings/stdlib-train --workers 4   # a folder of shards, 4 processes\n"
+                        "results are cached in REC.h5.analysis.npz (FOLDER/FOLDER.analysis.npz); "
+                        "--refresh recomputes")
+    an.add_argument("recording", help="a .h5 recording, or a folder of shards")
     an.add_argument("--top", type=int, default=5, help="cells per feature (default 5)")
     an.add_argument("--json", action="store_true", help="machine-readable output")
     an.add_argument("--refresh", action="store_true", help="recompute even if cached")
@@ -229,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
                     help="characters the ablation reads (default 20000, from the recording's start)")
     an.add_argument("--feature", action="append", default=[], metavar="NAME=REGEX",
                     help="extra binary feature: 1 inside matches of REGEX (repeatable)")
+    _cluster_flags(an, "score the shards (and streams) side by side; the same scores, bit for bit, "
+                   "and the same cache (docs/scale.md)")
     return p
 
 
@@ -255,6 +274,10 @@ def cmd_record(a) -> int:
     if a.streams_deprecated is not None:
         print("probe: --streams is deprecated (it is the batch size); use --batch", file=sys.stderr)
         a.batch = a.streams_deprecated
+    if a.workers is not None or a.scheduler is not None:
+        return _record_on_cluster(a)
+    if a.shards is not None:
+        raise ProbeError("--shards needs --workers or --scheduler (one file per shard: --shard I/N)")
     out = check_target(a.out, a.force)  # fail before the slow part
     shard = shards.parse_spec(a.shard) if a.shard else None
     torch.set_num_threads(max(1, a.threads))
@@ -268,6 +291,33 @@ def cmd_record(a) -> int:
     n = sum(len(t) for _, t in docs)
     print(f"wrote {out}: {n:,} characters, {len(docs)} documents, "
           + (f"shard {shard[0]}/{shard[1]}, " if shard else "") + f"{out.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+def _record_on_cluster(a) -> int:
+    """probe record --workers N | --scheduler ADDR: N shards into the folder --out."""
+    from . import cluster
+    if a.shard:
+        raise ProbeError("--shard I/N records one shard here; with --workers/--scheduler every shard is "
+                         "recorded (--shards N sets how many)")
+    if a.workers is not None:
+        cluster.check_workers(a.workers)
+    if a.shards is not None and a.shards < 1:
+        raise ProbeError(f"--shards must be at least 1, got {a.shards}")
+    out = Path(a.out)
+    if out.suffix == ".h5":
+        raise ProbeError(f"{out}: with --workers/--scheduler, --out is a folder of shards; name it "
+                         "without .h5 (like recordings/stdlib-train)")
+    check_target(out, a.force, folder=True)  # fail before the slow part
+    load_model(a.model)  # a bad checkpoint: one line, before starting a cluster
+    c = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit)
+    with cluster.client(a.workers, a.scheduler) as client:
+        done = cluster.record_shards(
+            client, a.model, c.documents, c.source, out, shards=a.shards, force=a.force, progress=not a.quiet,
+            threads=max(1, a.threads), dtype=a.dtype, batch=a.batch, burn_in=a.burn_in,
+            compression=a.compression, keep=_names(a.keep, "--keep"), layers=_numbers(a.layers, "--layers"))
+    print(f"wrote {out}/: {len(done)} shards, {sum(d['chars'] for d in done):,} characters, "
+          f"{sum(d['bytes'] for d in done) / 1e6:.1f} MB")
     return 0
 
 
@@ -357,7 +407,14 @@ def cmd_export_lstmvis(a) -> int:
 def cmd_analyze(a) -> int:
     regex = parse_feature_args(a.feature)
     detectors.check_top(a.top)  # before the slow part
-    res = analysis.analysis(a.recording, refresh=a.refresh, progress=sys.stderr.isatty(), regex=regex)
+    client = None
+    if a.workers is not None or a.scheduler is not None:
+        from . import cluster
+        if a.workers is not None:
+            cluster.check_workers(a.workers)
+        client = lambda: cluster.client(a.workers, a.scheduler)  # noqa: E731 (started on a cache miss)
+    res = analysis.analysis(a.recording, refresh=a.refresh, progress=sys.stderr.isatty(), regex=regex,
+                            client=client)
     top = detectors.best(res["scores"], a.top)
     if a.causal:
         effect = analysis.causal(a.recording, top, chars=a.causal_chars, progress=sys.stderr.isatty())

@@ -15,16 +15,27 @@ characters; the two per-value loops (float16 to float32, histogram counts) run i
 DataFrames. One cell's histogram and contexts live in ``probe.contexts``; linear probes
 over many cells in ``probe.probes``; the cached analysis of a recording and its reports
 in ``probe.analysis``.
+
+The statistics of a recording are a reduction of per-part statistics: a file is one
+part, a folder of shards one part per shard. Each part is scanned from zero accumulators
+(``part_stats``) with one shift per stream shared by every part (``shift_of``: the mean of
+the recording's first SHIFT_ROWS rows), the parts are added up in shard order
+(``combine``) and the sums become scores (``finish``). ``probe.cluster`` runs the same
+functions, one task per (part, layer, stream), on a Dask cluster: the same operations on
+the same values in the same order, so its scores equal these bit for bit.
 """
 from __future__ import annotations
 
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 
 from . import features as features_mod
-from . import h5format
+from . import h5format, shards
 from .errors import ProbeError
 from .recording import Recording
 
@@ -35,6 +46,8 @@ except ImportError:  # no compiler at install time: numpy does the same counting
 
 CHUNK = 32768             # rows per streaming read
 SUBCHUNK = 4096           # rows converted to float32 at a time (they stay in cache)
+BLOCK = 64                # rows per float32 partial sum of Σx·f (then float64), on a grid of the whole
+SHIFT_ROWS = 4096         # first rows whose mean every part's sums are taken about (one stored chunk)
 AUC_BINS = 2048           # histogram bins per unit for AUC (ties within a bin count half)
 HIST_UNITS = 32           # units histogrammed together (counts of a block fit in cache)
 MAX_COMBOS = 8            # distinct 0/1 patterns of binary features histogrammed together
@@ -99,9 +112,12 @@ class _FeatureSet:
             cols.append(v)
         self.cols = cols
         self.mean = np.array([np.mean(c, dtype=np.float64) for c in cols])
-        cent = [c.astype(np.float64) - m for c, m in zip(cols, self.mean)]
-        self.sf = np.array([c.sum() for c in cent])            # Σ(f - mean): ~0
-        self.sff = np.array([np.dot(c, c) for c in cent])      # Σ(f - mean)²
+        self.sf, self.sff = np.zeros(len(cols)), np.zeros(len(cols))
+        cent = aligned_empty((len(feats),), np.float64)  # aligned: np.dot's rounding can depend on it
+        for j, (c, m) in enumerate(zip(cols, self.mean)):  # one float64 column at a time
+            np.subtract(c, m, out=cent, dtype=np.float64)
+            self.sf[j] = cent.sum()                           # Σ(f - mean): ~0
+            self.sff[j] = np.dot(cent, cent)                  # Σ(f - mean)²
         self.binary = [j for j, n in enumerate(self.names) if features_mod.is_binary(n, cols[j])]
         self.groups = self._group([(j, cols[j] != 0) for j in self.binary])
 
@@ -133,13 +149,34 @@ class _FeatureSet:
             out.append(([j for j, _ in members], code, pats))
         return out
 
+    def part(self, a: int, b: int) -> "_FeatureSet":
+        """The features of rows [a, b) (rows 0..b-a of one part), with the whole text's
+        means, sums and binary groups: what a part's scan needs, and no more rows."""
+        out = object.__new__(_FeatureSet)
+        out.__dict__.update(self.__dict__)
+        out.cols = [c[a:b] for c in self.cols]
+        out.groups = [(members, code[a:b], pats) for members, code, pats in self.groups]
+        return out
+
     def centred(self, a: int, b: int) -> np.ndarray:
         """A column of ones, then rows [a, b) of the centred features: float32 [n, 1 + F]."""
-        out = np.empty((b - a, 1 + len(self.cols)), dtype=np.float32)
+        out = aligned_empty((b - a, 1 + len(self.cols)), np.float32)
         out[:, 0] = 1.0
         for j, (c, m) in enumerate(zip(self.cols, self.mean)):
             out[:, 1 + j] = c[a:b].astype(np.float64) - m
         return out
+
+
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``np.empty`` whose data starts on a 64-byte boundary. The float32 products of Σx·f
+    (MKL through torch) may round differently for differently aligned inputs, and where a
+    plain allocation lands depends on the heap's history: aligned inputs make the sums the
+    same in every process (this one, or a cluster worker)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + 64, np.uint8)
+    start = -buf.ctypes.data % 64
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
 # the float32 value of every float16 bit pattern
@@ -194,67 +231,208 @@ def shifted(raw: np.ndarray, shift: np.ndarray, sumsq: np.ndarray) -> np.ndarray
     """float32 ``raw - shift`` [n, U]; adds each unit's Σ(raw - shift)² to ``sumsq`` (float64).
     float16 chunks go through the compiled loop when it was built."""
     raw = np.ascontiguousarray(raw)
+    x = aligned_empty(raw.shape, np.float32)
     if _kernels is not None and raw.dtype == np.float16:
-        x = np.empty(raw.shape, dtype=np.float32)
         _kernels.shifted(raw.view(np.uint16), _FLOAT16, shift, x, sumsq)
         return x
     import torch  # only when scoring float32 data or without the C loops
-    x = torch.from_numpy(raw).float().sub_(torch.from_numpy(shift)).numpy()  # torch converts float16 faster
+    torch.sub(torch.from_numpy(raw).float(), torch.from_numpy(shift),
+              out=torch.from_numpy(x))  # torch converts float16 faster
     for r0 in range(0, len(x), 4096):  # float32 partial sums of 4096 rows, then float64
         xs = x[r0:r0 + 4096]
         sumsq += np.einsum("ij,ij->j", xs, xs)
     return x
 
 
-def _scan(ds, T: int, chunk: int, fx: _FeatureSet | None, stream: str,
-          sat: tuple[float, float] | None = None, bar=None) -> dict:
-    """One pass over a [T, U] dataset: sums for r, AUC histograms, saturation counts."""
-    import torch  # Σx·f as one matrix product: torch's thread setting holds (numpy's BLAS may not)
-    U = ds.shape[1]
-    out: dict = {"n": 0}
+_TORCH_LOCK = threading.Lock()
+_torch_users = [0, 1]  # scans running, torch's thread count before the first of them
+
+
+@contextmanager
+def one_torch_thread():
+    """torch runs Σx·f on one thread while any scan runs (restored after the last).
+
+    A multi-threaded matrix product splits its sums differently with the thread count, so
+    its last bits would depend on the machine's cores; one thread makes every scan, in this
+    process or on a cluster worker, the same operations in the same order. Scans still run
+    side by side (``threads``), one stream each. Set in every thread that scans: OpenMP and
+    MKL keep a thread count per calling thread."""
+    import torch
+    with _TORCH_LOCK:
+        if _torch_users[0] == 0:
+            _torch_users[1] = torch.get_num_threads()
+        torch.set_num_threads(1)
+        _torch_users[0] += 1
+    try:
+        yield
+    finally:
+        with _TORCH_LOCK:
+            _torch_users[0] -= 1
+            if _torch_users[0] == 0:
+                torch.set_num_threads(_torch_users[1])
+
+
+def parts_of(rec) -> list[Recording]:
+    """The parts a recording is scanned in: a folder of shards' shards, else the file itself."""
+    return list(rec.parts) if isinstance(rec, shards.ShardedRecording) else [rec]
+
+
+def shift_of(datasets: list, rows: int = SHIFT_ROWS) -> np.ndarray:
+    """float32 per unit: the mean of the first ``rows`` rows of consecutive datasets (one per
+    part) read as one. Every part's sums are taken about it (shifted sums: no cancellation
+    in Σx² - (Σx)²/n), so the parts' sums add up."""
+    pieces, need = [], rows
+    for ds in datasets:
+        take = min(len(ds), need)
+        if take:
+            pieces.append(ds[0:take])
+            need -= take
+        if need == 0:
+            break
+    raw = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return raw.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _edges(start: int, stop: int, step: int, origin: int) -> list[int]:
+    """[start, ..., stop]: start, stop and every origin + k * step strictly between."""
+    first = origin + -(-(start - origin) // step) * step  # the first grid line >= start
+    if first == start:
+        first += step
+    return [start, *range(first, stop, step), stop]
+
+
+def _block_sums(f: np.ndarray, x: np.ndarray, g: int) -> np.ndarray:
+    """Σ over rows of f[:, i] * x[:, u] as float64 [1 + F, U], from float32 sums of blocks of
+    BLOCK rows that lie on a grid of the whole recording (``g``: the global row of row 0).
+
+    A folder of shards and the same text in one file then sum differently only in the
+    blocks a shard's edge cuts: their scores agree within 1e-8 on the tests' recordings,
+    where float32 sums over whole subchunks (4,096 rows, cut at other rows in every shard)
+    differed by 2e-8 in r."""
+    import torch
+    n = len(x)
+    head = min(-g % BLOCK, n)
+    mid = (n - head) // BLOCK * BLOCK
+    ft, xt = torch.from_numpy(f), torch.from_numpy(x)
+    out = torch.zeros((f.shape[1], x.shape[1]), dtype=torch.float64)
+    if head:
+        out += (ft[:head].T @ xt[:head]).double()
+    if mid:
+        fb = ft[head:head + mid].view(-1, BLOCK, f.shape[1])
+        xb = xt[head:head + mid].view(-1, BLOCK, x.shape[1])
+        out += torch.bmm(fb.transpose(1, 2), xb).double().sum(0)
+    if head + mid < n:
+        out += (ft[head + mid:].T @ xt[head + mid:]).double()
+    return out.numpy()
+
+
+def part_stats(ds, fx: _FeatureSet | None, stream: str, shift: np.ndarray | None = None,
+               chunk: int = CHUNK, sat: tuple[float, float] | None = None, bar=None,
+               offset: int = 0) -> dict:
+    """The sufficient statistics of one part: a [n, U] dataset and ``fx``, its rows'
+    features (``_FeatureSet.part``), scanned from zero accumulators. ``offset`` is the
+    part's first row in the whole recording: reads, float32 conversions and partial sums
+    follow grids of the whole (``chunk``, SUBCHUNK and BLOCK rows), so a folder of shards
+    sums as the same text in one file does, but at the shards' edges.
+
+    ``n``; with features ``sx`` Σ(x - shift), ``sxx`` Σ(x - shift)², ``sxf`` Σ(x - shift)·f
+    (float64) and ``hists`` (int64 [U, patterns * AUC_BINS] per group of binary features);
+    with ``sat`` the integer counts ``left`` (< low) and ``right`` (> high) per unit."""
+    T, U = ds.shape[0], ds.shape[1]
+    out: dict = {"n": T}
     if fx is not None:
+        if shift is None:
+            raise ProbeError("part_stats needs the recording's shift (shift_of) to score features")
         nf = len(fx.names)
         sx, sxx, sxf = np.zeros(U), np.zeros(U), np.zeros((U, nf))
         lut = bin_table(stream).astype(np.int32)
         # per group, counts [U, patterns * AUC_BINS]: bin index = pattern * AUC_BINS + bin
         hists = [np.zeros((U, len(p) * AUC_BINS), dtype=np.int64) for _, _, p in fx.groups]
-        shift = None
     if sat is not None:
         left, right = np.zeros(U, np.int64), np.zeros(U, np.int64)
         low, high = np.float32(sat[0]), np.float32(sat[1])  # float32: exact for float16 data
-    for a in range(0, T, chunk):
-        b = min(a + chunk, T)
-        raw = ds[a:b]
-        if sat is not None:
-            left += np.count_nonzero(raw < low, axis=0)
-            right += np.count_nonzero(raw > high, axis=0)
-        if fx is not None:
-            if fx.groups:
-                with np.errstate(over="ignore"):
-                    half = raw if raw.dtype == np.float16 else raw.astype(np.float16)
-                codes = np.ascontiguousarray(half).view(np.uint16)
-                for (_, code, _), hist in zip(fx.groups, hists):
-                    count_bins(codes, code[a:b], lut, hist)
-            if shift is None:  # shifted sums: no cancellation in Σx² - (Σx)²/n
-                shift = raw.mean(axis=0, dtype=np.float64).astype(np.float32)
-            f = fx.centred(a, b)
-            for r0 in range(0, b - a, SUBCHUNK):  # float32 values of a few rows, still in cache
-                r1 = min(r0 + SUBCHUNK, b - a)
-                x = shifted(raw[r0:r1], shift, sxx)
-                # [U, 1 + F]: Σx, then Σx·f (torch: its thread setting holds; this order is fast)
-                prod = (torch.from_numpy(f[r0:r1]).T @ torch.from_numpy(x)).numpy().T.astype(np.float64)
-                sx += prod[:, 0]
-                sxf += prod[:, 1:]
-        out["n"] += b - a
-        if bar is not None:
-            bar.update(b - a)
+    edges = _edges(offset, offset + T, chunk, 0) if T else [offset]
+    with one_torch_thread():  # Σx·f on one thread: the same sums on any machine's core count
+        for ga, gb in zip(edges[:-1], edges[1:]):
+            a, b = ga - offset, gb - offset
+            raw = ds[a:b]
+            if sat is not None:
+                left += np.count_nonzero(raw < low, axis=0)
+                right += np.count_nonzero(raw > high, axis=0)
+            if fx is not None:
+                if fx.groups:
+                    with np.errstate(over="ignore"):
+                        half = raw if raw.dtype == np.float16 else raw.astype(np.float16)
+                    codes = np.ascontiguousarray(half).view(np.uint16)
+                    for (_, code, _), hist in zip(fx.groups, hists):
+                        count_bins(codes, code[a:b], lut, hist)
+                f = fx.centred(a, b)
+                sub = _edges(ga, gb, SUBCHUNK, ga // chunk * chunk)  # the whole's subchunks
+                for g0, g1 in zip(sub[:-1], sub[1:]):  # float32 values of a few rows, still in cache
+                    r0, r1 = g0 - ga, g1 - ga
+                    x = shifted(raw[r0:r1], shift, sxx)
+                    prod = _block_sums(f[r0:r1], x, g0).T  # [U, 1 + F]: Σx, then Σx·f
+                    sx += prod[:, 0]
+                    sxf += prod[:, 1:]
+            if bar is not None:
+                bar.update(b - a)
     if fx is not None:
-        out.update(sx=sx, sxx=sxx, sxf=sxf,
-                   hists=[h.reshape(U, len(p), AUC_BINS).transpose(1, 0, 2)
-                          for h, (_, _, p) in zip(hists, fx.groups)])
+        out.update(sx=sx, sxx=sxx, sxf=sxf, hists=hists)
     if sat is not None:
-        out.update(left=left / max(out["n"], 1), right=right / max(out["n"], 1))
+        out.update(left=left, right=right)
     return out
+
+
+def combine(acc: dict, more: dict) -> dict:
+    """The statistics of two consecutive parts (``part_stats``): sums added, a new dict.
+    Parts are folded in order, ``combine(combine(p1, p2), p3)``…, here and on a cluster."""
+    out = {"n": acc["n"] + more["n"]}
+    for key in ("sx", "sxx", "sxf", "left", "right"):
+        if key in acc:
+            out[key] = acc[key] + more[key]
+    if "hists" in acc:
+        out["hists"] = [h + g for h, g in zip(acc["hists"], more["hists"])]
+    return out
+
+
+def reduce_parts(stats) -> dict:
+    """The left fold of ``combine`` over the parts' statistics, in order."""
+    acc = None
+    for st in stats:
+        acc = st if acc is None else combine(acc, st)
+    return acc
+
+
+def finish(acc: dict, fx: _FeatureSet | None, layer: int, stream: str
+           ) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The scores frame (r and AUC, as ``scores``) and the saturation frame of one
+    (layer, stream) from its reduced statistics (either None where not computed)."""
+    frame = sat = None
+    if fx is not None:
+        U = acc["sx"].shape[0]
+        hists = [h.reshape(U, len(p), AUC_BINS).transpose(1, 0, 2)  # [patterns, U, bins]
+                 for h, (_, _, p) in zip(acc["hists"], fx.groups)]
+        frame = _frame(layer, stream, fx, _pearson(acc, fx), _aucs({**acc, "hists": hists}, fx))
+    if "left" in acc:
+        n = max(acc["n"], 1)
+        sat = pd.DataFrame({"layer": layer, "stream": stream, "unit": np.arange(len(acc["left"])),
+                            "left": acc["left"] / n, "right": acc["right"] / n})
+    return frame, sat
+
+
+def offsets(lengths) -> list[int]:
+    """The first row of each part in the whole recording."""
+    return np.cumsum([0, *lengths[:-1]]).astype(int).tolist() if len(lengths) else []
+
+
+def scan(datasets: list, fxs: list, stream: str, chunk: int = CHUNK,
+         sat: tuple[float, float] | None = None, bar=None) -> dict:
+    """The reduced statistics of one (layer, stream) over its parts' datasets, each with its
+    rows' features (``fxs``, or Nones): the shift, each part's statistics, their fold."""
+    shift = shift_of(datasets) if fxs[0] is not None else None
+    starts = offsets([len(ds) for ds in datasets])
+    return reduce_parts(part_stats(ds, fx, stream, shift, chunk, sat, bar, o)
+                        for ds, fx, o in zip(datasets, fxs, starts))
 
 
 def _pearson(acc: dict, fx: _FeatureSet) -> np.ndarray:
@@ -275,11 +453,14 @@ def _pearson(acc: dict, fx: _FeatureSet) -> np.ndarray:
 
 
 def _auc_from_hist(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """AUC per row of [U, B] float histograms of positives and negatives (ties count half)."""
-    below = np.cumsum(neg, axis=1)
-    below -= 0.5 * neg   # negatives in lower bins, plus half of those in the same bin
-    num = np.einsum("ub,ub->u", pos, below)
-    den = pos.sum(axis=1) * neg.sum(axis=1)
+    """AUC per row of [U, B] integer histograms of positives and negatives (ties count half).
+
+    In int64, twice the Mann–Whitney count, so the sum is exact whatever its order (up to
+    ~3e9 characters); one rounding, in the final division."""
+    pos, neg = pos.astype(np.int64), neg.astype(np.int64)
+    below = 2 * np.cumsum(neg, axis=1) - neg   # twice: negatives in lower bins, half the same bin's
+    num = (pos * below).sum(axis=1)
+    den = 2 * pos.sum(axis=1) * neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
@@ -290,7 +471,7 @@ def _aucs(acc: dict, fx: _FeatureSet) -> dict[int, np.ndarray]:
         total = hist.sum(axis=0)  # [patterns, U, bins] -> [U, bins]
         for col, j in enumerate(members):
             pos = hist[pats[:, col]].sum(axis=0)  # the patterns where feature j is 1
-            out[j] = _auc_from_hist(pos.astype(np.float64), (total - pos).astype(np.float64))
+            out[j] = _auc_from_hist(pos, total - pos)
     return out
 
 
@@ -313,7 +494,8 @@ def _bar(progress: bool, total: int, desc: str):
 
 
 def scores(rec: Recording, feats: pd.DataFrame | None = None, *, layers=None, streams=None,
-           chunk: int = CHUNK, progress: bool = False, workers: int = 1) -> pd.DataFrame:
+           chunk: int = CHUNK, progress: bool = False, threads: int = 1, workers: int | None = None
+           ) -> pd.DataFrame:
     """Pearson r (metric "r") of every (layer, stream, unit) with every feature, and ROC AUC
     (metric "auc") for binary features: columns layer, stream, unit, feature, metric, score.
 
@@ -322,51 +504,87 @@ def scores(rec: Recording, feats: pd.DataFrame | None = None, *, layers=None, st
     from shifted running sums; AUC from per-unit histograms of AUC_BINS bins over each
     value's float16 rounding (c squashed by x / (1 + |x|)), so two values in the same bin
     count as a tie (half): it matches the exact AUC to ~1e-4. A constant unit or feature
-    gives NaN (and a constant unit an AUC of 0.5). ``workers`` threads scan streams side by
-    side (numpy and torch release the GIL for the heavy steps); the result does not change.
+    gives NaN (and a constant unit an AUC of 0.5). ``threads`` threads scan streams side by
+    side (numpy and torch release the GIL for the heavy steps); the result does not change
+    (``workers`` is its old name, deprecated: Dask worker processes are ``probe.cluster``'s).
+    A folder of shards is scanned shard by shard and the sums added in shard order, as
+    ``probe.cluster.analyze`` does on a cluster (the same scores, bit for bit).
     """
+    if workers is not None:
+        threads = _threads(threads, workers, stacklevel=3)
     res, _ = scores_and_saturation(rec, feats, layers=layers, streams=streams, chunk=chunk,
-                                    progress=progress, sat=None, workers=workers)
+                                    progress=progress, sat=None, threads=threads)
     return res
+
+
+def prepare(rec: Recording, feats: pd.DataFrame | None, layers=None, streams=None, chunk: int = CHUNK
+            ) -> tuple[list[tuple[int, str]], _FeatureSet, list[Recording], list[_FeatureSet]]:
+    """What a scan of ``rec`` needs, checked (one-line errors): the (layer, stream) pairs,
+    the whole text's features, the parts (``parts_of``) and each part's rows of features."""
+    T = length(rec)
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ProbeError(f"chunk must be a positive number of rows, got {chunk}")
+    pairs = layer_streams(rec, layers, streams)
+    fx = _FeatureSet(default_features(rec) if feats is None else feats, T, rec.path)
+    parts = parts_of(rec)
+    edges = np.cumsum([0] + [len(p) for p in parts]).tolist()
+    return pairs, fx, parts, [fx.part(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def want_saturation(stream: str, sat: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The saturation thresholds to count for this stream: ``sat`` for gates, else None."""
+    return sat if (sat is not None and h5format.is_unit_range(stream)) else None
+
+
+def assemble(done: list[tuple[pd.DataFrame | None, pd.DataFrame | None]]
+             ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """``finish``'s (scores, saturation) frames of every (layer, stream), in order, as
+    ``scores_and_saturation`` returns them."""
+    frames = [f for f, _ in done if f is not None]
+    sats = [x for _, x in done if x is not None]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
+    return df[SCORE_COLUMNS], sats
+
+
+def _threads(threads: int, workers: int | None, stacklevel: int = 3) -> int:
+    """``threads`` checked; ``workers``, its deprecated old name, wins if given (with a warning
+    attributed to the caller of the public function)."""
+    if workers is not None:
+        warnings.warn("detectors: workers= is deprecated, use threads= (Dask worker processes are "
+                      "probe.cluster's)", DeprecationWarning, stacklevel=stacklevel)
+        threads, name = workers, "workers"
+    else:
+        name = "threads"
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ProbeError(f"{name} must be at least 1, got {threads}")
+    return int(threads)
 
 
 def scores_and_saturation(rec: Recording, feats: pd.DataFrame | None, *, layers=None, streams=None,
                           chunk: int = CHUNK, progress: bool = False,
                           sat: tuple[float, float] | None = (0.1, 0.9),
-                          workers: int = 1) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+                          threads: int = 1, workers: int | None = None
+                          ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """``scores`` and, in the same pass, saturation (``sat`` = (low, high) thresholds) of the
     gate streams scanned: (scores frame, saturation frames per (layer, gate stream))."""
-    T = length(rec)
-    if chunk < 1:
-        raise ProbeError(f"chunk must be a positive number of rows, got {chunk}")
-    if workers < 1:
-        raise ProbeError(f"workers must be at least 1, got {workers}")
-    pairs = layer_streams(rec, layers, streams)
-    fx = _FeatureSet(default_features(rec) if feats is None else feats, T, rec.path)
-    bar = _bar(progress, len(pairs) * T, "scoring")
+    threads = _threads(threads, workers)
+    pairs, fx, parts, fxs = prepare(rec, feats, layers, streams, chunk)
+    bar = _bar(progress, len(pairs) * len(rec), "scoring")
 
     def one(pair):
         k, s = pair
-        want_sat = sat if (sat is not None and h5format.is_unit_range(s)) else None
-        acc = _scan(rec.stream(k, s), T, chunk, fx, s, want_sat, bar)
-        frame = _frame(k, s, fx, _pearson(acc, fx), _aucs(acc, fx))
-        if want_sat is None:
-            return frame, None
-        return frame, pd.DataFrame({"layer": k, "stream": s, "unit": np.arange(len(acc["left"])),
-                                    "left": acc["left"], "right": acc["right"]})
+        acc = scan([p.stream(k, s) for p in parts], fxs, s, chunk, want_saturation(s, sat), bar)
+        return finish(acc, fx, k, s)
 
     try:
-        if workers == 1:
+        if threads == 1:
             done = [one(p) for p in pairs]
         else:
-            with ThreadPoolExecutor(workers) as pool:
+            with ThreadPoolExecutor(threads) as pool:
                 done = list(pool.map(one, pairs))
     finally:
         bar.close()
-    frames = [f for f, _ in done]
-    sats = [x for _, x in done if x is not None]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
-    return df[SCORE_COLUMNS], sats
+    return assemble(done)
 
 
 # ---- ranking --------------------------------------------------------------------------
@@ -427,7 +645,7 @@ def best(scores_df: pd.DataFrame, top: int = 5) -> pd.DataFrame:
 def saturation(rec: Recording, low: float = 0.1, high: float = 0.9, chunk: int = CHUNK) -> pd.DataFrame:
     """Per layer, gate stream (values in [0, 1]: i f o) and unit: fraction of characters
     with the gate < ``low`` (``left``) and > ``high`` (``right``). Streaming."""
-    T = length(rec)
+    length(rec)
     streams = gates(rec.streams)
     if not streams:
         raise ProbeError(f"{rec.path}: saturation needs gate streams (values in [0, 1], such as i f o); "
@@ -435,11 +653,11 @@ def saturation(rec: Recording, low: float = 0.1, high: float = 0.9, chunk: int =
     if not low <= high:
         raise ProbeError(f"saturation thresholds must satisfy low <= high, got {low} and {high}")
     frames = []
+    parts = parts_of(rec)
     for k in rec.layer_ids:
         for g in streams:
-            acc = _scan(rec.stream(k, g), T, chunk, None, g, (low, high))
-            frames.append(pd.DataFrame({"layer": k, "stream": g, "unit": np.arange(len(acc["left"])),
-                                        "left": acc["left"], "right": acc["right"]}))
+            acc = scan([p.stream(k, g) for p in parts], [None] * len(parts), g, chunk, (low, high))
+            frames.append(finish(acc, None, k, g)[1])
     return pd.concat(frames, ignore_index=True)[SATURATION_COLUMNS]
 
 

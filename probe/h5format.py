@@ -33,9 +33,10 @@ COMPRESSIONS = ("zstd", "gzip", "none")  # the first is the default
 ZSTD = 32015            # HDF5's registered id of the Zstandard filter (hdf5plugin.Zstd)
 FILTER_NAMES = {ZSTD: "zstd (pip install hdf5plugin; then import hdf5plugin before reading with h5py)"}
 DTYPES = ("float16", "float32", "int8")
-# int8 streams: per unit, value = code * scale + offset with codes in [-127, 127]; ``scale``
-# and ``offset`` are float32 [units] attributes of the dataset (see ``quantise``)
-INT8_CODES = 127
+# int8 streams: per unit, a code (-128..127) indexes a codebook of 256 values, the
+# dataset's float32 attribute ``codebook`` [units, 256]; bins of equal count (``codebook``)
+INT8_LEVELS = 256
+INT8_OFFSET = 128  # code + 128 = the column of the codebook
 # HDF5 1.10's formats: object headers, B-trees and the superblock carry checksums, so
 # damaged metadata is refused on open; readable by any HDF5 from 1.10 (2016) on
 LIBVER = ("v110", "v110")
@@ -174,25 +175,53 @@ def create_stream(f: h5py.File, layer: int, stream: str, T: int, units: int, dty
                             shuffle=codec is not None, **(codec or {}), fletcher32=checksums and T > 0)
 
 
-def quantisation(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-unit (scale, offset), float32, mapping [lo, hi] onto codes -127..127; a constant unit
-    gets scale 1 (its code is 0)."""
-    lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
-    offset = (lo + hi) / 2
-    scale = (hi - lo) / (2 * INT8_CODES)
-    return np.where(scale > 0, scale, 1).astype(np.float32), offset.astype(np.float32)
+def codebook(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit, from a float16 sample [n, units] of its values: ``lut`` [units, 65536] (int8),
+    the code of every float16 bit pattern, and ``values`` [units, 256] (float32), what the
+    reader returns for a code: the mean of the sample values in its bin (an empty bin: its
+    lower edge). The 255 cuts between bins are the union of 127 cuts into equal counts and
+    128 into equal widths, so no bin holds more than 1/128 of a unit's values (their order,
+    what AUC reads, is kept where they crowd) nor spans more than 1/129 of its range (what
+    correlations read, in the tails)."""
+    sample = np.asarray(sample, np.float16)
+    s = np.sort(sample.astype(np.float64), axis=0)
+    n, U = s.shape
+    half = INT8_LEVELS // 2
+    by_count = s[(np.arange(1, half) * n) // half].T  # [U, 127]
+    lo, hi = s[0], s[-1]
+    by_width = lo[:, None] + (hi - lo)[:, None] * (np.arange(1, half + 1) / (half + 1))  # [U, 128]
+    edges = np.sort(np.concatenate([by_count, by_width], axis=1), axis=1)  # [U, 255]
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float64)  # all bit patterns
+    every = np.where(np.isnan(every), 0.0, every)  # NaN is never recorded; code it as 0 would be
+    order = np.argsort(every, kind="stable")
+    lut = np.empty((U, 1 << 16), np.int8)
+    for u in range(U):  # sorted queries: fast
+        lut[u, order] = np.searchsorted(edges[u], every[order], side="right") - INT8_OFFSET
+    idx = encode(sample, lut).astype(np.int64) + INT8_OFFSET + np.arange(U) * INT8_LEVELS
+    vals = sample.astype(np.float64).ravel()
+    sums = np.bincount(idx.ravel(), weights=vals, minlength=U * INT8_LEVELS).reshape(U, INT8_LEVELS)
+    counts = np.bincount(idx.ravel(), minlength=U * INT8_LEVELS).reshape(U, INT8_LEVELS)
+    lower = np.concatenate([lo[:, None], edges], axis=1)  # [U, 256]
+    values = np.where(counts > 0, sums / np.maximum(counts, 1), lower)
+    return lut, values.astype(np.float32)
 
 
-def quantise(values: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """int8 codes of [n, units] values: round((v - offset) / scale), within ±127. The reader's
-    ``code * scale + offset`` is within scale / 2 of v."""
-    q = np.rint((values.astype(np.float32) - offset) / scale)
-    return np.clip(q, -INT8_CODES, INT8_CODES).astype(np.int8)
+def encode(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """int8 codes [n, units] of float16 values: each looked up in its unit's row of ``lut``
+    (values beyond the sample's range fall in the outer bins)."""
+    idx = np.ascontiguousarray(values, dtype=np.float16).view(np.uint16).astype(np.int32)
+    idx += np.arange(lut.shape[0], dtype=np.int32) << 16  # row u of the flat table
+    return np.take(lut.reshape(-1), idx)
 
 
-def dequantise(codes: np.ndarray, scale, offset) -> np.ndarray:
-    """float32 values of int8 codes (``scale``, ``offset`` broadcast over the last axis)."""
-    return codes.astype(np.float32) * scale + offset
+def decode(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """float32 values of int8 codes; ``values`` is the codebook of the codes' units,
+    [units, 256] for codes [n, units], or [256] for one unit's codes [n]."""
+    idx = codes.astype(np.int64) + INT8_OFFSET
+    if values.ndim == 1:
+        return values[idx]
+    return values[np.arange(values.shape[0]), idx] if idx.ndim == 1 else \
+        np.take_along_axis(values.T, idx, axis=0)
 
 
 def digest(f: h5py.File) -> str:

@@ -368,15 +368,16 @@ def _selection(model: CharRNN, keep, layers) -> tuple[tuple[str, ...], tuple[int
 
 class Int8Spill:
     """For ``dtype="int8"``: streams are first spilled as float16 to scratch files beside the
-    output while each unit's range is tracked, then quantised per unit into the recording
-    (scale and offset are only known once every value has been seen)."""
+    output, then each unit is coded against its own codebook of 256 values (bins of equal
+    count, from a sample of every row-stride of the whole text), which can only be made once
+    every value has been seen."""
+
+    SAMPLE = 65536  # rows sampled per stream for the codebooks
 
     def __init__(self, folder: Path, keys: list, T: int, units: int):
         self.dir = Path(tempfile.mkdtemp(prefix=".probe-int8-", dir=folder))
         self.maps = {key: np.lib.format.open_memmap(self.dir / f"{key[0]}-{key[1]}.npy", "w+", np.float16, (T, units))
                      for key in keys}
-        self.lo = {key: np.full(units, np.inf, np.float32) for key in keys}
-        self.hi = {key: np.full(units, -np.inf, np.float32) for key in keys}
         self.row = 0
 
     def append(self, vals: dict) -> None:
@@ -384,22 +385,21 @@ class Int8Spill:
         for key, v in vals.items():
             n = len(v)
             self.maps[key][self.row:self.row + n] = v
-            np.minimum(self.lo[key], v.min(axis=0), out=self.lo[key])
-            np.maximum(self.hi[key], v.max(axis=0), out=self.hi[key])
         self.row += n
 
     def write(self, writer: "ChunkWriter", dsets: dict, progress: bool, stop) -> None:
-        """Quantise every stream into ``writer`` (one block of rows at a time), and store each
-        dataset's per-unit scale and offset."""
-        params = {key: h5format.quantisation(self.lo[key], self.hi[key]) for key in self.maps}
-        for key, (scale, offset) in params.items():
-            dsets[key].attrs["scale"], dsets[key].attrs["offset"] = scale, offset
+        """Code every stream into ``writer`` (one block of rows at a time), and store each
+        dataset's codebook."""
         T = self.row
-        with tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="quantising") as bar:
+        stride = max(1, T // self.SAMPLE)
+        luts = {}
+        for key, m in self.maps.items():
+            luts[key], dsets[key].attrs["codebook"] = h5format.codebook(m[::stride])
+        with tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="coding int8") as bar:
             for a in range(0, T, BLOCK):
                 if stop.is_set():
                     raise KeyboardInterrupt
-                writer.append({key: h5format.quantise(m[a:a + BLOCK], *params[key]) for key, m in self.maps.items()})
+                writer.append({key: h5format.encode(m[a:a + BLOCK], luts[key]) for key, m in self.maps.items()})
                 bar.update(min(BLOCK, T - a))
 
     def close(self) -> None:
@@ -420,8 +420,9 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
     h5py reads it after ``import hdf5plugin``), "gzip" (shuffle + deflate level 1, readable by
     every HDF5 tool as is) or "none". ``checksums`` (default) stores a Fletcher-32 checksum
     with every chunk, so damage is refused when read. ``keep`` (streams) and ``layers``
-    record a subset; ``dtype`` "int8" stores each unit linearly quantised (per-unit scale and
-    offset; the reader returns float32 within half a step of the float16 value).
+    record a subset; ``dtype`` "int8" stores each unit as codes into its own codebook of 256
+    values (bins of equal count: order kept at 1/256 of the unit's values; the reader returns
+    float32).
     """
     if dtype not in h5format.DTYPES:
         raise ProbeError(f"--dtype must be one of {', '.join(h5format.DTYPES)}, got {dtype!r}")

@@ -39,15 +39,14 @@ class Dataset:
     """A recorded dataset, read lazily by slicing like an h5py one; a read that fails (a
     chunk whose checksum does not match, a broken filter) becomes a one-line ProbeError
     naming the file, the dataset and the damaged rows, never h5py's OSError. An int8
-    stream reads as float32, dequantised with its per-unit ``scale`` and ``offset``."""
+    stream reads as float32: each code looked up in its unit's ``codebook``."""
 
     def __init__(self, ds: h5py.Dataset, where: object):
         self.ds, self.where = ds, where
         self.shape, self.dtype, self.chunks = ds.shape, ds.dtype, ds.chunks
-        self.scale = self.offset = None
-        if ds.dtype == np.int8 and "scale" in ds.attrs:
-            self.scale = np.asarray(ds.attrs["scale"], np.float32)
-            self.offset = np.asarray(ds.attrs["offset"], np.float32)
+        self.codebook = None
+        if ds.dtype == np.int8 and "codebook" in ds.attrs:
+            self.codebook = np.asarray(ds.attrs["codebook"], np.float32)  # [units, 256]
             self.dtype = np.dtype(np.float32)
 
     def __len__(self) -> int:
@@ -58,12 +57,12 @@ class Dataset:
             values = self.ds[key]
         except READ_ERRORS as e:
             raise damaged(self.where, self.ds.name.lstrip("/"), self.first_bad_rows(), e) from None
-        if self.scale is None:
+        if self.codebook is None:
             return values
         cols = np.arange(self.shape[1])
         if isinstance(key, tuple) and len(key) == 2:
             cols = cols[key[1]]
-        return h5format.dequantise(values, self.scale[cols], self.offset[cols])
+        return h5format.decode(values, self.codebook[cols])
 
     def bad_rows(self) -> Iterator[tuple[int, int]]:
         """[start, stop) of every chunk row that cannot be read (``probe info --verify``)."""

@@ -3,6 +3,7 @@ cross-check of the Python lexer against the standard library's own tokenizer, an
 property test (Hypothesis) that the lexers never fail on any text."""
 import ast
 import doctest
+import importlib.util
 import io
 import random
 import sysconfig
@@ -344,6 +345,56 @@ def test_c_brackets_do_not_count_inside_literals_and_comments():
     assert depth == [0] + [1] * 20 + [0] * 7 + [0]
 
 
+def test_c_line_splices_inside_comment_markers_and_after_prefixes():
+    # C joins the lines first (translation phase 2), so a backslash-newline may split
+    # "/*", "*/", "//" or a literal's prefix; the splice is in the state before it
+    assert cmarks("x /\\\n* c */ y;", "in_comment") == ".." + "1" * 8 + "...."
+    assert cmarks("/* c *\\\n/ y;", "in_comment") == "1" * 8 + "...."
+    assert cmarks("x /\\\n/ c\ny;", "in_comment") == ".." + "1" * 6 + "..."
+    assert cmarks('a = u8\\\n"x";', "in_string") == "." * 8 + "11.."
+
+
+def test_c_backslash_before_a_spliced_newline_escapes_the_next_line():
+    # "ab\\<newline>cd": the last backslash splices, the first escapes the 'c'
+    text = 's = "ab\\\\\ncd";\nx;'
+    assert cmarks(text, "in_string") == "...." + "1" * 8 + "....."
+
+
+def test_c_backslash_blanks_newline_is_a_splice_as_in_gcc_and_clang():
+    assert cmarks("// a \\ \nb\nc;", "in_comment") == "1" * 9 + "..."
+    text = "#define A 1 \\ \n  + 2\nx(;"
+    assert cmarks(text, "preprocessor") == "1" * 20 + "...."
+
+
+def test_c_hash_after_a_splice_is_not_a_directive():
+    # after splicing, the '#' is in the middle of the line "x; #define A ("
+    assert cmarks("x; \\\n#define A (\ny;", "preprocessor") == "." * 19
+
+
+def test_c_directive_after_a_comment_on_its_line():
+    # a comment is a blank in C: this '#' (a null directive, from the kernel's
+    # drivers/net/can/mscan/mscan.c) is the first token of its line
+    text = "\tif (a) {\n\t\t/* Abort */#\n\t\tb();\n"
+    assert cmarks(text, "preprocessor") == "." * 10 + "1" * 14 + "." * 8
+    # a comment holding a newline joins its lines: the directive starts on the first
+    assert cmarks("/* c\n */ #define A (\nx;", "preprocessor") == "1" * 20 + "..."
+    assert cmarks("x /* a\n */ # y\n", "preprocessor") == "." * 15
+
+
+def test_c_form_feed_before_a_directive():
+    assert cmarks("\f#define A 1\nx;", "preprocessor") == "1" * 12 + "..."
+
+
+def test_c_hashhash_is_not_a_directive_and_a_directive_takes_the_splices_before_it():
+    assert cmarks("## x (\n#define A (\n", "preprocessor") == "." * 7 + "1" * 11 + "."
+    assert cmarks("#\\\n# x (\ny;", "preprocessor") == "." * 11  # spliced: "## x ("
+    assert cmarks("\\\n#define A\nx;", "preprocessor") == "1" * 11 + "..."
+
+
+def test_c_empty_char_literal_is_closed_by_its_second_quote():
+    assert cmarks("c = '';\nd;", "in_string") == "....1" + "." * 5
+
+
 def test_preprocessor_is_zero_in_python_and_plain_text():
     text = "#define A 1\n  # x\n"
     assert marks(text, "preprocessor") == "." * len(text)
@@ -563,6 +614,23 @@ def test_c_lexer_on_texts_built_with_known_labels():
             stop = start + 1 + df.in_string.iloc[start + 1:].to_numpy().argmin()
             assert text[stop] == quote
             assert ast.literal_eval(text[start:stop + 1]) == value
+
+
+# ---- the C lexer against clang's lexer ------------------------------------------------
+
+BENCH_C_LEXER = Path(__file__).resolve().parents[1] / "bench" / "c_lexer.py"
+
+
+def test_c_lexer_agrees_with_clang_on_edge_cases_and_random_texts(tmp_path):
+    """bench/c_lexer.py checks the C lexer against clang's lexer on kernel sources (see
+    docs/c-lexer.md); its hand-made edge cases and a few hundred random texts run here
+    when libclang is installed (pip install libclang)."""
+    pytest.importorskip("clang.cindex")
+    spec = importlib.util.spec_from_file_location("c_lexer_bench", BENCH_C_LEXER)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert [case[0] for case in bench.check_edge_cases(tmp_path) if not case[3]] == []
+    assert bench.check_random_texts(tmp_path, 300, seed=14) == []
 
 
 # ---- the DataFrame and user features -------------------------------------------------
