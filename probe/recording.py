@@ -278,6 +278,7 @@ def summary(path: str | os.PathLike) -> dict:
                       **cfg, "vocab_size": len(rec.model_config.get("vocab", ""))},
             "source": rec.source, "mode": rec.mode,
             "documents": len(rec.documents), "length": len(rec), "layers": rec.layers,
+            **({"layer_ids": " ".join(map(str, rec.layer_ids))} if len(rec.layer_ids) != rec.layers else {}),
             "streams": " ".join(rec.streams), "units": rec.units, "dtype": rec.dtype,
             "compression": rec.compression, "chunks": str(rec.chunks),
             "checksums": (f"{rec.checksums} on every chunk (probe info --verify reads them all)"
