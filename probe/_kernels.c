@@ -1,5 +1,6 @@
-/* probe._kernels: the two inner loops of scoring a recording (probe/detectors.py) that
- * numpy cannot do in a single pass over the values.
+/* probe._kernels: the inner loops that numpy cannot do in a single pass over the values:
+ * two of scoring a recording (probe/detectors.py), and two of recording one
+ * (probe/record.py: the cell state's recurrence; the chunk checksum, probe/h5format.py).
  *
  * histogram(codes, pattern, lut, hist, bins) adds, for every row t and unit u,
  *     hist[u, pattern[t] * bins + lut[codes[t, u]]] += 1
@@ -178,15 +179,110 @@ fail_codes:
     return NULL;
 }
 
+/* fletcher32(data) -> int: the Fletcher-32 checksum HDF5 stores after a filtered chunk,
+ * as probe/h5format.py's numpy version defines it: 16-bit big-endian words w_0..w_{M-1}
+ * (an odd last byte is a word of its own high byte), s1 = sum of w_i and
+ * s2 = sum of (M - i) w_i, each folded to 1..65535 (0 only when every word is 0); the
+ * result is s2 << 16 | s1. Blocks of 4096 words sum w and j * w with no dependency from
+ * one word to the next (so the compiler vectorises them), reduced modulo 65535. */
+static PyObject *fletcher32(PyObject *self, PyObject *args)
+{
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "y*", &b))
+        return NULL;
+    const uint8_t *p = (const uint8_t *)b.buf;
+    const Py_ssize_t m = b.len / 2, M = m + (b.len % 2);
+    uint64_t s1 = 0, s2 = 0, any = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i0 = 0; i0 < m; i0 += 4096) {
+        const Py_ssize_t n = m - i0 < 4096 ? m - i0 : 4096;
+        const uint8_t *q = p + 2 * i0;
+        uint64_t sum = 0, weighted = 0, bits = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            const uint64_t w = ((uint64_t)q[2 * j] << 8) | q[2 * j + 1];
+            sum += w;
+            weighted += (uint64_t)j * w;
+            bits |= w;
+        }
+        /* word i0 + j has weight (M - i0) - j */
+        any |= bits;
+        s1 = (s1 + sum) % 65535;
+        s2 = (s2 + ((uint64_t)(M - i0) % 65535) * (sum % 65535) + 65535 - weighted % 65535) % 65535;
+    }
+    if (b.len % 2) { /* the last word, weight 1 */
+        const uint64_t w = (uint64_t)p[b.len - 1] << 8;
+        any |= w;
+        s1 = (s1 + w) % 65535;
+        s2 = (s2 + w) % 65535;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    if (any) { /* a positive sum folds to 1..65535 */
+        if (s1 == 0) s1 = 65535;
+        if (s2 == 0) s2 = 65535;
+    }
+    return PyLong_FromUnsignedLong((unsigned long)((s2 << 16) | s1));
+}
+
+/* recurrence(f, c, c0): the LSTM cell state over L steps, in place: c holds i * g on entry
+ * and, row by row, c[t] = f[t] * c[t - 1] + c[t] on exit (c[-1] = c0); f and c are
+ * [L, N] float32, c0 [N]. A product then a sum, each rounded to float32 (built with
+ * -ffp-contract=off, no fused multiply-add), exactly as numpy computes it. */
+static PyObject *recurrence(PyObject *self, PyObject *args)
+{
+    PyObject *o_f, *o_c, *o_c0;
+    Py_buffer f, c, c0;
+    if (!PyArg_ParseTuple(args, "OOO", &o_f, &o_c, &o_c0))
+        return NULL;
+    if (get(o_f, &f, 0, 4, 2, "f") < 0)
+        return NULL;
+    if (get(o_c, &c, 1, 4, 2, "c") < 0) {
+        PyBuffer_Release(&f);
+        return NULL;
+    }
+    if (get(o_c0, &c0, 0, 4, 1, "c0") < 0) {
+        PyBuffer_Release(&c);
+        PyBuffer_Release(&f);
+        return NULL;
+    }
+    const Py_ssize_t L = f.shape[0], N = f.shape[1];
+    if (c.shape[0] != L || c.shape[1] != N || c0.shape[0] != N) {
+        PyErr_SetString(PyExc_ValueError, "recurrence: shapes do not match (f [L, N], c [L, N], c0 [N])");
+        PyBuffer_Release(&c0);
+        PyBuffer_Release(&c);
+        PyBuffer_Release(&f);
+        return NULL;
+    }
+    const float *fv = (const float *)f.buf, *prev = (const float *)c0.buf;
+    float *cv = (float *)c.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < L; t++) {
+        float *row = cv + t * N;
+        const float *ft = fv + t * N;
+        for (Py_ssize_t u = 0; u < N; u++) {
+            const float product = ft[u] * prev[u];
+            row[u] = row[u] + product;
+        }
+        prev = row;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&c0);
+    PyBuffer_Release(&c);
+    PyBuffer_Release(&f);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"shifted", shifted, METH_VARARGS,
      "shifted(codes, table, shift, out, sumsq): out = table[codes] - shift; sumsq += out**2"},
     {"histogram", histogram, METH_VARARGS,
      "histogram(codes, pattern, lut, hist, bins): hist[u, pattern[t]*bins + lut[codes[t, u]]] += 1"},
+    {"fletcher32", fletcher32, METH_VARARGS, "fletcher32(data): HDF5's Fletcher-32 checksum of a chunk"},
+    {"recurrence", recurrence, METH_VARARGS, "recurrence(f, c, c0): c[t] = f[t] * c[t-1] + c[t], in place"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
-                                    "probe's compiled inner loops (float16 values, AUC histograms)", -1, methods};
+                                    "probe's compiled inner loops (float16 values, AUC histograms, recurrence, checksum)", -1, methods};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

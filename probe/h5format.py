@@ -24,6 +24,11 @@ import numpy as np
 from .errors import ProbeError
 from .files import atomic
 
+try:  # compiled loops (setup.py builds them; optional)
+    from . import _kernels
+except ImportError:
+    _kernels = None
+
 FORMAT = "probe-recording"
 VERSION = 1
 CHUNK_T = 4096          # chunk rows (time); measured in docs/recording-format.md
@@ -87,6 +92,13 @@ def fletcher32(data: bytes) -> int:
     16-bit big-endian words, both sums folded mod 65535 with a positive sum never 0.
     The recorder writes its own chunks (``write_direct_chunk``), so it appends this itself;
     HDF5 checks it on every read."""
+    if _kernels is not None:  # the same sums in C (probe/_kernels.c), ~5x faster
+        return _kernels.fletcher32(data)
+    return fletcher32_numpy(data)
+
+
+def fletcher32_numpy(data: bytes) -> int:
+    """``fletcher32`` in numpy: the reference (and the fallback without the C loops)."""
     n = len(data)
     words = np.frombuffer(data, dtype=">u2", count=n // 2)
     if len(words) <= 1 << 20:  # float64 sums of integers below 2**53 are exact

@@ -33,6 +33,11 @@ from .errors import ProbeError
 from .files import atomic, check_target, interrupts
 from .model import CharRNN
 
+try:  # compiled loops (setup.py builds them; optional)
+    from . import _kernels
+except ImportError:
+    _kernels = None
+
 BLOCK = 8192          # characters per processing block (a multiple of h5format.CHUNK_T)
 PIECE = 2048          # characters per piece in batched mode (B pieces run as one batch)
 COMPRESSION_LEVEL = 1  # zstd and gzip level: the fastest (docs/recording-format.md, "Compression")
@@ -114,15 +119,10 @@ def gates(model: CharRNN, modules: list[nn.Module], inputs: list, dtype: torch.d
         g = torch.tanh(pre[:, 2 * H:3 * H]).reshape(B, L, H)
         streams.update({(k, s): v.to(dtype) for s, v in zip("ifgo", (i, f, g, o)) if s in wanted})
         del pre
-        # c_t = f_t * c_{t-1} + i_t * g_t, time-major so each step is one contiguous op
-        # (numpy: a third of torch's per-call cost in this loop of L steps)
+        # c_t = f_t * c_{t-1} + i_t * g_t, time-major so each step is one contiguous row
         f_t = f.transpose(0, 1).contiguous().numpy()  # [L, B, H]
         c_t = (i * g).transpose(0, 1).contiguous().numpy()  # i * g, then c in place
-        prev = c0.numpy()
-        for t in range(L):
-            row = c_t[t]
-            row += f_t[t] * prev
-            prev = row
+        recurrence(f_t.reshape(L, -1), c_t.reshape(L, -1), np.ascontiguousarray(c0.numpy()).reshape(-1))
         streams[(k, "c")] = torch.from_numpy(c_t).transpose(0, 1).to(dtype)
         streams[(k, "h")] = h.to(dtype)
     return {key: v for key, v in streams.items() if key[1] in h5format.STREAMS[model.cell]
@@ -269,6 +269,31 @@ def _blocks_batched(model, ids, documents, modules, batch, burn_in, dtype, pool,
     return _one_late(blocks(), pool)
 
 
+def recurrence_numpy(f: np.ndarray, c: np.ndarray, c0: np.ndarray) -> None:
+    """c[t] = f[t] * c[t - 1] + c[t] in place over rows t (c[-1] = c0), float32 [L, N]:
+    the reference for the C loop (``_kernels.recurrence``), and the fallback without it."""
+    prev = c0
+    for t in range(len(c)):
+        row = c[t]
+        row += f[t] * prev
+        prev = row
+
+
+recurrence = _kernels.recurrence if _kernels is not None else recurrence_numpy
+
+
+def _shuffle(raw: np.ndarray) -> bytes:
+    """HDF5's byte shuffle of a chunk: every value's first bytes, then every second byte…
+    (for 2-byte values, the low bytes then the high bytes)."""
+    if raw.itemsize == 2:
+        u = raw.view(np.uint16).reshape(-1)
+        out = np.empty(2 * u.size, np.uint8)
+        np.copyto(out[:u.size], u, casting="unsafe")  # low bytes (little-endian)
+        np.right_shift(u, 8, out=out[u.size:], casting="unsafe")
+        return out.tobytes()
+    return raw.view(np.uint8).reshape(-1, raw.itemsize).T.tobytes()
+
+
 _local = threading.local()  # one Zstandard compressor per worker thread (they are not shared)
 
 
@@ -282,7 +307,7 @@ def _encode_chunk(a: np.ndarray, shape: tuple[int, int], codec: str, level: int,
     if codec == "none":
         body = raw.tobytes()
     else:
-        shuffled = raw.view(np.uint8).reshape(-1, raw.itemsize).T.tobytes()
+        shuffled = _shuffle(raw)
         if codec == "gzip":
             body = zlib.compress(shuffled, level)
         else:

@@ -126,4 +126,7 @@ def test_our_fletcher32_is_hdf5s(tmp_path):
         with h5py.File(tmp_path / "f.h5") as f:
             _, stored = f["x"].id.read_direct_chunk((0,))
         assert stored[-4:] == h5format.fletcher32(stored[:-4]).to_bytes(4, "little"), n
-    assert h5format.fletcher32(bytes(100)) == 0
+        assert h5format.fletcher32_numpy(stored[:-4]) == h5format.fletcher32(stored[:-4]), n
+    assert h5format.fletcher32(bytes(100)) == h5format.fletcher32_numpy(bytes(100)) == 0
+    for data in (b"\xff" * 131071, b"\x00" * 9 + b"\x01", bytes(range(256)) * 3000):  # sums that wrap, a lone 1
+        assert h5format.fletcher32(data) == h5format.fletcher32_numpy(data)

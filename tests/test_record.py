@@ -239,3 +239,17 @@ def test_int8_scores_stay_within_0_005_of_float16(tmp_path):
     for metric in ("r", "auc"):
         rows = both & (a["metric"] == metric)
         assert (a["score"] - b["score"])[rows].abs().max() <= 0.005, metric
+
+
+def test_the_compiled_recurrence_and_shuffle_equal_their_numpy_references():
+    import probe.record as rec_mod
+    rng = np.random.default_rng(0)
+    f = rng.random((500, 96), dtype=np.float32)
+    ig = rng.standard_normal((500, 96), dtype=np.float32)
+    c0 = rng.standard_normal(96, dtype=np.float32)
+    a, b = ig.copy(), ig.copy()
+    rec_mod.recurrence(f, a, c0)
+    rec_mod.recurrence_numpy(f, b, c0)
+    assert np.array_equal(a, b)  # bit for bit: no fused multiply-add in the C loop
+    raw = rng.standard_normal((64, 32)).astype(np.float16)
+    assert rec_mod._shuffle(raw) == raw.view(np.uint8).reshape(-1, 2).T.tobytes()
