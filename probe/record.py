@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -169,9 +169,11 @@ def _one_late(items, pool: ThreadPoolExecutor):
     thread runs the next block's forward pass (torch ops release the GIL)."""
     def resolve(item):
         start, parts, loss = item
-        parts = [p.result() for p in parts]
-        return start, {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
-                       for k in parts[0]}, loss
+        joined: dict = {}  # parts are time segments (same keys) or layers (other keys)
+        for p in parts:
+            for k, v in p.result().items():
+                joined.setdefault(k, []).append(v)
+        return start, {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in joined.items()}, loss
     pending = None
     for item in items:
         if pending is not None:
@@ -233,6 +235,7 @@ def _blocks_batched(model, ids, documents, modules, batch, burn_in, dtype, pool,
     run: no gates are computed there), then its own characters from that state."""
     pieces = _pieces(documents, PIECE, burn_in)
     lstm = model.cell == "lstm"
+    wanted = keep if keep is not None else {(k, s) for k in range(model.layers) for s in h5format.STREAMS[model.cell]}
 
     def blocks():
         for g0 in range(0, len(pieces), batch):
@@ -254,8 +257,8 @@ def _blocks_batched(model, ids, documents, modules, batch, burn_in, dtype, pool,
                 x[j, :s1 - s0] = torch.from_numpy(ids[s0:s1])
             inputs, logp, _ = forward(model, x, state, modules)
 
-            def own(inputs=inputs, group=group):
-                streams = gates(model, modules, inputs, dtype, keep)
+            def own(keys, inputs=inputs, group=group):
+                streams = gates(model, modules, inputs, dtype, keys)
                 return {key: torch.cat([v[j, :s1 - s0] for j, (_, s0, s1) in enumerate(group)])
                         for key, v in streams.items()}
             losses = []
@@ -265,7 +268,12 @@ def _blocks_batched(model, ids, documents, modules, batch, burn_in, dtype, pool,
                 loss[0] = -before[j, x[j, 0]]  # NaN at a document start
                 loss[1:] = -logp[j, :m - 1].gather(1, x[j, 1:m, None])[:, 0]
                 losses.append(loss)
-            yield group[0][1], [pool.submit(own)], torch.cat(losses) * LOG2E
+            # the batched forward pass leaves this thread time to spare: it computes layer 0's
+            # gates itself while the worker computes the other layers'
+            here = Future()
+            later = pool.submit(own, {key for key in wanted if key[0] != 0})
+            here.set_result(own({key for key in wanted if key[0] == 0}))
+            yield group[0][1], [here, later], torch.cat(losses) * LOG2E
     return _one_late(blocks(), pool)
 
 
