@@ -3,12 +3,15 @@
     from probe import analysis, detectors
     res = analysis.analysis("recordings/stdlib-test.h5")   # cached next to the recording
     res["best"]                     # per feature, the top cells by |r| or AUC
+    summ = analysis.summaries("recordings/stdlib-test.h5")  # per-unit summaries, same cache
     print(analysis.report_text(res["best"], detectors.saturation_summary(res["saturation"])))
 
 ``analysis`` runs ``probe.detectors``' scores and saturation in one streaming pass and
 keeps them in ``<recording>.analysis.npz`` (plain arrays, no pickle), keyed by the
 recording's size, mtime and ANALYSIS_VERSION, so ``probe analyze`` and the dashboard
-pay for the pass once. ``report_text`` and ``report_json`` are what ``probe analyze``
+pay for the pass once. The same pass builds every unit's summaries (``probe.summaries``:
+histogram, top and bottom positions, overview strip), kept in the same file and read by
+``summaries``. ``report_text`` and ``report_json`` are what ``probe analyze``
 prints.
 """
 from __future__ import annotations
@@ -22,16 +25,18 @@ import numpy as np
 import pandas as pd
 
 from . import detectors, shards
+from . import summaries as summaries_mod
 from .corpus import Corpus
 from .files import atomic
 from .recording import Recording, open_recording
 
-ANALYSIS_VERSION = 4      # bump when scores/saturation change meaning: invalidates caches
+ANALYSIS_VERSION = 5      # bump when scores/saturation change meaning: invalidates caches
                           # (2: the saturation frame's column ``gate`` became ``stream``;
                           # 3: string features follow the after-reading-t convention, prefix
                           # letters and closing quotes now outside: old scores used old labels;
                           # 4: new built-in feature ``preprocessor``, and .c/.h documents get
-                          # C lexing rules: cached tables hold the old feature set and labels)
+                          # C lexing rules: cached tables hold the old feature set and labels;
+                          # 5: the per-unit summaries are stored beside the scores)
 
 
 # ---- the cached analysis ---------------------------------------------------------------
@@ -70,7 +75,40 @@ def _from_arrays(z, prefix: str, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(data, columns=columns)
 
 
-def _read_cache(side: Path, key: dict, regex: dict[str, str]) -> dict | None:
+def _summary_arrays(summ: dict) -> dict[str, np.ndarray]:
+    """``summaries``' dict as named arrays: ``summaries/<layer>/<stream>/<field>`` and
+    ``summaries/strip_edges``; positions and counts in 32 bits where they fit, float32
+    values in float16 where that loses nothing (a float16 recording's extremes)."""
+    out = {"summaries/strip_edges": summ["strip_edges"]}
+    for pair, arrays in summ.items():
+        if pair == "strip_edges":
+            continue
+        k, s = pair
+        for field, a in arrays.items():
+            if a.dtype == np.int64 and (a.size == 0 or (a.min() >= -2**31 and a.max() < 2**31)):
+                a = a.astype(np.int32)
+            elif a.dtype == np.float32:
+                with np.errstate(over="ignore"):
+                    half = a.astype(np.float16)
+                if np.array_equal(half.astype(np.float32), a, equal_nan=True):
+                    a = half
+            out[f"summaries/{k}/{s}/{field}"] = a
+    return out
+
+
+def _summaries_from(z) -> dict:
+    """The dict ``summaries`` returns, from an open cache file (arrays as they were computed)."""
+    out: dict = {"strip_edges": z["summaries/strip_edges"].astype(np.int64)}
+    for name in z.files:
+        parts = name.split("/")
+        if parts[0] == "summaries" and len(parts) == 4:
+            a = z[name]
+            out.setdefault((int(parts[1]), parts[2]), {})[parts[3]] = (
+                a.astype(np.int64) if a.dtype == np.int32 else a.astype(np.float32) if a.dtype == np.float16 else a)
+    return out
+
+
+def _read_cache(side: Path, key: dict, regex: dict[str, str], want_summaries: bool = False) -> dict | None:
     """The cached analysis if it matches the key and covers the regex features, else None."""
     try:
         with np.load(side, allow_pickle=False) as z:
@@ -82,20 +120,23 @@ def _read_cache(side: Path, key: dict, regex: dict[str, str]) -> dict | None:
                 return None
             sc = _from_arrays(z, "scores", detectors.SCORE_COLUMNS)
             sat = _from_arrays(z, "saturation", detectors.SATURATION_COLUMNS)
+            summ = _summaries_from(z) if want_summaries else None
     except Exception:  # missing, truncated or from another version: recompute
         return None
     extra = set(cached_regex) - set(regex)
     if extra:  # computed with more regex features than asked for now
         sc = sc[~sc["feature"].isin(extra)].reset_index(drop=True)
-    return {"scores": sc, "saturation": sat}
+    return {"scores": sc, "saturation": sat, "summaries": summ}
 
 
-def _write_cache(side: Path, key: dict, regex: dict[str, str], sc: pd.DataFrame, sat: pd.DataFrame) -> bool:
+def _write_cache(side: Path, key: dict, regex: dict[str, str], sc: pd.DataFrame, sat: pd.DataFrame,
+                 summ: dict | None = None) -> bool:
     """Write atomically (temporary name, then rename); False if the folder is not writable."""
     try:
         with atomic(side) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, meta=np.array(json.dumps({"key": key, "regex": regex})),
-                                **_to_arrays(sc, "scores"), **_to_arrays(sat, "saturation"))
+                                **_to_arrays(sc, "scores"), **_to_arrays(sat, "saturation"),
+                                **(_summary_arrays(summ) if summ is not None else {}))
         return True
     except OSError:
         return False
@@ -114,27 +155,47 @@ def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = Fa
     manager that yields one (``lambda: cluster.client(workers=4)``), entered only when the
     cache misses.
     """
+    cached = _cached(path, refresh, progress, regex, client)
+    return {"scores": cached["scores"], "best": detectors.best(cached["scores"]),
+            "saturation": cached["saturation"]}
+
+
+def summaries(path: str | os.PathLike, refresh: bool = False, progress: bool = False, *,
+              regex: dict[str, str] | None = None, client=None) -> dict:
+    """The per-unit summaries of a recording (``probe.summaries``), from the analysis cache
+    (computed with the scores, as ``analysis`` does, when it misses): {(layer, stream):
+    {"hist", "top_v", "top_p", "bottom_v", "bottom_p", "strip_min", "strip_max",
+    "strip_mean", "strip_first": arrays with one row per unit}, "strip_edges": [STRIP + 1]}.
+    ``summaries.unit`` picks one unit's. No whole stream is read on a cache hit."""
+    return _cached(path, refresh, progress, regex, client, want_summaries=True)["summaries"]
+
+
+def _cached(path, refresh: bool, progress: bool, regex, client, want_summaries: bool = False) -> dict:
+    """{"scores", "saturation", "summaries" (None unless ``want_summaries``)} from the cache,
+    or computed in one pass (scores, saturation and summaries) and cached."""
     path = Path(path)
     regex = dict(regex or {})
     side = cache_path(path)
     with open_recording(path) as rec:
         key = _cache_key(path, rec)
-        cached = None if refresh else _read_cache(side, key, regex)
+        cached = None if refresh else _read_cache(side, key, regex, want_summaries)
         if cached is None:
             feats = detectors.default_features(rec, regex)
             if client is None:
-                sc, sats = detectors.scores_and_saturation(rec, feats, progress=progress, sat=(0.1, 0.9),
-                                                           threads=min(4, os.cpu_count() or 1))
+                sc, sats, summ = detectors.scores_and_saturation(rec, feats, progress=progress, sat=(0.1, 0.9),
+                                                                 threads=min(4, os.cpu_count() or 1),
+                                                                 summaries=True)
             else:
                 from . import cluster
                 with (client() if callable(client) else nullcontext(client)) as c:
-                    sc, sats = cluster.analyze(c, path, feats, progress=progress, sat=(0.1, 0.9))
+                    sc, sats, summ = cluster.analyze(c, path, feats, progress=progress, sat=(0.1, 0.9),
+                                                     summaries=True)
+            summ = {"strip_edges": summaries_mod.strip_edges(len(rec)), **summ}
             sat = (pd.concat(sats, ignore_index=True)[detectors.SATURATION_COLUMNS] if sats
                    else pd.DataFrame({c: [] for c in detectors.SATURATION_COLUMNS}))
-            _write_cache(side, key, regex, sc, sat)
-            cached = {"scores": sc, "saturation": sat}
-    return {"scores": cached["scores"], "best": detectors.best(cached["scores"]),
-            "saturation": cached["saturation"]}
+            _write_cache(side, key, regex, sc, sat, summ)
+            cached = {"scores": sc, "saturation": sat, "summaries": summ if want_summaries else None}
+    return cached
 
 
 # ---- the causal column -------------------------------------------------------------------

@@ -283,20 +283,24 @@ def _shift_task(files: list[str], layer: int, stream: str):
             r.close()
 
 
-def _scan_task(file: str, layer: int, stream: str, shift, fx, chunk: int, sat, offset: int) -> dict:
+def _scan_task(file: str, layer: int, stream: str, shift, fx, chunk: int, sat, offset: int,
+               total: int | None = None) -> dict:
     from .recording import Recording
     _one_thread()
     _seen(file)
     with Recording(file) as rec:
-        return detectors.part_stats(rec.stream(layer, stream), fx, stream, shift, chunk, sat, None, offset)
+        return detectors.part_stats(rec.stream(layer, stream), fx, stream, shift, chunk, sat, None, offset,
+                                    total)
 
 
 def analyze(c, path: str | os.PathLike, feats=None, *, regex: dict[str, str] | None = None, layers=None,
             streams=None, chunk: int = detectors.CHUNK, sat: tuple[float, float] | None = (0.1, 0.9),
-            progress: bool = False):
+            progress: bool = False, summaries: bool = False):
     """``detectors.scores_and_saturation`` of the recording at ``path`` (a folder of shards,
     or a file: one part) on the cluster of client ``c``: the same (scores frame, saturation
-    frames), equal bit for bit. ``feats`` default to the built-in ones (plus ``regex``)."""
+    frames), equal bit for bit. ``feats`` default to the built-in ones (plus ``regex``).
+    With ``summaries`` a third item, the per-unit summaries as ``detectors.scan_all``'s
+    (each part's built by its scan task, folded in shard order by ``detectors.combine``)."""
     path = Path(path).resolve()
     from .recording import open_recording
     _workers(c)  # before the features: no workers is a one-line error, not a wait
@@ -323,12 +327,13 @@ def analyze(c, path: str | os.PathLike, feats=None, *, regex: dict[str, str] | N
         for j, (f, o) in enumerate(zip(files, starts)):
             key = f"probe-scan-{j}-{name}"
             size[key] = lengths[j]
-            stats.append(c.submit(_scan_task, f, k, s, shift, held[j], chunk, want, o, key=key, pure=False))
+            stats.append(c.submit(_scan_task, f, k, s, shift, held[j], chunk, want, o,
+                                  sum(lengths) if summaries else None, key=key, pure=False))
         scans += stats
         acc = stats[0]
         for j in range(1, len(stats)):  # the left fold, in shard order, as detectors.reduce_parts
             acc = c.submit(detectors.combine, acc, stats[j], key=f"probe-combine-{j}-{name}", pure=False)
-        finals.append(c.submit(detectors.finish, acc, meta, k, s, key=f"probe-finish-{name}", pure=False))
+        finals.append(c.submit(detectors.finish_all, acc, meta, k, s, key=f"probe-finish-{name}", pure=False))
     del held, shift, stats, acc  # the scheduler frees each intermediate once its consumer ran
     bar = detectors._bar(progress, len(pairs) * sum(lengths), "scoring")
     try:
@@ -340,4 +345,7 @@ def analyze(c, path: str | os.PathLike, feats=None, *, regex: dict[str, str] | N
         raise
     finally:
         bar.close()
-    return detectors.assemble(done)
+    sc, sats = detectors.assemble(done)
+    if summaries:
+        return sc, sats, {pair: d[2] for pair, d in zip(pairs, done)}
+    return sc, sats

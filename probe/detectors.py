@@ -22,7 +22,10 @@ part, a folder of shards one part per shard. Each part is scanned from zero accu
 the recording's first SHIFT_ROWS rows), the parts are added up in shard order
 (``combine``) and the sums become scores (``finish``). ``probe.cluster`` runs the same
 functions, one task per (part, layer, stream), on a Dask cluster: the same operations on
-the same values in the same order, so its scores equal these bit for bit.
+the same values in the same order, so its scores equal these bit for bit. Asked for
+(``summaries=True``), the same reads also build every unit's summaries (``probe.summaries``:
+histogram, top and bottom positions, overview strip), carried in the statistics as
+``summary`` and folded by ``combine`` like the sums.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import pandas as pd
 
 from . import features as features_mod
 from . import h5format, shards
+from . import summaries as summaries_mod
 from .errors import ProbeError
 from .recording import Recording
 
@@ -328,7 +332,7 @@ def _block_sums(f: np.ndarray, x: np.ndarray, g: int) -> np.ndarray:
 
 def part_stats(ds, fx: _FeatureSet | None, stream: str, shift: np.ndarray | None = None,
                chunk: int = CHUNK, sat: tuple[float, float] | None = None, bar=None,
-               offset: int = 0) -> dict:
+               offset: int = 0, total: int | None = None) -> dict:
     """The sufficient statistics of one part: a [n, U] dataset and ``fx``, its rows'
     features (``_FeatureSet.part``), scanned from zero accumulators. ``offset`` is the
     part's first row in the whole recording: reads, float32 conversions and partial sums
@@ -337,7 +341,9 @@ def part_stats(ds, fx: _FeatureSet | None, stream: str, shift: np.ndarray | None
 
     ``n``; with features ``sx`` Σ(x - shift), ``sxx`` Σ(x - shift)², ``sxf`` Σ(x - shift)·f
     (float64) and ``hists`` (int64 [U, patterns * AUC_BINS] per group of binary features);
-    with ``sat`` the integer counts ``left`` (< low) and ``right`` (> high) per unit."""
+    with ``sat`` the integer counts ``left`` (< low) and ``right`` (> high) per unit; with
+    ``total`` (the whole recording's rows) ``summary``, the per-unit summaries of
+    ``probe.summaries`` from the same reads."""
     T, U = ds.shape[0], ds.shape[1]
     out: dict = {"n": T}
     if fx is not None:
@@ -351,6 +357,9 @@ def part_stats(ds, fx: _FeatureSet | None, stream: str, shift: np.ndarray | None
     if sat is not None:
         left, right = np.zeros(U, np.int64), np.zeros(U, np.int64)
         low, high = np.float32(sat[0]), np.float32(sat[1])  # float32: exact for float16 data
+    if total is not None:
+        summ, hlut = summaries_mod.start(U, offset, total), summaries_mod.hist_table(stream)
+        auc_hist = fx is not None and bool(fx.groups)
     edges = _edges(offset, offset + T, chunk, 0) if T else [offset]
     with one_torch_thread():  # Σx·f on one thread: the same sums on any machine's core count
         for ga, gb in zip(edges[:-1], edges[1:]):
@@ -359,11 +368,14 @@ def part_stats(ds, fx: _FeatureSet | None, stream: str, shift: np.ndarray | None
             if sat is not None:
                 left += np.count_nonzero(raw < low, axis=0)
                 right += np.count_nonzero(raw > high, axis=0)
+            if total is not None or (fx is not None and fx.groups):
+                with np.errstate(over="ignore"):
+                    half = raw if raw.dtype == np.float16 else raw.astype(np.float16)
+                codes = np.ascontiguousarray(half).view(np.uint16)
+            if total is not None:  # the histogram comes from the AUC counts if there are any
+                summaries_mod.update(summ, raw, None if auc_hist else codes, hlut, ga)
             if fx is not None:
                 if fx.groups:
-                    with np.errstate(over="ignore"):
-                        half = raw if raw.dtype == np.float16 else raw.astype(np.float16)
-                    codes = np.ascontiguousarray(half).view(np.uint16)
                     for (_, code, _), hist in zip(fx.groups, hists):
                         count_bins(codes, code[a:b], lut, hist)
                 f = fx.centred(a, b)
@@ -380,6 +392,10 @@ def part_stats(ds, fx: _FeatureSet | None, stream: str, shift: np.ndarray | None
         out.update(sx=sx, sxx=sxx, sxf=sxf, hists=hists)
     if sat is not None:
         out.update(left=left, right=right)
+    if total is not None:
+        if auc_hist:
+            summ["hist"] = summaries_mod.hist_from_auc(hists[0], len(fx.groups[0][2]), AUC_BINS)
+        out["summary"] = summ
     return out
 
 
@@ -392,6 +408,8 @@ def combine(acc: dict, more: dict) -> dict:
             out[key] = acc[key] + more[key]
     if "hists" in acc:
         out["hists"] = [h + g for h, g in zip(acc["hists"], more["hists"])]
+    if "summary" in acc:
+        out["summary"] = summaries_mod.merge(acc["summary"], more["summary"])
     return out
 
 
@@ -420,18 +438,28 @@ def finish(acc: dict, fx: _FeatureSet | None, layer: int, stream: str
     return frame, sat
 
 
+def finish_all(acc: dict, fx: _FeatureSet | None, layer: int, stream: str) -> tuple:
+    """``finish``'s (scores, saturation) frames, and the per-unit summaries
+    (``summaries.finish``) if they were computed, else None."""
+    frame, sat = finish(acc, fx, layer, stream)
+    return frame, sat, (summaries_mod.finish(acc["summary"]) if "summary" in acc else None)
+
+
 def offsets(lengths) -> list[int]:
     """The first row of each part in the whole recording."""
     return np.cumsum([0, *lengths[:-1]]).astype(int).tolist() if len(lengths) else []
 
 
 def scan(datasets: list, fxs: list, stream: str, chunk: int = CHUNK,
-         sat: tuple[float, float] | None = None, bar=None) -> dict:
+         sat: tuple[float, float] | None = None, bar=None, summaries: bool = False) -> dict:
     """The reduced statistics of one (layer, stream) over its parts' datasets, each with its
-    rows' features (``fxs``, or Nones): the shift, each part's statistics, their fold."""
+    rows' features (``fxs``, or Nones): the shift, each part's statistics, their fold (with
+    ``summaries`` also the per-unit summaries, ``probe.summaries``)."""
     shift = shift_of(datasets) if fxs[0] is not None else None
-    starts = offsets([len(ds) for ds in datasets])
-    return reduce_parts(part_stats(ds, fx, stream, shift, chunk, sat, bar, o)
+    lengths = [len(ds) for ds in datasets]
+    starts = offsets(lengths)
+    total = sum(lengths) if summaries else None
+    return reduce_parts(part_stats(ds, fx, stream, shift, chunk, sat, bar, o, total)
                         for ds, fx, o in zip(datasets, fxs, starts))
 
 
@@ -536,12 +564,11 @@ def want_saturation(stream: str, sat: tuple[float, float] | None) -> tuple[float
     return sat if (sat is not None and h5format.is_unit_range(stream)) else None
 
 
-def assemble(done: list[tuple[pd.DataFrame | None, pd.DataFrame | None]]
-             ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+def assemble(done: list[tuple]) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """``finish``'s (scores, saturation) frames of every (layer, stream), in order, as
-    ``scores_and_saturation`` returns them."""
-    frames = [f for f, _ in done if f is not None]
-    sats = [x for _, x in done if x is not None]
+    ``scores_and_saturation`` returns them (``finish_all``'s triples: the first two)."""
+    frames = [d[0] for d in done if d[0] is not None]
+    sats = [d[1] for d in done if d[1] is not None]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
     return df[SCORE_COLUMNS], sats
 
@@ -563,18 +590,32 @@ def _threads(threads: int, workers: int | None, stacklevel: int = 3) -> int:
 def scores_and_saturation(rec: Recording, feats: pd.DataFrame | None, *, layers=None, streams=None,
                           chunk: int = CHUNK, progress: bool = False,
                           sat: tuple[float, float] | None = (0.1, 0.9),
-                          threads: int = 1, workers: int | None = None
-                          ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+                          threads: int = 1, workers: int | None = None, summaries: bool = False
+                          ) -> tuple:
     """``scores`` and, in the same pass, saturation (``sat`` = (low, high) thresholds) of the
-    gate streams scanned: (scores frame, saturation frames per (layer, gate stream))."""
-    threads = _threads(threads, workers)
+    gate streams scanned: (scores frame, saturation frames per (layer, gate stream)); with
+    ``summaries`` a third item, the per-unit summaries from the same reads (``scan_all``)."""
+    if workers is not None:
+        threads = _threads(threads, workers, stacklevel=3)
+    sc, sats, summ = scan_all(rec, feats, layers=layers, streams=streams, chunk=chunk, progress=progress,
+                              sat=sat, threads=threads, summaries=summaries)
+    return (sc, sats, summ) if summaries else (sc, sats)
+
+
+def scan_all(rec: Recording, feats: pd.DataFrame | None, *, layers=None, streams=None,
+             chunk: int = CHUNK, progress: bool = False, sat: tuple[float, float] | None = (0.1, 0.9),
+             threads: int = 1, summaries: bool = False
+             ) -> tuple[pd.DataFrame, list[pd.DataFrame], dict | None]:
+    """``scores_and_saturation`` and, with ``summaries``, in the same pass the per-unit
+    summaries (``probe.summaries``): {(layer, stream): ``summaries.finish``'s arrays}, else None."""
+    threads = _threads(threads, None)
     pairs, fx, parts, fxs = prepare(rec, feats, layers, streams, chunk)
     bar = _bar(progress, len(pairs) * len(rec), "scoring")
 
     def one(pair):
         k, s = pair
-        acc = scan([p.stream(k, s) for p in parts], fxs, s, chunk, want_saturation(s, sat), bar)
-        return finish(acc, fx, k, s)
+        acc = scan([p.stream(k, s) for p in parts], fxs, s, chunk, want_saturation(s, sat), bar, summaries)
+        return finish_all(acc, fx, k, s)
 
     try:
         if threads == 1:
@@ -584,7 +625,8 @@ def scores_and_saturation(rec: Recording, feats: pd.DataFrame | None, *, layers=
                 done = list(pool.map(one, pairs))
     finally:
         bar.close()
-    return assemble(done)
+    sc, sats = assemble(done)
+    return sc, sats, ({pair: d[2] for pair, d in zip(pairs, done)} if summaries else None)
 
 
 # ---- ranking --------------------------------------------------------------------------
