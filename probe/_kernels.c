@@ -183,8 +183,8 @@ fail_codes:
  * as probe/h5format.py's numpy version defines it: 16-bit big-endian words w_0..w_{M-1}
  * (an odd last byte is a word of its own high byte), s1 = sum of w_i and
  * s2 = sum of (M - i) w_i, each folded to 1..65535 (0 only when every word is 0); the
- * result is s2 << 16 | s1. Blocks of 4096 words sum w and j * w with no dependency from
- * one word to the next (so the compiler vectorises them), reduced modulo 65535. */
+ * result is s2 << 16 | s1. Blocks of 256 words sum w and j * w in 32 bits with no
+ * dependency from one word to the next (so the compiler vectorises them), then modulo 65535. */
 static PyObject *fletcher32(PyObject *self, PyObject *args)
 {
     Py_buffer b;
@@ -194,14 +194,14 @@ static PyObject *fletcher32(PyObject *self, PyObject *args)
     const Py_ssize_t m = b.len / 2, M = m + (b.len % 2);
     uint64_t s1 = 0, s2 = 0, any = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i0 = 0; i0 < m; i0 += 4096) {
-        const Py_ssize_t n = m - i0 < 4096 ? m - i0 : 4096;
+    for (Py_ssize_t i0 = 0; i0 < m; i0 += 256) {
+        const Py_ssize_t n = m - i0 < 256 ? m - i0 : 256;
         const uint8_t *q = p + 2 * i0;
-        uint64_t sum = 0, weighted = 0, bits = 0;
+        uint32_t sum = 0, weighted = 0, bits = 0; /* < 2^24 per word, < 2^32 per block */
         for (Py_ssize_t j = 0; j < n; j++) {
-            const uint64_t w = ((uint64_t)q[2 * j] << 8) | q[2 * j + 1];
+            const uint32_t w = ((uint32_t)q[2 * j] << 8) | q[2 * j + 1];
             sum += w;
-            weighted += (uint64_t)j * w;
+            weighted += (uint32_t)j * w;
             bits |= w;
         }
         /* word i0 + j has weight (M - i0) - j */
