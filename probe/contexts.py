@@ -51,6 +51,14 @@ def _contexts(starts: np.ndarray, stops: np.ndarray, positions: np.ndarray,
     return np.maximum(starts[d], positions - width), np.minimum(stops[d], positions + width + 1)
 
 
+def context_bounds(documents: pd.DataFrame, positions, width: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """[start, stop) of ``width`` characters either side of each position, clipped to its
+    document (``Recording.documents``): the context windows of ``top_contexts``."""
+    starts = np.asarray(documents["start"], dtype=np.int64)
+    stops = np.asarray(documents["stop"], dtype=np.int64)
+    return _contexts(starts, stops, np.asarray(positions, dtype=np.int64), width)
+
+
 def _pick(order: np.ndarray, k: int, width: int, T: int) -> list[int]:
     """The first ``k`` positions of ``order``, skipping any within ``width`` of one taken."""
     blocked = np.zeros(T, dtype=bool)

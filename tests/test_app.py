@@ -21,7 +21,7 @@ from bokeh.application.handlers import DirectoryHandler
 from bokeh.client import pull_session
 from bokeh.command.util import build_single_handler_application
 from bokeh.events import ButtonClick, Tap
-from bokeh.models import Div, Tabs
+from bokeh.models import ColumnDataSource, Div, Tabs
 from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
@@ -287,6 +287,61 @@ def test_paging_window_length_and_overview_tap(page):
     assert p.positions()[0] == 0
     p.locked(lambda: p["overview"]._trigger_event(Tap(p["overview"], x=T - 10, y=0.5)))
     assert p.positions()[-1] == T - 1 and "window=2000" in p["url-state"].text
+
+
+def card_positions(card: str) -> dict[str, list[int]]:
+    """The positions of the card's rows, per section (its <h4> heading)."""
+    out = {}
+    for part in card.split("<h4>")[1:]:
+        head, body = part.split("</h4>", 1)
+        out[head] = [int(x) for x in re.findall(r'class="pos">@(\d+)<', body)]
+    return out
+
+
+def test_a_cell_switch_reads_the_window_and_snippets_only(page, folder, monkeypatch):
+    """Issue #18: once the summaries are loaded, switching the cell (unit, stream, layer)
+    reads the visible window and each card snippet's few characters, never a whole unit;
+    the card's histogram and contexts are those of the whole cell's values."""
+    from probe import contexts
+    from probe.recording import Dataset
+    p = page(recording="tiny.h5", window=1000, start=500)
+    store = p.doc.session_context.server_context.cells
+    p.wait_for(lambda: store.summaries("tiny.h5").done())
+    T = int(re.search(r"of ([\d,]+)", p["status"].text).group(1).replace(",", ""))
+    reads = []
+    getitem = Dataset.__getitem__
+
+    def counted(self, key):
+        out = getitem(self, key)
+        rows = key[0] if isinstance(key, tuple) else key
+        reads.append((self.ds.name, len(range(*rows.indices(len(self)))) if isinstance(rows, slice) else 1))
+        return out
+    monkeypatch.setattr(Dataset, "__getitem__", counted)
+    for name, value in (("unit", 5), ("stream", "i"), ("layer", 1), ("stream", "c")):
+        reads.clear()
+        p.set(name, value=value)
+        change = (name, value)
+        assert p.message == ""
+        cell = [r for r in reads if r[0].startswith("/layers/")]
+        assert cell and max(n for _, n in cell) == 1000, (change, reads)  # the window, once
+        assert sorted(n for _, n in cell)[-2] <= 2 * 40 + 1, (change, reads)  # else snippets
+        assert all(n < T for _, n in reads), (change, reads)
+    monkeypatch.undo()
+
+    # the same histogram and contexts as the whole cell's values give (layer 1 c unit 5)
+    with open_recording(folder / "tiny.h5") as rec:
+        values, docs = rec.unit(1, "c", 5), rec.documents
+    hist = next(src for src in p.doc.select({"type": ColumnDataSource}) if set(src.data) == {"left", "right", "count"})
+    left, right, count = (np.asarray(hist.data[k], dtype=float) for k in ("left", "right", "count"))
+    assert count.sum() == len(values) and left[0] <= values.min() + 1e-3 and right[-1] >= values.max() - 1e-3
+    assert np.isfinite(left).all() and np.isfinite(right).all() and (right > left).all()
+    shown = card_positions(p["card"].text)
+    full = contexts.top_contexts(values, docs, k=10, width=40)
+    for kind, head in (("top", "highest values"), ("bottom", "lowest values")):
+        expect = full[full["kind"] == kind]["position"].tolist()
+        assert 0 < len(shown[head]) <= 10 and shown[head] == expect[:len(shown[head])], (kind, shown)
+    samples = [pos for head, ps in shown.items() if head.startswith("quantile bin") for pos in ps]
+    assert samples and all(0 <= pos < T for pos in samples)
 
 
 def test_leaderboard_row_and_saturation_dot_select_a_cell(page):

@@ -60,7 +60,9 @@ class Session:
     views: list[View] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     rec: Recording | None = None      # the open recording; None if it could not be opened
-    values: np.ndarray | None = None  # [T] the selected cell over the whole recording
+    summary: dict | None = None       # the selected cell's summaries (``Store.unit_summary``)
+    span: tuple[int, int] = (0, 0)    # [start, stop) of the visible window
+    values: np.ndarray | None = None  # [stop - start] the selected cell over the visible window
     analysis: object = None           # the recording's analysis: None, the exception, or its dict
     quiet: bool = False               # widgets are being set from the selection
     mark: tuple | None = None         # (sel.matching, start, stop): the match jumped to, marked in the text
@@ -77,7 +79,10 @@ class Session:
                 self._open()
             if self.rec is not None:
                 self.problems.extend(fit(sel, self.rec))
-                self.values = self.store.column(sel.recording, sel.layer, sel.stream, sel.unit)  # [T]
+                # a cell switch reads the cell's summaries (no read once loaded) and the window only
+                self.summary = self.store.unit_summary(sel.recording, sel.layer, sel.stream, sel.unit)
+                self.values, self.span = None, (sel.start, min(len(self.rec), sel.start + sel.window))
+                self.values = self.read(*self.span)
                 for view in self.views:
                     view.update(sel)
         except Exception as e:  # noqa: BLE001 - say so on the page; the server keeps serving
@@ -85,6 +90,15 @@ class Session:
             self.problems.append(f"could not show {sel.recording} layer {sel.layer} {sel.stream} unit "
                                  f"{sel.unit}: {reason(e)}")
         self.show_problems()
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """The selected cell over [start, stop): float32 [stop - start], from the visible window
+        when it holds them, else a read of those rows only."""
+        a, b = self.span
+        if self.values is not None and a <= start <= stop <= b:
+            return self.values[start - a:stop - a]
+        sel = self.sel
+        return self.store.values(sel.recording, sel.layer, sel.stream, sel.unit, start, stop)
 
     def start(self, url_problems: list[str], bare: bool = False) -> None:
         """The first update; what the URL asked for and could not get is said first. A bare
@@ -130,7 +144,8 @@ class Session:
         """A recording was chosen: open it and start its analysis. One rule for what cannot
         be shown, as for the URL: show the nearest thing that can (here the first recording
         that opens) and say so; clear the views only if nothing opens."""
-        self.rec = self.values = self.analysis = None
+        self.rec = self.values = self.summary = self.analysis = None
+        self.span = (0, 0)
         name = self.sel.recording
         try:
             self.rec = self.store.recording(name or "")
@@ -150,6 +165,7 @@ class Session:
             self.sel.recording = name = fallback
         for view in self.views:
             view.on_analysis(None)
+        self.store.summaries(name)  # loaded after the analysis, for the cell switches
         self.store.analysis(name).add_done_callback(
             lambda future: on_next_tick(self.doc, partial(self._analysed, name, future)))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from probe import analysis, features, match, shards
+from probe import summaries as summaries_mod
 from probe.corpus import stdlib
 from probe.errors import ProbeError
 from probe.model import for_recording, load_model
@@ -28,6 +29,7 @@ DEFAULT_FOLDER = REPO / "recordings"
 DEFAULT_NAME = "stdlib-test.h5"
 DEFAULT_CHARS = 100_000
 COLUMN_CACHE_BYTES = 64 << 20  # recently shown cells, shared by all sessions
+FALLBACK_UNITS = 64           # cells summarised from a whole-unit read while the summaries load
 HELD_DATASETS = 4             # (layer, stream) datasets kept open, with their chunk caches
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")  # a file (or a folder of shards) name
 
@@ -56,6 +58,8 @@ class Store:
         self._recordings: dict[str, Recording] = {}
         self._errors: dict[tuple[str, float], str] = {}
         self._analyses: dict[str, Future] = {}
+        self._summaries: dict[str, Future] = {}
+        self._fallback: OrderedDict[tuple, dict] = OrderedDict()
         self._features: dict[tuple[str, str], np.ndarray] = {}
         self._models: dict[str, tuple] = {}
         self._columns: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -124,26 +128,79 @@ class Store:
             self._recordings[name] = rec
             return rec
 
+    def _dataset(self, name: str, layer: int, stream: str):
+        """The (layer, stream) dataset, kept open with its HDF5 chunk cache (the next unit or
+        window is then a memory read)."""
+        key = (name, layer, stream)
+        with self._lock:
+            if key in self._held:
+                self._held.move_to_end(key)
+                return self._held[key]
+        ds = self.recording(name).stream(layer, stream)
+        with self._lock:
+            self._held[key] = ds
+            while len(self._held) > HELD_DATASETS:
+                self._held.popitem(last=False)
+        return ds
+
+    def values(self, name: str, layer: int, stream: str, unit: int, start: int, stop: int) -> np.ndarray:
+        """One cell over [start, stop) as float32 [stop - start]: only those rows are read."""
+        self.recording(name).check(layer, stream, unit)
+        return np.asarray(self._dataset(name, layer, stream)[start:stop, unit], dtype=np.float32)
+
     def column(self, name: str, layer: int, stream: str, unit: int) -> np.ndarray:
-        """One cell over the whole recording, float32 [T], read-only; recent ones are kept."""
+        """One cell over the whole recording, float32 [T], read-only; recent ones are kept.
+        Not on the cell switch (``unit_summary``), which reads no whole unit once the
+        recording's summaries are loaded."""
         key = (name, layer, stream, unit)
         with self._lock:
             if key in self._columns:
                 self._columns.move_to_end(key)
                 return self._columns[key]
-        rec = self.recording(name)
-        with self._lock:  # an open dataset keeps its HDF5 chunk cache: the next unit is a memory read
-            self._held[(name, layer, stream)] = rec.stream(layer, stream)
-            self._held.move_to_end((name, layer, stream))
-            while len(self._held) > HELD_DATASETS:
-                self._held.popitem(last=False)
-        values = rec.unit(layer, stream, unit)  # [T]
+        self.recording(name).check(layer, stream, unit)
+        values = np.asarray(self._dataset(name, layer, stream)[:, unit], dtype=np.float32)  # [T]
         values.flags.writeable = False
         with self._lock:
             self._columns[key] = values
             while sum(v.nbytes for v in self._columns.values()) > COLUMN_CACHE_BYTES and len(self._columns) > 1:
                 self._columns.popitem(last=False)
         return values
+
+    def summaries(self, name: str) -> Future:
+        """``analysis.summaries`` of a recording, loaded once in the analysis thread, after
+        the analysis (whose cache holds them: then a read of the cache only)."""
+        self.analysis(name)
+        with self._lock:
+            if name not in self._summaries:
+                self._summaries[name] = self._executor.submit(analysis.summaries, self.folder / name)
+            return self._summaries[name]
+
+    def unit_summary(self, name: str, layer: int, stream: str, unit: int) -> dict:
+        """One cell's summaries (``summaries.unit``: histogram, top/bottom, overview strip,
+        samples). From the recording's summaries once they are loaded: no read of the
+        recording. Until then (or if they failed) the same summaries computed from one
+        whole-unit read (``summaries.brute_force``, equal by definition), recent ones kept."""
+        rec = self.recording(name)
+        rec.check(layer, stream, unit)
+        future = self.summaries(name)
+        if future.done() and future.exception() is None:
+            summ = future.result()
+            if (int(layer), stream) in summ:
+                return summaries_mod.unit(summ, layer, stream, unit)
+        key = (name, layer, stream, unit)
+        with self._lock:
+            if key in self._fallback:
+                self._fallback.move_to_end(key)
+                return self._fallback[key]
+        arrays = summaries_mod.brute_force(self.column(name, layer, stream, unit)[:, None], stream)
+        edges = summaries_mod.strip_edges(len(rec))
+        out = {k: arrays[k][0] for k in summaries_mod.FIELDS}
+        out.update(stream=stream, edges=summaries_mod.hist_edges(stream), strip_edges=edges, samples=edges[:-1])
+        with self._lock:
+            self._fallback[key] = out
+            while len(self._fallback) > FALLBACK_UNITS:
+                self._fallback.popitem(last=False)
+        return out
 
     def analysis(self, name: str) -> Future:
         """``analysis.analysis`` of a recording, computed once in a background thread."""
@@ -191,6 +248,7 @@ class Store:
         self._index_executor.shutdown(wait=False, cancel_futures=True)
         self._held.clear()
         self._columns.clear()
+        self._fallback.clear()
         for rec in self._recordings.values():
             rec.close()
         self._recordings.clear()

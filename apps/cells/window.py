@@ -33,20 +33,20 @@ def build(session: Session) -> View:
 
     def update(sel: Selection) -> None:
         nonlocal shown
-        rec, values = session.rec, session.values  # values: [T]
+        rec, values = session.rec, session.values  # values: [b - a], the window's
         if sel.cell != shown:
             legend.text = render.legend_html(sel.stream)
-            lo, hi, means = overview_bins(values)
+            lo, hi, means = overview_bins(session.summary)
             overview_src.data = dict(x=(lo + hi) / 2, width=hi - lo, color=render.colors(means, sel.stream))
             overview.x_range.start, overview.x_range.end = 0, len(rec)
             shown = sel.cell
-        a, b = sel.start, min(len(rec), sel.start + sel.window)
-        text.text = marked(render.colored_html(rec.text[a:b], values[a:b], sel.stream, start=a,
+        a, b = session.span
+        text.text = marked(render.colored_html(rec.text[a:b], values, sel.stream, start=a,
                                                root_class="probe-text pickable"), a, sel, session.mark)
         status.text = status_html(rec, a, b)
         box.left, box.right = a, b
         feat = session.store.feature(sel.recording, sel.feature)[a:b]  # [n]
-        trace_src.data = dict(position=np.arange(a, b), value=values[a:b], feature=feat,
+        trace_src.data = dict(position=np.arange(a, b), value=values, feature=feat,
                               char=[char_label(ch) for ch in rec.text[a:b]])
         trace.x_range.start, trace.x_range.end = a, b
         fmax = float(np.nanmax(feat)) if len(feat) else 1.0
@@ -86,12 +86,12 @@ def marked(coloured: str, start: int, sel: Selection, mark: tuple | None) -> str
     return coloured
 
 
-def overview_bins(values: np.ndarray, bins: int = 600) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(start, stop, mean) of ``bins`` equal slices of values [T]."""
-    T = len(values)
-    edges = np.unique(np.linspace(0, T, min(bins, T) + 1).astype(np.int64))
-    sums = np.add.reduceat(np.nan_to_num(values.astype(np.float64)), edges[:-1])
-    return edges[:-1], edges[1:], (sums / np.diff(edges)).astype(np.float32)
+def overview_bins(summary: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, stop, mean) of the overview strip's bins (at most ``summaries.STRIP``) from a
+    cell's summaries (``summaries.unit``): nothing is read. A NaN mean shows as 0."""
+    edges = np.asarray(summary["strip_edges"], dtype=np.int64)
+    means = np.nan_to_num(np.asarray(summary["strip_mean"], dtype=np.float32))
+    return edges[:-1], edges[1:], means
 
 
 def char_label(ch: str) -> str:

@@ -1,13 +1,18 @@
 """The cell card: where the selected cell is highest and lowest, and samples of each
-quantile bin, as coloured one-line snippets; beside it the histogram of its values."""
+quantile bin, as coloured one-line snippets; beside it the histogram of its values.
+
+All from the cell's summaries (``probe.summaries``: histogram, top/bottom 32, the strip's
+samples), so a cell switch reads no whole unit: only each snippet's few characters."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from bokeh.layouts import row
 from bokeh.models import ColumnDataSource
 from bokeh.plotting import figure
 
 from probe import contexts, render
+from probe import summaries as summaries_mod
 
 from ..selection import Selection
 from ..session import Session, View
@@ -15,6 +20,7 @@ from ..views import note_html, text_div
 
 TITLE = "cell card"
 CONTEXT_WIDTH = 40  # characters either side of a context
+TOP_ROWS = 10       # highest and lowest contexts shown, each
 
 
 def build(session: Session) -> View:
@@ -27,9 +33,9 @@ def build(session: Session) -> View:
         nonlocal shown
         if sel.cell == shown:
             return
-        counts, edges = contexts.histogram(session.values)
+        counts, edges = histogram(session.summary)
         source.data = dict(left=edges[:-1], right=edges[1:], count=counts)
-        card.text = card_html(session.rec.text, sel.stream, session.values, *card_contexts(session))
+        card.text = card_html(session.rec.text, sel.stream, session.read, *card_contexts(session))
         shown = sel.cell
 
     def clear() -> None:
@@ -41,24 +47,87 @@ def build(session: Session) -> View:
     return View(row(card, hist), update, clear)
 
 
+def histogram(summary: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) of a cell's summary histogram (``summaries.HIST_BINS`` fixed bins)
+    cropped to its occupied bins; infinite end edges (c) clipped to the cell's least and
+    greatest value (from the overview strip). No values: zero counts
+    on [0, 1]."""
+    counts, edges = np.asarray(summary["hist"]), np.asarray(summary["edges"], dtype=np.float64)
+    occupied = np.flatnonzero(counts)
+    if not len(occupied):
+        return np.zeros(1, dtype=np.int64), np.array([0.0, 1.0])
+    i, j = occupied[0], occupied[-1] + 1
+    counts, edges = counts[i:j], edges[i:j + 1].copy()
+    vmin, vmax = value_range(summary)
+    if not np.isfinite(edges[0]) and vmin < edges[1]:
+        edges[0] = vmin
+    if not np.isfinite(edges[-1]) and vmax > edges[-2]:
+        edges[-1] = vmax
+    if not np.isfinite(edges[0]):  # no finite values at all (only NaN in bin 0)
+        edges[0] = edges[1] - 1.0 if np.isfinite(edges[1]) else 0.0
+    if not np.isfinite(edges[-1]):
+        edges[-1] = edges[-2] + 1.0 if np.isfinite(edges[-2]) else edges[0] + 1.0
+    if edges[-1] <= edges[0]:  # a single value: a bin of width 0 would not show
+        edges[-1] = edges[0] + 1e-3
+    return counts, edges
+
+
+def value_range(summary: dict) -> tuple[float, float]:
+    """The cell's least and greatest finite value (from the overview strip; NaN bins are
+    skipped), or (-inf, inf)."""
+    lo, hi = np.asarray(summary["strip_min"]), np.asarray(summary["strip_max"])
+    lo, hi = lo[np.isfinite(lo)], hi[np.isfinite(hi)]
+    return (float(lo.min()) if len(lo) else -np.inf), (float(hi.max()) if len(hi) else np.inf)
+
+
+def spaced(positions: np.ndarray, k: int, width: int) -> np.ndarray:
+    """Indices of the first ``k`` of ``positions`` (ignoring -1), skipping any within
+    ``width`` of one taken: ``contexts.top_contexts``' rule, on the summaries' top 32."""
+    taken: list[int] = []
+    for i, p in enumerate(positions):
+        if len(taken) == k:
+            break
+        if p >= 0 and all(abs(int(p) - int(positions[t])) > width for t in taken):
+            taken.append(i)
+    return np.array(taken, dtype=np.int64)
+
+
 def card_contexts(session: Session) -> tuple:
-    """(top/bottom contexts, quantile samples, note) of the selected cell for its card."""
-    values, docs = session.values, session.rec.documents  # [T]
+    """(top/bottom contexts, quantile samples, note) of the selected cell for its card, from
+    its summaries: the top/bottom ``TOP_ROWS`` at least ``CONTEXT_WIDTH`` apart among the
+    summaries' top 32 (fewer when those crowd together: the note says so)."""
+    u, docs = session.summary, session.rec.documents
+    notes = []
     try:
-        top = contexts.top_contexts(values, docs, k=10, width=CONTEXT_WIDTH)
-        quantiles = contexts.quantile_samples(values, docs, bins=5, per_bin=2, width=CONTEXT_WIDTH)
+        rows = []
+        for kind in ("top", "bottom"):
+            pos, val = np.asarray(u[f"{kind}_p"], dtype=np.int64), np.asarray(u[f"{kind}_v"], dtype=np.float64)
+            pick = spaced(pos, TOP_ROWS, CONTEXT_WIDTH)
+            rows.append(pd.DataFrame({"kind": kind, "position": pos[pick], "value": val[pick]}))
+            if 0 < len(pick) < TOP_ROWS:
+                label = "highest" if kind == "top" else "lowest"
+                notes.append(f"{len(pick)} {label} contexts: the {summaries_mod.K} {label} values "
+                             f"lie within fewer {CONTEXT_WIDTH}-character spans")
+        top = pd.concat(rows, ignore_index=True)
+        top["start"], top["stop"] = contexts.context_bounds(docs, top["position"].to_numpy(), CONTEXT_WIDTH)
+        quantiles = pd.DataFrame(summaries_mod.quantile_samples(u, bins=5, per_bin=2),
+                                 columns=["bin", "low", "high", "position", "value"])
+        quantiles[["low", "high"]] = quantiles[["low", "high"]].clip(*value_range(u))  # c: no ±inf
+        quantiles["start"], quantiles["stop"] = contexts.context_bounds(
+            docs, quantiles["position"].to_numpy(dtype=np.int64), CONTEXT_WIDTH)
     except Exception as e:  # noqa: BLE001 - a failing card is shown on the page, not raised
         return None, None, f"contexts unavailable: {type(e).__name__}: {e}"
-    return top, quantiles, ""
+    return top, quantiles, "; ".join(notes)
 
 
-def card_html(text: str, stream: str, values: np.ndarray, top, quantiles, note: str = "") -> str:
-    """Top and bottom contexts and quantile samples as coloured one-line snippets."""
+def card_html(text: str, stream: str, read, top, quantiles, note: str = "") -> str:
+    """Top and bottom contexts and quantile samples as coloured one-line snippets; each
+    snippet coloured from ``read(start, stop)``, the cell's values over its few characters."""
     parts = ['<div class="card">'] + ([note_html(note)] if note else [])
 
     def rows(df):
         for r in df.itertuples():
-            snippet = render.colored_html(text[r.start:r.stop], values[r.start:r.stop], stream,
+            snippet = render.colored_html(text[r.start:r.stop], read(int(r.start), int(r.stop)), stream,
                                           start=r.start, mark=r.position, newlines="symbol",
                                           titles=False)
             pad = " " * max(0, CONTEXT_WIDTH - (r.position - r.start))  # marked characters line up
