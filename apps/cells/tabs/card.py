@@ -1,7 +1,7 @@
 """The cell card: where the selected cell is highest and lowest, and samples of each
 quantile bin, as coloured one-line snippets; beside it the histogram of its values.
 
-All from the cell's summaries (``probe.summaries``: histogram, top/bottom 32, the strip's
+All from the cell's summaries (``probe.summaries``: histogram, top/bottom 128, the strip's
 samples), so a cell switch reads no whole unit: only each snippet's few characters."""
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def value_range(summary: dict) -> tuple[float, float]:
 
 def spaced(positions: np.ndarray, k: int, width: int) -> np.ndarray:
     """Indices of the first ``k`` of ``positions`` (ignoring -1), skipping any within
-    ``width`` of one taken: ``contexts.top_contexts``' rule, on the summaries' top 32."""
+    ``width`` of one taken: ``contexts.top_contexts``' rule, on the summaries' top 128."""
     taken: list[int] = []
     for i, p in enumerate(positions):
         if len(taken) == k:
@@ -95,7 +95,7 @@ def spaced(positions: np.ndarray, k: int, width: int) -> np.ndarray:
 def card_contexts(session: Session) -> tuple:
     """(top/bottom contexts, quantile samples, note) of the selected cell for its card, from
     its summaries: the top/bottom ``TOP_ROWS`` at least ``CONTEXT_WIDTH`` apart among the
-    summaries' top 32 (fewer when those crowd together: the note says so)."""
+    summaries' top 128 (fewer when those crowd together: the note says so)."""
     u, docs = session.summary, session.rec.documents
     notes = []
     try:
