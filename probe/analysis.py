@@ -142,10 +142,13 @@ def _write_cache(side: Path, key: dict, regex: dict[str, str], sc: pd.DataFrame,
         return False
 
 
-def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = False, *,
-             regex: dict[str, str] | None = None, client=None) -> dict:
+def analysis(path: str | os.PathLike, refresh: bool = False, progress=False, *,
+             regex: dict[str, str] | None = None, client=None, with_summaries: bool = False) -> dict:
     """``{"scores", "best", "saturation"}`` of a recording (see ``scores``, ``best`` with
-    top=5, ``saturation``), computed once and cached in ``<recording>.analysis.npz``.
+    top=5, ``saturation``), computed once and cached in ``<recording>.analysis.npz``; with
+    ``with_summaries`` also ``"summaries"`` (as ``summaries`` returns, from the same read of
+    the cache). ``progress``: a terminal bar if true, or a function called with
+    (characters scanned, total) as the pass goes (the dashboard's notice).
 
     The cache is keyed by the recording's size, mtime_ns, ``created`` attribute and
     ANALYSIS_VERSION (and must cover the ``regex`` features asked for); ``refresh``
@@ -155,12 +158,15 @@ def analysis(path: str | os.PathLike, refresh: bool = False, progress: bool = Fa
     manager that yields one (``lambda: cluster.client(workers=4)``), entered only when the
     cache misses.
     """
-    cached = _cached(path, refresh, progress, regex, client)
-    return {"scores": cached["scores"], "best": detectors.best(cached["scores"]),
-            "saturation": cached["saturation"]}
+    cached = _cached(path, refresh, progress, regex, client, want_summaries=with_summaries)
+    out = {"scores": cached["scores"], "best": detectors.best(cached["scores"]),
+           "saturation": cached["saturation"]}
+    if with_summaries:
+        out["summaries"] = cached["summaries"]
+    return out
 
 
-def summaries(path: str | os.PathLike, refresh: bool = False, progress: bool = False, *,
+def summaries(path: str | os.PathLike, refresh: bool = False, progress=False, *,
               regex: dict[str, str] | None = None, client=None) -> dict:
     """The per-unit summaries of a recording (``probe.summaries``), from the analysis cache
     (computed with the scores, as ``analysis`` does, when it misses): {(layer, stream):

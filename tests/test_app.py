@@ -9,6 +9,7 @@ import asyncio
 import html
 import re
 import shutil
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -296,6 +297,38 @@ def card_positions(card: str) -> dict[str, list[int]]:
         head, body = part.split("</h4>", 1)
         out[head] = [int(x) for x in re.findall(r'class="pos">@(\d+)<', body)]
     return out
+
+
+def test_a_first_analysis_shows_its_progress_while_the_text_works(folder, tmp_path, monkeypatch):
+    """Issue #18: a recording without a cached analysis shows its text at once and a notice
+    of the pass's progress; when the pass ends the notice goes and the leaderboard fills."""
+    recs = tmp_path / "recordings"
+    recs.mkdir()
+    shutil.copy(folder / "tiny.h5", recs / "tiny.h5")  # no analysis cache beside it
+    gate = threading.Event()
+    real = analysis.analysis
+
+    def held(path, progress=False, **kw):  # the pass reports a quarter done, then waits
+        progress(1, 4)
+        assert gate.wait(60)
+        return real(path, progress=progress, **kw)
+    monkeypatch.setattr(analysis, "analysis", held)
+    with serving(recs) as server:
+        p = Page(server, recording="tiny.h5")
+        try:
+            p.wait_for(lambda: p["notice"].visible)
+            assert "Analysing <b>tiny.h5</b>" in p["notice"].text and "25 %" in p["notice"].text
+            assert p["text"].text.count("<span") > 100  # the text window is there already
+            assert p["leaderboard"].source.data["feature"] == []
+            p.set("unit", value=3)  # and a cell switch works meanwhile (from a whole-unit read)
+            assert p.message == "" and "unit 3" in p.doc.title
+            gate.set()
+            p.wait_for(lambda: not p["notice"].visible)
+            p.wait_for(lambda: len(p["leaderboard"].source.data["feature"]) > 0)
+        finally:
+            gate.set()
+            p.close()
+    assert analysis.cache_path(recs / "tiny.h5").exists()
 
 
 def test_a_cell_switch_reads_the_window_and_snippets_only(page, folder, monkeypatch):

@@ -123,6 +123,19 @@ def test_scoring_streams_side_by_side_gives_the_same_table(synthetic):
         detectors.scores(rec, feats, workers=0)
 
 
+def test_progress_can_be_a_function_called_as_the_pass_goes(synthetic):
+    """The dashboard's notice: ``progress=f`` calls f(characters scanned, total), from 0 to
+    the total (every stream of every layer once), and changes no score."""
+    path, _, feats = synthetic
+    calls = []
+    with open_recording(path) as rec:
+        sc = detectors.scores(rec, feats, chunk=700, progress=lambda done, total: calls.append((done, total)))
+        total = len(rec) * len(rec.layer_ids) * len(rec.streams)
+        pd.testing.assert_frame_equal(sc, detectors.scores(rec, feats, chunk=700))
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len(calls) > 3
+
+
 def test_constant_feature_gives_nan_not_a_crash(synthetic):
     path, _, feats = synthetic
     feats = feats.assign(zero=0, half=0.5)

@@ -21,7 +21,7 @@ from bokeh.models import Div, Select, Spinner, TabPanel, Tabs
 from probe.features import FEATURES
 from probe.h5format import DESCRIPTION
 
-from . import views, window
+from . import notice, views, window
 from .selection import WINDOWS, from_query, is_bare
 from .session import Session, View
 from .store import store_for
@@ -48,6 +48,7 @@ controls = dict(
                   name="window"),
 )
 url_state = Div(text="", visible=False, name="url-state", disable_math=True)
+notice_view = notice.build(session)  # while the analysis pass runs
 text_window = window.build(session)
 tab_modules = [import_module(f".tabs.{name}", __package__) for name in TABS]
 tabs = [module.build(session) for module in tab_modules]
@@ -83,9 +84,9 @@ head = View(row(*controls.values()), update=show)
 panels = Tabs(sizing_mode="stretch_width", tabs=[
     TabPanel(title=module.TITLE, child=tab.child) for module, tab in zip(tab_modules, tabs)])
 panels.on_change("active", lambda attr, old, new: tabs[new].on_show())
-body = column(head.child, text_window.child, panels, name="body", visible=bool(store.names()),
+body = column(head.child, notice_view.child, text_window.child, panels, name="body", visible=bool(store.names()),
               sizing_mode="stretch_width")
-session.views = [text_window, *tabs, head]  # widgets and address last: they say what is shown
+session.views = [notice_view, text_window, *tabs, head]  # widgets and address last: they say what is shown
 
 # ---- first update ---------------------------------------------------------------------------
 session.start(url_problems, bare=is_bare(arguments))

@@ -10,6 +10,7 @@ import argparse
 import re
 import sys
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -59,6 +60,7 @@ class Store:
         self._errors: dict[tuple[str, float], str] = {}
         self._analyses: dict[str, Future] = {}
         self._summaries: dict[str, Future] = {}
+        self._progress: dict[str, tuple[int, int, float]] = {}  # name: (done, total, started)
         self._fallback: OrderedDict[tuple, dict] = OrderedDict()
         self._features: dict[tuple[str, str], np.ndarray] = {}
         self._models: dict[str, tuple] = {}
@@ -167,13 +169,10 @@ class Store:
         return values
 
     def summaries(self, name: str) -> Future:
-        """``analysis.summaries`` of a recording, loaded once in the analysis thread, after
-        the analysis (whose cache holds them: then a read of the cache only)."""
+        """``analysis.summaries`` of a recording: done when its analysis is (the same pass
+        and the same read of the cache make both)."""
         self.analysis(name)
-        with self._lock:
-            if name not in self._summaries:
-                self._summaries[name] = self._executor.submit(analysis.summaries, self.folder / name)
-            return self._summaries[name]
+        return self._summaries[name]
 
     def unit_summary(self, name: str, layer: int, stream: str, unit: int) -> dict:
         """One cell's summaries (``summaries.unit``: histogram, top/bottom, overview strip,
@@ -203,12 +202,43 @@ class Store:
         return out
 
     def analysis(self, name: str) -> Future:
-        """``analysis.analysis`` of a recording, computed once in a background thread."""
+        """``analysis.analysis`` of a recording, computed once in a background thread (or read
+        from its cache), its summaries with it (``summaries``); ``progress`` follows the pass."""
         with self._lock:
             if name not in self._analyses:
                 path = self.folder / name
-                self._analyses[name] = self._executor.submit(analysis.analysis, path)
+                summ: Future = Future()
+                self._summaries[name] = summ
+                self._analyses[name] = self._executor.submit(self._analyse, name, path, summ)
             return self._analyses[name]
+
+    def _analyse(self, name: str, path: Path, summ: Future) -> dict:
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            self._progress[name] = (done, total, started)
+
+        try:
+            result = analysis.analysis(path, progress=progress, with_summaries=True)
+        except BaseException as e:
+            summ.set_exception(e)
+            raise
+        finally:
+            self._progress.pop(name, None)
+        summ.set_result(result.pop("summaries"))
+        return result
+
+    def progress(self, name: str) -> tuple[float, float | None] | None:
+        """While a recording's analysis pass runs: (fraction done, seconds left or None
+        while too early to say); None when no pass runs (not started, cached or done)."""
+        state = self._progress.get(name)
+        if state is None:
+            return None
+        done, total, started = state
+        fraction = done / total if total else 0.0
+        elapsed = time.monotonic() - started
+        left = elapsed * (1 - fraction) / fraction if fraction >= 0.02 and elapsed >= 1 else None
+        return fraction, left
 
     def feature(self, name: str, feature: str) -> np.ndarray:
         """One per-character feature over the whole recording: [T]."""
