@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
                    "a folder of shards")
     r.add_argument("--dtype", default="float16", choices=["float16", "float32", "int8"],
                    help="stored precision of the streams (default float16; int8: a quarter of float32, "
-                        "each unit linearly quantised, read back as float32)")
+                        "each unit coded by its own 256-value codebook, rank order kept, read back as float32)")
     r.add_argument("--keep", metavar="S,S", help="record only these streams (e.g. c,h; default: all of "
                    "the cell's: LSTM i,f,g,o,c,h; GRU r,z,n,h; RNN h)")
     r.add_argument("--layers", metavar="L,L", help="record only these layers (e.g. 1; default: all)")
