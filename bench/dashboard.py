@@ -1,19 +1,23 @@
-"""Benchmark: the cells dashboard (apps/cells) on one recording.
+"""Benchmark: the cells dashboard (apps/cells) on one or more recordings, in one run.
 
     python bench/dashboard.py recordings/stdlib-test.h5
     python bench/dashboard.py rec.h5 --sessions 20 --no-browser
+    python bench/dashboard.py 100k.h5 1m.h5 5m.h5 --cost 1m.h5   # issue 18: flat in T?
 
-One run prints:
+One run prints, for each recording:
 
 - switch: server-side milliseconds to switch the selected cell (unit spinner change →
   every view updated) on the default 2,000-character window, median over ``--switches``
-  units, and the size of the coloured-text HTML sent (goal: median <= 100 ms);
+  units, and the size of the coloured-text HTML sent (goal, issue 18: median <= 50 ms at
+  every size, flat in the length);
 - page ready: seconds from navigation to the coloured text shown in headless Chromium
-  (Debian ``/usr/bin/chromium``), median of 3 loads (goal <= 3 s);
-- RSS of the ``bokeh serve`` process with 1 and with ``--sessions`` open sessions.
+  (Debian ``/usr/bin/chromium``), median of 3 loads (goal <= 2 s);
+- RSS of the ``bokeh serve`` process with 1 and with ``--sessions`` open sessions;
+- the bytes of per-unit summaries in the analysis cache per (layer, stream, unit).
 
-The recording is served from a temporary folder holding a link to it; the analysis
-sidecar is computed once first (not timed).
+Each recording is served from a temporary folder holding a link to it; its analysis
+sidecar is computed first (``first_analysis_s``; not part of the timings). With ``--cost
+REC`` the analysis pass is also timed without and with the summaries (goal <= 1.2).
 """
 from __future__ import annotations
 
@@ -74,21 +78,48 @@ def page_ready(url: str, loads: int) -> list[float]:
         return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("recording", help="a probe recording (.h5) of at least 2,000 characters")
-    p.add_argument("--switches", type=int, default=30, help="unit changes timed (default 30)")
-    p.add_argument("--sessions", type=int, default=20, help="open sessions for the RSS figure")
-    p.add_argument("--no-browser", action="store_true", help="skip the Chromium page-ready timing")
-    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
-    rec = Path(a.recording).resolve()
-    from probe import analysis
-    analysis.analysis(rec)  # the sidecar cache, so the server does not compute it while timed
+def analysis_cost(rec_path: Path, repeats: int = 2) -> dict:
+    """Seconds of the analysis pass without and with the per-unit summaries (the same scan,
+    threads as ``analysis.analysis`` uses them), best of ``repeats`` each, interleaved."""
+    import os
 
-    res: dict = {"recording": str(rec)}
+    from probe import detectors, open_recording
+    threads = min(4, os.cpu_count() or 1)
+    best = {False: float("inf"), True: float("inf")}
+    with open_recording(rec_path) as rec:
+        feats = detectors.default_features(rec)
+        for _ in range(repeats):
+            for with_summaries in (False, True):
+                t0 = time.perf_counter()
+                detectors.scores_and_saturation(rec, feats, threads=threads, summaries=with_summaries)
+                best[with_summaries] = min(best[with_summaries], time.perf_counter() - t0)
+    return {"analysis_s": round(best[False], 2), "analysis_with_summaries_s": round(best[True], 2),
+            "summaries_cost_ratio": round(best[True] / best[False], 3)}
+
+
+def cache_bytes_per_unit(rec_path: Path) -> int:
+    """Bytes of the summaries in the analysis cache per (layer, stream, unit)."""
+    import zipfile
+
+    from probe import analysis
+    side = analysis.cache_path(rec_path)
+    with zipfile.ZipFile(side) as z:
+        infos = [i for i in z.infolist() if i.filename.startswith("summaries/")]
+        size = sum(i.compress_size for i in infos)
+    summ = analysis.summaries(rec_path)
+    units = sum(len(v["hist"]) for k, v in summ.items() if k != "strip_edges")
+    return round(size / units)
+
+
+def one(rec: Path, a) -> dict:
+    """Every figure for one recording (its analysis cached first, not timed)."""
+    from probe import analysis, open_recording
+    t0 = time.perf_counter()
+    analysis.analysis(rec)  # the sidecar cache, so the server does not compute it while timed
+    with open_recording(rec) as r:
+        res: dict = {"recording": rec.name, "chars": len(r)}
+    res["first_analysis_s"] = round(time.perf_counter() - t0, 1)  # ~0 when it was cached
+    res["cache_bytes_per_unit"] = cache_bytes_per_unit(rec)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "recordings"
         folder.mkdir()
@@ -121,12 +152,36 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for s in sessions:
                     s.close()
+    return res
 
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("recording", nargs="+", help="probe recordings (.h5) of at least 2,000 characters each")
+    p.add_argument("--switches", type=int, default=30, help="unit changes timed (default 30)")
+    p.add_argument("--sessions", type=int, default=20, help="open sessions for the RSS figure")
+    p.add_argument("--no-browser", action="store_true", help="skip the Chromium page-ready timing")
+    p.add_argument("--cost", metavar="REC", help="also time the analysis pass without and with the "
+                   "per-unit summaries on this recording (issue 18: goal <= 1.2 on 1M characters)")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    out = {"recordings": [one(Path(r).resolve(), a) for r in a.recording]}
+    if a.cost:
+        out["summaries_cost"] = {"recording": Path(a.cost).name, **analysis_cost(Path(a.cost).resolve())}
     if a.json:
-        print(json.dumps(res, indent=2))
-    else:
+        print(json.dumps(out, indent=2))
+        return 0
+    for res in out["recordings"]:
+        print(f"{res['recording']} ({res['chars']:,} characters)")
         for k, v in res.items():
-            print(f"{k:>24}: {v}")
+            if k not in ("recording", "chars"):
+                print(f"{k:>26}: {v}")
+    if a.cost:
+        print(f"analysis without / with summaries on {Path(a.cost).name}: "
+              f"{out['summaries_cost']['analysis_s']} s / {out['summaries_cost']['analysis_with_summaries_s']} s"
+              f" = {out['summaries_cost']['summaries_cost_ratio']}")
     return 0
 
 

@@ -86,13 +86,16 @@ def gates(streams) -> list[str]:
 def layer_streams(rec: Recording, layers=None, streams=None) -> list[tuple[int, str]]:
     """(layer, stream) pairs to scan, checked against the recording (one-line errors)."""
     layers = list(rec.layer_ids) if layers is None else list(np.atleast_1d(layers))
-    streams = list(rec.streams) if streams is None else [streams] if isinstance(streams, str) else list(streams)
-    for s in streams:
-        if s not in rec.streams:
-            raise ProbeError(f"{rec.path}: recording has no stream {s!r} (it has {' '.join(rec.streams)})")
     for k in layers:
-        rec.check(k, streams[0] if streams else rec.streams[0])
-    return [(int(k), s) for k in layers for s in streams]
+        rec.check(k, rec.streams[0])
+    if streams is None:  # every stream of each layer, its derived ones included
+        return [(int(k), s) for k in layers for s in rec.streams_of(int(k))]
+    streams = [streams] if isinstance(streams, str) else list(streams)
+    every = set().union(*(rec.streams_of(int(k)) for k in layers))
+    for s in streams:
+        if s not in every:
+            raise ProbeError(f"{rec.path}: recording has no stream {s!r} (it has {' '.join(sorted(every))})")
+    return [(int(k), s) for k in layers for s in streams if s in rec.streams_of(int(k))]
 
 
 class _FeatureSet:

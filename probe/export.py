@@ -40,8 +40,10 @@ def export_lstmvis(path: str | os.PathLike, outdir: str | os.PathLike, streams=(
                    force: bool = False, progress: bool = True, chunk: int = 65536) -> Path:
     """Write ``outdir/{lstm.yml, states.hdf5, chars.hdf5, chars.dict}`` from a recording."""
     with open_recording(path) as rec:
+        jobs = [(k, s) for k in rec.layer_ids for s in streams if s in rec.streams_of(k)]
         for s in streams:
-            rec.check(0, s)
+            if not any(s == js for _, js in jobs):
+                rec.check(rec.layer_ids[0], s)  # the one-line error: no such stream
         outdir = check_target(outdir, force, folder=True)
         with atomic(outdir, folder=True) as tmp:
             cps = rec.codepoints
@@ -54,13 +56,12 @@ def export_lstmvis(path: str | os.PathLike, outdir: str | os.PathLike, streams=(
             types = []
             with h5py.File(tmp / "states.hdf5", "w") as f:
                 T = len(rec)
-                jobs = [(k, s) for k in rec.layer_ids for s in streams]
                 bar = tqdm(total=T * len(jobs), unit="value", unit_scale=True, disable=not progress,
                            desc="exporting")
                 for k, s in jobs:
                     name = f"layer{k + 1}_{s}"
-                    d = f.create_dataset(name, (T, rec.units), np.float32,
-                                         chunks=(min(T, 4096), min(rec.units, 64)))
+                    U = rec.units_of(k, s)
+                    d = f.create_dataset(name, (T, U), np.float32, chunks=(min(T, 4096), min(U, 64)))
                     src = rec.stream(k, s)
                     for a in range(0, T, chunk):
                         d[a:a + chunk] = src[a:a + chunk].astype(np.float32)

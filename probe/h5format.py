@@ -77,6 +77,11 @@ def streams_of(config: dict) -> tuple[str, ...]:
     return STREAMS[kind_of(config)]
 
 
+def is_bounded(stream: str) -> bool:
+    """Values in a fixed range (gates, candidates, h); False for ``c`` and derived streams."""
+    return RANGE.get(stream) is not None
+
+
 def is_unit_range(stream: str) -> bool:
     """Values in [0, 1] (the sigmoid gates): coloured white→purple, scored for saturation."""
     return RANGE.get(stream) == (0.0, 1.0)
@@ -331,6 +336,27 @@ def check_filters(ds: h5py.Dataset, where: object) -> None:
             name = FILTER_NAMES.get(fid, f"filter {fid}")
             raise ProbeError(f"{where}: {ds.name} is compressed with an HDF5 filter that is not "
                              f"available here: {name}")
+
+
+def derived_streams(f: h5py.File, layers, streams) -> dict[tuple[int, str], dict]:
+    """{(layer, name): info} of the derived streams in a file: datasets in a layer's group
+    beside the recorded ``streams``, with a ``derived`` attribute (JSON: kind, spec_name,
+    spec_sha256, inputs, unit_names, …; see ``probe.derived``). Names starting with a dot
+    are writes in progress and are not streams."""
+    out = {}
+    for k in layers:
+        group = f.get(f"layers/{k}")
+        if group is None:
+            continue
+        for name in sorted(group):
+            if name in streams or name.startswith("."):
+                continue
+            ds = group[name]
+            if isinstance(ds, h5py.Dataset) and "derived" in ds.attrs:
+                info = json.loads(ds.attrs["derived"])
+                if ds.shape[1:] == (len(info.get("unit_names", ())),) and ds.shape[0] == len(f["text"]):
+                    out[(int(k), name)] = info
+    return out
 
 
 def layer_ids(attrs) -> tuple[int, ...]:

@@ -86,13 +86,13 @@ def _attr(name: str, kind: type, default, doc: str) -> property:
 class Recording:
     """An open recording. Use as a context manager, or call ``close()``."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, mode: str = "r"):
         self.path = Path(path)
         p = self.path
         if not p.exists():
             raise ProbeError(f"{p}: no such recording")
         try:
-            self.file = h5py.File(p, "r", rdcc_nbytes=CACHE_BYTES)
+            self.file = h5py.File(p, mode, rdcc_nbytes=CACHE_BYTES)  # "r+": probe encode only
         except OSError:
             raise ProbeError(f"{p}: not a readable HDF5 file (truncated or not HDF5)") from None
         try:
@@ -119,6 +119,32 @@ class Recording:
     @property
     def streams(self) -> tuple[str, ...]:
         return tuple(str(self.file.attrs["streams"]).split())
+
+    @cached_property
+    def derived(self) -> dict[tuple[int, str], dict]:
+        """The derived streams (``probe encode``: probe directions, dictionary features) by
+        (layer, name): what made each (``probe.derived``'s ``info``). Empty if none."""
+        return h5format.derived_streams(self.file, self.layer_ids, self.streams)
+
+    def streams_of(self, layer: int) -> tuple[str, ...]:
+        """Every stream of a layer: the recorded ones (``streams``), then its derived ones."""
+        return self.streams + tuple(s for k, s in self.derived if k == layer)
+
+    @property
+    def pairs(self) -> list[tuple[int, str]]:
+        """Every (layer, stream) of the recording, derived streams included, in order."""
+        return [(k, s) for k in self.layer_ids for s in self.streams_of(k)]
+
+    def units_of(self, layer: int, stream: str) -> int:
+        """Units of one stream: ``units`` for a recorded stream, a derived one's own count."""
+        info = self.derived.get((int(layer), stream))
+        return self.units if info is None else len(info["unit_names"])
+
+    def unit_names(self, layer: int, stream: str) -> list[str] | None:
+        """What each unit of a derived stream is (a feature's name, f17…); None for the
+        recorded streams, whose units are just numbered."""
+        info = self.derived.get((int(layer), stream))
+        return None if info is None else list(info["unit_names"])
 
     @property
     def layer_ids(self) -> tuple[int, ...]:
@@ -197,10 +223,13 @@ class Recording:
             which = (f"layers are 0..{self.layers - 1}" if len(self.layer_ids) == self.layers else
                      f"recorded layers are {' '.join(map(str, self.layer_ids))} of 0..{self.layers - 1}")
             raise ProbeError(f"{self.path}: no layer {layer!r} ({which})")
-        if stream not in self.streams:
-            raise ProbeError(f"{self.path}: no stream {stream!r} (streams are {' '.join(self.streams)})")
-        if unit is not None and (not isinstance(unit, (int, np.integer)) or not 0 <= unit < self.units):
-            raise ProbeError(f"{self.path}: no unit {unit!r} (units are 0..{self.units - 1})")
+        streams = self.streams_of(layer)
+        if stream not in streams:
+            raise ProbeError(f"{self.path}: no stream {stream!r} (streams are {' '.join(streams)})")
+        U = self.units_of(layer, stream)
+        if unit is not None and (not isinstance(unit, (int, np.integer)) or not 0 <= unit < U):
+            which = f"units of {stream}" if (int(layer), stream) in self.derived else "units"
+            raise ProbeError(f"{self.path}: no unit {unit!r} ({which} are 0..{U - 1})")
 
     def stream(self, layer: int, stream: str) -> Dataset:
         """Lazy [T, units] array: slicing reads only what is asked for."""
@@ -224,7 +253,7 @@ class Recording:
         self.check(layer, stream)
         T = len(self)
         start, stop, _ = slice(start, stop).indices(T)
-        units = list(range(self.units)) if units is None else [int(u) for u in np.atleast_1d(units)]
+        units = list(range(self.units_of(layer, stream))) if units is None else [int(u) for u in np.atleast_1d(units)]
         for u in units:
             self.check(layer, stream, u)
         cps = self.codepoints
@@ -279,7 +308,11 @@ def summary(path: str | os.PathLike) -> dict:
             "source": rec.source, "mode": rec.mode,
             "documents": len(rec.documents), "length": len(rec), "layers": rec.layers,
             **({"layer_ids": " ".join(map(str, rec.layer_ids))} if len(rec.layer_ids) != rec.layers else {}),
-            "streams": " ".join(rec.streams), "units": rec.units, "dtype": rec.dtype,
+            "streams": " ".join(rec.streams), "units": rec.units,
+            **({"derived": {f"{k}/{s}": f"{info['kind']}, {len(info['unit_names'])} units, from "
+                            f"{info['spec_name']}" for (k, s), info in rec.derived.items()}}
+               if rec.derived else {}),
+            "dtype": rec.dtype,
             "compression": rec.compression, "chunks": str(rec.chunks),
             "checksums": (f"{rec.checksums} on every chunk (probe info --verify reads them all)"
                           if rec.checksums != "none" else "none (damage cannot be detected)"),

@@ -384,7 +384,19 @@ class ShardedRecording:
         self.check(layer, stream)
         return ShardedDataset([r.stream(layer, stream) for r in self.parts], self.path)
 
+    @cached_property
+    def derived(self) -> dict[tuple[int, str], dict]:
+        """The derived streams every shard has, made by the same file (``probe encode`` on a
+        folder encodes each shard)."""
+        first = self.parts[0].derived
+        return {key: info for key, info in first.items()
+                if all(r.derived.get(key, {}).get("spec_sha256") == info.get("spec_sha256") for r in self.parts)}
+
     # the same code as Recording's: it reads only what both classes have
+    streams_of = Recording.streams_of
+    pairs = Recording.pairs
+    units_of = Recording.units_of
+    unit_names = Recording.unit_names
     text = Recording.text
     document_spans = Recording.document_spans
     document_of = Recording.document_of

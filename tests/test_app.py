@@ -206,8 +206,11 @@ def test_unknown_layer_unit_and_stream_in_the_url_give_messages(page):
     assert "no stream z in tiny.h5 (streams are i f g o c h); showing c" in msg
     assert "start=&#x27;abc&#x27;" in msg
     assert p["unit"].value == 0 and p.positions()[0] == 0 and p["stream"].value == "c"
-    q = page(recording="tiny.h5", stream="q")  # no model kind records q
-    assert "stream=&#x27;q&#x27; in the URL is not one of i f g o c h r z n; ignored" in q.message
+    q = page(recording="tiny.h5", stream="q")  # a derived stream's name could be q: the recording says no
+    assert "no stream q in tiny.h5" in q.message
+    q = page(recording="tiny.h5", stream="<q>")  # not a name at all
+    assert "stream=&#x27;&lt;q&gt;&#x27; in the URL is not a stream name (such as i f g o c h r z n); ignored" \
+        in q.message
     assert "stream=c" in q["url-state"].text
 
 
@@ -771,7 +774,7 @@ def test_the_search_waits_for_its_index_without_blocking_the_page(page):
         "no cell 9:c:1, 1:c:99 in tiny.h5 (layers 0..1, streams i f g o c h, units 0..7); left out of the rows"]),
     ({"span": "10:99999", "stream": "i", "threshold": "-0.2", "cells": "1:c:2, 1:q:3, x"}, [
         "span=10:99999 is outside tiny.h5 (characters 0:", "threshold=-0.2 is out of range for stream i",
-        "&#x27;1:q:3&#x27;, &#x27;x&#x27; not LAYER:STREAM:UNIT"]),
+        "&#x27;x&#x27; not LAYER:STREAM:UNIT", "no cell 1:q:3 in tiny.h5"]),
     ({"span": "-3:5"}, ["span=-3:5 is outside tiny.h5"]),
     ({"span": "0:2100"}, ["span=0:2100 is longer than 2,000 characters; no span selected"]),
     ({"span": "abc", "threshold": "lots"}, ["span &#x27;abc&#x27; is not START:STOP",

@@ -19,9 +19,9 @@ from bokeh.layouts import column, row
 from bokeh.models import Div, Select, Spinner, TabPanel, Tabs
 
 from probe.features import FEATURES
-from probe.h5format import DESCRIPTION
 
 from . import notice, views, window
+from .views import describe
 from .selection import WINDOWS, from_query, is_bare
 from .session import Session, View
 from .store import store_for
@@ -60,12 +60,14 @@ def show(sel):
     rec = session.rec
     with session.quietly():
         controls["layer"].options = [str(k) for k in rec.layer_ids]  # the open recording's, first
-        controls["stream"].options = [(s, f"{s} · {DESCRIPTION.get(s, s)}") for s in rec.streams]
-        controls["unit"].high = rec.units - 1
+        controls["stream"].options = [(s, f"{s} · {describe(rec, sel.layer, s)}") for s in rec.streams_of(sel.layer)]
+        controls["unit"].high = rec.units_of(sel.layer, sel.stream) - 1
         for key, widget in controls.items():
             widget.value = getattr(sel, key) if isinstance(widget, Spinner) else str(getattr(sel, key))
     url_state.text = sel.query()
-    doc.title = f"cells · {sel.recording} layer {sel.layer} {sel.stream} unit {sel.unit}"
+    names = rec.unit_names(sel.layer, sel.stream)
+    what = f" ({names[sel.unit]})" if names else ""
+    doc.title = f"cells · {sel.recording} layer {sel.layer} {sel.stream} unit {sel.unit}{what}"
 
 
 def on_widget(key, convert, attr, old, new):

@@ -22,7 +22,13 @@ from probe.recording import Recording
 from .store import Store
 
 # i f g o c h r z n: what a URL may ask for (a stream of any kind; ``fit`` checks the recording's)
-STREAM_NAMES = tuple(dict.fromkeys(s for kind in STREAMS.values() for s in kind))
+STREAM_NAMES = tuple(dict.fromkeys(s for kind in STREAMS.values() for s in kind))  # what models record
+
+
+def is_stream_name(name: str) -> bool:
+    """A name a stream can have: a recorded one, or a derived one's (``probe encode``: a
+    plain identifier); whether the open recording has it is ``fit``'s to say."""
+    return name in STREAM_NAMES or (name.isidentifier() and name.isascii() and len(name) <= 32)
 PREFERRED_STREAMS = ("c", "h")  # what a page shows when its URL names no stream: c if recorded, else h
 WINDOWS = (1000, 2000, 5000, 10000)
 DEFAULT_WINDOW = 2000       # characters shown at first: fewer spans for the browser to draw
@@ -75,7 +81,7 @@ def cells_text(cells) -> str:
     return ",".join(f"{layer}:{stream}:{unit}" for layer, stream, unit in cells)
 
 
-_CELL = re.compile(r"(\d+):([a-z]+):(\d+)")
+_CELL = re.compile(r"(\d+):([A-Za-z_][A-Za-z0-9_]*):(\d+)")
 
 
 def parse_cells(text: str) -> tuple[tuple[Cell, ...], list[str]]:
@@ -86,7 +92,7 @@ def parse_cells(text: str) -> tuple[tuple[Cell, ...], list[str]]:
         m = _CELL.fullmatch(part)
         if not part:
             continue
-        if m is None or m.group(2) not in STREAM_NAMES:
+        if m is None or not is_stream_name(m.group(2)):
             bad.append(part)
         elif len(cells) >= MAX_CELLS:
             bad.append(f"{part} (more than {MAX_CELLS} cells)")
@@ -155,10 +161,11 @@ def from_query(arguments: dict, store: Store) -> tuple[Selection, list[str]]:
             problems[-1] += f"; showing {sel.recording} instead"
     stream = _arg(arguments, "stream")
     if stream is not None:
-        if stream in STREAM_NAMES:
+        if is_stream_name(stream):
             sel.stream = stream
         else:
-            problems.append(f"stream={stream!r} in the URL is not one of {' '.join(STREAM_NAMES)}; ignored")
+            problems.append(f"stream={stream!r} in the URL is not a stream name (such as "
+                            f"{' '.join(STREAM_NAMES)}); ignored")
     for key in ("layer", "unit", "start", "window"):
         v = _int(arguments, key, problems)
         if v is not None:
@@ -208,17 +215,19 @@ def fit(sel: Selection, rec: Recording) -> list[str]:
                  else f"recorded layers are {' '.join(map(str, rec.layer_ids))}")
         problems.append(f"no layer {sel.layer} in {rec.path.name} ({which}); showing layer {first}")
         sel.layer = first
-    if not 0 <= sel.unit < rec.units:
-        problems.append(f"no unit {sel.unit} in {rec.path.name} (units are 0..{rec.units - 1}); "
-                        "showing unit 0")
-        sel.unit = 0
+    streams = rec.streams_of(sel.layer)  # the recorded ones, then the layer's derived ones
     if sel.stream is None:  # none asked for: the recording's default, silently
         sel.stream = default_stream(rec.streams)
-    elif sel.stream not in rec.streams:
+    elif sel.stream not in streams:
         shown = default_stream(rec.streams)
-        problems.append(f"no stream {sel.stream} in {rec.path.name} (streams are {' '.join(rec.streams)}); "
-                        f"showing {shown}")
+        where = f"layer {sel.layer} of {rec.path.name}" if rec.derived else rec.path.name
+        problems.append(f"no stream {sel.stream} in {where} (streams are {' '.join(streams)}); showing {shown}")
         sel.stream = shown
+    units = rec.units_of(sel.layer, sel.stream)
+    if not 0 <= sel.unit < units:
+        where = f"{sel.stream} of {rec.path.name}" if rec.derived else rec.path.name
+        problems.append(f"no unit {sel.unit} in {where} (units are 0..{units - 1}); showing unit 0")
+        sel.unit = 0
     T = len(rec)
     start = clamp_start(sel.start, sel.window, T)
     if not 0 <= sel.start < T:
@@ -260,8 +269,8 @@ def fit_search(sel: Selection, rec: Recording) -> list[str]:
                         f"lies between {low:g} and {high:g}, so a threshold must lie strictly inside; "
                         f"using {DEFAULT_THRESHOLD:g}")
         sel.threshold = DEFAULT_THRESHOLD
-    unknown = [c for c in sel.cells if not (c[0] in rec.layer_ids and c[1] in rec.streams
-                                            and 0 <= c[2] < rec.units)]
+    unknown = [c for c in sel.cells if not (c[0] in rec.layer_ids and c[1] in rec.streams_of(c[0])
+                                            and 0 <= c[2] < rec.units_of(c[0], c[1]))]
     if unknown:
         problems.append(f"no cell {cells_text(unknown).replace(',', ', ')} in {name} (layers 0..{rec.layers - 1}, "
                         f"streams {' '.join(rec.streams)}, units 0..{rec.units - 1}); left out of the rows")

@@ -9,6 +9,7 @@ from bokeh.models import CustomJS, Div, InlineStyleSheet
 
 from probe import render
 from probe.errors import ProbeError
+from probe.h5format import DESCRIPTION
 
 TEXT_CSS = render.css() + """
 :host { display: block; }
@@ -30,6 +31,15 @@ MESSAGE_CSS = """
 .msg { background: #fff4e5; border: 1px solid #e0a040; color: #5a3a00; padding: 8px 12px;
        font: 14px sans-serif; border-radius: 4px; margin: 2px 0; }
 """
+
+
+def describe(rec, layer: int, stream: str) -> str:
+    """What a stream is, for the stream menu: "cell state", "probe directions (9)"…"""
+    info = rec.derived.get((int(layer), stream))
+    if info is None:
+        return DESCRIPTION.get(stream, stream)
+    kind = {"directions": "probe directions", "dictionary": "dictionary features"}.get(info["kind"], info["kind"])
+    return f"{kind} ({len(info['unit_names'])})"
 
 
 def text_div(**kw) -> Div:
