@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import analysis, detectors, gradients, intervene, match, shards
+from . import analysis, derived, detectors, gradients, intervene, match, shards
 from .corpus import encode, load
 from .errors import ProbeError
 from .export import export_lstmvis
@@ -108,10 +108,12 @@ def parser() -> argparse.ArgumentParser:
                    help="pin unit U of layer L to VALUE at every step (h; L:U:c=VALUE pins the cell "
                         "state); repeatable")
 
-    i = sub.add_parser("info", help="describe a model checkpoint or a recording", formatter_class=fmt,
+    i = sub.add_parser("info", help="describe a model checkpoint, a recording, or a directions/dictionary file",
+                       formatter_class=fmt,
                        epilog=EPILOG + "probe info probe/models/stdlib.pt\n  probe info recordings/stdlib-test.h5\n"
-                       "  probe info recordings/stdlib-test.h5 --verify")
-    i.add_argument("path", nargs="?", help="a .pt checkpoint or a .h5 recording (default: shipped model)")
+                       "  probe info recordings/stdlib-test.h5 --verify\n  probe info dict.pt --json")
+    i.add_argument("path", nargs="?", help="a .pt checkpoint, a .h5 recording, or a file from probe directions "
+                   "or probe dictionary (default: shipped model)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--verify", action="store_true",
                    help="read every chunk of a recording and check its checksum (exit 1 if damaged)")
@@ -248,6 +250,55 @@ def parser() -> argparse.ArgumentParser:
                     help="extra binary feature: 1 inside matches of REGEX (repeatable)")
     _cluster_flags(an, "score the shards (and streams) side by side; the same scores, bit for bit, "
                    "and the same cache (docs/scale.md)")
+    dr = sub.add_parser("directions", help="fit a linear read-out (probe direction) of each feature",
+                        formatter_class=fmt, epilog=EPILOG + "probe directions recordings/stdlib-train.h5 --out dirs.pt\n"
+                        "  probe directions rec.h5 --features column,bracket_depth --streams h --layers 1 --out d.pt\n"
+                        "  probe encode rec.h5 --directions dirs.pt      # then: stream dir, one unit per feature\n"
+                        "docs/distributed.md says how they are fitted and scored")
+    dr.add_argument("recording", help="a .h5 recording (or a folder of shards) to fit on")
+    dr.add_argument("--out", required=True, help="directions file to write (.pt)")
+    dr.add_argument("--features", metavar="F,F", help="built-in features to fit (default: all)")
+    dr.add_argument("--feature", action="append", default=[], metavar="NAME=REGEX",
+                    help="extra binary feature: 1 inside matches of REGEX (repeatable)")
+    dr.add_argument("--streams", default="c,h", metavar="S,S", help="streams read (default c,h; c through tanh)")
+    dr.add_argument("--layers", metavar="L,L", help="layers read (default: all recorded)")
+    dr.add_argument("--sample", type=int, default=200_000, help="positions fitted on at most (default 200000)")
+    dr.add_argument("--seed", type=int, default=0, help="seed of the held-out split and sample (default 0)")
+    dr.add_argument("--name", default="dir", help="the derived stream's name (default dir)")
+    dr.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    dr.add_argument("--json", action="store_true", help="print the held-out scores as JSON")
+    dr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    dc = sub.add_parser("dictionary", help="train a sparse dictionary (top-k autoencoder) of one stream",
+                        formatter_class=fmt, epilog=EPILOG + "probe dictionary rec.h5 --layer 1 --stream c --out dict.pt\n"
+                        "  probe dictionary rec.h5 --layer 1 --stream h --features 2048 --k 32 --out d.pt\n"
+                        "  probe dictionary rec.h5 --layer 1 --stream c --out dict.pt --resume   # after Ctrl-C\n"
+                        "  probe info dict.pt --json     # explained_variance, l0, dead_fraction, loss_recovered")
+    dc.add_argument("recording", help="a .h5 recording (or a folder of shards) to train on")
+    dc.add_argument("--layer", type=int, required=True, help="the layer")
+    dc.add_argument("--stream", required=True, help="the stream (c is read through tanh)")
+    dc.add_argument("--features", type=int, default=1024, help="dictionary size (default 1024)")
+    dc.add_argument("--k", type=int, default=16, help="active features per character (default 16)")
+    dc.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    dc.add_argument("--batch", type=int, default=2048, help="rows per step (default 2048)")
+    dc.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    dc.add_argument("--name", default="dict", help="the derived stream's name (default dict)")
+    dc.add_argument("--out", required=True, help="dictionary file to write (.pt)")
+    dc.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
+    dc.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    dc.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    en = sub.add_parser("encode", help="add a derived stream (directions or dictionary features) to a recording",
+                        formatter_class=fmt, epilog=EPILOG + "probe encode recordings/stdlib-test.h5 --directions dirs.pt\n"
+                        "  probe encode rec.h5 --dictionary dict.pt --force   # replace an earlier dict stream\n"
+                        "the stream is then analysed, shown and matched like any other (probe analyze, the dashboard)")
+    en.add_argument("recording", help="a .h5 recording, or a folder of shards (each shard gets the stream)")
+    which = en.add_mutually_exclusive_group(required=True)
+    which.add_argument("--directions", metavar="D.pt", help="a file from probe directions")
+    which.add_argument("--dictionary", metavar="X.pt", help="a file from probe dictionary")
+    en.add_argument("--force", action="store_true", help="apply a file made from another model's recording, "
+                    "or replace a derived stream of the same name")
+    en.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -370,6 +421,8 @@ def cmd_info(a) -> int:
         return 0
     if a.path and (a.path.endswith((".h5", ".hdf5")) or Path(a.path).is_dir()):  # or a folder of shards
         info = summary(a.path)
+    elif a.path and derived.is_spec(a.path):  # from probe directions / probe dictionary
+        info = derived.summary(a.path)
     else:
         info = model_summary(a.path, history=a.json)  # the learning curve only in JSON
     if a.json:
@@ -394,6 +447,46 @@ def cmd_render(a) -> int:
     with atomic(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     print(f"wrote {out}: layer {a.layer}, stream {a.stream}, unit {a.unit}, {len(page) / 1e3:.0f} kB")
+    return 0
+
+
+def cmd_directions(a) -> int:
+    from . import directions
+    out = check_target(a.out, a.force)
+    regex = parse_feature_args(a.feature)
+    with open_recording(a.recording) as rec:
+        spec = directions.fit(rec, features=_names(a.features, "--features"), regex=regex,
+                              streams=tuple(_names(a.streams, "--streams")), layers=_numbers(a.layers, "--layers"),
+                              sample=a.sample, seed=a.seed, progress=not a.quiet, name=a.name)
+    derived.save(spec, out)
+    if a.json:
+        print(json.dumps({"out": str(out), "metrics": spec["metrics"]}, indent=2, default=str))
+    else:
+        print(derived.report(spec))
+        print(f"wrote {out}; add it to a recording with: probe encode REC.h5 --directions {out}")
+    return 0
+
+
+def cmd_dictionary(a) -> int:
+    from . import dictionary
+    if not a.resume:
+        check_target(a.out, a.force)
+    with open_recording(a.recording) as rec:
+        spec = dictionary.train(rec, a.layer, a.stream, features=a.features, k=a.k, steps=a.steps, batch=a.batch,
+                                seed=a.seed, out=a.out, resume=a.resume, progress=not a.quiet, name=a.name)
+    print(derived.report(spec))
+    print(f"wrote {a.out}; add it to a recording with: probe encode REC.h5 --dictionary {a.out}")
+    return 0
+
+
+def cmd_encode(a) -> int:
+    spec_path = a.directions or a.dictionary
+    kind = "directions" if a.directions else "dictionary"
+    spec = derived.load(spec_path)
+    if spec["kind"] != kind:
+        raise ProbeError(f"{spec_path}: is a {spec['kind']} file; pass it as --{spec['kind']}")
+    for file, layer, name in derived.encode(a.recording, spec_path, force=a.force, progress=not a.quiet):
+        print(f"{file}: added stream {name} to layer {layer} ({len(spec['unit_names'])} units)")
     return 0
 
 
@@ -502,7 +595,8 @@ def cmd_ablate(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
-            "analyze": cmd_analyze, "ablate": cmd_ablate, "match": cmd_match, "gradients": cmd_gradients, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis}
+            "analyze": cmd_analyze, "ablate": cmd_ablate, "match": cmd_match, "gradients": cmd_gradients, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis,
+            "directions": cmd_directions, "dictionary": cmd_dictionary, "encode": cmd_encode}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -230,3 +230,62 @@ def _encode_one(file: Path, spec: dict, spec_path: Path, sha: str, force: bool, 
     finally:
         rec.close()
     return file, layer, name
+
+
+# ---- describing a spec ----------------------------------------------------------------------
+
+def is_spec(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directions/dictionary file (not a model checkpoint)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not ours: the caller tries the other kinds
+        return False
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        return v.tolist() if v.numel() == 1 else f"tensor {list(v.shape)}"
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def summary(path: str | os.PathLike) -> dict:
+    """What ``probe info X.pt`` prints for a spec: what it reads and writes, and its metrics
+    (a dictionary's quality keys at the top: explained_variance, l0, dead_fraction,
+    loss_recovered)."""
+    from .model import file_sha256
+    spec = load(path)
+    names = [str(n) for n in spec["unit_names"]]
+    metrics = _plain(spec["metrics"])
+    out = {"path": str(path), "sha256": file_sha256(path), "format": f"{FORMAT} v{spec['version']}",
+           "kind": spec["kind"], "stream": spec["stream"], "layer": int(spec["layer"]),
+           "inputs": " ".join(f"{k}/{s}" for k, s in spec["inputs"]), "units": len(names),
+           "unit_names": " ".join(names) if len(names) <= 32 else " ".join(names[:8]) + f" … ({len(names)})",
+           "model_sha256": spec["model_sha256"], "fitted_on": _plain(spec["fitted_on"])}
+    if spec["kind"] == "dictionary" and isinstance(metrics, dict):
+        out.update({k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    out["metrics"] = metrics
+    out["config"] = _plain(spec["config"])
+    return out
+
+
+def report(spec: dict) -> str:
+    """A few lines on a fitted spec: per feature its held-out score beside the best single
+    cell's (directions), or the dictionary's quality."""
+    metrics = spec["metrics"]
+    if spec["kind"] == "directions":
+        lines = [f"{'feature':<18} {'metric':<6} {'direction':>9} {'best cell':>9}  cell"]
+        for name, m in metrics.items():
+            if not isinstance(m, dict):
+                continue
+            cell = m.get("best_cell") or {}
+            where = f"{cell.get('layer')}:{cell.get('stream')}:{cell.get('unit')}" if cell else ""
+            lines.append(f"{name:<18} {m.get('metric', ''):<6} {m.get('score', float('nan')):>9.3f} "
+                         f"{cell.get('score', float('nan')):>9.3f}  {where}")
+        return "\n".join(lines)
+    keys = ("explained_variance", "l0", "dead_fraction", "loss_recovered")
+    return "  ".join(f"{k} {metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), (int, float)))

@@ -46,28 +46,50 @@ SEQUENTIAL = _ramp(_SEQUENTIAL_ANCHORS, SEQUENTIAL_STEPS)
 
 
 def is_diverging(stream: str) -> bool:
-    """Signed streams (c, h, g) get the diverging palette; gates in [0, 1] the sequential one."""
-    if stream not in h5format.RANGE:
-        raise ProbeError(f"no stream {stream!r} (streams are {' '.join(h5format.RANGE)})")
-    return not h5format.is_unit_range(stream)
+    """Signed streams (c, h, g) get the diverging palette; gates in [0, 1] the sequential
+    one, and so do derived streams (``probe encode``), over their own range (``value_scale``)."""
+    return stream in h5format.RANGE and not h5format.is_unit_range(stream)
+
+
+def is_derived(stream: str) -> bool:
+    """A stream no model records (a probe direction, dictionary features): coloured over
+    a range of its own values, not a fixed one."""
+    return stream not in h5format.RANGE
+
+
+def value_scale(values) -> tuple[float, float]:
+    """The range a derived stream's values are coloured over when no other is given: their
+    1st to 99th percentile (one outlier does not wash the rest out); never empty."""
+    v = np.asarray(values, dtype=np.float32)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return 0.0, 1.0
+    lo, hi = (float(x) for x in np.percentile(v, [1, 99]))
+    if hi <= lo:
+        lo, hi = float(v.min()), float(v.max())
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 def palette(stream: str) -> list[str]:
     return DIVERGING if is_diverging(stream) else SEQUENTIAL
 
 
-def scaled(values, stream: str) -> np.ndarray:
+def scaled(values, stream: str, scale: tuple[float, float] | None = None) -> np.ndarray:
     """Values as coloured: tanh for unbounded streams (c), clipped to [-1, 1] or [0, 1];
-    NaN stays NaN."""
+    a derived stream's mapped from ``scale`` = (lo, hi) (default ``value_scale`` of these
+    values) onto [0, 1]. NaN stays NaN."""
     v = np.asarray(values, dtype=np.float32)
+    if is_derived(stream):
+        lo, hi = scale if scale is not None else value_scale(v)
+        return np.clip((v - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     if is_diverging(stream) and h5format.RANGE[stream] is None:
         v = np.tanh(v)
     return np.clip(v, -1.0, 1.0) if is_diverging(stream) else np.clip(v, 0.0, 1.0)
 
 
-def palette_index(values, stream: str) -> np.ndarray:
+def palette_index(values, stream: str, scale: tuple[float, float] | None = None) -> np.ndarray:
     """Palette step of each value: int array, same shape (NaN → the neutral step)."""
-    v = scaled(values, stream)
+    v = scaled(values, stream, scale)
     if is_diverging(stream):
         idx = np.rint((v + 1.0) / 2.0 * (DIVERGING_STEPS - 1))
         return np.where(np.isnan(v), DIVERGING_STEPS // 2, idx).astype(np.int64)
@@ -75,10 +97,10 @@ def palette_index(values, stream: str) -> np.ndarray:
     return np.where(np.isnan(v), 0, idx).astype(np.int64)
 
 
-def colors(values, stream: str) -> list[str]:
+def colors(values, stream: str, scale: tuple[float, float] | None = None) -> list[str]:
     """Hex colour of each value."""
     pal = palette(stream)
-    return [pal[i] for i in palette_index(values, stream).ravel()]
+    return [pal[i] for i in palette_index(values, stream, scale).ravel()]
 
 
 def _dark(hex_colour: str) -> bool:
@@ -138,7 +160,7 @@ def _title_label(ch: str) -> str:
 
 def colored_html(text: str, values, stream: str, *, start: int = 0, mark: int | None = None,
                  title_fmt: str = TITLE_FMT, newlines: str = "break", titles: bool = True,
-                 root_class: str = "probe-text") -> str:
+                 root_class: str = "probe-text", scale: tuple[float, float] | None = None) -> str:
     """A ``<div>`` of one ``<span>`` per character, its background the cell's value.
 
     ``start`` is the position of ``text[0]`` in the recording (for hover titles); ``mark``
@@ -146,6 +168,7 @@ def colored_html(text: str, values, stream: str, *, start: int = 0, mark: int | 
     faint ↵), ``"symbol"`` shows only the ↵ (one-line snippets). ``title_fmt`` may use
     ``position``, ``char`` and ``value``; ``titles=False`` gives only the marked character a
     title (titles are most of the page's weight: many snippets load faster without).
+    ``scale``: a derived stream's colour range (``scaled``).
     """
     values = np.asarray(values, dtype=np.float32).ravel()  # [n]
     if len(values) != len(text):
@@ -153,7 +176,7 @@ def colored_html(text: str, values, stream: str, *, start: int = 0, mark: int | 
     if newlines not in ("break", "symbol"):
         raise ProbeError(f"newlines must be 'break' or 'symbol', got {newlines!r}")
     prefix = "d" if is_diverging(stream) else "s"
-    classes = [f"{prefix}{i}" for i in palette_index(values, stream).tolist()]
+    classes = [f"{prefix}{i}" for i in palette_index(values, stream, scale).tolist()]
     fast = title_fmt == TITLE_FMT
     parts = [f'<div class="{html.escape(root_class, quote=True)}">']
     for j, (ch, cls, v) in enumerate(zip(text, classes, values.tolist())):
@@ -176,12 +199,14 @@ def colored_html(text: str, values, stream: str, *, start: int = 0, mark: int | 
     return "".join(parts)
 
 
-def legend_html(stream: str, label: str | None = None) -> str:
-    """A small colour bar with its value range."""
+def legend_html(stream: str, label: str | None = None, scale: tuple[float, float] | None = None) -> str:
+    """A small colour bar with its value range (a derived stream's: ``scale``)."""
     div = is_diverging(stream)
     prefix, pal = ("d", DIVERGING) if div else ("s", SEQUENTIAL)
     label = label or {"c": "tanh(c)"}.get(stream, stream)
     lo, hi = ("−1", "+1") if div else ("0", "1")
+    if is_derived(stream) and scale is not None:
+        lo, hi = f"{scale[0]:.3g}", f"{scale[1]:.3g}"
     bar = "".join(f'<span class="{prefix}{i}"></span>' for i in range(len(pal)))
     mid = " (0 is white)" if div else ""
     return (f'<div class="probe-legend"><b>{html.escape(label)}</b> {lo} <span class="bar">{bar}'
@@ -189,14 +214,17 @@ def legend_html(stream: str, label: str | None = None) -> str:
 
 
 def standalone_page(text: str, values, stream: str, title: str, legend: bool = True,
-                    *, start: int = 0) -> str:
-    """A complete HTML document (inline CSS, no scripts, no network): the paper's figure."""
+                    *, start: int = 0, scale: tuple[float, float] | None = None) -> str:
+    """A complete HTML document (inline CSS, no scripts, no network): the paper's figure.
+    A derived stream is coloured over ``scale`` (default: these values' ``value_scale``)."""
+    if is_derived(stream) and scale is None:
+        scale = value_scale(values)
     t = html.escape(title, quote=True)
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{t}</title>\n<style>\nbody {{ margin: 24px; font-family: sans-serif; }}\n"
             f"h1 {{ font-size: 16px; font-weight: 600; }}\n{css()}\n</style>\n</head>\n<body>\n"
-            f"<h1>{t}</h1>\n" + (legend_html(stream) + "\n" if legend else "")
-            + colored_html(text, values, stream, start=start) + "\n</body>\n</html>\n")
+            f"<h1>{t}</h1>\n" + (legend_html(stream, scale=scale) + "\n" if legend else "")
+            + colored_html(text, values, stream, start=start, scale=scale) + "\n</body>\n</html>\n")
 
 
 def render_recording(path: str | os.PathLike, layer: int, stream: str, unit: int,
@@ -212,6 +240,7 @@ def render_recording(path: str | os.PathLike, layer: int, stream: str, unit: int
         if not start < stop <= T:
             raise ProbeError(f"{rec.path}: --stop {stop} must be in {start + 1}..{T}")
         values = rec.unit(layer, stream, unit, start, stop)  # [stop - start]
-        title = (f"{Path(path).name}: layer {layer}, stream {stream}, unit {unit}, "
-                 f"characters {start:,}–{stop:,} of {T:,}")
+        names = rec.unit_names(layer, stream)
+        title = (f"{Path(path).name}: layer {layer}, stream {stream}, unit {unit}"
+                 f"{f' ({names[unit]})' if names else ''}, characters {start:,}–{stop:,} of {T:,}")
         return standalone_page(rec.text[start:stop], values, stream, title, start=start)

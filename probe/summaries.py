@@ -439,3 +439,26 @@ def quantile_samples(u: dict, bins: int = 5, per_bin: int = 2, seed: int = 0) ->
         rows += [{"bin": i, "low": float(lo[i]), "high": float(hi[i]), "position": int(pos[m]),
                   "value": float(vals[m])} for m in pick]
     return rows
+
+
+def colour_scale(u: dict, low: float = 0.01, high: float = 0.99) -> tuple[float, float]:
+    """The range a derived stream's unit is coloured over (``render.scaled``): from its
+    histogram, the bin edges where the cumulative count crosses ``low`` and ``high`` of the
+    total (so one outlier does not wash the rest out), kept within its least and greatest
+    value (the overview strip). Never empty."""
+    hist, edges = np.asarray(u["hist"]), np.asarray(u["edges"], dtype=np.float64)
+    lo_v, hi_v = np.asarray(u["strip_min"]), np.asarray(u["strip_max"])
+    lo_v, hi_v = lo_v[np.isfinite(lo_v)], hi_v[np.isfinite(hi_v)]
+    vmin = float(lo_v.min()) if len(lo_v) else 0.0
+    vmax = float(hi_v.max()) if len(hi_v) else 1.0
+    cum = np.cumsum(hist)
+    total = cum[-1] if len(cum) else 0
+    if total == 0:
+        return (vmin, vmax) if vmax > vmin else (vmin, vmin + 1.0)
+    a = int(np.searchsorted(cum, total * low, side="left"))
+    b = int(np.searchsorted(cum, total * high, side="left"))
+    lo = max(vmin, edges[a]) if np.isfinite(edges[a]) else vmin
+    hi = min(vmax, edges[b + 1]) if np.isfinite(edges[b + 1]) else vmax
+    if hi <= lo:
+        lo, hi = vmin, vmax
+    return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)

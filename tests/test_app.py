@@ -334,6 +334,40 @@ def test_a_first_analysis_shows_its_progress_while_the_text_works(folder, tmp_pa
     assert analysis.cache_path(recs / "tiny.h5").exists()
 
 
+def test_a_derived_stream_is_shown_like_a_recorded_one(folder, tmp_path):
+    """Issue #19: a stream added by probe encode is in the stream menu of its layer, shown
+    coloured over its own range, its units named; tabs that need a model's own cell say so."""
+    from probe import derived
+    recs = tmp_path / "recordings"
+    recs.mkdir()
+    shutil.copy(folder / "tiny.h5", recs / "tiny.h5")
+    with open_recording(recs / "tiny.h5") as rec:
+        stamp = {"path": str(rec.path), "length": len(rec), "created": rec.created}
+        sha = rec.model_sha256
+    W = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32))
+    spec = {"format": derived.FORMAT, "version": derived.VERSION, "kind": "directions", "stream": "dir",
+            "layer": 1, "inputs": [[1, "h"]], "unit_names": ["alpha", "beta"], "model_sha256": sha,
+            "fitted_on": stamp, "mean": torch.zeros(8), "scale": torch.ones(8),
+            "params": {"W": W * 10, "b": torch.tensor([0.0, 5.0]), "state_mean": torch.zeros(8)},
+            "metrics": {}, "config": {}}
+    derived.encode(recs / "tiny.h5", derived.save(spec, tmp_path / "dirs.pt"))
+    with serving(recs) as server:
+        p = Page(server, recording="tiny.h5", layer=1, stream="dir", unit=1)
+        try:
+            assert p.message == ""
+            assert "layer 1 dir unit 1 (beta)" in p.doc.title
+            assert ("dir", "dir · probe directions (2)") in [tuple(o) for o in p["stream"].options]
+            assert p["unit"].high == 1
+            assert re.search(r'class="s\d+"', p["text"].text)  # sequential, over the unit's range
+            legend = p["legend"].text
+            assert "<b>beta</b>" in legend and "−1" not in legend
+            p.set("layer", value="0")  # layer 0 has no dir: said, and c shown
+            assert "no stream dir in layer 0 of tiny.h5" in p.message and p["stream"].value == "c"
+            assert "dir" not in [o[0] for o in p["stream"].options]
+        finally:
+            p.close()
+
+
 def test_a_cell_switch_reads_the_window_and_snippets_only(page, folder, monkeypatch):
     """Issue #18: once the summaries are loaded, switching the cell (unit, stream, layer)
     reads the visible window and each card snippet's few characters, never a whole unit;

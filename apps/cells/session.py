@@ -17,6 +17,7 @@ import numpy as np
 from bokeh.document import Document
 from bokeh.models import Div, LayoutDOM
 
+from probe import render, summaries
 from probe.errors import ProbeError
 from probe.recording import Recording
 
@@ -61,6 +62,7 @@ class Session:
     problems: list[str] = field(default_factory=list)
     rec: Recording | None = None      # the open recording; None if it could not be opened
     summary: dict | None = None       # the selected cell's summaries (``Store.unit_summary``)
+    scale: tuple[float, float] | None = None  # a derived stream's colour range (``render.scaled``)
     span: tuple[int, int] = (0, 0)    # [start, stop) of the visible window
     values: np.ndarray | None = None  # [stop - start] the selected cell over the visible window
     analysis: object = None           # the recording's analysis: None, the exception, or its dict
@@ -81,6 +83,7 @@ class Session:
                 self.problems.extend(fit(sel, self.rec))
                 # a cell switch reads the cell's summaries (no read once loaded) and the window only
                 self.summary = self.store.unit_summary(sel.recording, sel.layer, sel.stream, sel.unit)
+                self.scale = summaries.colour_scale(self.summary) if render.is_derived(sel.stream) else None
                 self.values, self.span = None, (sel.start, min(len(self.rec), sel.start + sel.window))
                 self.values = self.read(*self.span)
                 for view in self.views:

@@ -35,13 +35,16 @@ def build(session: Session) -> View:
         nonlocal shown
         rec, values = session.rec, session.values  # values: [b - a], the window's
         if sel.cell != shown:
-            legend.text = render.legend_html(sel.stream)
+            names = rec.unit_names(sel.layer, sel.stream)
+            legend.text = render.legend_html(sel.stream, label=names[sel.unit] if names else None,
+                                             scale=session.scale)
             lo, hi, means = overview_bins(session.summary)
-            overview_src.data = dict(x=(lo + hi) / 2, width=hi - lo, color=render.colors(means, sel.stream))
+            overview_src.data = dict(x=(lo + hi) / 2, width=hi - lo,
+                                     color=render.colors(means, sel.stream, session.scale))
             overview.x_range.start, overview.x_range.end = 0, len(rec)
             shown = sel.cell
         a, b = session.span
-        text.text = marked(render.colored_html(rec.text[a:b], values, sel.stream, start=a,
+        text.text = marked(render.colored_html(rec.text[a:b], values, sel.stream, start=a, scale=session.scale,
                                                root_class="probe-text pickable"), a, sel, session.mark)
         status.text = status_html(rec, a, b)
         box.left, box.right = a, b

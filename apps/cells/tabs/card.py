@@ -35,7 +35,8 @@ def build(session: Session) -> View:
             return
         counts, edges = histogram(session.summary)
         source.data = dict(left=edges[:-1], right=edges[1:], count=counts)
-        card.text = card_html(session.rec.text, sel.stream, session.read, *card_contexts(session))
+        card.text = card_html(session.rec.text, sel.stream, session.read, *card_contexts(session),
+                              scale=session.scale)
         shown = sel.cell
 
     def clear() -> None:
@@ -120,7 +121,8 @@ def card_contexts(session: Session) -> tuple:
     return top, quantiles, "; ".join(notes)
 
 
-def card_html(text: str, stream: str, read, top, quantiles, note: str = "") -> str:
+def card_html(text: str, stream: str, read, top, quantiles, note: str = "",
+              scale: tuple[float, float] | None = None) -> str:
     """Top and bottom contexts and quantile samples as coloured one-line snippets; each
     snippet coloured from ``read(start, stop)``, the cell's values over its few characters."""
     parts = ['<div class="card">'] + ([note_html(note)] if note else [])
@@ -129,7 +131,7 @@ def card_html(text: str, stream: str, read, top, quantiles, note: str = "") -> s
         for r in df.itertuples():
             snippet = render.colored_html(text[r.start:r.stop], read(int(r.start), int(r.stop)), stream,
                                           start=r.start, mark=r.position, newlines="symbol",
-                                          titles=False)
+                                          titles=False, scale=scale)
             pad = " " * max(0, CONTEXT_WIDTH - (r.position - r.start))  # marked characters line up
             parts.append(f'<div class="row"><span class="val">{r.value:+.3f}</span>'
                          f'<span class="pos">@{r.position}</span><span class="probe-text">{pad}</span>'

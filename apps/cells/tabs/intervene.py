@@ -73,8 +73,11 @@ def pinned_stream(stream: str) -> str:
     return "c" if stream == "c" else "h"
 
 
-def not_lstm(rec) -> str | None:
-    """Why this recording's model cannot be edited here (not an LSTM), or None."""
+def not_lstm(rec, stream: str | None = None) -> str | None:
+    """Why this cell cannot be edited here (not an LSTM's, or a derived stream's), or None."""
+    if rec is not None and stream is not None and (rec.layer_ids and any(s == stream for _, s in rec.derived)):
+        return (f"{stream} is a derived stream (a read-out of many cells), not a cell the model has: "
+                "pick a recorded stream to ablate or steer a unit")
     kind = rec.model_config.get("cell", "lstm") if rec is not None else "lstm"
     if kind == "lstm":
         return None
@@ -186,8 +189,8 @@ def build(session: Session) -> View:
     busy = sampling = False  # a run or a sample is scheduled: further clicks are ignored
 
     def idle_note(sel: Selection) -> str:
-        if not_lstm(session.rec):
-            return note_html(not_lstm(session.rec))
+        if not_lstm(session.rec, session.sel.stream):
+            return note_html(not_lstm(session.rec, session.sel.stream))
         if sel.recording in missing:
             return message_html([missing[sel.recording]])
         w = window_of(session, sel)
@@ -249,14 +252,14 @@ def build(session: Session) -> View:
 
     def on_show() -> None:
         if session.rec is not None and result is None and not busy:
-            if not_lstm(session.rec) or model_or_say(note) is not None:
+            if not_lstm(session.rec, session.sel.stream) or model_or_say(note) is not None:
                 note.text = idle_note(session.sel)
 
     def on_run() -> None:
         nonlocal busy
         if busy or session.rec is None:
             return
-        if not_lstm(session.rec):
+        if not_lstm(session.rec, session.sel.stream):
             drop()
             note.text = idle_note(session.sel)
             return
@@ -298,9 +301,9 @@ def build(session: Session) -> View:
         nonlocal sampling
         if sampling or session.rec is None:
             return
-        if not_lstm(session.rec):
+        if not_lstm(session.rec, session.sel.stream):
             free.text = clamped.text = ""
-            steer_note.text = note_html(not_lstm(session.rec))
+            steer_note.text = note_html(not_lstm(session.rec, session.sel.stream))
             return
         found = model_or_say(steer_note)
         if found is None:

@@ -51,6 +51,10 @@ def build(session: Session) -> View:
         if live is None:
             out.text = ""
             return
+        if (sel.layer, sel.stream) not in live["streams"]:  # a derived stream: not a model output
+            out.text = note_html(f"{sel.stream} is a derived stream, computed from a recording by "
+                                 "probe encode: live text shows the streams the model computes")
+            return
         values = live["streams"][(sel.layer, sel.stream)][:, sel.unit]  # [n]
         out.text = render.colored_html(live["text"], values, sel.stream)
 
