@@ -278,8 +278,8 @@ def parser() -> argparse.ArgumentParser:
     dc.add_argument("--layer", type=int, required=True, help="the layer")
     dc.add_argument("--stream", required=True, help="the stream (c is read through tanh)")
     dc.add_argument("--features", type=int, default=1024, help="dictionary size (default 1024)")
-    dc.add_argument("--k", type=int, default=16, help="active features per character (default 16)")
-    dc.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    dc.add_argument("--k", type=int, default=32, help="active features per character (default 32)")
+    dc.add_argument("--steps", type=int, help="training steps (default 3000; with --resume, a new total)")
     dc.add_argument("--batch", type=int, default=2048, help="rows per step (default 2048)")
     dc.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     dc.add_argument("--name", default="dict", help="the derived stream's name (default dict)")
@@ -469,11 +469,10 @@ def cmd_directions(a) -> int:
 
 def cmd_dictionary(a) -> int:
     from . import dictionary
-    if not a.resume:
-        check_target(a.out, a.force)
     with open_recording(a.recording) as rec:
         spec = dictionary.train(rec, a.layer, a.stream, features=a.features, k=a.k, steps=a.steps, batch=a.batch,
-                                seed=a.seed, out=a.out, resume=a.resume, progress=not a.quiet, name=a.name)
+                                seed=a.seed, out=a.out, resume=a.resume, force=a.force, progress=not a.quiet,
+                                name=a.name)
     print(derived.report(spec))
     print(f"wrote {a.out}; add it to a recording with: probe encode REC.h5 --dictionary {a.out}")
     return 0
