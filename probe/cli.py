@@ -179,18 +179,22 @@ def parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("ablate", help="pin cells while the model reads, and measure what it costs",
                         formatter_class=fmt, epilog=EPILOG + "probe ablate --cells 0:89 --limit 20000\n"
                         "  probe ablate --layer 0 --feature in_short_string --limit 10000 --csv layer0.csv\n"
-                        "  probe ablate --text mycode/ --cells 0:89,1:158 --how mean --json")
+                        "  probe ablate --text mycode/ --cells 0:89,1:158 --how mean --json\n"
+                        "  probe ablate --directions dirs.pt --feature in_short_string --on h   # a probe direction")
     _source_flags(ab, 20_000, "characters to read (default 20000)")
     which = ab.add_mutually_exclusive_group(required=True)
     which.add_argument("--cells", metavar="L:U[,L:U...]", help="the cells to ablate, e.g. 0:89,1:158")
     which.add_argument("--layer", type=int, help="sweep every unit of this layer")
+    which.add_argument("--directions", metavar="D.pt", help="remove each feature's probe direction (a file "
+                       "from probe directions) at every step, against random directions")
     ab.add_argument("--feature", action="append", default=[], metavar="NAME",
                     help="feature to measure at (repeatable; default: every binary feature)")
     ab.add_argument("--how", default="zero", help="pin to zero (default), mean (over the text) or a number")
-    ab.add_argument("--on", default="h", choices=["h", "c"],
-                    help="pin the hidden output h (default) or the cell state c")
-    ab.add_argument("--random", type=int, default=32, help="random units of the same layer to compare "
-                    "with (default 32)")
+    ab.add_argument("--on", choices=["h", "c"], default=None,
+                    help="pin the hidden output h (default) or the cell state c; with --directions, "
+                         "edit only that stream's part of each direction (default: every stream it reads)")
+    ab.add_argument("--random", type=int, help="random units of the same layer to compare "
+                    "with (default 32; with --directions, random directions, default 16)")
     ab.add_argument("--seed", type=int, default=0, help="seed of the random units (default 0)")
     out = ab.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
@@ -579,8 +583,18 @@ def cmd_ablate(a) -> int:
         torch.set_num_threads(max(1, a.threads))
     model = load_model(a.model)
     docs = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit).documents
-    df = intervene.effects(model, docs, cells, layer=a.layer, feature_names=a.feature or None, how=how,
-                           on=a.on, random=a.random, seed=a.seed, progress=not a.quiet)
+    if a.directions:
+        from . import directions
+        spec = derived.load(a.directions)
+        df = directions.ablate(model, docs, spec, a.feature or None, random=16 if a.random is None else a.random,
+                               seed=a.seed, chars=a.limit,
+                               streams=(a.on,) if a.on else None, progress=not a.quiet)
+        report = directions.report(df)
+    else:
+        df = intervene.effects(model, docs, cells, layer=a.layer, feature_names=a.feature or None, how=how,
+                               on=a.on or "h", random=32 if a.random is None else a.random, seed=a.seed,
+                               progress=not a.quiet)
+        report = intervene.report(df, how=str(how), on=a.on or "h")
     if csv is not None:
         with atomic(csv) as tmp:
             df.to_csv(tmp, index=False)
@@ -589,7 +603,7 @@ def cmd_ablate(a) -> int:
         print(json.dumps([{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                            for k, v in r.items()} for r in df.to_dict("records")], indent=2, default=float))
     else:
-        print(intervene.report(df, how=str(how), on=a.on))
+        print(report)
     return 0
 
 

@@ -157,3 +157,36 @@ def test_cli_encode_and_info(rec_path, tmp_path, capsys):
     assert info["kind"] == "directions" and info["units"] == 2 and info["inputs"] == "1/h"
     assert main(["info", str(rec_path), "--json"]) == 0
     assert "1/dir" in json.loads(capsys.readouterr().out)["derived"]
+
+
+def test_cli_directions_dictionary_encode_analyze(model_path, tmp_path, capsys):
+    """The commands end to end on a tiny model: fit directions and a dictionary on one
+    recording, add both to another, and they are analysed like recorded streams."""
+    from probe.model import load_model
+    from probe.record import record
+    model = load_model(model_path)
+    text = (CODE * 40)
+    fit_on, other = tmp_path / "fit.h5", tmp_path / "other.h5"
+    record(model, [("a.py", text)], fit_on, dtype="float32", progress=False)
+    record(model, [("b.py", CODE.replace("f(", "g(") * 10)], other, progress=False)
+    dirs, dic = tmp_path / "dirs.pt", tmp_path / "dict.pt"
+    assert main(["directions", str(fit_on), "--out", str(dirs), "--features", "in_comment,column",
+                 "--sample", "4000", "--quiet"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "in_comment" in out and "column" in out and "probe encode REC.h5 --directions" in out
+    assert main(["dictionary", str(fit_on), "--layer", "1", "--stream", "h", "--features", "16", "--k", "2",
+                 "--steps", "30", "--batch", "128", "--out", str(dic), "--quiet"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["info", str(dic), "--json"]) == 0
+    import json
+    info = json.loads(capsys.readouterr().out)
+    assert {"explained_variance", "l0", "dead_fraction", "loss_recovered"} <= set(info)
+    assert info["kind"] == "dictionary" and info["units"] == 16
+    for flag, spec in (("--directions", dirs), ("--dictionary", dic)):
+        assert main(["encode", str(other), flag, str(spec), "--quiet"]) == 0, capsys.readouterr().err
+    with open_recording(other) as rec:
+        assert rec.streams_of(1)[-2:] == ("dict", "dir") and rec.unit_names(1, "dir") == ["in_comment", "column"]
+    capsys.readouterr()
+    assert main(["analyze", str(other), "--json", "--top", "50"]) == 0
+    best = json.loads(capsys.readouterr().out)["best"]
+    assert {"dir", "dict"} <= {b["stream"] for b in best}
