@@ -361,6 +361,16 @@ def test_a_derived_stream_is_shown_like_a_recorded_one(folder, tmp_path):
             assert re.search(r'class="s\d+"', p["text"].text)  # sequential, over the unit's range
             legend = p["legend"].text
             assert "<b>beta</b>" in legend and "−1" not in legend
+            # the derived features tab lists its units, best match and highest context; a click shows one
+            table = p["features-table"]
+            open_tab(p, "derived features")
+            p.wait_for(lambda: len(table.source.data["unit"]) == 2)
+            assert sorted(table.source.data["name"]) == ["alpha", "beta"]
+            assert all(m in features.FEATURES for m in table.source.data["match"])
+            assert all("⟦" in c for c in table.source.data["context"])
+            row = table.source.data["name"].index("alpha")
+            p.locked(lambda: table.source.selected.update(indices=[row]))
+            assert "layer 1 dir unit 0 (alpha)" in p.doc.title
             p.set("layer", value="0")  # layer 0 has no dir: said, and c shown
             assert "no stream dir in layer 0 of tiny.h5" in p.message and p["stream"].value == "c"
             assert "dir" not in [o[0] for o in p["stream"].options]
@@ -690,7 +700,7 @@ def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
             tabs = p.doc.select_one({"type": Tabs})
             assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "select & match",
                                                     "gate saturation", "type your own text", "intervene",
-                                                    "explain a prediction", "dummy"]
+                                                    "explain a prediction", "derived features", "dummy"]
             assert tabs.tabs[-1].child is p["dummy"]
             assert p["dummy"].text.startswith("dummy tab: update 1 with recording=tiny.h5&layer=0&stream=c&unit=0")
             p.set("unit", value=5)
