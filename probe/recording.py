@@ -83,7 +83,101 @@ def _attr(name: str, kind: type, default, doc: str) -> property:
                                       else self.file.attrs.get(name, default)), doc=doc)
 
 
-class Recording:
+class Reader:
+    """What a recording offers that is computed from its other parts, shared by ``Recording``
+    and ``shards.ShardedRecording`` (each provides ``streams``, ``derived``, ``units``,
+    ``layer_ids``, ``codepoints``, ``documents``, ``loss``, ``stream`` and ``close``)."""
+
+    def streams_of(self, layer: int) -> tuple[str, ...]:
+        """Every stream of a layer: the recorded ones (``streams``), then its derived ones."""
+        return self.streams + tuple(s for k, s in self.derived if k == layer)
+
+    @property
+    def pairs(self) -> list[tuple[int, str]]:
+        """Every (layer, stream) of the recording, derived streams included, in order."""
+        return [(k, s) for k in self.layer_ids for s in self.streams_of(k)]
+
+    def units_of(self, layer: int, stream: str) -> int:
+        """Units of one stream: ``units`` for a recorded stream, a derived one's own count."""
+        info = self.derived.get((int(layer), stream))
+        return self.units if info is None else len(info["unit_names"])
+
+    def unit_names(self, layer: int, stream: str) -> list[str] | None:
+        """What each unit of a derived stream is (a feature's name, f17…); None for the
+        recorded streams, whose units are just numbered."""
+        info = self.derived.get((int(layer), stream))
+        return None if info is None else list(info["unit_names"])
+
+    @cached_property
+    def text(self) -> str:
+        return self.codepoints.astype("<u4").tobytes().decode("utf-32-le")
+
+    @cached_property
+    def document_spans(self) -> list[tuple[int, int]]:
+        """[start, stop) of each document, as plain ints (what ``features.compute`` takes)."""
+        d = self.documents
+        return list(zip(d["start"].astype(int).tolist(), d["stop"].astype(int).tolist()))
+
+    def document_of(self, positions) -> np.ndarray:
+        """Index into ``documents`` of each position."""
+        return np.searchsorted(self.documents["start"].to_numpy(), positions, side="right") - 1
+
+    def check(self, layer: int, stream: str, unit: int | None = None) -> None:
+        """Raise a one-line error for an out-of-range layer, unknown stream or unit."""
+        if not isinstance(layer, (int, np.integer)) or layer not in self.layer_ids:
+            which = (f"layers are 0..{self.layers - 1}" if len(self.layer_ids) == self.layers else
+                     f"recorded layers are {' '.join(map(str, self.layer_ids))} of 0..{self.layers - 1}")
+            raise ProbeError(f"{self.path}: no layer {layer!r} ({which})")
+        streams = self.streams_of(layer)
+        if stream not in streams:
+            raise ProbeError(f"{self.path}: no stream {stream!r} (streams are {' '.join(streams)})")
+        U = self.units_of(layer, stream)
+        if unit is not None and (not isinstance(unit, (int, np.integer)) or not 0 <= unit < U):
+            which = f"units of {stream}" if (int(layer), stream) in self.derived else "units"
+            raise ProbeError(f"{self.path}: no unit {unit!r} ({which} are 0..{U - 1})")
+
+    def unit(self, layer: int, stream: str, unit: int, start: int | None = None,
+             stop: int | None = None) -> np.ndarray:
+        """One unit's values over [start, stop) as float32 [n]."""
+        self.check(layer, stream, unit)
+        return self.stream(layer, stream)[start:stop, unit].astype(np.float32)
+
+    def window(self, layer: int, stream: str, start: int, stop: int) -> np.ndarray:
+        """All units over [start, stop) as float32 [n, units]."""
+        self.check(layer, stream)
+        return self.stream(layer, stream)[start:stop].astype(np.float32)
+
+    def frame(self, layer: int, stream: str, units=None, start: int | None = None,
+              stop: int | None = None) -> pd.DataFrame:
+        """Tidy frame: position, char, document, line, column, loss, then one column per unit."""
+        self.check(layer, stream)
+        T = len(self)
+        start, stop, _ = slice(start, stop).indices(T)
+        units = list(range(self.units_of(layer, stream))) if units is None else [int(u) for u in np.atleast_1d(units)]
+        for u in units:
+            self.check(layer, stream, u)
+        cps = self.codepoints
+        newline = np.concatenate([[0], np.cumsum(cps == 10)[:-1]])  # newlines before each position
+        pos = np.arange(start, stop)
+        doc = self.document_of(pos)
+        doc_start = self.documents["start"].to_numpy()[doc]
+        line = newline[pos] - newline[doc_start]
+        last_nl = np.maximum.accumulate(np.where(cps == 10, np.arange(T), -1))
+        prev_nl = np.concatenate([[-1], last_nl[:-1]])[pos]
+        column = pos - np.maximum(prev_nl + 1, doc_start)
+        vals = self.stream(layer, stream)[start:stop][:, units].astype(np.float32)
+        df = pd.DataFrame({"position": pos, "char": list(self.text[start:stop]), "document": doc,
+                           "line": line, "column": column, "loss": self.loss[start:stop]})
+        return pd.concat([df, pd.DataFrame(vals, columns=[f"unit_{u}" for u in units])], axis=1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Recording(Reader):
     """An open recording. Use as a context manager, or call ``close()``."""
 
     def __init__(self, path: str | os.PathLike, mode: str = "r"):
@@ -125,26 +219,6 @@ class Recording:
         """The derived streams (``probe encode``: probe directions, dictionary features) by
         (layer, name): what made each (``probe.derived``'s ``info``). Empty if none."""
         return h5format.derived_streams(self.file, self.layer_ids, self.streams)
-
-    def streams_of(self, layer: int) -> tuple[str, ...]:
-        """Every stream of a layer: the recorded ones (``streams``), then its derived ones."""
-        return self.streams + tuple(s for k, s in self.derived if k == layer)
-
-    @property
-    def pairs(self) -> list[tuple[int, str]]:
-        """Every (layer, stream) of the recording, derived streams included, in order."""
-        return [(k, s) for k in self.layer_ids for s in self.streams_of(k)]
-
-    def units_of(self, layer: int, stream: str) -> int:
-        """Units of one stream: ``units`` for a recorded stream, a derived one's own count."""
-        info = self.derived.get((int(layer), stream))
-        return self.units if info is None else len(info["unit_names"])
-
-    def unit_names(self, layer: int, stream: str) -> list[str] | None:
-        """What each unit of a derived stream is (a feature's name, f17…); None for the
-        recorded streams, whose units are just numbered."""
-        info = self.derived.get((int(layer), stream))
-        return None if info is None else list(info["unit_names"])
 
     @property
     def layer_ids(self) -> tuple[int, ...]:
@@ -190,10 +264,6 @@ class Recording:
         return self.dataset("text")[:]  # int32 [T]
 
     @cached_property
-    def text(self) -> str:
-        return self.codepoints.astype("<u4").tobytes().decode("utf-32-le")
-
-    @cached_property
     def loss(self) -> np.ndarray:
         return self.dataset("loss")[:]  # float32 [T], bits; NaN at document starts
 
@@ -206,79 +276,15 @@ class Recording:
         return pd.DataFrame({"name": names, "start": self.dataset("documents/start")[:],
                              "stop": self.dataset("documents/stop")[:]})
 
-    @cached_property
-    def document_spans(self) -> list[tuple[int, int]]:
-        """[start, stop) of each document, as plain ints (what ``features.compute`` takes)."""
-        d = self.documents
-        return list(zip(d["start"].astype(int).tolist(), d["stop"].astype(int).tolist()))
-
-    def document_of(self, positions) -> np.ndarray:
-        """Index into ``documents`` of each position."""
-        return np.searchsorted(self.documents["start"].to_numpy(), positions, side="right") - 1
-
     # ---- streams ---------------------------------------------------------------------------
-    def check(self, layer: int, stream: str, unit: int | None = None) -> None:
-        """Raise a one-line error for an out-of-range layer, unknown stream or unit."""
-        if not isinstance(layer, (int, np.integer)) or layer not in self.layer_ids:
-            which = (f"layers are 0..{self.layers - 1}" if len(self.layer_ids) == self.layers else
-                     f"recorded layers are {' '.join(map(str, self.layer_ids))} of 0..{self.layers - 1}")
-            raise ProbeError(f"{self.path}: no layer {layer!r} ({which})")
-        streams = self.streams_of(layer)
-        if stream not in streams:
-            raise ProbeError(f"{self.path}: no stream {stream!r} (streams are {' '.join(streams)})")
-        U = self.units_of(layer, stream)
-        if unit is not None and (not isinstance(unit, (int, np.integer)) or not 0 <= unit < U):
-            which = f"units of {stream}" if (int(layer), stream) in self.derived else "units"
-            raise ProbeError(f"{self.path}: no unit {unit!r} ({which} are 0..{U - 1})")
-
     def stream(self, layer: int, stream: str) -> Dataset:
         """Lazy [T, units] array: slicing reads only what is asked for."""
         self.check(layer, stream)
         return self.dataset(h5format.path(layer, stream))
 
-    def unit(self, layer: int, stream: str, unit: int, start: int | None = None,
-             stop: int | None = None) -> np.ndarray:
-        """One unit's values over [start, stop) as float32 [n]."""
-        self.check(layer, stream, unit)
-        return self.stream(layer, stream)[start:stop, unit].astype(np.float32)
-
-    def window(self, layer: int, stream: str, start: int, stop: int) -> np.ndarray:
-        """All units over [start, stop) as float32 [n, units]."""
-        self.check(layer, stream)
-        return self.stream(layer, stream)[start:stop].astype(np.float32)
-
-    def frame(self, layer: int, stream: str, units=None, start: int | None = None,
-              stop: int | None = None) -> pd.DataFrame:
-        """Tidy frame: position, char, document, line, column, loss, then one column per unit."""
-        self.check(layer, stream)
-        T = len(self)
-        start, stop, _ = slice(start, stop).indices(T)
-        units = list(range(self.units_of(layer, stream))) if units is None else [int(u) for u in np.atleast_1d(units)]
-        for u in units:
-            self.check(layer, stream, u)
-        cps = self.codepoints
-        newline = np.concatenate([[0], np.cumsum(cps == 10)[:-1]])  # newlines before each position
-        pos = np.arange(start, stop)
-        doc = self.document_of(pos)
-        doc_start = self.documents["start"].to_numpy()[doc]
-        line = newline[pos] - newline[doc_start]
-        last_nl = np.maximum.accumulate(np.where(cps == 10, np.arange(T), -1))
-        prev_nl = np.concatenate([[-1], last_nl[:-1]])[pos]
-        column = pos - np.maximum(prev_nl + 1, doc_start)
-        vals = self.stream(layer, stream)[start:stop][:, units].astype(np.float32)
-        df = pd.DataFrame({"position": pos, "char": list(self.text[start:stop]), "document": doc,
-                           "line": line, "column": column, "loss": self.loss[start:stop]})
-        return pd.concat([df, pd.DataFrame(vals, columns=[f"unit_{u}" for u in units])], axis=1)
-
     # ---- context manager -------------------------------------------------------------------
     def close(self) -> None:
         self.file.close()
-
-    def __enter__(self) -> "Recording":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"Recording({str(self.path)!r}, {len(self)} chars, {self.layers} layers × "

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ProbeError
-from .recording import Recording
+from .recording import Reader, Recording
 
 KEY = "shard"  # the entry of a shard's ``source`` attribute that says which part it is
 # ``source`` entries that say where the text was on the recording machine: informative,
@@ -299,7 +299,7 @@ def _short(value) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-class ShardedRecording:
+class ShardedRecording(Reader):
     """A folder of shards opened as one recording, with the interface of ``Recording``.
 
     ``parts`` are the shards' own ``Recording``s in text order (``files`` their paths);
@@ -391,21 +391,6 @@ class ShardedRecording:
         first = self.parts[0].derived
         return {key: info for key, info in first.items()
                 if all(r.derived.get(key, {}).get("spec_sha256") == info.get("spec_sha256") for r in self.parts)}
-
-    # the same code as Recording's: it reads only what both classes have
-    streams_of = Recording.streams_of
-    pairs = Recording.pairs
-    units_of = Recording.units_of
-    unit_names = Recording.unit_names
-    text = Recording.text
-    document_spans = Recording.document_spans
-    document_of = Recording.document_of
-    check = Recording.check
-    unit = Recording.unit
-    window = Recording.window
-    frame = Recording.frame
-    __enter__ = Recording.__enter__
-    __exit__ = Recording.__exit__
 
     def close(self) -> None:
         for r in self.parts:
