@@ -1,13 +1,15 @@
 """Findings on a recording: the best cell per feature, checked against the targets, with
 pictures of each cell over real text (the paper's figure) for the README.
 
-    python bench/findings.py recordings/stdlib-test.h5 [--img docs/img]
+    python bench/findings.py recordings/stdlib-test.h5 [--img docs/img] [--derived distributed.json]
 
 Prints a Markdown table (best single cell per feature, AUC or |r|, target, met?), the
 gate-saturation summary, and the linear-probe curve for the headline features; writes
 a PNG of each cell over real text (`probe render`'s page, shot with headless Debian
 chromium), `profiles.png` (the column and bracket cells against their feature: mean and
-spread) and `saturation.png` (Karpathy et al. Fig. 3).
+spread) and `saturation.png` (Karpathy et al. Fig. 3). With `--derived`, then the
+per-feature table of a `bench/distributed.py --json` run (probe directions and a sparse
+dictionary against the best single cell, on text the model never trained on).
 """
 from __future__ import annotations
 
@@ -121,12 +123,34 @@ def saturation_plot(sat, png: Path) -> None:
     export_png(row(*figs), filename=str(png))
 
 
+def derived_findings(path: str) -> None:
+    """The per-feature table of a `bench/distributed.py --json` run (best single cell, probe
+    direction, best dictionary feature, each scored on the hidden text), as that script
+    prints it (its own table builder)."""
+    import json
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from distributed import KIND, markdown_table, table_note
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"findings.py: error: {path}: not readable JSON ({e})") from None
+    if not isinstance(result, dict) or result.get("kind") != KIND:
+        raise SystemExit(f"findings.py: error: {path}: not the JSON of bench/distributed.py --json")
+    print(f"\ndistributed features ({path}): best single cell, probe direction and best dictionary "
+          "feature, each scored on text the model never trained on\n")
+    print(markdown_table(result))
+    print("\n" + table_note(result))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recording")
     p.add_argument("--img", default="docs/img")
     p.add_argument("--causal-chars", type=int, default=20_000,
                    help="characters the ablation of the best cells reads (default 20000)")
+    p.add_argument("--derived", metavar="DISTRIBUTED_JSON",
+                   help="also print the per-feature table of a `bench/distributed.py --json` run, at the end")
     a = p.parse_args()
     img = Path(a.img)
     img.mkdir(parents=True, exist_ok=True)
@@ -176,6 +200,8 @@ def main() -> None:
             print("  " + ", ".join(f"k={int(r.k)}: {r.metric} {r.score:.3f}" for r in curve.itertuples()))
         if not browser.available():  # the pictures are shot with it (and Bokeh's export)
             print(f"\nno pictures: {browser.CHROMIUM} not found (Debian: apt-get install chromium chromium-driver)")
+            if a.derived:
+                derived_findings(a.derived)
             return
         for feature in SHOWN:
             b = best[best.feature == feature].iloc[0]
@@ -194,6 +220,8 @@ def main() -> None:
     print(f"wrote {img / 'profiles.png'}")
     saturation_plot(res["saturation"], img / "saturation.png")
     print(f"wrote {img / 'saturation.png'}")
+    if a.derived:
+        derived_findings(a.derived)
 
 
 if __name__ == "__main__":

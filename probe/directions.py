@@ -236,7 +236,8 @@ def fit(rec, feats: pd.DataFrame | None = None, *, features: list[str] | None = 
     describes it (kind "directions", stream ``name``); ``params`` holds W float32
     [D, F] and b [F] (unit f = standardised inputs @ W[:, f] + b[f], the predicted
     feature value) and ``state_mean`` [D], the mean of each input *as the model carries
-    it* (c before tanh) over the training sample, which ``ablate`` needs.
+    it* (c before tanh) over the training sample (for reference: ``ablate`` works in the
+    read-out's own space, with ``mean``).
     """
     T = length(rec)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in h5format.RANGE:
@@ -441,17 +442,33 @@ def project(value: torch.Tensor, v: torch.Tensor, mu: float | torch.Tensor) -> t
     return value - ((value * v).sum(1) - mu)[:, None] * v
 
 
+def remove(value: torch.Tensor, v: torch.Tensor, mu: float | torch.Tensor, stream: str) -> torch.Tensor:
+    """A direction removed from a state as the read-out sees it: ``project`` on h; on c, which
+    the read-out reads through tanh, in tanh space — u = tanh(c) projected, and c moved by
+    atanh(u') − atanh(u) (u clipped 1e-6 inside ±1), so tanh(c') = u' wherever c is not
+    saturated beyond float precision, and a row the edit leaves alone (v = 0) keeps c
+    exactly. One state [H] (``stepwise``'s hook) or a batch [B, H]."""
+    if stream != "c":
+        return project(value, v, mu)
+    u = torch.tanh(value)
+    edge = 1 - 1e-6
+    before = torch.atanh(u.clamp(-edge, edge))
+    after = torch.atanh(project(u, v, mu).clamp(-edge, edge))
+    return value + (after - before)
+
+
 def direction(spec: dict, feature: str) -> Direction:
-    """The raw-space direction of a feature per input block: v = W_block / scale_block,
-    normalised (the read-out's weights on the state itself, not the standardised one),
-    with μ_v = state_mean_block · v, its mean over the fitting data. A block the read-out
-    gives no weight is left out."""
+    """The direction of a feature per input block, in the space the read-out reads (h, and
+    tanh(c)): v = W_block / scale_block, normalised (the read-out's weights on the inputs
+    themselves, not the standardised ones), with μ_v = mean_block · v, the inputs' mean over
+    the fitting data. A block the read-out gives no weight is left out. ``remove`` takes it
+    out of a state."""
     check_spec(spec)
     names = _names(feature, list(spec["unit_names"]), "the spec's directions are")
     f = list(spec["unit_names"]).index(names[0])
     W = spec["params"]["W"].numpy()[:, f].astype(np.float64)
     scale = spec["scale"].numpy().astype(np.float64)
-    state = spec["params"]["state_mean"].numpy().astype(np.float64)
+    state = spec["mean"].numpy().astype(np.float64)  # of h and tanh(c), as read
     n = len(spec["inputs"])
     raw = {}
     for (layer, stream), sl in zip(spec["inputs"], _blocks([len(W) // n] * n)):
@@ -474,7 +491,7 @@ def random_directions(spec: dict, n: int, seed: int = 0) -> list[Direction]:
     μ_v from the fitting data as for a feature's direction."""
     check_spec(spec)
     rng = np.random.default_rng(seed)
-    state = spec["params"]["state_mean"].numpy().astype(np.float64)
+    state = spec["mean"].numpy().astype(np.float64)  # of h and tanh(c), as read
     k = len(spec["inputs"])
     blocks = _blocks([len(state) // k] * k)
     out = []
@@ -584,7 +601,7 @@ def _losses(model, text: str, rows: list[Direction]) -> np.ndarray:
                     g, o = torch.tanh(z[:, 2 * H:3 * H]), torch.sigmoid(z[:, 3 * H:])
                     c = f * c + i * g
                     if on_c is not None:
-                        c = project(c, *on_c)
+                        c = remove(c, *on_c, "c")
                     h = o * torch.tanh(c)
                 elif cell == "gru":
                     gh = torch.addmm(b_hh, h, w_hh_t)  # [B, 3H], PyTorch's order r z n
@@ -633,8 +650,10 @@ def ablate(model, text, spec: dict, features: list[str] | None = None, *, random
     its read-out the component of the state along v is set to its mean over the fitting
     data, μ_v, at every step (``project``: h' = h − (h·v − μ_v) v), so the read-out loses
     what it reads while the state is not shifted on average. The read-out reads c through
-    tanh; the edit acts on c itself with v = W / scale: the linear approximation (tanh
-    taken as the identity). Edited c feeds h = o · tanh(c) and the next step; edited h the
+    tanh, so c is edited in tanh space (``remove``): tanh(c) is projected and c moved to
+    match (a first version edited c itself, taking tanh as the identity; with many c units
+    saturated that left some read-outs intact and reversed others). Edited c feeds
+    h = o · tanh(c) and the next step; edited h the
     layer above, the head and the next step, as ``probe.stepwise``'s edit hook would.
     ``random`` controls remove random unit directions of every block the same way, μ from
     the fitting data too (``random_directions``, seeded). All directions and controls run

@@ -213,14 +213,20 @@ def _candidates(x: np.ndarray, sign: int, cuts: np.ndarray, bm: np.ndarray, boun
     hide its finite values) or if it is >= bc, the K-th largest finite block max, and above
     ``bound``: K blocks hold K distinct values >= bc, so a value below bc has K better ones
     (and of the blocks whose max is bc, the first K hold K values = bc before any later)."""
-    m, U = bm.shape
+    m, U_all = bm.shape
+    vals_all = np.full((U_all, K), -np.inf, np.float32)
+    rows_all = np.full((U_all, K), -1, np.int64)
+    # only the units with a block that can enter (few, once the top-k has filled) go on
     clean = np.isfinite(bm)
+    act = np.flatnonzero((bm > bound).any(axis=0) if clean.all() else (~clean | (bm > bound)).any(axis=0))
+    if not len(act):
+        return vals_all, rows_all
+    bm, bound, clean = bm[:, act], bound[act], clean[:, act]
+    U = len(act)
     bc = np.full(U, -np.inf, np.float32)
-    if m >= K:  # for the units with a block that can enter (few, once the top-k has filled)
-        act = np.flatnonzero((~clean | (bm > bound)).any(axis=0))
-        if len(act):
-            sub = np.where(clean[:, act], bm[:, act], -np.inf).T.copy()  # [units, m]: rows contiguous
-            bc[act] = np.partition(sub, m - K, axis=1)[:, m - K]
+    if m >= K:
+        sub = np.where(clean, bm, -np.inf).T.copy()  # [units, m]: rows contiguous
+        bc = np.partition(sub, m - K, axis=1)[:, m - K]
     # blocks whose max ties bc each hold a value = bc: the first K of them hold the first K
     eq = clean & (bm == bc) & (bm > bound)
     sel = ~clean | ((bm > bc) & (bm > bound)) | (eq & (np.cumsum(eq, axis=0) <= K))
@@ -228,18 +234,18 @@ def _candidates(x: np.ndarray, sign: int, cuts: np.ndarray, bm: np.ndarray, boun
     vals = np.full((U, K), -np.inf, np.float32)
     rows = np.full((U, K), -1, np.int64)
     if not len(u):
-        return vals, rows
+        return vals_all, rows_all
     lo, ln = cuts[blk], np.diff(cuts)[blk]
     ends = np.cumsum(ln)
     r = np.repeat(lo - ends + ln, ln) + np.arange(ends[-1])
     uu = np.repeat(u, ln)
-    g = x[r, uu].astype(np.float32)
+    g = x[r, act[uu]].astype(np.float32)
     if sign != 1:
         g = -g
     keep = np.isfinite(g) & (g >= bc[uu]) & (g > bound[uu])
     r, uu, g = r[keep], uu[keep], g[keep]
     if not len(r):
-        return vals, rows
+        return vals_all, rows_all
     eq = g == bc[uu]  # ties at bc (a saturated gate): only the first K of a unit can enter
     if eq.sum() > K:
         before = np.cumsum(eq) - eq
@@ -258,7 +264,8 @@ def _candidates(x: np.ndarray, sign: int, cuts: np.ndarray, bm: np.ndarray, boun
     ok = i >= 0
     rows[ok] = R[i[ok], np.nonzero(ok)[0]]
     vals[ok] = v[ok]
-    return vals, rows
+    vals_all[act], rows_all[act] = vals, rows
+    return vals_all, rows_all
 
 
 def update(st: dict, raw: np.ndarray, codes: np.ndarray | None, lut: np.ndarray, row: int,

@@ -281,6 +281,10 @@ def test_shipped_models_by_name(capsys, monkeypatch, tmp_path):
     assert gru.metrics["chars"] == load_model("lstm").metrics["chars"]
     text = corpus.stdlib("test").text[:3000]  # it predicts held-out code as well as its card says
     assert bits_per_char(gru, corpus.encode(text, gru.vocab)[0]) < 1.8
+    rnn = load_model("rnn")  # shipped: a vanilla (tanh) RNN, 2 x 506, about as many parameters
+    assert (rnn.cell, rnn.layers, rnn.units) == ("rnn", 2, 506)
+    assert rnn.metrics["chars"] == gru.metrics["chars"]
+    assert bits_per_char(rnn, corpus.encode(text, rnn.vocab)[0]) < 2.0  # 1.75 measured: worse than both
     monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "stdlib.pt")  # an installation without them
     with pytest.raises(ProbeError, match=r"stdlib-gru.pt: the shipped gru model is not in this installation "
                                          r"yet \(train it: probe train --cell gru --units 296"):
