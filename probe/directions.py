@@ -444,17 +444,17 @@ def project(value: torch.Tensor, v: torch.Tensor, mu: float | torch.Tensor) -> t
 
 def remove(value: torch.Tensor, v: torch.Tensor, mu: float | torch.Tensor, stream: str) -> torch.Tensor:
     """A direction removed from a state as the read-out sees it: ``project`` on h; on c, which
-    the read-out reads through tanh, in tanh space — u = tanh(c) projected, and c moved by
-    atanh(u') − atanh(u) (u clipped 1e-6 inside ±1), so tanh(c') = u' wherever c is not
-    saturated beyond float precision, and a row the edit leaves alone (v = 0) keeps c
-    exactly. One state [H] (``stepwise``'s hook) or a batch [B, H]."""
+    the read-out reads through tanh, in tanh space — u = tanh(c) projected to u', and c set
+    to atanh(u') (u' clipped 1e-6 inside ±1), so tanh(c') = u' but where u' had to be
+    clipped. A unit whose clipped u the edit leaves as it was keeps its c exactly (a row the
+    edit leaves alone, v = 0, is untouched; a saturated c is not pulled back to the clip).
+    One state [H] (``stepwise``'s hook) or a batch [B, H]."""
     if stream != "c":
         return project(value, v, mu)
-    u = torch.tanh(value)
     edge = 1 - 1e-6
-    before = torch.atanh(u.clamp(-edge, edge))
-    after = torch.atanh(project(u, v, mu).clamp(-edge, edge))
-    return value + (after - before)
+    u = torch.tanh(value).clamp(-edge, edge)
+    moved = project(u, v, mu).clamp(-edge, edge)
+    return torch.where(moved == u, value, torch.atanh(moved))
 
 
 def direction(spec: dict, feature: str) -> Direction:

@@ -203,7 +203,9 @@ def test_removing_a_direction_equals_the_step_by_step_cell_with_the_projection(m
         assert np.nanmax(np.abs(got[j] - plain)) > 1e-4, f"row {j} changed nothing"
         for key, (v, mu) in row.items():  # the component along v, as the read-out reads it, held at its mean
             seen = np.tanh(streams[key]) if key[1] == "c" else streams[key]
-            np.testing.assert_allclose(seen @ v.numpy(), mu, atol=1e-4)
+            ok = (np.abs(seen) < 0.999).all(axis=1) if key[1] == "c" else np.ones(len(seen), bool)
+            assert ok.mean() > 0.2, key  # (tanh(c) saturated: the edit of c is clipped there)
+            np.testing.assert_allclose(seen[ok] @ v.numpy(), mu, atol=1e-4)
             assert abs(float(v.norm()) - 1) < 1e-6
 
 
