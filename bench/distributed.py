@@ -546,7 +546,7 @@ def run(a, work: Path) -> int:
         # 7. dictionary quality on the hidden text
         log("dictionary quality on the hidden text ...")
         with torch_threads(QUALITY_THREADS), timed(times, "quality_hidden"):
-            quality = dictionary.quality(xspec, hid, model=model)
+            quality = dictionary.quality(xspec, hid, model=model, whole=True)  # text it never saw: all of it
 
         # 8. directional ablation on the hidden text
         ablated = [n for n in ABLATED if n in dir_units]

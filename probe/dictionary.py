@@ -416,9 +416,11 @@ def reconstruct(spec: dict, x: np.ndarray) -> np.ndarray:
 
 
 # ---- how good it is -------------------------------------------------------------------------
-def quality(spec: dict, rec, *, rows: int = 50_000, loss_chars: int = 20_000, model=None) -> dict:
+def quality(spec: dict, rec, *, rows: int = 50_000, loss_chars: int = 20_000, model=None,
+            whole: bool = False) -> dict:
     """How well the dictionary describes the held-out part of ``rec`` (the complement of
-    its training part: ``split`` with the spec's ``held_out``).
+    its training part: ``split`` with the spec's ``held_out``), or with ``whole`` all of it
+    (a recording of text the dictionary never saw).
 
     On up to ``rows`` held-out rows, in standardised space: ``explained_variance``
     1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² (x̄ the rows' own mean), ``l0`` (nonzero codes per row),
@@ -438,6 +440,8 @@ def quality(spec: dict, rec, *, rows: int = 50_000, loss_chars: int = 20_000, mo
     layer, stream = int(spec["inputs"][0][0]), str(spec["inputs"][0][1])
     rec.check(layer, stream)
     _, test = split(rec, spec["config"].get("held_out", 0.2))
+    if whole:
+        test = np.ones(len(rec), bool)
     if not test.any():
         raise ProbeError(f"{rec.path}: no held-out characters to score on")
     x = _gather(rec, spec["inputs"], test, rows, np.random.default_rng(0))
@@ -452,7 +456,9 @@ def quality(spec: dict, rec, *, rows: int = 50_000, loss_chars: int = 20_000, mo
         if model is None:
             from .model import for_recording
             model = for_recording(rec)[0]
-        out.update(_loss_recovered(spec, rec, model, test, loss_chars))
+        from .directions import _one_thread
+        with _one_thread():  # a step is a few small products: more threads only wait (100x slower busy)
+            out.update(_loss_recovered(spec, rec, model, test, loss_chars))
     return out
 
 
