@@ -15,6 +15,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,9 +124,10 @@ fail_codes:
  * shifted by a per-unit constant so that running sums of squares do not cancel. */
 static PyObject *shifted(PyObject *self, PyObject *args)
 {
-    PyObject *o_codes, *o_table, *o_shift, *o_out, *o_sumsq;
-    Py_buffer codes, table, shift, out, sumsq;
-    if (!PyArg_ParseTuple(args, "OOOOO", &o_codes, &o_table, &o_shift, &o_out, &o_sumsq))
+    PyObject *o_codes, *o_table, *o_shift, *o_out, *o_sumsq, *o_raw = Py_None;
+    Py_buffer codes, table, shift, out, sumsq, raw;
+    raw.buf = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOO|O", &o_codes, &o_table, &o_shift, &o_out, &o_sumsq, &o_raw))
         return NULL;
     if (get(o_codes, &codes, 0, 2, 2, "codes") < 0)
         return NULL;
@@ -137,16 +139,20 @@ static PyObject *shifted(PyObject *self, PyObject *args)
         goto fail_shift;
     if (get(o_sumsq, &sumsq, 1, 8, 1, "sumsq") < 0)
         goto fail_out;
+    if (o_raw != Py_None && get(o_raw, &raw, 1, 4, 2, "raw") < 0)
+        goto fail;
     const Py_ssize_t n = codes.shape[0], U = codes.shape[1];
     if (table.shape[0] != 65536 || shift.shape[0] != U || out.shape[0] != n || out.shape[1] != U ||
-        sumsq.shape[0] != U) {
+        sumsq.shape[0] != U || (raw.buf != NULL && (raw.shape[0] != n || raw.shape[1] != U))) {
         PyErr_SetString(PyExc_ValueError, "shifted: shapes do not match "
-                        "(codes [n, U], table [65536], shift [U], out [n, U], sumsq [U])");
+                        "(codes [n, U], table [65536], shift [U], out [n, U], sumsq [U], raw [n, U])");
+        if (raw.buf != NULL)
+            PyBuffer_Release(&raw);
         goto fail;
     }
     const uint16_t *cv = (const uint16_t *)codes.buf;
     const float *tv = (const float *)table.buf, *sv = (const float *)shift.buf;
-    float *ov = (float *)out.buf;
+    float *ov = (float *)out.buf, *rv = (float *)raw.buf;
     double *qv = (double *)sumsq.buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t t = 0; t < n; t++) {
@@ -157,8 +163,15 @@ static PyObject *shifted(PyObject *self, PyObject *args)
             o[u] = v;
             qv[u] += (double)v * (double)v;
         }
+        if (rv != NULL) {
+            float *r = rv + t * U;
+            for (Py_ssize_t u = 0; u < U; u++)
+                r[u] = tv[row[u]];
+        }
     }
     Py_END_ALLOW_THREADS
+    if (raw.buf != NULL)
+        PyBuffer_Release(&raw);
     PyBuffer_Release(&sumsq);
     PyBuffer_Release(&out);
     PyBuffer_Release(&shift);
@@ -272,17 +285,112 @@ static PyObject *recurrence(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Insert v with position p into a list [K] (values highest first, -inf padded; positions,
+ * -1 padded) after every value >= v; return the list's new last value. */
+static float insert(float *lv, int64_t *lp, Py_ssize_t K, float v, int64_t p)
+{
+    Py_ssize_t j = K - 1;
+    while (j > 0 && lv[j - 1] < v)
+        j--;
+    memmove(lv + j + 1, lv + j, sizeof(float) * (K - 1 - j));
+    memmove(lp + j + 1, lp + j, sizeof(int64_t) * (K - 1 - j));
+    lv[j] = v;
+    lp[j] = p;
+    return lv[K - 1];
+}
+
+/* topk(x, row0, cuts, bmax, bmin, top_v, top_p, bottom_v, bottom_p): running top-K and
+ * bottom-K per unit (probe/summaries.py). x [n, U] (float32) comes in blocks of rows
+ * [cuts[b], cuts[b + 1]) whose per-unit maximum and minimum are bmax and bmin [m, U]. In
+ * position order, x[t, u] enters unit u's top list (top_v [U, K] float32, highest first,
+ * -inf padded; top_p int64 positions, -1 padded) with position row0 + t if it is finite
+ * and greater than the list's last value, and -x[t, u] its bottom list the same way: ties
+ * keep the earlier position. A block is read for a unit only if its maximum (minimum) can
+ * enter, or is NaN (which may hide values that can): after the first few blocks, almost
+ * none is. The numpy version (summaries._candidates with _merge_best) is the reference. */
+static PyObject *topk(PyObject *self, PyObject *args)
+{
+    PyObject *o_x, *o_cuts, *o_bmax, *o_bmin, *o_tv, *o_tp, *o_bv, *o_bp;
+    long long row0;
+    Py_buffer x, cuts, bmax, bmin, tv, tp, bv, bp;
+    if (!PyArg_ParseTuple(args, "OLOOOOOOO", &o_x, &row0, &o_cuts, &o_bmax, &o_bmin, &o_tv, &o_tp, &o_bv,
+                          &o_bp))
+        return NULL;
+    PyObject *objs[8] = {o_x, o_cuts, o_bmax, o_bmin, o_tv, o_tp, o_bv, o_bp};
+    Py_buffer *views[8] = {&x, &cuts, &bmax, &bmin, &tv, &tp, &bv, &bp};
+    const int writable[8] = {0, 0, 0, 0, 1, 1, 1, 1}, items[8] = {4, 8, 4, 4, 4, 8, 4, 8},
+              dims[8] = {2, 1, 2, 2, 2, 2, 2, 2};
+    const char *names[8] = {"x", "cuts", "bmax", "bmin", "top_v", "top_p", "bottom_v", "bottom_p"};
+    int got = 0;
+    for (; got < 8; got++)
+        if (get(objs[got], views[got], writable[got], items[got], dims[got], names[got]) < 0)
+            break;
+    float *last = NULL;
+    if (got < 8)
+        goto done;
+    const Py_ssize_t n = x.shape[0], U = x.shape[1], K = tv.shape[1], m = bmax.shape[0];
+    const int64_t *cv = (const int64_t *)cuts.buf;
+    if (K < 1 || cuts.shape[0] != m + 1 || bmax.shape[1] != U || bmin.shape[0] != m || bmin.shape[1] != U ||
+        tv.shape[0] != U || tp.shape[0] != U || tp.shape[1] != K || bv.shape[0] != U || bv.shape[1] != K ||
+        bp.shape[0] != U || bp.shape[1] != K || cv[0] != 0 || cv[m] != n) {
+        PyErr_SetString(PyExc_ValueError, "topk: shapes do not match (x [n, U], cuts [m + 1] from 0 to n, "
+                        "bmax and bmin [m, U], the four lists [U, K])");
+        goto done;
+    }
+    last = (float *)malloc(sizeof(float) * 2 * (U > 0 ? U : 1)); /* each list's K-th value */
+    if (last == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const float *xv = (const float *)x.buf, *hi = (const float *)bmax.buf, *lo = (const float *)bmin.buf;
+    float *tvv = (float *)tv.buf, *bvv = (float *)bv.buf;
+    int64_t *tpv = (int64_t *)tp.buf, *bpv = (int64_t *)bp.buf;
+    Py_BEGIN_ALLOW_THREADS
+    float *ltop = last, *lbot = last + U;
+    for (Py_ssize_t u = 0; u < U; u++) {
+        ltop[u] = tvv[u * K + K - 1];
+        lbot[u] = bvv[u * K + K - 1];
+    }
+    for (Py_ssize_t b = 0; b < m; b++) {
+        const float *bh = hi + b * U, *bl = lo + b * U;
+        for (Py_ssize_t u = 0; u < U; u++) {
+            const int top = !(bh[u] <= ltop[u]), bottom = !(-bl[u] <= lbot[u]);
+            if (!top && !bottom)
+                continue;
+            for (int64_t t = cv[b]; t < cv[b + 1]; t++) {
+                const float v = xv[t * U + u];
+                if (top && v > ltop[u] && v != INFINITY) /* NaN and ±inf never enter */
+                    ltop[u] = insert(tvv + u * K, tpv + u * K, K, v, row0 + t);
+                if (bottom && -v > lbot[u] && v != -INFINITY)
+                    lbot[u] = insert(bvv + u * K, bpv + u * K, K, -v, row0 + t);
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+done:
+    free(last);
+    for (int j = 0; j < got; j++)
+        PyBuffer_Release(views[j]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"shifted", shifted, METH_VARARGS,
-     "shifted(codes, table, shift, out, sumsq): out = table[codes] - shift; sumsq += out**2"},
+     "shifted(codes, table, shift, out, sumsq[, raw]): out = table[codes] - shift; sumsq += out**2; "
+     "raw = table[codes]"},
     {"histogram", histogram, METH_VARARGS,
      "histogram(codes, pattern, lut, hist, bins): hist[u, pattern[t]*bins + lut[codes[t, u]]] += 1"},
     {"fletcher32", fletcher32, METH_VARARGS, "fletcher32(data): HDF5's Fletcher-32 checksum of a chunk"},
     {"recurrence", recurrence, METH_VARARGS, "recurrence(f, c, c0): c[t] = f[t] * c[t-1] + c[t], in place"},
+    {"topk", topk, METH_VARARGS,
+     "topk(x, row0, cuts, bmax, bmin, top_v, top_p, bottom_v, bottom_p): running top-K and bottom-K per "
+     "unit, in place, reading only the blocks that can enter"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
-                                    "probe's compiled inner loops (float16 values, AUC histograms, recurrence, checksum)", -1, methods};
+                                    "probe's compiled inner loops (float16 values, AUC histograms, recurrence, checksum, top-k)", -1, methods};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

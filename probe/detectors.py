@@ -43,10 +43,7 @@ from . import summaries as summaries_mod
 from .errors import ProbeError
 from .recording import Recording
 
-try:  # two per-value loops in C (setup.py builds them; optional)
-    from . import _kernels
-except ImportError:  # no compiler at install time: numpy does the same counting
-    _kernels = None
+from .compiled import kernels as _kernels  # None where not built: numpy does the same
 
 CHUNK = 32768             # rows per streaming read
 SUBCHUNK = 4096           # rows converted to float32 at a time (they stay in cache)
@@ -234,14 +231,21 @@ def count_bins(codes: np.ndarray, pattern: np.ndarray, lut: np.ndarray, hist: np
         _kernels.histogram(codes, pattern, lut, hist, AUC_BINS)
 
 
-def shifted(raw: np.ndarray, shift: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
-    """float32 ``raw - shift`` [n, U]; adds each unit's Σ(raw - shift)² to ``sumsq`` (float64).
-    float16 chunks go through the compiled loop when it was built."""
+def shifted(raw: np.ndarray, shift: np.ndarray, sumsq: np.ndarray, values: np.ndarray | None = None
+            ) -> np.ndarray:
+    """float32 ``raw - shift`` [n, U]; adds each unit's Σ(raw - shift)² to ``sumsq`` (float64);
+    with ``values`` (float32 [n, U]) also writes the raw values there as float32, in the same
+    pass (the per-unit summaries'). float16 chunks go through the compiled loop when built."""
     raw = np.ascontiguousarray(raw)
     x = aligned_empty(raw.shape, np.float32)
     if _kernels is not None and raw.dtype == np.float16:
-        _kernels.shifted(raw.view(np.uint16), _FLOAT16, shift, x, sumsq)
+        if values is None:
+            _kernels.shifted(raw.view(np.uint16), _FLOAT16, shift, x, sumsq)
+        else:
+            _kernels.shifted(raw.view(np.uint16), _FLOAT16, shift, x, sumsq, values)
         return x
+    if values is not None:
+        values[:] = raw
     import torch  # only when scoring float32 data or without the C loops
     torch.sub(torch.from_numpy(raw).float(), torch.from_numpy(shift),
               out=torch.from_numpy(x))  # torch converts float16 faster
@@ -375,8 +379,8 @@ def part_stats(ds, fx: _FeatureSet | None, stream: str, shift: np.ndarray | None
                 with np.errstate(over="ignore"):
                     half = raw if raw.dtype == np.float16 else raw.astype(np.float16)
                 codes = np.ascontiguousarray(half).view(np.uint16)
-            if total is not None:  # the histogram comes from the AUC counts if there are any
-                summaries_mod.update(summ, raw, None if auc_hist else codes, hlut, ga)
+            if total is not None and fx is None:  # the histogram comes from the AUC counts if any
+                summaries_mod.update(summ, raw, codes, hlut, ga)
             if fx is not None:
                 if fx.groups:
                     for (_, code, _), hist in zip(fx.groups, hists):
@@ -385,7 +389,13 @@ def part_stats(ds, fx: _FeatureSet | None, stream: str, shift: np.ndarray | None
                 sub = _edges(ga, gb, SUBCHUNK, ga // chunk * chunk)  # the whole's subchunks
                 for g0, g1 in zip(sub[:-1], sub[1:]):  # float32 values of a few rows, still in cache
                     r0, r1 = g0 - ga, g1 - ga
-                    x = shifted(raw[r0:r1], shift, sxx)
+                    if total is None:
+                        x = shifted(raw[r0:r1], shift, sxx)
+                    else:  # the summaries take the same rows' float32 values from the same pass
+                        values = np.empty((r1 - r0, U), np.float32)
+                        x = shifted(raw[r0:r1], shift, sxx, values)
+                        summaries_mod.update(summ, raw[r0:r1], None if auc_hist else codes[r0:r1], hlut, g0,
+                                             x=values)
                     prod = _block_sums(f[r0:r1], x, g0).T  # [U, 1 + F]: Σx, then Σx·f
                     sx += prod[:, 0]
                     sxf += prod[:, 1:]

@@ -24,10 +24,7 @@ import numpy as np
 from .errors import ProbeError
 from .files import atomic
 
-try:  # compiled loops (setup.py builds them; optional)
-    from . import _kernels
-except ImportError:
-    _kernels = None
+from .compiled import kernels as _kernels  # None where not built: numpy does the same
 
 FORMAT = "probe-recording"
 VERSION = 1

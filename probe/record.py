@@ -33,10 +33,7 @@ from .errors import ProbeError
 from .files import atomic, check_target, interrupts
 from .model import CharRNN
 
-try:  # compiled loops (setup.py builds them; optional)
-    from . import _kernels
-except ImportError:
-    _kernels = None
+from .compiled import kernels as _kernels  # None where not built: numpy does the same
 
 BLOCK = 8192          # characters per processing block (a multiple of h5format.CHUNK_T)
 PIECE = 2048          # characters per piece in batched mode (B pieces run as one batch)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import h5format
+from .compiled import kernels
 
 K = 128              # top-k and bottom-k per unit (the card shows 10, 40 characters apart)
 HIST_BINS = 256      # fixed histogram bins per unit
@@ -89,6 +90,9 @@ def strip_edges(T: int) -> np.ndarray:
 
 
 # ---- one part ----------------------------------------------------------------------------
+
+COMPILED_TOPK = kernels is not None and hasattr(kernels, "topk")  # the running top-k in C; else numpy's
+
 
 def start(units: int, offset: int, total: int) -> dict:
     """Empty summaries of a part whose first row is ``offset`` of a recording of ``total`` rows."""
@@ -282,10 +286,15 @@ def update(st: dict, raw: np.ndarray, codes: np.ndarray | None, lut: np.ndarray,
     W, bk = strip_width(T), block_width(T)
     _strip(st, np.arange(row // W, (row + n - 1) // W + 1))  # the bins these rows touch
     edges = [0, *range(-row % SUB or SUB, n, SUB), n]  # on the recording's grid of SUB rows
+    compiled = kernels if COMPILED_TOPK else None  # the running top-k in C, else numpy
     cuts, bmax, bmin, bsum = [], [], [], []
     for a, b in zip(edges[:-1], edges[1:]):  # a few rows at a time: their float32 values stay in cache
         xs = x[a:b] if x is not None else as_float32(raw[a:b])
         c, mx, mn, sm = _blocks(xs, row + a, bk)
+        if compiled is not None:
+            compiled.topk(np.ascontiguousarray(xs, dtype=np.float32), row + a, c.astype(np.int64),
+                          np.ascontiguousarray(mx, dtype=np.float32), np.ascontiguousarray(mn, dtype=np.float32),
+                          st["top_v"], st["top_p"], st["bottom_v"], st["bottom_p"])
         cuts.append(c[:-1] + a)
         bmax.append(mx), bmin.append(mn), bsum.append(sm)
         j = np.arange(-(-(row + a) // W), -(-(row + b) // W))  # bins starting in these rows
@@ -296,7 +305,7 @@ def update(st: dict, raw: np.ndarray, codes: np.ndarray | None, lut: np.ndarray,
     cuts = np.r_[np.concatenate(cuts), n]
     bmax, bmin, bsum = np.concatenate(bmax), np.concatenate(bmin), np.concatenate(bsum)
     src = x if x is not None else raw
-    for key, sign, bm in (("top", 1, bmax), ("bottom", -1, -bmin)):
+    for key, sign, bm in (("top", 1, bmax), ("bottom", -1, -bmin)) if compiled is None else ():
         vals, rows = _candidates(src, sign, cuts, bm, st[f"{key}_v"][:, K - 1])
         pos = np.where(rows >= 0, rows + row, -1)
         st[f"{key}_v"], st[f"{key}_p"] = _merge_best(st[f"{key}_v"], st[f"{key}_p"], vals, pos)

@@ -63,8 +63,10 @@ def test_c_is_coloured_by_tanh_and_values_are_clipped():
     assert render.palette_index([100.0], "c")[0] == render.DIVERGING_STEPS - 1
     assert render.palette_index([np.arctanh(0.5)], "c")[0] == render.palette_index([0.5], "h")[0]
     assert render.palette_index([np.nan, 2.0], "i").tolist() == [0, render.SEQUENTIAL_STEPS - 1]
-    with pytest.raises(ProbeError, match="no stream 'x'"):
-        render.palette_index([0.0], "x")
+    # a stream no model records (a derived one, probe encode): sequential over its own range
+    assert render.palette_index([0.0, 50.0, 100.0], "dir").tolist() == [0, 5, 10]
+    assert render.palette_index([0.0, 50.0], "dir", scale=(0.0, 50.0)).tolist() == [0, 10]
+    assert render.value_scale([1.0, 1.0]) == (1.0, 2.0)  # never empty
 
 
 def test_standalone_page_needs_no_network():

@@ -41,8 +41,18 @@ def tied_data(T: int, seed: int = 0) -> dict:
     return data
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def topk(request, monkeypatch):
+    """The running top-k in C (``_kernels.topk``) and the numpy reference: the same summaries."""
+    if request.param == "compiled":
+        assert summaries.COMPILED_TOPK, "probe._kernels was built without topk"
+    else:
+        monkeypatch.setattr(summaries, "COMPILED_TOPK", False)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_summaries_equal_brute_force_on_a_synthetic_recording(tmp_path, dtype):
+def test_summaries_equal_brute_force_on_a_synthetic_recording(tmp_path, dtype, topk):
     text = CODE * 25
     data = tied_data(len(text))
     path = write_recording(tmp_path / "tied.h5", text, data, dtype=dtype)
@@ -62,7 +72,7 @@ def test_summaries_equal_brute_force_on_a_synthetic_recording(tmp_path, dtype):
 
 @pytest.mark.parametrize("T", [150, 3001, 70_001])
 @pytest.mark.parametrize("stream", ["c", "i"])
-def test_parts_cut_anywhere_fold_to_the_one_pass_summaries(T, stream):
+def test_parts_cut_anywhere_fold_to_the_one_pass_summaries(T, stream, topk):
     """Parts (a folder's shards) and chunks of any size, NaN and inf included: the fold of
     the parts' summaries is the brute-force summary of the whole, bit for bit."""
     rng = np.random.default_rng(T)
