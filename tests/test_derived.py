@@ -71,6 +71,15 @@ def test_an_encoded_stream_is_a_stream(rec_path, tmp_path):
     # rendered (over its own range, sequential palette), named by its unit's name
     page = render.render_recording(rec_path, 1, "dir", 1, 0, 200)
     assert "unit 1 (beta)" in page and 'class="s' in page
+    # matched: where else its units are on together (LSTMVis's rule, on tanh of the values)
+    from probe import match
+    with open_recording(rec_path) as rec:
+        on = np.tanh(rec.window(1, "dir", 0, len(rec))) >= 0.3
+        bits = match.index(rec, 1, "dir", 0.3)
+        assert bits.shape == (len(rec), 1)
+        np.testing.assert_array_equal((bits[:, 0, None] >> np.arange(2, dtype=np.uint64)) & np.uint64(1), on)
+        hits = match.search(rec, 1, "dir", [0, 1], 0.3, top=5)
+        assert len(hits) and all(on[int(h.start):int(h.stop)].all() for h in hits.itertuples())
     # exported where it lives
     out = export.export_lstmvis(rec_path, tmp_path / "lv", streams=("h", "dir"), progress=False)
     with h5py.File(out / "states.hdf5") as f:
