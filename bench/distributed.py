@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", default="c", help="the dictionary's stream (default c)")
     p.add_argument("--features", type=int, default=dictionary.FEATURES, help="dictionary size (default 1024)")
     p.add_argument("--k", type=int, default=dictionary.K, help="active dictionary features per position (default 32)")
-    p.add_argument("--steps", type=int, default=dictionary.STEPS, help="dictionary training steps (default 3000)")
+    p.add_argument("--steps", type=int, default=dictionary.STEPS, help=f"dictionary training steps (default {dictionary.STEPS})")
     p.add_argument("--sample", type=int, default=200_000, help="positions the directions are fitted on (default 200000)")
     p.add_argument("--select-rows", type=int, default=100_000,
                    help="rows of the fit recording the best dictionary feature per label is chosen on (default 100000)")

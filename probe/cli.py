@@ -283,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
     dc.add_argument("--stream", required=True, help="the stream (c is read through tanh)")
     dc.add_argument("--features", type=int, default=1024, help="dictionary size (default 1024)")
     dc.add_argument("--k", type=int, default=32, help="active features per character (default 32)")
-    dc.add_argument("--steps", type=int, help="training steps (default 3000; with --resume, a new total)")
+    dc.add_argument("--steps", type=int, help="training steps (default 6000; with --resume, a new total)")
     dc.add_argument("--batch", type=int, default=2048, help="rows per step (default 2048)")
     dc.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     dc.add_argument("--name", default="dict", help="the derived stream's name (default dict)")

@@ -4,11 +4,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pytest
 
 from probe import render
 from probe.cli import main
-from probe.errors import ProbeError
 from probe.recording import open_recording
 
 NASTY = "<script>alert(1)</script> <img src=x onerror=alert(1)> a & b \"q\" 'r'\n"
