@@ -46,6 +46,8 @@ def notice_html(name: str, fraction: float, left: float | None) -> str:
     """'Analysing NAME: 34 % (about 2 min left)…' with a bar; the name is escaped."""
     pct = max(0.0, min(1.0, fraction)) * 100
     when = "" if left is None else f" · about {_duration(left)} left"
+    if fraction >= 1:  # every stream scanned: the tables are being finished and cached
+        when = " · finishing"
     return (f'<div class="note">Analysing <b>{html.escape(name)}</b> once (scores, saturation and '
             f'every cell\'s summaries, cached beside it): {pct:.0f} %{when}. The text works now; the '
             'leaderboard, saturation and a faster cell card follow when it is done.'

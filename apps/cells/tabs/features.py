@@ -42,8 +42,9 @@ def build(session: Session) -> View:
                                   "directions REC --out D.pt) or a dictionary (probe dictionary REC --layer 1 "
                                   "--stream c --out X.pt), then add it with probe encode REC --directions D.pt")
             return
+        shown = f"{session.sel.layer}/{session.sel.stream}"
         if which.value not in options:
-            which.value = options[0]
+            which.value = shown if shown in options else options[0]  # the derived stream on view, else the first
             return  # the change calls fill again
         layer, stream = which.value.split("/")
         if not isinstance(result, dict):
