@@ -1,0 +1,78 @@
+"""Character n-gram baselines (issue 17): interpolated Kneser-Ney probabilities are a
+distribution in every context, order 1 without a discount is the unigram frequencies, the
+per-character bits follow the recorded loss convention, and files round-trip."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probe import corpus, ngram
+from probe.errors import ProbeError
+
+from conftest import CODE
+
+DOCS = [("a.py", CODE * 3), ("b.py", CODE.replace("return", "yield") * 2), ("c.py", "x = 1\n")]
+VOCAB = corpus.build_vocab("".join(t for _, t in DOCS) + "Q")  # Q: in the vocabulary, never seen
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ngram.train(DOCS, VOCAB, order=5)
+
+
+def every_next(model, prefix_docs):
+    """p(w | the document so far) for every w of the vocabulary: [order, V], by scoring
+    the document extended by each character in turn."""
+    name, text = prefix_docs
+    rows = []
+    for w in model.vocab:
+        p = ngram.probabilities(model, [(name, text + w)])
+        rows.append(p[:, -1])
+    return np.stack(rows, axis=1)
+
+
+@pytest.mark.parametrize("prefix", ["", "d", "def f(a", "    return {a: b}", "zzz unseen ("])
+def test_probabilities_sum_to_one_in_every_context(model, prefix):
+    p = every_next(model, ("d.py", prefix))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-9)
+    assert (p > 0).all()  # every character, seen or not, keeps some mass
+
+
+def test_order_one_without_discount_is_the_unigram_frequencies():
+    m = ngram.train(DOCS, VOCAB, order=1, discount=0.0)
+    ids = np.concatenate([corpus.encode(t, VOCAB)[0] for _, t in DOCS])
+    freq = np.bincount(ids, minlength=len(VOCAB)) / len(ids)
+    p = every_next(m, ("d.py", "anything"))[0]
+    np.testing.assert_allclose(p, freq, rtol=1e-12)
+
+
+def test_a_longer_context_predicts_the_training_text_better(model):
+    b = ngram.bits(model, DOCS)
+    means = np.nanmean(b, axis=1)
+    assert b.shape == (5, sum(len(t) for _, t in DOCS))
+    assert all(means[k + 1] < means[k] for k in range(4)), means
+    starts = np.cumsum([0] + [len(t) for _, t in DOCS])[:-1]
+    assert np.isnan(b[:, starts]).all() and np.isfinite(np.delete(b, starts, axis=1)).all()
+
+
+def test_documents_do_not_leak_into_each_other():
+    """The first characters of a file are predicted from the start symbol, not from the end
+    of the file before it: scoring a document alone or after another gives the same bits."""
+    m = ngram.train(DOCS, VOCAB, order=4)
+    alone = ngram.bits(m, [DOCS[1]])
+    after = ngram.bits(m, [DOCS[0], DOCS[1]])[:, len(DOCS[0][1]):]
+    np.testing.assert_array_equal(alone, after)
+
+
+def test_save_load_round_trip_and_errors(model, tmp_path):
+    path = ngram.save(model, tmp_path / "m.ngram.npz")
+    back = ngram.load(path)
+    assert back.order == 5 and back.vocab == VOCAB
+    np.testing.assert_array_equal(ngram.bits(back, DOCS), ngram.bits(model, DOCS))
+    (tmp_path / "x.npz").write_bytes(b"not a model")
+    with pytest.raises(ProbeError, match="x.npz: not a probe n-gram model"):
+        ngram.load(tmp_path / "x.npz")
+    with pytest.raises(ProbeError, match="order must be a whole number from 1 to 20, got 0"):
+        ngram.train(DOCS, VOCAB, order=0)
+    with pytest.raises(ProbeError, match="has orders 1..5, not 7"):
+        ngram.bits(model, DOCS, order=7)
