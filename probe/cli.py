@@ -303,6 +303,30 @@ def parser() -> argparse.ArgumentParser:
     en.add_argument("--force", action="store_true", help="apply a file made from another model's recording, "
                     "or replace a derived stream of the same name")
     en.add_argument("--quiet", action="store_true", help="no progress bar")
+    ng = sub.add_parser("ngram", help="train a character n-gram model (interpolated Kneser-Ney), the baseline",
+                        formatter_class=fmt, epilog=EPILOG + "probe ngram train --corpus stdlib --order 10 --out stdlib-10.ngram.npz\n"
+                        "  probe ngram train --text mycode/ --glob '**/*.py' --model runs/my.pt --out my.ngram.npz\n"
+                        "characters are read with --model's vocabulary (default the shipped LSTM's), "
+                        "so the n-grams and the model score the same symbols")
+    ng.add_argument("action", choices=["train"], help="train: count and save")
+    _source_flags(ng, None, "train on at most N characters (default all)")
+    ng.set_defaults(split="train")
+    ng.add_argument("--order", type=int, default=10, help="highest order (default 10; orders 1..N are kept)")
+    ng.add_argument("--out", required=True, help="the model file to write (.npz)")
+    ng.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    ng.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    er = sub.add_parser("errors", help="the recorded model against n-grams: bits per order, and where it wins",
+                        formatter_class=fmt, epilog=EPILOG + "probe errors recordings/stdlib-test.h5\n"
+                        "  probe errors rec.h5 --ngram stdlib-10.ngram.npz --json\n"
+                        "without --ngram: the order-10 model of the recording's model's training corpus, "
+                        "built once (minutes) and kept in ~/.cache/probe ($PROBE_CACHE)")
+    er.add_argument("recording", help="a .h5 recording (or a folder of shards) with its loss")
+    er.add_argument("--ngram", help="an n-gram model from probe ngram train (default: see below)")
+    er.add_argument("--order", type=int, default=10, help="order of the default n-gram model (default 10)")
+    er.add_argument("--force", action="store_true", help="compare even if the vocabularies differ")
+    er.add_argument("--json", action="store_true", help="machine-readable output")
+    er.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -493,6 +517,37 @@ def cmd_encode(a) -> int:
     return 0
 
 
+def cmd_ngram(a) -> int:
+    from . import ngram
+    out = check_target(a.out, a.force)
+    ngram.check_order(a.order)
+    model = load_model(a.model)
+    source = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
+    if a.limit is not None:
+        source = source.limited(a.limit)
+    ng = ngram.train(source.documents, model.vocab, a.order, progress=not a.quiet,
+                     info={**source.source, "model_sha256": model.sha256})
+    ngram.save(ng, out)
+    print(f"wrote {out}: orders 1..{ng.order} over {ng.info['characters']:,} characters, "
+          f"{ng.nbytes / 1e6:.0f} MB of counts")
+    return 0
+
+
+def cmd_errors(a) -> int:
+    from . import advantage, ngram
+    with open_recording(a.recording) as rec:
+        ng = ngram.load(a.ngram) if a.ngram else advantage.default_ngram(rec, ngram.check_order(a.order),
+                                                                          progress=not a.quiet)
+        res = advantage.compare(rec, ng, force=a.force)
+    if a.json:
+        print(json.dumps({"bpc": res["bpc"], "characters": res["characters"],
+                          "advantage_by_distance": res["by_distance"], "advantage_by_feature": res["by_feature"],
+                          **({"note": res["note"]} if res["note"] else {})}, indent=2))
+    else:
+        print(advantage.report(res, title=f"{a.recording}: the recorded model against n-grams"))
+    return 0
+
+
 def cmd_export_lstmvis(a) -> int:
     streams = tuple(_names(a.streams, "--streams"))
     out = export_lstmvis(a.recording, a.outdir, streams, force=a.force, progress=not a.quiet)
@@ -609,7 +664,8 @@ def cmd_ablate(a) -> int:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "record": cmd_record,
             "analyze": cmd_analyze, "ablate": cmd_ablate, "match": cmd_match, "gradients": cmd_gradients, "render": cmd_render, "export-lstmvis": cmd_export_lstmvis,
-            "directions": cmd_directions, "dictionary": cmd_dictionary, "encode": cmd_encode}
+            "directions": cmd_directions, "dictionary": cmd_dictionary, "encode": cmd_encode,
+            "ngram": cmd_ngram, "errors": cmd_errors}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,3 +76,45 @@ def test_save_load_round_trip_and_errors(model, tmp_path):
         ngram.train(DOCS, VOCAB, order=0)
     with pytest.raises(ProbeError, match="has orders 1..5, not 7"):
         ngram.bits(model, DOCS, order=7)
+
+
+def test_closing_brackets_know_how_far_back_their_opener_is():
+    from probe import advantage
+    text = 'f(a, [b], "(")\n{x}'
+    skip = np.zeros(len(text), bool)
+    skip[text.index('"'):text.rindex('"') + 1] = True  # the string's "(" is no opener
+    d = advantage.closing_distances(text, skip, [(0, len(text))])
+    assert d[text.index("]")] == text.index("]") - text.index("[")
+    assert d[text.index(")", 11)] == text.index(")", 11) - 1
+    assert d[text.index("}")] == 2 and d.sum() == d[[text.index("]"), text.index(")", 11), text.index("}")]].sum()
+
+
+def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys):
+    import json
+
+    from probe.cli import main
+    from probe.model import load_model
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "a.py").write_text(CODE * 20)
+    ng = tmp_path / "tiny.ngram.npz"
+    assert main(["ngram", "train", "--text", str(folder), "--model", str(model_path), "--order", "3",
+                 "--out", str(ng), "--quiet"]) == 0, capsys.readouterr().err
+    assert "orders 1..3" in capsys.readouterr().out
+    assert main(["errors", str(recording_path), "--ngram", str(ng), "--json"]) == 0, capsys.readouterr().err
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["bpc"]["ngram"]) == {"1", "2", "3"} and res["bpc"]["lstm"] > 0
+    assert [r["distance"] for r in res["advantage_by_distance"]] == ["1–5", "6–20", "21–100", "> 100"]
+    assert res["advantage_by_feature"][-1]["where"] == "everything"
+    assert res["advantage_by_feature"][-1]["advantage"] == pytest.approx(
+        res["bpc"]["ngram"]["3"] - res["bpc"]["lstm"], abs=1e-6)  # advantage is float32
+    # another vocabulary: refused, or a note with --force
+    other = ngram.train([("x", "abc")], "\x00abc", order=2)
+    ngram.save(other, tmp_path / "other.npz")
+    assert main(["errors", str(recording_path), "--ngram", str(tmp_path / "other.npz")]) == 1
+    assert "vocabulary (4 characters) is not the recording's model's" in capsys.readouterr().err
+    assert main(["errors", str(recording_path), "--ngram", str(tmp_path / "other.npz"), "--force"]) == 0
+    assert "note: the n-gram model's vocabulary" in capsys.readouterr().out
+    assert main(["ngram", "train", "--text", str(folder), "--order", "0", "--out", str(tmp_path / "z.npz")]) == 1
+    assert "order must be a whole number from 1 to 20" in capsys.readouterr().err
+    assert load_model(model_path).vocab == ngram.load(ng).vocab
