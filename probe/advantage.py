@@ -16,6 +16,7 @@ indentation at line starts.
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,13 @@ from . import ngram
 from .errors import ProbeError
 
 DISTANCE_BINS = ((1, 5), (6, 20), (21, 100), (101, None))  # characters back to the opener
+# The error breakdown (KJF Fig. 5, for code): each character the model gets wrong (p < 1/2,
+# more than WRONG bits) goes to the first of these that explains it.
+CATEGORIES = ("n-gram", "dynamic memory", "rare identifier", "identifier start", "punctuation",
+              "whitespace", "the rest")
+WRONG = 1.0       # bits: p(true character) < 1/2
+MEMORY = 1000     # characters back the dynamic-memory oracle looks (same document)
+RARE = 5          # an identifier seen at most this often in the training text is rare
 OPENERS = {")": "(", "]": "[", "}": "{"}
 
 
@@ -91,6 +99,60 @@ def closing_distances(text: str, skip: np.ndarray, documents) -> np.ndarray:
     return out
 
 
+def repeated(codepoints: np.ndarray, documents, n: int, within: int) -> np.ndarray:
+    """bool [T]: the n characters ending at t (all in t's document) occurred, ending earlier
+    in the same document, at most ``within`` characters before t."""
+    T = len(codepoints)
+    start = np.zeros(T, np.int64)
+    for a, b in documents:
+        start[a:b] = a
+    pos = np.arange(T)
+    H = None
+    for _ in range(n):
+        H = ngram._next_hash(H, codepoints.astype(np.int64))
+    full = pos - start >= n - 1
+    at = pos[full]
+    order = np.lexsort((at, H[at]))  # by hash, then position: the previous equal is the latest earlier
+    hs, ps = H[at][order], at[order]
+    prev = np.full(len(at), -1, np.int64)
+    same = hs[1:] == hs[:-1]
+    prev[order[1:][same]] = ps[:-1][same]
+    out = np.zeros(T, bool)
+    out[at] = (prev >= 0) & (prev >= start[at]) & (at - prev <= within)
+    return out
+
+
+def breakdown(rec, ng: ngram.NGram, nbits: np.ndarray, lstm: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """int8 [T]: for each character the recorded model got wrong (``WRONG`` bits or more),
+    the index into CATEGORIES of the first oracle that explains it; -1 elsewhere. n-gram:
+    the highest-order n-gram model gives it p ≥ 1/2; dynamic memory: its n-gram (the
+    model's order) occurred in the last MEMORY characters of the document; rare identifier:
+    it lies in a name seen at most RARE times in the n-gram model's training text;
+    identifier start: the first character of a name; punctuation and whitespace by kind."""
+    text, T = rec.text, len(rec)
+    cps = rec.codepoints
+    wrong = ok & (lstm >= WRONG)
+    rare, first = np.zeros(T, bool), np.zeros(T, bool)
+    spans = [(m.start(), m.end(), m.group()) for m in ngram.IDENTIFIER.finditer(text)]
+    if spans:
+        counts = ng.identifier_count([name for _, _, name in spans])
+        for (a, b, _), c in zip(spans, counts):
+            first[a] = True
+            if c <= RARE:
+                rare[a:b] = True
+    punct = np.isin(cps, [ord(c) for c in string.punctuation])
+    space = np.isin(cps, [ord(c) for c in string.whitespace])
+    oracles = [nbits[-1] < WRONG, repeated(cps, rec.document_spans, ng.order, MEMORY), rare, first, punct,
+               space, np.ones(T, bool)]
+    out = np.full(T, -1, np.int8)
+    left = wrong.copy()
+    for j, oracle in enumerate(oracles):
+        hit = left & oracle
+        out[hit] = j
+        left &= ~hit
+    return out
+
+
 def compare(rec, ng: ngram.NGram, force: bool = False) -> dict:
     """The recording's loss beside every order of ``ng`` on the same characters (those where
     both are defined): {"bpc": {"lstm", "ngram": {order: bpc}}, "advantage": float32 [T]
@@ -123,10 +185,14 @@ def compare(rec, ng: ngram.NGram, force: bool = False) -> dict:
         m = m & ok
         by_feature.append({"where": name, "count": int(m.sum()),
                            "advantage": float(adv[m].mean()) if m.any() else float("nan")})
+    category = breakdown(rec, ng, nbits, lstm, ok)
+    wrong = int((category >= 0).sum())
+    errors = {name: (int((category == j).sum()) / wrong if wrong else float("nan"))
+              for j, name in enumerate(CATEGORIES)}
     return {"bpc": {"lstm": float(lstm[ok].mean()),
                     "ngram": {str(k + 1): float(nbits[k][ok].mean()) for k in range(ng.order)}},
             "characters": int(ok.sum()), "advantage": adv, "by_distance": rows, "by_feature": by_feature,
-            "note": note}
+            "wrong": wrong, "errors": errors, "category": category, "note": note}
 
 
 def report(res: dict, title: str = "") -> str:
@@ -143,6 +209,10 @@ def report(res: dict, title: str = "") -> str:
     lines.append("\nand by kind of character:")
     for r in res["by_feature"]:
         lines.append(f"  {r['where']:<28} {r['advantage']:+.3f} bits  ({r['count']:,})")
+    lines.append(f"\nthe {res['wrong']:,} characters the model gets wrong (p < 1/2), by the first oracle "
+                 "that explains them:")
+    for name, frac in res["errors"].items():
+        lines.append(f"  {name:<20} {frac:6.1%}")
     if res.get("note"):
         lines.append(f"\nnote: {res['note']}")
     return "\n".join(lines)

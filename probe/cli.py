@@ -542,6 +542,7 @@ def cmd_errors(a) -> int:
     if a.json:
         print(json.dumps({"bpc": res["bpc"], "characters": res["characters"],
                           "advantage_by_distance": res["by_distance"], "advantage_by_feature": res["by_feature"],
+                          "wrong": res["wrong"], "errors": res["errors"],
                           **({"note": res["note"]} if res["note"] else {})}, indent=2))
     else:
         print(advantage.report(res, title=f"{a.recording}: the recorded model against n-grams"))

@@ -33,6 +33,7 @@ character.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ FORMAT = "probe-ngram"
 VERSION = 1
 MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: the hash's base (mod 2^64)
 MAX_ORDER = 20
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a name, as Python and C spell them
 
 
 @dataclass
@@ -64,6 +66,17 @@ class NGram:
     ctx_cont: list = field(default_factory=list)
     ctx_types: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    identifiers: np.ndarray = field(default_factory=lambda: np.zeros(0, str))  # sorted, of the training text
+    identifier_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def identifier_count(self, names) -> np.ndarray:
+        """How often each name occurred as an identifier in the training text (0: never)."""
+        names = np.asarray(list(names), dtype=str)
+        if not len(self.identifiers) or not len(names):
+            return np.zeros(len(names), np.int64)
+        i = np.searchsorted(self.identifiers, names)
+        i[i == len(self.identifiers)] = 0
+        return np.where(self.identifiers[i] == names, self.identifier_counts[i], 0)
 
     @property
     def nbytes(self) -> int:
@@ -145,6 +158,11 @@ def train(documents, vocab: str, order: int = 10, *, discount: float | None = No
         raise ProbeError("ngram: no characters to train on")
     ng = NGram(vocab=vocab, order=order, discounts=np.zeros(order + 1), info=dict(info or {}))
     ng.info.update(characters=int(target.sum()), documents=len(documents))
+    from collections import Counter
+    names = Counter(m.group() for _, text in documents for m in IDENTIFIER.finditer(text))
+    if names:  # for the error analysis's rare-identifier oracle (``probe.advantage``)
+        ng.identifiers = np.array(sorted(names), dtype=str)
+        ng.identifier_counts = np.array([names[n] for n in ng.identifiers], np.int64)
     H_prev, H = None, _next_hash(None, seq)  # H_{k-1}, H_k
     for k in tqdm(range(1, order + 1), desc="counting n-grams", disable=not progress):
         H_next = _next_hash(H, seq)                                   # H_{k+1}
@@ -228,7 +246,8 @@ def save(ng: NGram, path: str | os.PathLike) -> Path:
     import json
 
     from .files import atomic
-    arrays = {"vocab": np.array(ng.vocab), "discounts": ng.discounts,
+    arrays = {"vocab": np.array(ng.vocab), "discounts": ng.discounts, "identifiers": ng.identifiers,
+              "identifier_counts": ng.identifier_counts,
               "meta": np.array(json.dumps({"format": FORMAT, "version": VERSION, "order": ng.order,
                                            "info": ng.info}))}
     for k in range(ng.order):
@@ -254,6 +273,8 @@ def load(path: str | os.PathLike) -> NGram:
                 raise ValueError
             ng = NGram(vocab=str(z["vocab"]), order=int(meta["order"]), discounts=z["discounts"],
                        info=meta.get("info", {}))
+            if "identifiers" in z:  # (files from before the error analysis have none)
+                ng.identifiers, ng.identifier_counts = z["identifiers"], z["identifier_counts"]
             for name in ("keys", "raw", "cont", "ctx_keys", "ctx_raw", "ctx_cont", "ctx_types"):
                 setattr(ng, name, [z[f"{name}/{k}"] for k in range(1, ng.order + 1)])
     except ProbeError:

@@ -92,6 +92,7 @@ def test_closing_brackets_know_how_far_back_their_opener_is():
 def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys):
     import json
 
+    from probe import advantage
     from probe.cli import main
     from probe.model import load_model
     folder = tmp_path / "code"
@@ -106,6 +107,8 @@ def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys
     assert set(res["bpc"]["ngram"]) == {"1", "2", "3"} and res["bpc"]["lstm"] > 0
     assert [r["distance"] for r in res["advantage_by_distance"]] == ["1–5", "6–20", "21–100", "> 100"]
     assert res["advantage_by_feature"][-1]["where"] == "everything"
+    assert list(res["errors"]) == list(advantage.CATEGORIES) and res["wrong"] > 0
+    assert sum(res["errors"].values()) == pytest.approx(1.0)
     assert res["advantage_by_feature"][-1]["advantage"] == pytest.approx(
         res["bpc"]["ngram"]["3"] - res["bpc"]["lstm"], abs=1e-6)  # advantage is float32
     # another vocabulary: refused, or a note with --force
@@ -118,3 +121,40 @@ def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys
     assert main(["ngram", "train", "--text", str(folder), "--order", "0", "--out", str(tmp_path / "z.npz")]) == 1
     assert "order must be a whole number from 1 to 20" in capsys.readouterr().err
     assert load_model(model_path).vocab == ngram.load(ng).vocab
+
+
+def test_the_dynamic_memory_oracle_looks_back_within_the_document():
+    from probe import advantage
+    cps = np.array([ord(c) for c in "abcXabcYabc"])
+    got = advantage.repeated(cps, [(0, 11)], n=3, within=100)
+    assert np.flatnonzero(got).tolist() == [6, 10]
+    assert np.flatnonzero(advantage.repeated(cps, [(0, 11)], n=3, within=3)).tolist() == []
+    assert np.flatnonzero(advantage.repeated(cps, [(0, 4), (4, 11)], n=3, within=100)).tolist() == [10]
+
+
+def test_each_error_goes_to_the_first_oracle_that_explains_it(tmp_path):
+    """A constructed recording: the model is wrong everywhere (2 bits), the n-gram right at
+    one position; the other errors fall to memory, rare names, name starts, punctuation,
+    whitespace and the rest, in that order."""
+    from probe import advantage, h5format
+    from probe.recording import open_recording
+    text = "x = common + rare_name + 7\n"
+    T = len(text)
+    loss = np.full(T, 2.0, np.float32)
+    loss[0] = np.nan
+    path = h5format.write(tmp_path / "r.h5", text, {(0, "h"): np.zeros((T, 2))}, loss=loss)
+    ng = ngram.train([("t.py", "common " * 10 + "rare_name")], VOCAB, order=3)
+    nbits = np.full((3, T), 3.0)
+    nbits[-1, 6] = 0.5  # the n-gram model gets the first "m" of "common" right
+    with open_recording(path) as rec:
+        cat = advantage.breakdown(rec, ng, nbits, loss.astype(np.float64), np.isfinite(loss))
+    name = dict(enumerate(advantage.CATEGORIES))
+    got = {f"{text[t]}@{t}": name.get(int(c), "-") for t, c in enumerate(cat)}
+    assert got["x@0"] == "-"                      # no loss at a document's first character
+    assert got["m@6"] == "n-gram"
+    assert got[" @24"] == "dynamic memory"        # " + " occurred 12 characters before
+    assert got["r@13"] == "rare identifier" and got["e@21"] == "rare identifier"  # seen once
+    assert got["c@4"] == "identifier start"       # "common": seen ten times
+    assert got["o@5"] == "the rest" and got["7@25"] == "the rest"
+    assert got["=@2"] == "punctuation" and got["+@11"] == "punctuation"
+    assert got[" @1"] == "whitespace" and got["\n@26"] == "whitespace"
