@@ -216,3 +216,33 @@ def report(res: dict, title: str = "") -> str:
     if res.get("note"):
         lines.append(f"\nnote: {res['note']}")
     return "\n".join(lines)
+
+
+def figure(res: dict, title: str = ""):
+    """Two bar charts (a Bokeh row): the LSTM's advantage at closing brackets by distance to
+    the opener (KJF Fig. 4), and the share of its errors each oracle explains (Fig. 5)."""
+    from bokeh.layouts import row
+    from bokeh.models import ColumnDataSource, LabelSet
+    from bokeh.plotting import figure as bfigure
+    dist = [r["distance"] for r in res["by_distance"]]
+    adv = [r["advantage"] for r in res["by_distance"]]
+    left = bfigure(x_range=dist, width=420, height=320, toolbar_location=None,
+                   title=title or "advantage at closing brackets",
+                   x_axis_label="characters back to the opener",
+                   y_axis_label="n-gram bits − LSTM bits (mean)")
+    src = ColumnDataSource(dict(x=dist, top=adv, label=[f"{v:+.2f}\n({r['count']:,})" for v, r in
+                                                        zip(adv, res["by_distance"])]))
+    finite = [v for v in adv if np.isfinite(v)] or [0.0]
+    left.y_range.start, left.y_range.end = min(0.0, min(finite)) * 1.4 - 0.05, max(0.0, max(finite)) * 1.25 + 0.05
+    left.vbar(x="x", top="top", width=0.7, source=src, color="#4a7fb5")
+    left.add_layout(LabelSet(x="x", y="top", text="label", source=src, text_font_size="10px",
+                             text_align="center", y_offset=4))
+    cats = list(res["errors"])
+    share = [100 * res["errors"][c] for c in cats]
+    right = bfigure(y_range=cats[::-1], width=420, height=320, toolbar_location=None,
+                    title=f"the {res['wrong']:,} characters it gets wrong, by oracle",
+                    x_axis_label="% of its errors")
+    right.hbar(y=cats, right=share, height=0.7, color="#e08214")
+    for p in (left, right):
+        p.xgrid.grid_line_color = None
+    return row(left, right)

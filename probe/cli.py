@@ -324,8 +324,11 @@ def parser() -> argparse.ArgumentParser:
     er.add_argument("recording", help="a .h5 recording (or a folder of shards) with its loss")
     er.add_argument("--ngram", help="an n-gram model from probe ngram train (default: see below)")
     er.add_argument("--order", type=int, default=10, help="order of the default n-gram model (default 10)")
-    er.add_argument("--force", action="store_true", help="compare even if the vocabularies differ")
+    er.add_argument("--force", action="store_true", help="compare even if the vocabularies differ; overwrite "
+                    "an existing --png file")
     er.add_argument("--json", action="store_true", help="machine-readable output")
+    er.add_argument("--png", metavar="FILE", help="also draw the two bar charts (distance, oracles) into a PNG "
+                    "(needs Debian's chromium and chromium-driver)")
     er.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -539,6 +542,17 @@ def cmd_errors(a) -> int:
         ng = ngram.load(a.ngram) if a.ngram else advantage.default_ngram(rec, ngram.check_order(a.order),
                                                                           progress=not a.quiet)
         res = advantage.compare(rec, ng, force=a.force)
+    if a.png:
+        from . import browser
+        png = check_target(a.png, a.force)
+        if not browser.available():
+            raise ProbeError("--png needs Debian's chromium and chromium-driver (apt-get install chromium "
+                             "chromium-driver)")
+        import os
+
+        from bokeh.io import export_png
+        os.environ.setdefault("BOKEH_IN_DOCKER", "1")  # root: chromium needs --no-sandbox
+        export_png(advantage.figure(res), filename=str(png))
     if a.json:
         print(json.dumps({"bpc": res["bpc"], "characters": res["characters"],
                           "advantage_by_distance": res["by_distance"], "advantage_by_feature": res["by_feature"],
