@@ -192,7 +192,30 @@ def compare(rec, ng: ngram.NGram, force: bool = False) -> dict:
     return {"bpc": {"lstm": float(lstm[ok].mean()),
                     "ngram": {str(k + 1): float(nbits[k][ok].mean()) for k in range(ng.order)}},
             "characters": int(ok.sum()), "advantage": adv, "by_distance": rows, "by_feature": by_feature,
-            "wrong": wrong, "errors": errors, "category": category, "note": note}
+            "wrong": wrong, "errors": errors, "category": category, "ngram_bits": nbits[-1], "note": note}
+
+
+STORED = ("advantage", "ngram_bits", "category")  # the units of the derived stream ``store`` writes
+
+
+def store(path, res: dict, ng_name: str, order: int, force: bool = False, progress: bool = False) -> tuple[int, str]:
+    """Add ``compare``'s per-character results to the recording at ``path`` as a derived
+    stream ``ngram`` of the top recorded layer, units STORED: the advantage (bits), the
+    n-gram model's bits, and the error category (an index into CATEGORIES; -1: not an
+    error). The dashboard's "beyond n-grams" tab colours the text by them; ``probe
+    analyze`` ranks them against every feature like any stream."""
+    from . import derived
+    from .recording import open_recording
+    with open_recording(path) as rec:
+        if getattr(rec, "files", None):
+            raise ProbeError(f"{path}: --store writes into one .h5 recording, not a folder of shards (yet)")
+        layer = rec.layer_ids[-1]
+    columns = np.stack([res["advantage"], res["ngram_bits"], res["category"]], axis=1).astype(np.float32)
+    info = {"kind": "ngram", "spec_name": ng_name, "order": int(order), "categories": list(CATEGORIES),
+            "wrong_bits": WRONG}
+    derived.write_stream(path, layer, "ngram", list(STORED), lambda rec, a, b: columns[a:b], info,
+                         replace=force, progress=progress, desc="storing")
+    return layer, "ngram"
 
 
 def report(res: dict, title: str = "") -> str:

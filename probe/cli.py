@@ -327,6 +327,9 @@ def parser() -> argparse.ArgumentParser:
     er.add_argument("--force", action="store_true", help="compare even if the vocabularies differ; overwrite "
                     "an existing --png file")
     er.add_argument("--json", action="store_true", help="machine-readable output")
+    er.add_argument("--store", action="store_true", help="add the per-character results to the recording as "
+                    "a derived stream ngram (advantage, ngram_bits, category), for the dashboard's "
+                    "\"beyond n-grams\" tab; --force replaces an earlier one")
     er.add_argument("--png", metavar="FILE", help="also draw the two bar charts (distance, oracles) into a PNG "
                     "(needs Debian's chromium and chromium-driver)")
     er.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -542,6 +545,11 @@ def cmd_errors(a) -> int:
         ng = ngram.load(a.ngram) if a.ngram else advantage.default_ngram(rec, ngram.check_order(a.order),
                                                                           progress=not a.quiet)
         res = advantage.compare(rec, ng, force=a.force)
+    if a.store:
+        name = Path(a.ngram).name if a.ngram else f"the default order-{ng.order} model"
+        layer, stream = advantage.store(a.recording, res, name, ng.order, force=a.force, progress=not a.quiet)
+        print(f"{a.recording}: added stream {stream} to layer {layer} ({', '.join(advantage.STORED)})",
+              file=sys.stderr)
     if a.png:
         from . import browser
         png = check_target(a.png, a.force)

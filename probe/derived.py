@@ -183,6 +183,30 @@ def _check_fits(spec: dict, rec, spec_path: Path, force: bool) -> None:
 
 def _encode_one(file: Path, spec: dict, spec_path: Path, sha: str, force: bool, progress: bool,
                 chunk: int) -> tuple[Path, int, str]:
+    from .recording import Recording
+    layer, name = int(spec["layer"]), str(spec["stream"])
+    info = {"kind": spec["kind"], "spec_name": spec_path.name, "spec_sha256": sha,
+            "inputs": [[int(k), str(s)] for k, s in spec["inputs"]],
+            "model_sha256": spec["model_sha256"], "fitted_on": spec["fitted_on"]}
+    with Recording(file) as rec:
+        _check_fits(spec, rec, spec_path, force)
+
+    def rows(rec, a: int, b: int) -> np.ndarray:
+        return transform(spec, read_inputs(rec, spec["inputs"], a, b))
+    write_stream(file, layer, name, [str(n) for n in spec["unit_names"]], rows, info, replace=force,
+                 progress=progress, chunk=chunk, desc=f"encoding {Path(file).name}")
+    return file, layer, name
+
+
+def write_stream(path: str | os.PathLike, layer: int, name: str, unit_names: list[str], rows, info: dict, *,
+                 replace: bool = False, progress: bool = False, chunk: int = CHUNK,
+                 desc: str = "writing") -> None:
+    """Write a derived stream ``layers/{layer}/{name}`` into the recording at ``path`` (one
+    file): ``rows(rec, a, b)`` gives its values [b - a, units] for rows [a, b), read in
+    ``chunk``s (``rec`` is the recording, open for writing); ``info`` goes into its
+    ``derived`` attribute with ``stream``, ``unit_names`` and ``created``. Under a hidden
+    name until complete (then renamed; an interrupted write leaves no stream); an existing
+    derived stream of that name is refused unless ``replace``; a recorded one always."""
     import json
     from datetime import datetime, timezone
 
@@ -190,32 +214,32 @@ def _encode_one(file: Path, spec: dict, spec_path: Path, sha: str, force: bool, 
 
     from .files import interrupts
     from .recording import Recording
-    layer, name = int(spec["layer"]), str(spec["stream"])
-    names = [str(n) for n in spec["unit_names"]]
     final, partial = h5format.path(layer, name), h5format.path(layer, f".{name}.partial")
-    rec = Recording(file, mode="r+")
+    rec = Recording(path, mode="r+")
     try:
-        _check_fits(spec, rec, spec_path, force)
+        if layer not in rec.layer_ids:
+            raise ProbeError(f"{rec.path}: no layer {layer} to store {name} with")
+        if name in rec.streams or not name.isidentifier():
+            raise ProbeError(f"{rec.path}: stream name {name!r} is taken by a recorded stream or not a plain name")
+        if (layer, name) in rec.derived and not replace:
+            raise ProbeError(f"{rec.path}: already has derived stream {layer}/{name}; pass --force to replace it")
         f, T = rec.file, len(rec)
         if partial in f:
-            del f[partial]  # left by an interrupted encode
+            del f[partial]  # left by an interrupted write
         dtype = "float32" if rec.dtype == "float32" else "float16"
-        ds = h5format.create_stream(f, layer, f".{name}.partial", T, len(names), dtype, rec.compression,
+        ds = h5format.create_stream(f, layer, f".{name}.partial", T, len(unit_names), dtype, rec.compression,
                                     checksums=rec.checksums == "fletcher32")
-        info = {"kind": spec["kind"], "stream": name, "spec_name": spec_path.name, "spec_sha256": sha,
-                "inputs": [[int(k), str(s)] for k, s in spec["inputs"]], "unit_names": names,
-                "model_sha256": spec["model_sha256"], "fitted_on": spec["fitted_on"],
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         with interrupts() as stop, tqdm(total=T, unit="char", unit_scale=True, disable=not progress,
-                                        desc=f"encoding {file.name}") as bar:
+                                        desc=desc) as bar:
             for a in range(0, T, chunk):
                 if stop.is_set():
                     raise KeyboardInterrupt
                 b = min(a + chunk, T)
-                ds[a:b] = transform(spec, read_inputs(rec, spec["inputs"], a, b)).astype(dtype)
+                ds[a:b] = np.asarray(rows(rec, a, b)).astype(dtype)
                 bar.update(b - a)
-        ds.attrs["derived"] = json.dumps(info)
-        ds.attrs["unit_names"] = names
+        ds.attrs["derived"] = json.dumps({**info, "stream": name, "unit_names": list(unit_names),
+                                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        ds.attrs["unit_names"] = list(unit_names)
         if final in f:
             del f[final]
         f.move(partial, final)
@@ -229,7 +253,6 @@ def _encode_one(file: Path, spec: dict, spec_path: Path, sha: str, force: bool, 
         raise
     finally:
         rec.close()
-    return file, layer, name
 
 
 # ---- describing a spec ----------------------------------------------------------------------

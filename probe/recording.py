@@ -316,7 +316,7 @@ def summary(path: str | os.PathLike) -> dict:
             **({"layer_ids": " ".join(map(str, rec.layer_ids))} if len(rec.layer_ids) != rec.layers else {}),
             "streams": " ".join(rec.streams), "units": rec.units,
             **({"derived": {f"{k}/{s}": f"{info['kind']}, {len(info['unit_names'])} units, from "
-                            f"{info['spec_name']}" for (k, s), info in rec.derived.items()}}
+                            f"{info.get('spec_name', '?')}" for (k, s), info in rec.derived.items()}}
                if rec.derived else {}),
             "dtype": rec.dtype,
             "compression": rec.compression, "chunks": str(rec.chunks),

@@ -199,6 +199,26 @@ def colored_html(text: str, values, stream: str, *, start: int = 0, mark: int | 
     return "".join(parts)
 
 
+def category_html(text: str, codes, colours: dict[int, str], names: dict[int, str], *, start: int = 0,
+                  root_class: str = "probe-text") -> str:
+    """A ``<div>`` of one ``<span>`` per character, its background the colour of its
+    category (``codes`` [n] ints; a code without a colour: no background), its title the
+    position, character and category name. Every character is escaped, as in ``colored_html``."""
+    codes = np.asarray(codes).ravel()
+    if len(codes) != len(text):
+        raise ProbeError(f"{len(text)} characters but {len(codes)} categories")
+    parts = [f'<div class="{html.escape(root_class, quote=True)}">']
+    for j, (ch, c) in enumerate(zip(text, codes.tolist())):
+        extra, content = _char_html(ch, "break")
+        c = int(c) if c == c else -1  # NaN: no category
+        style = f' style="background:{colours[c]}"' if c in colours else ""
+        title = f"{start + j}  {_title_label(ch)}  {html.escape(names.get(c, ''), quote=True)}"
+        cls = f' class="{extra}"' if extra else ""
+        parts.append(f'<span{cls}{style} title="{title}">{content}</span>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def legend_html(stream: str, label: str | None = None, scale: tuple[float, float] | None = None) -> str:
     """A small colour bar with its value range (a derived stream's: ``scale``)."""
     div = is_diverging(stream)

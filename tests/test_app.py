@@ -334,6 +334,13 @@ def test_a_first_analysis_shows_its_progress_while_the_text_works(folder, tmp_pa
     assert analysis.cache_path(recs / "tiny.h5").exists()
 
 
+def settle(p: Page, *names: str) -> None:
+    """Let the server's background analyses of ``names`` end before it stops (a pass left
+    running would read streams while a later test counts reads)."""
+    store = p.doc.session_context.server_context.cells
+    p.wait_for(lambda: all(store.analysis(n).done() for n in names))
+
+
 def test_a_derived_stream_is_shown_like_a_recorded_one(folder, tmp_path):
     """Issue #19: a stream added by probe encode is in the stream menu of its layer, shown
     coloured over its own range, its units named; tabs that need a model's own cell say so."""
@@ -375,6 +382,39 @@ def test_a_derived_stream_is_shown_like_a_recorded_one(folder, tmp_path):
             assert "no stream dir in layer 0 of tiny.h5" in p.message and p["stream"].value == "c"
             assert "dir" not in [o[0] for o in p["stream"].options]
         finally:
+            settle(p, "tiny.h5")
+            p.close()
+
+
+def test_the_beyond_ngrams_tab_colours_the_window_by_advantage_and_error(folder, tmp_path):
+    """Issue #17: after probe errors --store, the tab colours the visible window by where the
+    model beats the n-gram model, or by the oracle that explains each error; before, it
+    says how to add them."""
+    from probe import advantage, ngram
+    from probe.cli import main
+    recs = tmp_path / "recordings"
+    recs.mkdir()
+    shutil.copy(folder / "tiny.h5", recs / "tiny.h5")
+    shutil.copy(folder / "nasty.h5", recs / "nasty.h5")
+    with open_recording(recs / "tiny.h5") as rec:
+        vocab = rec.model_config["vocab"]
+    ng = ngram.save(ngram.train([("t.py", TEXT * 3)], vocab, order=3), tmp_path / "t.ngram.npz")
+    assert main(["errors", str(recs / "tiny.h5"), "--ngram", str(ng), "--store", "--quiet"]) == 0
+    with serving(recs) as server:
+        p = Page(server, recording="tiny.h5", window=1000)
+        try:
+            open_tab(p, "beyond n-grams")
+            assert "against t.ngram.npz (order 3)" in p["ngram-note"].text
+            shown = p["ngram-text"].text
+            assert shown.count("<span") == 1000 and "bits" in shown and 'class="d' in shown
+            p.set("ngram-mode", value="error category")
+            shown = p["ngram-text"].text
+            assert "background:" in shown and any(c in shown for c in advantage.CATEGORIES)
+            assert all(c in p["ngram-legend"].text for c in advantage.CATEGORIES)
+            p.set("recording", value="nasty.h5")  # no results there: said how to add them
+            assert "probe errors REC --store" in p["ngram-note"].text and p["ngram-text"].text == ""
+        finally:
+            settle(p, "tiny.h5", "nasty.h5")
             p.close()
 
 
@@ -700,7 +740,8 @@ def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
             tabs = p.doc.select_one({"type": Tabs})
             assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "select & match",
                                                     "gate saturation", "type your own text", "intervene",
-                                                    "explain a prediction", "derived features", "dummy"]
+                                                    "explain a prediction", "derived features", "beyond n-grams",
+                                                    "dummy"]
             assert tabs.tabs[-1].child is p["dummy"]
             assert p["dummy"].text.startswith("dummy tab: update 1 with recording=tiny.h5&layer=0&stream=c&unit=0")
             p.set("unit", value=5)

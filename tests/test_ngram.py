@@ -111,6 +111,21 @@ def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys
     assert sum(res["errors"].values()) == pytest.approx(1.0)
     assert res["advantage_by_feature"][-1]["advantage"] == pytest.approx(
         res["bpc"]["ngram"]["3"] - res["bpc"]["lstm"], abs=1e-6)  # advantage is float32
+    # stored as a derived stream, then analysed like any stream; a second store needs --force
+    assert main(["errors", str(recording_path), "--ngram", str(ng), "--store", "--quiet"]) == 0
+    assert "added stream ngram to layer 1 (advantage, ngram_bits, category)" in capsys.readouterr().err
+    from probe import analysis
+    from probe.recording import open_recording
+    with open_recording(recording_path) as rec:
+        assert rec.unit_names(1, "ngram") == ["advantage", "ngram_bits", "category"]
+        adv = rec.unit(1, "ngram", 0)
+        assert np.nanmean(adv) == pytest.approx(res["bpc"]["ngram"]["3"] - res["bpc"]["lstm"], abs=1e-3)
+        cat = rec.unit(1, "ngram", 2)
+        assert set(np.unique(cat[np.isfinite(cat)])) <= set(range(-1, len(advantage.CATEGORIES)))
+    scores = analysis.analysis(recording_path)["scores"]
+    assert set(scores[scores["stream"] == "ngram"]["unit"]) == {0, 1, 2}
+    assert main(["errors", str(recording_path), "--ngram", str(ng), "--store"]) == 1
+    assert "already has derived stream 1/ngram; pass --force" in capsys.readouterr().err
     # another vocabulary: refused, or a note with --force
     other = ngram.train([("x", "abc")], "\x00abc", order=2)
     ngram.save(other, tmp_path / "other.npz")

@@ -26,7 +26,7 @@ from .selection import WINDOWS, from_query, is_bare
 from .session import Session, View
 from .store import store_for
 
-TABS = ["card", "leaderboard", "match", "saturation", "live", "intervene", "saliency", "features"]  # modules in tabs/, in page order
+TABS = ["card", "leaderboard", "match", "saturation", "live", "intervene", "saliency", "features", "ngrams"]  # modules in tabs/, in page order
 
 # ---- data -----------------------------------------------------------------------------------
 doc = curdoc()

@@ -38,7 +38,8 @@ def describe(rec, layer: int, stream: str) -> str:
     info = rec.derived.get((int(layer), stream))
     if info is None:
         return DESCRIPTION.get(stream, stream)
-    kind = {"directions": "probe directions", "dictionary": "dictionary features"}.get(info["kind"], info["kind"])
+    kind = {"directions": "probe directions", "dictionary": "dictionary features",
+            "ngram": "against n-grams"}.get(info["kind"], info["kind"])
     return f"{kind} ({len(info['unit_names'])})"
 
 

@@ -1,0 +1,68 @@
+"""Beyond n-grams: the visible window coloured by where the recorded model predicts the
+next character better than an n-gram model (the advantage, in bits), or by why it errs
+(the first "oracle" that explains each error: ``probe.advantage``). Read from the
+recording's derived stream ``ngram``, which ``probe errors REC --store`` adds; the
+dashboard computes nothing here."""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+from bokeh.layouts import column
+from bokeh.models import Select
+
+from probe import render
+
+from ..selection import Selection
+from ..session import Session, View
+from ..views import note_div, note_html, text_div
+
+TITLE = "beyond n-grams"
+MODES = ("advantage", "error category")
+COLOURS = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#b3b3b3")  # one per category
+
+
+def build(session: Session) -> View:
+    mode = Select(title="colour by", options=list(MODES), value=MODES[0], width=180, name="ngram-mode")
+    note, legend = note_div(name="ngram-note"), note_div(name="ngram-legend")
+    text = text_div(name="ngram-text", sizing_mode="stretch_width")
+
+    def update(sel: Selection) -> None:
+        rec = session.rec
+        key = next((k for k in (rec.derived if rec is not None else {}) if k[1] == "ngram"), None)
+        if key is None:
+            note.text = note_html("no n-gram results in this recording: add them with "
+                                  "probe errors REC --store (they are a derived stream, ngram)")
+            text.text = legend.text = ""
+            return
+        info = rec.derived[key]
+        a, b = session.span
+        names = list(info["unit_names"])
+        values = session.store.values(sel.recording, key[0], key[1], names.index(
+            "advantage" if mode.value == MODES[0] else "category"), a, b)  # [b - a]
+        note.text = note_html(f"against {info.get('spec_name', 'an n-gram model')} (order {info.get('order', '?')}); "
+                              f"characters {a:,}–{b:,}, as in the window above")
+        if mode.value == MODES[0]:
+            legend.text = render.legend_html("g", label="n-gram bits − model bits (red: the model knows more)")
+            text.text = render.colored_html(rec.text[a:b], values, "g", start=a,
+                                            title_fmt="{position}  {char}  {value:+.2f} bits")
+        else:
+            cats = list(info.get("categories", []))
+            colours = dict(enumerate(COLOURS[:len(cats)]))
+            legend.text = category_legend(cats, info.get("wrong_bits", 1.0))
+            text.text = render.category_html(rec.text[a:b], np.nan_to_num(values, nan=-1).astype(int), colours,
+                                             dict(enumerate(cats)), start=a)
+
+    def clear() -> None:
+        text.text = legend.text = note.text = ""
+
+    mode.on_change("value", lambda attr, old, new: update(session.sel) if session.rec is not None else None)
+    return View(column(note, mode, legend, text, sizing_mode="stretch_width"), update, clear)
+
+
+def category_legend(categories: list[str], wrong_bits: float) -> str:
+    """A colour key of the error categories."""
+    keys = "".join(f'<span style="background:{c};padding:1px 6px;margin-right:6px">{html.escape(n)}</span>'
+                   for n, c in zip(categories, COLOURS))
+    return (f'<div class="note">characters the model gets wrong (more than {wrong_bits:g} bit: p &lt; 1/2), '
+            f"by the first oracle that explains them: {keys}</div>")
