@@ -50,8 +50,8 @@ def default_ngram(rec, order: int = 10, progress: bool = False) -> ngram.NGram:
     src = cfg.get("corpus") or {}
     kind, split, fp = src.get("kind"), src.get("split", "train"), src.get("fingerprint", "")
     if kind not in ("stdlib", "linux"):
-        raise ProbeError(f"{rec.path}: its model was trained on {kind or 'an unnamed'} text, not a built-in "
-                         "corpus: give an n-gram model (probe ngram train --text … --out NG; --ngram NG)")
+        raise ProbeError(f"{rec.path}: its model was not trained on a built-in corpus (stdlib, linux): give an "
+                         "n-gram model of its training text (probe ngram train --text … --out NG; --ngram NG)")
     path = cache_dir() / f"{kind}-{split}-{fp[:16]}-{order}.ngram.npz"
     if path.exists():
         ng = ngram.load(path)

@@ -173,3 +173,39 @@ def test_each_error_goes_to_the_first_oracle_that_explains_it(tmp_path):
     assert got["o@5"] == "the rest" and got["7@25"] == "the rest"
     assert got["=@2"] == "punctuation" and got["+@11"] == "punctuation"
     assert got[" @1"] == "whitespace" and got["\n@26"] == "whitespace"
+
+
+def test_the_default_ngram_model_is_built_once_and_cached(recording_path, tmp_path, monkeypatch):
+    """Without --ngram: the model of the recording's model's training corpus, built on the
+    first use and read from the cache after; a model trained on other text is refused."""
+    from probe import advantage
+    from probe.recording import open_recording
+    monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
+    built = []
+
+    class Fake:
+        documents = DOCS
+
+    def fake_load(kind, split):
+        built.append((kind, split))
+        return Fake()
+    monkeypatch.setattr(advantage.corpora, "load", fake_load)
+    with open_recording(recording_path) as rec:
+        with pytest.raises(ProbeError, match="not trained on a built-in corpus .stdlib, linux.: give an n-gram model"):
+            advantage.default_ngram(rec, order=3)
+        rec.model_config["corpus"] = {"kind": "stdlib", "split": "train", "fingerprint": "f" * 64}
+        a = advantage.default_ngram(rec, order=3)
+        b = advantage.default_ngram(rec, order=3)
+    assert built == [("stdlib", "train")] and a.vocab == b.vocab == rec.model_config["vocab"]
+    assert len(list((tmp_path / "cache").glob("stdlib-train-*-3.ngram.npz"))) == 1
+
+
+def test_a_recording_without_loss_is_refused(tmp_path):
+    from probe import advantage, h5format
+    from probe.recording import open_recording
+    text = "x = 1\n" * 20
+    path = h5format.write(tmp_path / "r.h5", text, {(0, "h"): np.zeros((len(text), 2))},
+                          loss=np.full(len(text), np.nan, np.float32), model={"layers": 1, "units": 2, "vocab": VOCAB})
+    with open_recording(path) as rec:
+        with pytest.raises(ProbeError, match="r.h5: no characters with a loss to compare"):
+            advantage.compare(rec, ngram.train(DOCS, VOCAB, order=2))
