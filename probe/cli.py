@@ -111,7 +111,8 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a model checkpoint, a recording, or a directions/dictionary file",
                        formatter_class=fmt,
                        epilog=EPILOG + "probe info probe/models/stdlib.pt\n  probe info recordings/stdlib-test.h5\n"
-                       "  probe info recordings/stdlib-test.h5 --verify\n  probe info dict.pt --json")
+                       "  probe info recordings/stdlib-test.h5 --verify\n  probe info dict.pt --json\n"
+                       "  probe info stdlib-10.ngram.npz")
     i.add_argument("path", nargs="?", help="a .pt checkpoint, a .h5 recording, or a file from probe directions "
                    "or probe dictionary (default: shipped model)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -455,6 +456,9 @@ def cmd_info(a) -> int:
         return 0
     if a.path and (a.path.endswith((".h5", ".hdf5")) or Path(a.path).is_dir()):  # or a folder of shards
         info = summary(a.path)
+    elif a.path and a.path.endswith(".npz"):  # an n-gram model (probe ngram train)
+        from . import ngram
+        info = ngram.summary(a.path)
     elif a.path and derived.is_spec(a.path):  # from probe directions / probe dictionary
         info = derived.summary(a.path)
     else:

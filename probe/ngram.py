@@ -282,3 +282,14 @@ def load(path: str | os.PathLike) -> NGram:
     except Exception:  # noqa: BLE001 - not ours, or damaged: one line
         raise ProbeError(f"{path}: not a probe n-gram model (probe ngram train writes them)") from None
     return ng
+
+
+def summary(path: str | os.PathLike) -> dict:
+    """What ``probe info NG.npz`` prints."""
+    ng = load(path)
+    return {"path": str(path), "format": f"{FORMAT} v{VERSION}", "order": ng.order,
+            "smoothing": "interpolated Kneser-Ney", "vocab_size": len(ng.vocab),
+            "discounts": " ".join(f"{d:.3f}" for d in ng.discounts[1:]),
+            "n_grams": " ".join(f"{len(k):,}" for k in ng.keys), "identifiers": len(ng.identifiers),
+            "counts_mb": round(ng.nbytes / 1e6, 1), **{k: v for k, v in ng.info.items() if k != "root"}}
+

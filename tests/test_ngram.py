@@ -136,6 +136,9 @@ def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys
     assert main(["ngram", "train", "--text", str(folder), "--order", "0", "--out", str(tmp_path / "z.npz")]) == 1
     assert "order must be a whole number from 1 to 20" in capsys.readouterr().err
     assert load_model(model_path).vocab == ngram.load(ng).vocab
+    assert main(["info", str(ng), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["order"] == 3 and info["smoothing"] == "interpolated Kneser-Ney" and info["characters"] > 0
 
 
 def test_the_dynamic_memory_oracle_looks_back_within_the_document():
