@@ -199,3 +199,24 @@ def test_cli_directions_dictionary_encode_analyze(model_path, tmp_path, capsys):
     assert main(["analyze", str(other), "--json", "--top", "50"]) == 0
     best = json.loads(capsys.readouterr().out)["best"]
     assert {"dir", "dict"} <= {b["stream"] for b in best}
+
+
+def test_a_folder_of_shards_gets_the_stream_in_every_shard(model_path, tmp_path):
+    """probe encode on a folder: each shard gets the stream, and the folder reads it as one,
+    equal to encoding the same text in one file."""
+    from probe.model import load_model
+    from test_shards import record_shards, record_whole
+    model = load_model(model_path)
+    whole, folder = record_whole(model, tmp_path / "whole.h5"), record_shards(model, tmp_path / "sharded", 3)
+    with open_recording(whole) as rec:
+        sha = rec.model_sha256
+    spec = spec_for(whole, inputs=((1, "h"),), sha=sha)
+    spec["mean"], spec["scale"] = torch.zeros(8), torch.ones(8)
+    spec["params"]["W"] = torch.from_numpy(np.random.default_rng(2).normal(size=(8, 2)).astype(np.float32))
+    spec["params"]["state_mean"] = torch.zeros(8)
+    spec_path = derived.save(spec, tmp_path / "d.pt")
+    assert len(derived.encode(folder, spec_path)) == 3
+    derived.encode(whole, spec_path)
+    with open_recording(folder) as sharded, open_recording(whole) as one:
+        assert (1, "dir") in sharded.derived and sharded.unit_names(1, "dir") == ["alpha", "beta"]
+        np.testing.assert_array_equal(sharded.window(1, "dir", 0, len(one)), one.window(1, "dir", 0, len(one)))
