@@ -397,11 +397,24 @@ def transform(spec: dict, x: np.ndarray) -> np.ndarray:
     rows at a time."""
     p, k = _torch_params(spec)
     z = derived.standardise(spec, np.asarray(x, dtype=np.float32))
-    out = np.zeros((len(z), p["W_enc"].shape[0]), dtype=np.float32)
-    codes = torch.from_numpy(out)
+    F = p["W_enc"].shape[0]
+    out = np.zeros((len(z), F), dtype=np.float32)
+    w_t = p["W_enc"].T.contiguous()
     for a in range(0, len(z), EVAL_BATCH):
-        vals, idx, _ = _encode(p, torch.from_numpy(np.ascontiguousarray(z[a:a + EVAL_BATCH])), k)
-        codes[a:a + len(vals)].scatter_(1, idx, vals)
+        zb = torch.from_numpy(np.ascontiguousarray(z[a:a + EVAL_BATCH]))
+        pre = torch.addmm(p["b_enc"], zb - p["b_dec"], w_t).numpy()  # [n, F]
+        # the k-th largest per row by numpy's partition (3x faster than torch.topk here), then
+        # every pre-activation at least that large; rows where ties let in more than k (rare)
+        # are redone with topk, so each row keeps exactly the k that _encode keeps
+        kth = np.partition(pre, F - k, axis=1)[:, F - k:F - k + 1]
+        keep = pre >= kth
+        block = np.where(keep, np.maximum(pre, 0), 0)
+        over = np.flatnonzero(keep.sum(1) > k)
+        if len(over):
+            vals, idx, _ = _encode(p, zb[over], k)
+            block[over] = 0
+            torch.from_numpy(block)[over] = torch.zeros(len(over), F).scatter_(1, idx, vals)
+        out[a:a + len(block)] = block
     return out
 
 

@@ -258,3 +258,24 @@ def test_bad_inputs_are_one_line(rec, tmp_path):
         dictionary.train(rec, 1, "c", **SMALL, out=tmp_path / "d.pt")
     assert "already exists" in _one_line(e)
     assert (tmp_path / "d.pt").read_bytes() == b"mine"
+
+
+def test_transform_keeps_the_same_k_features_as_the_training_encoder_even_with_ties(rec):
+    """``transform`` picks each row's k largest by a partition (faster than topk); it keeps
+    exactly what ``_encode`` keeps, also in rows whose k-th value is tied."""
+    rng = np.random.default_rng(3)
+    D, F, k = rec.units, 40, 4
+    W_enc = torch.from_numpy(rng.normal(size=(F, D)).astype(np.float32))
+    spec = _spec(rec, 1, "h", W_enc, W_enc.clone(), torch.zeros(D), k)
+    x = rng.normal(size=(500, D)).astype(np.float32)
+    x[:50] = 0.0                                   # every pre-activation 0: all F tied
+    W_tie = W_enc.clone()
+    W_tie[1] = W_tie[0]                            # features 0 and 1 always tied
+    spec_tie = _spec(rec, 1, "h", W_tie, W_tie.clone(), torch.zeros(D), k)
+    for s in (spec, spec_tie):
+        got = dictionary.transform(s, x)
+        p, kk = dictionary._torch_params(s)
+        vals, idx, _ = dictionary._encode(p, torch.from_numpy(x), kk)
+        want = torch.zeros(len(x), F).scatter_(1, idx, vals).numpy()
+        np.testing.assert_array_equal(got, want)
+        assert ((got > 0).sum(1) <= k).all()
