@@ -55,7 +55,8 @@ def test_format_doc_names_every_attribute_dataset_and_stream(recording_path):
     assert "MEASUREMENT_TABLE" not in doc and "BATCHED_DIFF" not in doc, "fill in the measurements"
 
 
-def test_the_readme_python_example_runs(recording_path):
+def test_the_readme_python_example_runs(recording_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the example writes dirs.pt where it runs
     readme = (ROOT / "README.md").read_text()
     code = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     code = code.replace("recordings/stdlib-test.h5", str(recording_path)).replace(", 42)", ", 3)")
