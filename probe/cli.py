@@ -668,9 +668,14 @@ def cmd_ablate(a) -> int:
     if a.directions:
         from . import directions
         spec = derived.load(a.directions)
-        df = directions.ablate(model, docs, spec, a.feature or None, random=16 if a.random is None else a.random,
-                               seed=a.seed, chars=a.limit,
-                               streams=(a.on,) if a.on else None, progress=not a.quiet)
+        import warnings
+        with warnings.catch_warnings(record=True) as said:  # a spec from another checkpoint: one line
+            warnings.simplefilter("always")
+            df = directions.ablate(model, docs, spec, a.feature or None, random=16 if a.random is None else a.random,
+                                   seed=a.seed, chars=a.limit,
+                                   streams=(a.on,) if a.on else None, progress=not a.quiet)
+        for w in said:
+            print(f"probe: note: {a.directions}: {w.message}", file=sys.stderr)
         report = directions.report(df)
     else:
         df = intervene.effects(model, docs, cells, layer=a.layer, feature_names=a.feature or None, how=how,
