@@ -48,6 +48,12 @@ def default_ngram(rec, order: int = 10, progress: bool = False) -> ngram.NGram:
     from ``cache_dir()``."""
     cfg = rec.model_config
     src = cfg.get("corpus") or {}
+    if not src:  # recordings keep the model's shape, not its corpus: ask its checkpoint
+        from .model import for_recording
+        try:
+            src = getattr(for_recording(rec)[0], "corpus", None) or {}
+        except ProbeError:
+            src = {}
     kind, split, fp = src.get("kind"), src.get("split", "train"), src.get("fingerprint", "")
     if kind not in ("stdlib", "linux"):
         raise ProbeError(f"{rec.path}: its model was not trained on a built-in corpus (stdlib, linux): give an "
