@@ -76,8 +76,7 @@ def check(spec, where: object) -> None:
         raise ProbeError(f"{where}: lacks {', '.join(missing)}")
     if spec["kind"] not in KINDS:
         raise ProbeError(f"{where}: unknown kind {spec['kind']!r} (kinds: {', '.join(KINDS)})")
-    D = sum(1 for _ in spec["inputs"])
-    if D == 0:
+    if not len(spec["inputs"]):
         raise ProbeError(f"{where}: reads no streams")
     mean, scale = spec["mean"], spec["scale"]
     if mean.ndim != 1 or mean.shape != scale.shape:
@@ -172,24 +171,28 @@ def _check_fits(spec: dict, rec, spec_path: Path, force: bool) -> None:
     if sum(widths) != len(spec["mean"]):
         raise ProbeError(f"{spec_path}: reads {len(spec['mean'])} values per character; "
                          f"{rec.path.name}'s {' '.join(f'{k}/{s}' for k, s in spec['inputs'])} have {sum(widths)}")
+    check_target(rec, layer, name, force)
+
+
+def check_target(rec, layer: int, name: str, replace: bool) -> None:
+    """Where a derived stream ``name`` goes in ``rec``: a recorded layer, a plain name no
+    recorded stream has, and no derived stream of that name unless ``replace``."""
     if layer not in rec.layer_ids:
-        raise ProbeError(f"{spec_path}: is stored with layer {layer}, which {rec.path.name} lacks")
+        raise ProbeError(f"{rec.path}: no layer {layer} to store {name} with")
     if name in rec.streams or not name.isidentifier():
-        raise ProbeError(f"{spec_path}: stream name {name!r} is taken by a recorded stream or not a plain name")
-    if (layer, name) in rec.derived and not force:
+        raise ProbeError(f"{rec.path}: stream name {name!r} is taken by a recorded stream or not a plain name")
+    if (layer, name) in rec.derived and not replace:
         raise ProbeError(f"{rec.path}: already has derived stream {layer}/{name} (from "
                          f"{rec.derived[(layer, name)].get('spec_name')}); pass --force to replace it")
 
 
 def _encode_one(file: Path, spec: dict, spec_path: Path, sha: str, force: bool, progress: bool,
                 chunk: int) -> tuple[Path, int, str]:
-    from .recording import Recording
+    """The stream into one file (``encode`` checked the spec against the whole recording)."""
     layer, name = int(spec["layer"]), str(spec["stream"])
     info = {"kind": spec["kind"], "spec_name": spec_path.name, "spec_sha256": sha,
             "inputs": [[int(k), str(s)] for k, s in spec["inputs"]],
             "model_sha256": spec["model_sha256"], "fitted_on": spec["fitted_on"]}
-    with Recording(file) as rec:
-        _check_fits(spec, rec, spec_path, force)
 
     def rows(rec, a: int, b: int) -> np.ndarray:
         return transform(spec, read_inputs(rec, spec["inputs"], a, b))
@@ -217,12 +220,7 @@ def write_stream(path: str | os.PathLike, layer: int, name: str, unit_names: lis
     final, partial = h5format.path(layer, name), h5format.path(layer, f".{name}.partial")
     rec = Recording(path, mode="r+")
     try:
-        if layer not in rec.layer_ids:
-            raise ProbeError(f"{rec.path}: no layer {layer} to store {name} with")
-        if name in rec.streams or not name.isidentifier():
-            raise ProbeError(f"{rec.path}: stream name {name!r} is taken by a recorded stream or not a plain name")
-        if (layer, name) in rec.derived and not replace:
-            raise ProbeError(f"{rec.path}: already has derived stream {layer}/{name}; pass --force to replace it")
+        check_target(rec, layer, name, replace)
         f, T = rec.file, len(rec)
         if partial in f:
             del f[partial]  # left by an interrupted write

@@ -469,8 +469,8 @@ def quality(spec: dict, rec, *, rows: int = 50_000, loss_chars: int = 20_000, mo
         if model is None:
             from .model import for_recording
             model = for_recording(rec)[0]
-        from .directions import _one_thread
-        with _one_thread():  # a step is a few small products: more threads only wait (100x slower busy)
+        from .detectors import one_torch_thread
+        with one_torch_thread():  # a step is a few small products: more threads only wait (100x slower busy)
             out.update(_loss_recovered(spec, rec, model, test, loss_chars))
     return out
 

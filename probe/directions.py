@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -32,7 +31,7 @@ import torch
 from . import corpus as corpora
 from . import derived, h5format
 from . import features as features_mod
-from .detectors import auc_exact, default_features, length
+from .detectors import auc_exact, default_features, length, one_torch_thread
 from .errors import ProbeError
 from .probes import _sample_from, split_positions
 
@@ -537,18 +536,6 @@ def _stacked(rows: list[Direction], B: int, H: int) -> dict:
     return out
 
 
-@contextmanager
-def _one_thread():
-    """torch on one thread, restored after: a step is a few small products, where more
-    threads only add synchronisation (20 times slower with a busy second core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def losses(model, text: str, rows: list[Direction]) -> np.ndarray:
     """Bits per character [1 + len(rows), T] of ``text`` read from a zero state: row 0
     unedited, then one row per direction removed (``project`` at every step, in every
@@ -557,7 +544,7 @@ def losses(model, text: str, rows: list[Direction]) -> np.ndarray:
     One batch: the layers below the lowest edited one run once (they cannot see the edit),
     the rest step by step with one row per direction, as ``intervene.losses`` does. It
     equals ``probe.stepwise`` with ``project`` in its edit hook (tested)."""
-    with _one_thread(), torch.no_grad():
+    with one_torch_thread(), torch.no_grad():  # a step is a few small products: more threads only wait
         return _losses(model, text, rows)
 
 

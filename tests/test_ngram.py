@@ -125,7 +125,7 @@ def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys
     scores = analysis.analysis(recording_path)["scores"]
     assert set(scores[scores["stream"] == "ngram"]["unit"]) == {0, 1, 2}
     assert main(["errors", str(recording_path), "--ngram", str(ng), "--store"]) == 1
-    assert "already has derived stream 1/ngram; pass --force" in capsys.readouterr().err
+    assert "already has derived stream 1/ngram (from tiny.ngram.npz); pass --force" in capsys.readouterr().err
     # another vocabulary: refused, or a note with --force
     other = ngram.train([("x", "abc")], "\x00abc", order=2)
     ngram.save(other, tmp_path / "other.npz")
