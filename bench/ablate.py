@@ -17,7 +17,11 @@ import time
 
 import torch
 
-from probe import corpus, intervene, load_model
+from probe import load_model
+
+from probe.text import corpus
+
+from probe.causal import intervene
 
 
 def forward_seconds(model, text: str) -> float:

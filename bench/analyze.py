@@ -10,8 +10,8 @@ One run prints:
 - read: seconds to read every stream once in row chunks, as float32 (the floor any
   analysis pays). It is timed before and after scoring, and the faster is used, so that
   both sides see the same (warm) OS page cache;
-- features: seconds and characters/s of ``probe.features.compute`` on the whole text;
-- score: seconds of ``probe.detectors.scores`` (one streaming pass over every stream:
+- features: seconds and characters/s of ``probe.text.features.compute`` on the whole text;
+- score: seconds of ``probe.analysis.detectors.scores`` (one streaming pass over every stream:
   Pearson r for all features, AUC histograms for the binary ones);
 - ratio score / read (goal <= 2) and the peak resident memory of the process;
 - for reference, the read without conversion to float32 (pure I/O of the stored
@@ -28,7 +28,11 @@ import time
 import numpy as np
 import torch
 
-from probe import detectors, features, open_recording
+from probe import open_recording
+
+from probe.analysis import detectors
+
+from probe.text import features
 
 
 def read_all(rec, chunk: int, as_float32: bool = True) -> float:

@@ -1,4 +1,4 @@
-"""Check probe's C lexer (``probe.features``, C rules) against clang's lexer on real
+"""Check probe's C lexer (``probe.text.features``, C rules) against clang's lexer on real
 Linux kernel sources, character by character.
 
 What is compared, per character, in probe's convention (the state *after reading* the
@@ -100,7 +100,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.features import compute
+from probe.text.features import compute
 
 LABELS = ("in_string", "in_comment", "preprocessor", "bracket_depth")
 DEFAULT_OUT = Path("/work/bench-data/linux-sample")

@@ -17,8 +17,18 @@ import os
 import tempfile
 from pathlib import Path
 
-from probe import analysis, browser, corpus, detectors, gradients, load_model
-from probe.record import record
+from probe import load_model
+
+from probe.analysis import cache as analysis
+
+from probe.output import browser
+
+from probe.text import corpus
+
+from probe.analysis import detectors
+
+from probe.causal import gradients
+from probe.recording.record import record
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from probe import browser
+from probe.output import browser
 
 APP = browser.APP
 COLOURED = """
@@ -83,7 +83,9 @@ def analysis_cost(rec_path: Path, repeats: int = 2) -> dict:
     threads as ``analysis.analysis`` uses them), best of ``repeats`` each, interleaved."""
     import os
 
-    from probe import detectors, open_recording
+    from probe import open_recording
+
+    from probe.analysis import detectors
     threads = min(4, os.cpu_count() or 1)
     best = {False: float("inf"), True: float("inf")}
     with open_recording(rec_path) as rec:
@@ -101,7 +103,7 @@ def cache_bytes_per_unit(rec_path: Path) -> int:
     """Bytes of the summaries in the analysis cache per (layer, stream, unit)."""
     import zipfile
 
-    from probe import analysis
+    from probe.analysis import cache as analysis
     side = analysis.cache_path(rec_path)
     with zipfile.ZipFile(side) as z:
         infos = [i for i in z.infolist() if i.filename.startswith("summaries/")]
@@ -113,7 +115,8 @@ def cache_bytes_per_unit(rec_path: Path) -> int:
 
 def one(rec: Path, a) -> dict:
     """Every figure for one recording (its analysis cached first, not timed)."""
-    from probe import analysis, open_recording
+    from probe import open_recording
+    from probe.analysis import cache as analysis
     t0 = time.perf_counter()
     analysis.analysis(rec)  # the sidecar cache, so the server does not compute it while timed
     with open_recording(rec) as r:

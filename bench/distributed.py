@@ -51,11 +51,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe import analysis, browser, derived, detectors, dictionary, directions, h5format, load_model, open_recording
-from probe import corpus as corpora
-from probe import features as features_mod
+from probe import load_model, open_recording
+
+from probe.analysis import cache as analysis
+
+from probe.output import browser
+
+from probe.recording import derived
+
+from probe.analysis import detectors
+
+from probe.readout import dictionary
+
+from probe.readout import directions
+
+from probe.recording import h5format
+from probe.text import corpus as corpora
+from probe.text import features as features_mod
 from probe.errors import ProbeError
-from probe.record import record
+from probe.recording.record import record
 
 KIND = "probe bench/distributed.py"
 VERSION = 1
@@ -315,7 +329,7 @@ def picture_window(rec, feats, feature: str, lines: int = PICTURE_LINES) -> tupl
 
 def picture(rec, feats, result: dict, feature: str, png: Path) -> Path | None:
     """The hidden text twice: coloured by the feature's direction, then by its best single cell."""
-    from probe import render
+    from probe.output import render
     row = next((r for r in result["features"] if r["feature"] == feature), None)
     if row is None or not row.get("direction") or not row.get("cell"):
         return None

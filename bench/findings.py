@@ -20,9 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from probe import analysis, browser, detectors, open_recording, probes
-from probe.detectors import auc_exact
-from probe.render import standalone_page
+from probe import open_recording
+
+from probe.analysis import cache as analysis
+
+from probe.output import browser
+
+from probe.analysis import detectors
+
+from probe.readout import probes
+from probe.analysis.detectors import auc_exact
+from probe.output.render import standalone_page
 
 TARGETS = {"in_short_string": ("auc", 0.97), "in_comment": ("auc", 0.95),
            "column": ("r", 0.85), "bracket_depth": ("r", 0.8)}

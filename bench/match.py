@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from probe import match, open_recording
+from probe import open_recording
+
+from probe.analysis import match
 
 
 def spans_with(rec, layer: int, n: int, threshold: float, rng) -> tuple[int, int, list[int]]:

@@ -20,8 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from probe import corpus, load_model, ngram
-from probe.record import record
+from probe import load_model
+
+from probe.text import corpus
+
+from probe.text import ngram
+from probe.recording.record import record
 
 
 def main() -> None:

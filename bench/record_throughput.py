@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe import corpus, load_model, open_recording
-from probe.record import BLOCK, PIECE, record
+from probe import load_model, open_recording
+
+from probe.text import corpus
+from probe.recording.record import BLOCK, PIECE, record
 
 
 def bare_forward(model, ids: torch.Tensor) -> float:

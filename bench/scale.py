@@ -7,7 +7,7 @@ The first --chars characters of the stdlib corpus' train split, the shipped mode
 measured in this run (the machine may be shared: compare the ratios, not the seconds).
 
 Recording:
-  (a) one process, ``probe.record.record`` into one file (no Dask): the baseline;
+  (a) one process, ``probe.recording.record.record`` into one file (no Dask): the baseline;
   (b) ``probe record --workers 1``: ``cluster.record_shards`` on a local cluster of one
       worker (one shard);
   (c) ``--workers 2``: two workers, two shards side by side.
@@ -41,14 +41,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from probe import cluster, corpus, detectors, load_model, open_recording
-from probe.record import record
+from probe import load_model, open_recording
+
+from probe.analysis import cluster
+
+from probe.text import corpus
+
+from probe.analysis import detectors
+from probe.recording.record import record
 
 
 def warm() -> int:
     """On a worker: import what the tasks use, so the clock measures work, not imports."""
-    import probe.detectors  # noqa: F401
-    import probe.record  # noqa: F401
+    import probe.analysis.detectors  # noqa: F401
+    import probe.recording.record  # noqa: F401
     import torch as t
     return t.get_num_threads()
 

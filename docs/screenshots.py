@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from probe import browser
+from probe.output import browser
 
 REPO = Path(__file__).resolve().parents[1]
 

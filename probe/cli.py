@@ -10,19 +10,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import analysis, derived, detectors, gradients, intervene, match, shards
-from .corpus import encode, load
-from .errors import ProbeError
-from .export import export_lstmvis
-from .features import parse_feature_args
-from .files import atomic, check_target
-from .h5format import COMPRESSIONS
-from .model import NAMED, SHIPPED, file_sha256, load_model, model_from_checkpoint, read_checkpoint, shipped
-from .record import record
-from .recording import open_recording, summary, verify
-from .render import render_recording
-from .sample import sample
-from .train import DEFAULT_STEPS, TrainConfig, train
+from probe.analysis import cache as analysis
+
+from probe.recording import derived
+
+from probe.analysis import detectors
+
+from probe.causal import gradients
+
+from probe.causal import intervene
+
+from probe.analysis import match
+
+from probe.recording import shards
+from probe.text.corpus import encode, load
+from probe.errors import ProbeError
+from probe.output.export import export_lstmvis
+from probe.text.features import parse_feature_args
+from probe.files import atomic, check_target
+from probe.recording.h5format import COMPRESSIONS
+from probe.lm.model import NAMED, SHIPPED, file_sha256, load_model, model_from_checkpoint, read_checkpoint, shipped
+from probe.recording.record import record
+from probe.recording.reader import open_recording, summary, verify
+from probe.output.render import render_recording
+from probe.lm.sample import sample
+from probe.lm.train import DEFAULT_STEPS, TrainConfig, train
 
 EPILOG = "examples:\n  "
 # help for probe train's flags, one per TrainConfig field (the defaults come from the field)
@@ -52,7 +64,7 @@ def _source_flags(p: argparse.ArgumentParser, limit: int | None, limit_help: str
 
 
 def _cluster_flags(p: argparse.ArgumentParser, what: str) -> None:
-    """--workers N | --scheduler ADDR: run on a Dask cluster (probe.cluster)."""
+    """--workers N | --scheduler ADDR: run on a Dask cluster (probe.analysis.cluster)."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, metavar="N", help=f"start a local Dask cluster of N worker "
                    f"processes and {what}")
@@ -382,7 +394,7 @@ def cmd_record(a) -> int:
 
 def _record_on_cluster(a) -> int:
     """probe record --workers N | --scheduler ADDR: N shards into the folder --out."""
-    from . import cluster
+    from probe.analysis import cluster
     if a.shard:
         raise ProbeError("--shard I/N records one shard here; with --workers/--scheduler every shard is "
                          "recorded (--shards N sets how many)")
@@ -457,7 +469,7 @@ def cmd_info(a) -> int:
     if a.path and (a.path.endswith((".h5", ".hdf5")) or Path(a.path).is_dir()):  # or a folder of shards
         info = summary(a.path)
     elif a.path and a.path.endswith(".npz"):  # an n-gram model (probe ngram train)
-        from . import ngram
+        from probe.text import ngram
         info = ngram.summary(a.path)
     elif a.path and derived.is_spec(a.path):  # from probe directions / probe dictionary
         info = derived.summary(a.path)
@@ -489,7 +501,7 @@ def cmd_render(a) -> int:
 
 
 def cmd_directions(a) -> int:
-    from . import directions
+    from probe.readout import directions
     out = check_target(a.out, a.force)
     regex = parse_feature_args(a.feature)
     with open_recording(a.recording) as rec:
@@ -506,7 +518,7 @@ def cmd_directions(a) -> int:
 
 
 def cmd_dictionary(a) -> int:
-    from . import dictionary
+    from probe.readout import dictionary
     with open_recording(a.recording) as rec:
         spec = dictionary.train(rec, a.layer, a.stream, features=a.features, k=a.k, steps=a.steps, batch=a.batch,
                                 seed=a.seed, out=a.out, resume=a.resume, force=a.force, progress=not a.quiet,
@@ -528,7 +540,7 @@ def cmd_encode(a) -> int:
 
 
 def cmd_ngram(a) -> int:
-    from . import ngram
+    from probe.text import ngram
     out = check_target(a.out, a.force)
     ngram.check_order(a.order)
     model = load_model(a.model)
@@ -544,7 +556,8 @@ def cmd_ngram(a) -> int:
 
 
 def cmd_errors(a) -> int:
-    from . import advantage, ngram
+    from probe.analysis import advantage
+    from probe.text import ngram
     with open_recording(a.recording) as rec:
         ng = ngram.load(a.ngram) if a.ngram else advantage.default_ngram(rec, ngram.check_order(a.order),
                                                                           progress=not a.quiet)
@@ -555,7 +568,7 @@ def cmd_errors(a) -> int:
         print(f"{a.recording}: added stream {stream} to layer {layer} ({', '.join(advantage.STORED)})",
               file=sys.stderr)
     if a.png:
-        from . import browser
+        from probe.output import browser
         png = check_target(a.png, a.force)
         if not browser.available():
             raise ProbeError("--png needs Debian's chromium and chromium-driver (apt-get install chromium "
@@ -587,7 +600,7 @@ def cmd_analyze(a) -> int:
     detectors.check_top(a.top)  # before the slow part
     client = None
     if a.workers is not None or a.scheduler is not None:
-        from . import cluster
+        from probe.analysis import cluster
         if a.workers is not None:
             cluster.check_workers(a.workers)
         client = lambda: cluster.client(a.workers, a.scheduler)  # noqa: E731 (started on a cache miss)
@@ -666,7 +679,7 @@ def cmd_ablate(a) -> int:
     model = load_model(a.model)
     docs = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit).documents
     if a.directions:
-        from . import directions
+        from probe.readout import directions
         spec = derived.load(a.directions)
         import warnings
         with warnings.catch_warnings(record=True) as said:  # a spec from another checkpoint: one line

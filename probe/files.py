@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ProbeError
+from probe.errors import ProbeError
 
 
 def temporary(out: Path) -> Path:

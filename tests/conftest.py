@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from probe import corpus, features, h5format
-from probe.model import CharRNN, save_checkpoint
+from probe.text import corpus
+
+from probe.text import features
+
+from probe.recording import h5format
+from probe.lm.model import CharRNN, save_checkpoint
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core machine
 
@@ -47,8 +51,8 @@ def model_path(tiny_model, tmp_path):
 
 @pytest.fixture
 def recording_path(model_path, tmp_path):
-    from probe.model import load_model
-    from probe.record import record
+    from probe.lm.model import load_model
+    from probe.recording.record import record
     out = tmp_path / "tiny.h5"
     docs = [("a.py", TEXT), ("b.py", TEXT.replace("Point", "Line") * 2)]
     record(load_model(model_path), docs, out, dtype="float32", progress=False)

@@ -26,11 +26,23 @@ from bokeh.models import ColumnDataSource, Div, Tabs
 from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
-from probe import analysis, corpus, features, gradients, intervene, match, render
-from probe.model import CharRNN, load_model, save_checkpoint
-from probe.record import record
-from probe.recording import open_recording
-from probe.sample import sample
+from probe.analysis import cache as analysis
+
+from probe.text import corpus
+
+from probe.text import features
+
+from probe.causal import gradients
+
+from probe.causal import intervene
+
+from probe.analysis import match
+
+from probe.output import render
+from probe.lm.model import CharRNN, load_model, save_checkpoint
+from probe.recording.record import record
+from probe.recording.reader import open_recording
+from probe.lm.sample import sample
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "cells"
 TEXT = '''def greet(name):
@@ -344,7 +356,7 @@ def settle(p: Page, *names: str) -> None:
 def test_a_derived_stream_is_shown_like_a_recorded_one(folder, tmp_path):
     """Issue #19: a stream added by probe encode is in the stream menu of its layer, shown
     coloured over its own range, its units named; tabs that need a model's own cell say so."""
-    from probe import derived
+    from probe.recording import derived
     recs = tmp_path / "recordings"
     recs.mkdir()
     shutil.copy(folder / "tiny.h5", recs / "tiny.h5")
@@ -390,7 +402,8 @@ def test_the_beyond_ngrams_tab_colours_the_window_by_advantage_and_error(folder,
     """Issue #17: after probe errors --store, the tab colours the visible window by where the
     model beats the n-gram model, or by the oracle that explains each error; before, it
     says how to add them."""
-    from probe import advantage, ngram
+    from probe.analysis import advantage
+    from probe.text import ngram
     from probe.cli import main
     recs = tmp_path / "recordings"
     recs.mkdir()
@@ -422,8 +435,8 @@ def test_a_cell_switch_reads_the_window_and_snippets_only(page, folder, monkeypa
     """Issue #18: once the summaries are loaded, switching the cell (unit, stream, layer)
     reads the visible window and each card snippet's few characters, never a whole unit;
     the card's histogram and contexts are those of the whole cell's values."""
-    from probe import contexts
-    from probe.recording import Dataset
+    from probe.analysis import contexts
+    from probe.recording.reader import Dataset
     p = page(recording="tiny.h5", window=1000, start=500)
     store = p.doc.session_context.server_context.cells
     p.wait_for(lambda: store.summaries("tiny.h5").done())
@@ -583,7 +596,7 @@ def test_steering_samples_with_and_without_the_clamp(page, folder):
 
 
 def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "missing.pt")
+    monkeypatch.setattr("probe.lm.model.SHIPPED", tmp_path / "missing.pt")
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "gone.pt", CharRNN(corpus.build_vocab(TEXT), layers=1, units=4, embedding=4))
     recs = tmp_path / "recordings"
@@ -672,7 +685,7 @@ def test_saliency_text_is_escaped(page):
 
 
 def test_no_recordings_and_no_model_shows_a_message(tmp_path, monkeypatch):
-    monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "missing.pt")
+    monkeypatch.setattr("probe.lm.model.SHIPPED", tmp_path / "missing.pt")
     empty = tmp_path / "recordings"
     with serving(empty) as server:
         p = Page(server)
@@ -685,7 +698,7 @@ def test_no_recordings_and_no_model_shows_a_message(tmp_path, monkeypatch):
 
 def test_an_empty_folder_gets_a_default_recording_from_the_shipped_model(folder, tmp_path, monkeypatch,
                                                                           capfd):
-    monkeypatch.setattr("probe.model.SHIPPED", folder.parent / "tiny.pt")
+    monkeypatch.setattr("probe.lm.model.SHIPPED", folder.parent / "tiny.pt")
     empty = tmp_path / "recordings"
     with serving(empty) as server:
         p = Page(server)  # the server's load hook runs on its first loop turn

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from probe import browser
+from probe.output import browser
 
 pytestmark = pytest.mark.skipif(not browser.available(), reason="needs Debian chromium and chromium-driver "
                                 "(apt-get install chromium chromium-driver); CI installs them")

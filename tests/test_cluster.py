@@ -1,4 +1,4 @@
-"""Recording and analysis on a Dask cluster (``probe.cluster``): the scores equal the
+"""Recording and analysis on a Dask cluster (``probe.analysis.cluster``): the scores equal the
 single-process scores bit for bit, ``probe record --workers N`` writes the shards
 ``--shard I/N`` writes, a worker killed mid-task is retried and changes nothing, and bad
 cluster arguments are one-line errors.
@@ -20,10 +20,20 @@ import pandas as pd
 import pytest
 import torch
 
-from probe import ProbeError, analysis, cluster, corpus, detectors, open_recording, shards
-from probe import record as recorder
+from probe import ProbeError, open_recording
+
+from probe.analysis import cache as analysis
+
+from probe.analysis import cluster
+
+from probe.text import corpus
+
+from probe.analysis import detectors
+
+from probe.recording import shards
+from probe.recording import record as recorder
 from probe.cli import main
-from probe.model import CharRNN, load_model, save_checkpoint
+from probe.lm.model import CharRNN, load_model, save_checkpoint
 
 from conftest import TEXT
 
@@ -221,7 +231,7 @@ def run_and_kill(c, hook: tuple[str, str, str], tmp_path, work, check=None):
 def test_a_worker_killed_mid_analysis_is_retried_and_the_scores_are_still_exact(dask_client, sharded, tmp_path):
     with open_recording(sharded) as rec:
         local = detectors.scores_and_saturation(rec, None, chunk=CHUNK)
-    got = run_and_kill(dask_client, ("probe.detectors", "", "part_stats"), tmp_path,
+    got = run_and_kill(dask_client, ("probe.analysis.detectors", "", "part_stats"), tmp_path,
                        lambda: cluster.analyze(dask_client, sharded, chunk=CHUNK))
     assert_same_scores(got, local)
 
@@ -234,7 +244,7 @@ def test_a_worker_killed_mid_shard_leaves_no_half_written_shard(dask_client, mod
         assert list(tmp.glob(".part-000?-of-0002.h5.tmp-*"))  # the shard being written, hidden
         assert not out.exists()
 
-    done = run_and_kill(dask_client, ("probe.record", "ChunkWriter", "append"), tmp_path,
+    done = run_and_kill(dask_client, ("probe.recording.record", "ChunkWriter", "append"), tmp_path,
                         lambda: cluster.record_shards(dask_client, model_path, DOCS, SOURCE, out, shards=2,
                                                       progress=False), check=half_written)
     assert [d["path"] for d in done] == [str(out / "part-0001-of-0002.h5"), str(out / "part-0002-of-0002.h5")]

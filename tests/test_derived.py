@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from probe import analysis, derived, export, render
+from probe.analysis import cache as analysis
+
+from probe.recording import derived
+
+from probe.output import export
+
+from probe.output import render
 from probe.cli import main
 from probe.errors import ProbeError
-from probe.recording import open_recording
+from probe.recording.reader import open_recording
 
 from conftest import CODE, write_recording
 
@@ -72,7 +78,7 @@ def test_an_encoded_stream_is_a_stream(rec_path, tmp_path):
     page = render.render_recording(rec_path, 1, "dir", 1, 0, 200)
     assert "unit 1 (beta)" in page and 'class="s' in page
     # matched: where else its units are on together (LSTMVis's rule, on tanh of the values)
-    from probe import match
+    from probe.analysis import match
     with open_recording(rec_path) as rec:
         on = np.tanh(rec.window(1, "dir", 0, len(rec))) >= 0.3
         bits = match.index(rec, 1, "dir", 0.3)
@@ -171,8 +177,8 @@ def test_cli_encode_and_info(rec_path, tmp_path, capsys):
 def test_cli_directions_dictionary_encode_analyze(model_path, tmp_path, capsys):
     """The commands end to end on a tiny model: fit directions and a dictionary on one
     recording, add both to another, and they are analysed like recorded streams."""
-    from probe.model import load_model
-    from probe.record import record
+    from probe.lm.model import load_model
+    from probe.recording.record import record
     model = load_model(model_path)
     text = (CODE * 40)
     fit_on, other = tmp_path / "fit.h5", tmp_path / "other.h5"
@@ -204,7 +210,7 @@ def test_cli_directions_dictionary_encode_analyze(model_path, tmp_path, capsys):
 def test_a_folder_of_shards_gets_the_stream_in_every_shard(model_path, tmp_path):
     """probe encode on a folder: each shard gets the stream, and the folder reads it as one,
     equal to encoding the same text in one file."""
-    from probe.model import load_model
+    from probe.lm.model import load_model
     from test_shards import record_shards, record_whole
     model = load_model(model_path)
     whole, folder = record_whole(model, tmp_path / "whole.h5"), record_shards(model, tmp_path / "sharded", 3)

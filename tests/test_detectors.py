@@ -12,7 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probe import analysis, contexts, detectors, features, open_recording, probes
+from probe import open_recording
+
+from probe.analysis import cache as analysis
+
+from probe.analysis import contexts
+
+from probe.analysis import detectors
+
+from probe.text import features
+
+from probe.readout import probes
 from probe.cli import main
 from probe.errors import ProbeError
 
@@ -331,7 +341,7 @@ def test_errors(tmp_path, synthetic):
 
 
 def test_candidate_preselection_matches_a_full_stable_sort():
-    from probe.contexts import smallest_first
+    from probe.analysis.contexts import smallest_first
     rng = np.random.default_rng(0)
     for _ in range(200):  # float16-like data: many ties
         s = rng.integers(0, 20, size=int(rng.integers(1, 3000))).astype(np.float32)

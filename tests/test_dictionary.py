@@ -1,4 +1,4 @@
-"""The sparse dictionary (``probe.dictionary``): it finds directions planted in data, its
+"""The sparse dictionary (``probe.readout.dictionary``): it finds directions planted in data, its
 codes are sparse, its scores mean what they say, a resumed run ends where an uninterrupted
 one does, and bad input is one line."""
 from __future__ import annotations
@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from probe import corpus, derived, dictionary
+from probe.text import corpus
+
+from probe.recording import derived
+
+from probe.readout import dictionary
 from probe.errors import ProbeError
-from probe.model import CharRNN, load_model, save_checkpoint
-from probe.record import record
-from probe.recording import open_recording
+from probe.lm.model import CharRNN, load_model, save_checkpoint
+from probe.recording.record import record
+from probe.recording.reader import open_recording
 
 torch.set_num_threads(1)
 

@@ -8,12 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from probe import corpus, derived, detectors, directions, open_recording
+from probe import open_recording
+
+from probe.text import corpus
+
+from probe.recording import derived
+
+from probe.analysis import detectors
+
+from probe.readout import directions
 from probe.errors import ProbeError
-from probe.model import CharRNN, load_model, save_checkpoint
-from probe.probes import split_positions
-from probe.record import record
-from probe.stepwise import stepwise
+from probe.lm.model import CharRNN, load_model, save_checkpoint
+from probe.readout.probes import split_positions
+from probe.recording.record import record
+from probe.lm.stepwise import stepwise
 
 from conftest import CODE, TEXT, write_recording
 
@@ -234,7 +242,7 @@ def test_ablate_reports_the_batched_losses_against_random_directions(models):
     bits = np.concatenate([directions.losses(model, t, rows) for t in texts], axis=1)
     delta = np.full_like(bits[1:], np.nan)
     delta[:, :-1] = bits[1:, 1:] - bits[0, 1:]
-    from probe import features
+    from probe.text import features
     spans = [(0, len(texts[0])), (len(texts[0]), 500)]
     feats = features.compute("".join(texts), documents=spans)
     F = len(spec["unit_names"])

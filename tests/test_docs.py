@@ -6,7 +6,7 @@ from pathlib import Path
 
 import h5py
 
-from probe import h5format
+from probe.recording import h5format
 from probe.cli import COMMANDS, parser
 
 ROOT = Path(__file__).resolve().parents[1]

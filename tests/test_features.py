@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probe import features as F
+from probe.text import features as F
 from probe.errors import ProbeError
-from probe.features import BINARY, FEATURES, compute
+from probe.text.features import BINARY, FEATURES, compute
 
 
 def marks(text: str, name: str, **kw) -> str:
@@ -450,7 +450,7 @@ def test_default_features_of_a_recording_use_its_document_names():
         def __len__(self):
             return len(self.text)
 
-    from probe import detectors
+    from probe.analysis import detectors
     df = detectors.default_features(Rec())
     assert "".join(".1"[v] for v in df.in_comment) == "111111.." + "1111."
     assert df.preprocessor.sum() == 0

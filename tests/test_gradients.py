@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from probe import corpus, gradients
+from probe.text import corpus
+
+from probe.causal import gradients
 from probe.cli import main
-from probe.model import CharRNN
+from probe.lm.model import CharRNN
 
 
 def test_the_norms_are_autograds(tiny_model, text):
@@ -20,7 +22,7 @@ def test_the_norms_are_autograds(tiny_model, text):
     ids = corpus.encode(text, tiny_model.vocab)[0]
     start = int(np.sort(np.random.default_rng(3).choice(len(ids) - span - 1, 1, replace=False))[0])
     # the same window through PyTorch's own LSTM, one step at a time, from the recorded state
-    from probe.record import activations
+    from probe.recording.record import activations
     streams, _ = activations(tiny_model, text)
     h = [torch.tensor(streams[(k, "h")][start - 1], requires_grad=False) for k in range(2)]
     c = [torch.tensor(streams[(k, "c")][start - 1]) for k in range(2)]

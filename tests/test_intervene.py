@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from probe import intervene
+from probe.causal import intervene
 from probe.cli import main
-from probe.intervene import Edit
-from probe.sample import sample
-from probe.stepwise import stepwise
+from probe.causal.intervene import Edit
+from probe.lm.sample import sample
+from probe.lm.stepwise import stepwise
 
 
 def pinned(edit: Edit):
@@ -40,7 +40,7 @@ def test_losses_equal_the_step_by_step_cell_with_the_edit(tiny_model, text, batc
 
 
 def test_mean_is_the_units_mean_over_the_text(tiny_model, text):
-    from probe.record import activations
+    from probe.recording.record import activations
     streams, _ = activations(tiny_model, text)
     (edit,) = intervene.resolve(tiny_model, [text], [Edit(1, 4, "mean", "c")])
     assert edit.how == pytest.approx(float(streams[(1, "c")][:, 4].mean()), rel=1e-6)
@@ -65,7 +65,7 @@ def test_effects_arithmetic_on_a_constructed_case(tiny_model, monkeypatch):
         where t is inside a string, and by 1 / 1000 elsewhere."""
         out = np.zeros((1 + len(edits), len(doc)), dtype=np.float32)
         out[:, 0] = np.nan
-        from probe.features import compute
+        from probe.text.features import compute
         mask = compute(doc, ["in_short_string"])["in_short_string"].to_numpy() != 0
         for j, e in enumerate(edits):
             out[1 + j, 1:] = np.where(mask[:-1], (e.unit + 1) / 100, 1 / 1000)
@@ -81,7 +81,7 @@ def test_effects_arithmetic_on_a_constructed_case(tiny_model, monkeypatch):
     assert r.loc[7, "random_median"] == pytest.approx(median)
     assert r.loc[7, "ratio"] == pytest.approx(0.08 / median)
     assert r.loc[7, "percentile"] == 100.0 and r.loc[0, "percentile"] == 12.5  # 1 of 8 units <= unit 0
-    from probe.features import compute
+    from probe.text.features import compute
     assert r.loc[7, "positions"] == int(compute(text, ["in_short_string"])["in_short_string"].sum())
 
 

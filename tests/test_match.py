@@ -7,7 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from probe import ProbeError, h5format, match, open_recording
+from probe import ProbeError, open_recording
+
+from probe.recording import h5format
+
+from probe.analysis import match
 from probe.cli import main
 
 

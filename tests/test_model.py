@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from probe import ProbeError, corpus, load_model
+from probe import ProbeError, load_model
+
+from probe.text import corpus
 from probe.cli import main
-from probe.model import read_checkpoint, save_checkpoint, widen
-from probe.sample import sample
-from probe.train import TrainConfig, bits_per_char, train
-from probe import intervene
+from probe.lm.model import read_checkpoint, save_checkpoint, widen
+from probe.lm.sample import sample
+from probe.lm.train import TrainConfig, bits_per_char, train
+from probe.causal import intervene
 
 
 def test_stdlib_split_is_deterministic_and_disjoint():
@@ -285,7 +287,7 @@ def test_shipped_models_by_name(capsys, monkeypatch, tmp_path):
     assert (rnn.cell, rnn.layers, rnn.units) == ("rnn", 2, 506)
     assert rnn.metrics["chars"] == gru.metrics["chars"]
     assert bits_per_char(rnn, corpus.encode(text, rnn.vocab)[0]) < 2.0  # 1.75 measured: worse than both
-    monkeypatch.setattr("probe.model.SHIPPED", tmp_path / "stdlib.pt")  # an installation without them
+    monkeypatch.setattr("probe.lm.model.SHIPPED", tmp_path / "stdlib.pt")  # an installation without them
     with pytest.raises(ProbeError, match=r"stdlib-gru.pt: the shipped gru model is not in this installation "
                                          r"yet \(train it: probe train --cell gru --units 296"):
         load_model("gru")

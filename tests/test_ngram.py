@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probe import corpus, ngram
+from probe.text import corpus
+
+from probe.text import ngram
 from probe.errors import ProbeError
 
 from conftest import CODE
@@ -79,7 +81,7 @@ def test_save_load_round_trip_and_errors(model, tmp_path):
 
 
 def test_closing_brackets_know_how_far_back_their_opener_is():
-    from probe import advantage
+    from probe.analysis import advantage
     text = 'f(a, [b], "(")\n{x}'
     skip = np.zeros(len(text), bool)
     skip[text.index('"'):text.rindex('"') + 1] = True  # the string's "(" is no opener
@@ -92,9 +94,9 @@ def test_closing_brackets_know_how_far_back_their_opener_is():
 def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys):
     import json
 
-    from probe import advantage
+    from probe.analysis import advantage
     from probe.cli import main
-    from probe.model import load_model
+    from probe.lm.model import load_model
     folder = tmp_path / "code"
     folder.mkdir()
     (folder / "a.py").write_text(CODE * 20)
@@ -114,8 +116,8 @@ def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys
     # stored as a derived stream, then analysed like any stream; a second store needs --force
     assert main(["errors", str(recording_path), "--ngram", str(ng), "--store", "--quiet"]) == 0
     assert "added stream ngram to layer 1 (advantage, ngram_bits, category)" in capsys.readouterr().err
-    from probe import analysis
-    from probe.recording import open_recording
+    from probe.analysis import cache as analysis
+    from probe.recording.reader import open_recording
     with open_recording(recording_path) as rec:
         assert rec.unit_names(1, "ngram") == ["advantage", "ngram_bits", "category"]
         adv = rec.unit(1, "ngram", 0)
@@ -142,7 +144,7 @@ def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys
 
 
 def test_the_dynamic_memory_oracle_looks_back_within_the_document():
-    from probe import advantage
+    from probe.analysis import advantage
     cps = np.array([ord(c) for c in "abcXabcYabc"])
     got = advantage.repeated(cps, [(0, 11)], n=3, within=100)
     assert np.flatnonzero(got).tolist() == [6, 10]
@@ -154,8 +156,9 @@ def test_each_error_goes_to_the_first_oracle_that_explains_it(tmp_path):
     """A constructed recording: the model is wrong everywhere (2 bits), the n-gram right at
     one position; the other errors fall to memory, rare names, name starts, punctuation,
     whitespace and the rest, in that order."""
-    from probe import advantage, h5format
-    from probe.recording import open_recording
+    from probe.analysis import advantage
+    from probe.recording import h5format
+    from probe.recording.reader import open_recording
     text = "x = common + rare_name + 7\n"
     T = len(text)
     loss = np.full(T, 2.0, np.float32)
@@ -181,8 +184,8 @@ def test_each_error_goes_to_the_first_oracle_that_explains_it(tmp_path):
 def test_the_default_ngram_model_is_built_once_and_cached(recording_path, tmp_path, monkeypatch):
     """Without --ngram: the model of the recording's model's training corpus, built on the
     first use and read from the cache after; a model trained on other text is refused."""
-    from probe import advantage
-    from probe.recording import open_recording
+    from probe.analysis import advantage
+    from probe.recording.reader import open_recording
     monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
     built = []
 
@@ -204,8 +207,9 @@ def test_the_default_ngram_model_is_built_once_and_cached(recording_path, tmp_pa
 
 
 def test_a_recording_without_loss_is_refused(tmp_path):
-    from probe import advantage, h5format
-    from probe.recording import open_recording
+    from probe.analysis import advantage
+    from probe.recording import h5format
+    from probe.recording.reader import open_recording
     text = "x = 1\n" * 20
     path = h5format.write(tmp_path / "r.h5", text, {(0, "h"): np.zeros((len(text), 2))},
                           loss=np.full(len(text), np.nan, np.float32), model={"layers": 1, "units": 2, "vocab": VOCAB})

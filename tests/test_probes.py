@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from probe import open_recording, probes
+from probe import open_recording
+
+from probe.readout import probes
 
 
 def test_probe_curve_on_planted_cells(synthetic):

@@ -1,4 +1,4 @@
-"""Recorded gates and states equal what the model computes: ``probe.stepwise`` (the LSTM
+"""Recorded gates and states equal what the model computes: ``probe.lm.stepwise`` (the LSTM
 equations one character at a time) is the reference, itself checked against nn.LSTM."""
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from probe import ProbeError, corpus, h5format, open_recording
-from probe.model import load_model
-from probe.record import activations, record
-from probe.stepwise import stepwise
+from probe import ProbeError, open_recording
+
+from probe.text import corpus
+
+from probe.recording import h5format
+from probe.lm.model import load_model
+from probe.recording.record import activations, record
+from probe.lm.stepwise import stepwise
 
 
 @torch.no_grad()
@@ -94,7 +98,7 @@ def test_recording_matches_in_memory_values_across_documents(recording_path, mod
 
 
 def test_streaming_in_blocks_equals_one_pass(tiny_model, tmp_path, monkeypatch, text):
-    import probe.record as rec_mod
+    import probe.recording.record as rec_mod
     long = text * 40  # > several blocks
     monkeypatch.setattr(rec_mod, "BLOCK", 512)
     monkeypatch.setattr(h5format, "CHUNK_T", 256)
@@ -107,7 +111,7 @@ def test_streaming_in_blocks_equals_one_pass(tiny_model, tmp_path, monkeypatch, 
 
 
 def test_batched_mode_is_close_to_sequential(tiny_model, tmp_path, monkeypatch, text):
-    import probe.record as rec_mod
+    import probe.recording.record as rec_mod
     long = text * 20
     monkeypatch.setattr(rec_mod, "BLOCK", 1024)
     seq = record(tiny_model, [("a", long)], tmp_path / "seq.h5", dtype="float32", progress=False)
@@ -125,7 +129,7 @@ def test_batched_mode_is_close_to_sequential(tiny_model, tmp_path, monkeypatch, 
 @pytest.mark.parametrize("cell, streams", [("gru", "rznh"), ("rnn", "h")])
 @torch.no_grad()
 def test_gru_and_rnn_recordings_equal_their_step_by_step_cells(tmp_path, text, cell, streams):
-    from probe.model import CharRNN
+    from probe.lm.model import CharRNN
     torch.manual_seed(0)
     model = CharRNN(corpus.build_vocab(text), layers=2, units=6, embedding=4, cell=cell).eval()
     steps, loss = stepwise(model, text)
@@ -227,7 +231,7 @@ def test_int8_streams_keep_each_units_order_and_read_back_close_to_float16(tiny_
 
 
 def test_int8_scores_stay_within_0_005_of_float16(tmp_path):
-    from probe import detectors
+    from probe.analysis import detectors
     model = load_model("lstm")  # the shipped model, on held-out code: values as users record them
     docs = corpus.stdlib("test").limited(10_000).documents
     f16 = open_recording(record(model, docs, tmp_path / "f16.h5", progress=False))
@@ -242,7 +246,7 @@ def test_int8_scores_stay_within_0_005_of_float16(tmp_path):
 
 
 def test_the_compiled_recurrence_and_shuffle_equal_their_numpy_references():
-    import probe.record as rec_mod
+    import probe.recording.record as rec_mod
     rng = np.random.default_rng(0)
     f = rng.random((500, 96), dtype=np.float32)
     ig = rng.standard_normal((500, 96), dtype=np.float32)

@@ -14,7 +14,7 @@ import yaml
 
 from probe import ProbeError, open_recording
 from probe.cli import main
-from probe.export import export_lstmvis
+from probe.output.export import export_lstmvis
 
 
 def test_probe_record_writes_a_self_describing_file(model_path, tmp_path, text, capsys):
@@ -199,11 +199,11 @@ def test_export_lstmvis_matches_its_documented_layout(recording_path, tmp_path):
 
 
 def test_reading_a_recording_does_not_import_torch(recording_path):
-    code = ("import sys; from probe.recording import open_recording; from probe import analysis, contexts\n"
+    code = ("import sys; from probe.recording.reader import open_recording; from probe import analysis, contexts\n"
             f"with open_recording({str(recording_path)!r}) as rec:\n"
             "    rec.text, rec.unit(0, 'c', 1), rec.frame(1, 'h', units=[0]), rec.model_sha256\n"
             "    contexts.top_contexts(rec.unit(0, 'c', 1), rec.documents)\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m == 'probe.record'))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m == 'probe.recording.record'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -220,7 +220,7 @@ def test_recordings_made_before_the_batch_rename_still_open(recording_path, caps
 
 
 def test_the_recording_knows_where_it_came_from(recording_path, model_path):
-    from probe.model import file_sha256
+    from probe.lm.model import file_sha256
     with open_recording(recording_path) as rec:
         assert rec.model_path == str(model_path) and rec.model_sha256 == file_sha256(model_path)
         assert rec.created.endswith("+00:00") and rec.source == {}

@@ -1,13 +1,13 @@
-"""probe.render: colours, escaping of untrusted text, the standalone page, ``probe render``."""
+"""probe.output.render: colours, escaping of untrusted text, the standalone page, ``probe render``."""
 from __future__ import annotations
 
 import re
 
 import numpy as np
 
-from probe import render
+from probe.output import render
 from probe.cli import main
-from probe.recording import open_recording
+from probe.recording.reader import open_recording
 
 NASTY = "<script>alert(1)</script> <img src=x onerror=alert(1)> a & b \"q\" 'r'\n"
 

@@ -14,12 +14,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probe import ProbeError, analysis, corpus, detectors, h5format, open_recording, shards
-from probe import record as recorder
+from probe import ProbeError, open_recording
+
+from probe.analysis import cache as analysis
+
+from probe.text import corpus
+
+from probe.analysis import detectors
+
+from probe.recording import h5format
+
+from probe.recording import shards
+from probe.recording import record as recorder
 from probe.cli import main
-from probe.export import export_lstmvis
-from probe.model import CharRNN, load_model, save_checkpoint
-from probe.recording import Dataset
+from probe.output.export import export_lstmvis
+from probe.lm.model import CharRNN, load_model, save_checkpoint
+from probe.recording.reader import Dataset
 
 from conftest import TEXT
 

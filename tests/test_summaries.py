@@ -1,4 +1,4 @@
-"""Per-unit summaries (``probe.summaries``), built in the scoring pass: equal to a
+"""Per-unit summaries (``probe.analysis.summaries``), built in the scoring pass: equal to a
 brute-force computation over the whole stream (ties, NaN, parts cut anywhere, chunks of any
 size), a folder of shards equal to the same text in one file, the cluster equal to one
 process, and the analysis cache's round trip and invalidation."""
@@ -9,8 +9,18 @@ import os
 import numpy as np
 import pytest
 
-from probe import analysis, detectors, features, h5format, open_recording, summaries
-from probe.model import load_model
+from probe import open_recording
+
+from probe.analysis import cache as analysis
+
+from probe.analysis import detectors
+
+from probe.text import features
+
+from probe.recording import h5format
+
+from probe.analysis import summaries
+from probe.lm.model import load_model
 
 from conftest import CODE, write_recording
 from test_shards import record_shards, record_whole
@@ -123,7 +133,7 @@ def test_a_folder_of_shards_summarises_as_the_whole_file(pair):
 
 
 def test_the_cluster_summarises_as_one_process_bit_for_bit(pair):
-    from probe import cluster
+    from probe.analysis import cluster
     _, folder = pair
     with open_recording(folder) as rec:
         _, _, local = detectors.scores_and_saturation(rec, None, chunk=500, summaries=True)

@@ -18,7 +18,7 @@ from bokeh.io import curdoc
 from bokeh.layouts import column, row
 from bokeh.models import Div, Select, Spinner, TabPanel, Tabs
 
-from probe.features import FEATURES
+from probe.text.features import FEATURES
 
 from . import notice, views, window
 from .views import describe

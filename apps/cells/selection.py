@@ -13,11 +13,11 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from probe import match
+from probe.analysis import match
 from probe.errors import ProbeError
-from probe.features import FEATURES
-from probe.h5format import RANGE, STREAMS
-from probe.recording import Recording
+from probe.text.features import FEATURES
+from probe.recording.h5format import RANGE, STREAMS
+from probe.recording.reader import Recording
 
 from .store import Store
 

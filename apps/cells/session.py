@@ -17,9 +17,11 @@ import numpy as np
 from bokeh.document import Document
 from bokeh.models import Div, LayoutDOM
 
-from probe import render, summaries
+from probe.output import render
+
+from probe.analysis import summaries
 from probe.errors import ProbeError
-from probe.recording import Recording
+from probe.recording.reader import Recording
 
 from .selection import OPENING_FEATURE, Selection, fit, opening
 from .store import Store

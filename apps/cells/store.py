@@ -17,13 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from probe import analysis, features, match, shards
-from probe import summaries as summaries_mod
-from probe.corpus import stdlib
+from probe.analysis import cache as analysis
+
+from probe.text import features
+
+from probe.analysis import match
+
+from probe.recording import shards
+from probe.analysis import summaries as summaries_mod
+from probe.text.corpus import stdlib
 from probe.errors import ProbeError
-from probe.model import for_recording, load_model
-from probe.record import record
-from probe.recording import Recording, open_recording
+from probe.lm.model import for_recording, load_model
+from probe.recording.record import record
+from probe.recording.reader import Recording, open_recording
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_FOLDER = REPO / "recordings"
@@ -43,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def is_recording_file(path: Path) -> bool:
-    """A listed recording: ``*.h5`` in the folder or a folder of shards (``probe.shards``), not
+    """A listed recording: ``*.h5`` in the folder or a folder of shards (``probe.recording.shards``), not
     hidden, not a cache written beside one."""
     return ((path.is_file() and path.suffix == ".h5") or shards.is_folder(path)) and \
         not path.name.startswith(".") and ".analysis" not in path.name

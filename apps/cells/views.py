@@ -7,9 +7,9 @@ import re
 
 from bokeh.models import CustomJS, Div, InlineStyleSheet
 
-from probe import render
+from probe.output import render
 from probe.errors import ProbeError
-from probe.h5format import DESCRIPTION
+from probe.recording.h5format import DESCRIPTION
 
 TEXT_CSS = render.css() + """
 :host { display: block; }

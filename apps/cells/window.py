@@ -12,7 +12,7 @@ from bokeh.layouts import column, row
 from bokeh.models import BoxAnnotation, Button, ColumnDataSource, HoverTool, LinearAxis, Range1d, Spinner
 from bokeh.plotting import figure
 
-from probe import render
+from probe.output import render
 
 from .selection import Selection, clamp_start
 from .session import Session, View

@@ -1,7 +1,7 @@
 """The cell card: where the selected cell is highest and lowest, and samples of each
 quantile bin, as coloured one-line snippets; beside it the histogram of its values.
 
-All from the cell's summaries (``probe.summaries``: histogram, top/bottom 128, the strip's
+All from the cell's summaries (``probe.analysis.summaries``: histogram, top/bottom 128, the strip's
 samples), so a cell switch reads no whole unit: only each snippet's few characters."""
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from bokeh.layouts import row
 from bokeh.models import ColumnDataSource
 from bokeh.plotting import figure
 
-from probe import contexts, render
-from probe import summaries as summaries_mod
+from probe.analysis import contexts
+
+from probe.output import render
+from probe.analysis import summaries as summaries_mod
 
 from ..selection import Selection
 from ..session import Session, View

@@ -10,7 +10,7 @@ import pandas as pd
 from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, DataTable, NumberFormatter, Select, TableColumn
 
-from probe import detectors
+from probe.analysis import detectors
 
 from ..session import Session, View
 from ..views import analysis_note, note_div, note_html

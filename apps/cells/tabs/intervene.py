@@ -5,7 +5,7 @@ Computed on demand, when a button is pressed, never on a change of selection: a 
 cell or window only drops the old result (a change of overlay feature recomputes the
 summary from the kept losses), so switching cells costs what it did without this tab.
 
-Ablation and clamping (``probe.intervene``) are written for LSTM models: on a recording of
+Ablation and clamping (``probe.causal.intervene``) are written for LSTM models: on a recording of
 another kind the tab says so and its buttons do nothing.
 """
 from __future__ import annotations
@@ -19,10 +19,12 @@ import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import Button, Div, InlineStyleSheet, Spinner, TextInput
 
-from probe import intervene, render
+from probe.causal import intervene
+
+from probe.output import render
 from probe.errors import ProbeError
-from probe.intervene import Edit
-from probe.sample import sample
+from probe.causal.intervene import Edit
+from probe.lm.sample import sample
 
 from ..selection import Selection
 from ..session import Session, View

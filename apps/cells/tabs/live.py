@@ -5,9 +5,9 @@ from __future__ import annotations
 from bokeh.layouts import column, row
 from bokeh.models import Button, TextAreaInput
 
-from probe import render
+from probe.output import render
 from probe.errors import ProbeError
-from probe.record import activations
+from probe.recording.record import activations
 
 from ..selection import Selection
 from ..session import Session, View

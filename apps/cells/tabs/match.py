@@ -1,4 +1,4 @@
-"""Select & match (LSTMVis's hypothesis search, ``probe.match``): select a span of the text,
+"""Select & match (LSTMVis's hypothesis search, ``probe.analysis.match``): select a span of the text,
 list the cells on over it, show them as stacked rows under the window's text, and find
 where else they are on together over the whole recording, with what those places share.
 
@@ -19,7 +19,9 @@ from bokeh.layouts import column, row
 from bokeh.models import (Button, ColumnDataSource, DataTable, Div, HTMLTemplateFormatter, InlineStyleSheet,
                           NumberFormatter, Spinner, TableColumn, TextInput)
 
-from probe import match, render
+from probe.analysis import match
+
+from probe.output import render
 from probe.errors import ProbeError
 
 from ..selection import Selection, cells_text, clamp_start, parse_cells, parse_span

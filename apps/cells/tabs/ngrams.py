@@ -1,6 +1,6 @@
 """Beyond n-grams: the visible window coloured by where the recorded model predicts the
 next character better than an n-gram model (the advantage, in bits), or by why it errs
-(the first "oracle" that explains each error: ``probe.advantage``). Read from the
+(the first "oracle" that explains each error: ``probe.analysis.advantage``). Read from the
 recording's derived stream ``ngram``, which ``probe errors REC --store`` adds; the
 dashboard computes nothing here."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 from bokeh.layouts import column
 from bokeh.models import Select
 
-from probe import render
+from probe.output import render
 
 from ..selection import Selection
 from ..session import Session, View

@@ -1,6 +1,6 @@
 """Explain a prediction: for a chosen position t, how much each earlier character of a
 window moved the model's prediction of character t + 1 (gradient × input on its log-loss,
-``probe.gradients.saliency``), the window's text coloured by it.
+``probe.causal.gradients.saliency``), the window's text coloured by it.
 
 The position is typed, or picked by clicking a character in the text while this tab is open
 (``views.POINT_JS``; elsewhere a click does what it did). Computed on demand, on the button
@@ -15,7 +15,9 @@ import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import Button, Div, Select, Spinner
 
-from probe import gradients, render
+from probe.causal import gradients
+
+from probe.output import render
 from probe.errors import ProbeError
 
 from ..selection import Selection

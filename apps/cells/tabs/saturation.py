@@ -13,7 +13,7 @@ from bokeh.palettes import Category10
 from bokeh.plotting import figure
 from bokeh.transform import factor_cmap
 
-from probe.detectors import gates
+from probe.analysis.detectors import gates
 
 from ..selection import Selection
 from ..session import Session, View

@@ -1,0 +1,5 @@
+"""Stage 4, causal: a model + text + edits → effects on the loss.
+
+``intervene`` pins or clamps cells (ablation, steering) and measures the change in bits per
+character; ``gradients`` measures how far back the loss reaches (gradient flow, saliency).
+"""

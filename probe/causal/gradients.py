@@ -1,0 +1,169 @@
+"""Gradient flow through time: how much the loss at t depends on the state k steps back.
+
+The lectures' claim, measurable: in a vanilla RNN the gradient of the loss at position t
+with respect to the hidden state at t − k vanishes (or explodes) as k grows, while the
+LSTM's cell state carries it further ("a gradient highway")::
+
+    from probe.causal import gradients
+    flow = gradients.flow(model, text, span=200, positions=1000)
+    flow["layers"][0]["mean"]   # ‖∂loss_t/∂h_{t-k}‖ for k = 0..span, averaged over positions
+
+For each sampled position t, the model reads the ``span`` characters before it, starting
+from the state the real text left there (the model's own layers run up to it, detached), one step at a time with
+every state a node of the graph; one backward pass through all sampled positions at once
+(a batch) gives ∂loss_t/∂h_{t−k} (and ∂/∂c_{t−k} for an LSTM) for every k.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from probe.text import corpus as corpora
+from probe.errors import ProbeError
+from probe.lm.model import CharRNN
+
+BATCH = 250  # positions per backward pass
+
+
+def _layer(cell: str, xp: torch.Tensor, h: torch.Tensor, c, w_hh_t: torch.Tensor, b_hh: torch.Tensor) -> tuple:
+    """One layer over a window, one step at a time: ``xp`` [S, B, nH] is the input projection
+    of every step (computed at once: W_i x + b_i, plus b_h for the LSTM and RNN), (h, c) the
+    state before it; the recurrent product is the only matrix product per step. Returns the
+    lists of h (and c for an LSTM) per step, every one a node of the graph."""
+    H = h.shape[1]
+    hs, cs = [], []
+    for xj in xp.unbind(0):  # one backward node for all steps (indexing xp[j] would add a
+        # full-size zero gradient per step)
+        if cell == "lstm":
+            i, f, g, o = torch.addmm(xj, h, w_hh_t).chunk(4, 1)  # PyTorch's order i f g o
+            c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
+            h = torch.sigmoid(o) * torch.tanh(c)
+            cs.append(c)
+        elif cell == "gru":
+            gh = torch.addmm(b_hh, h, w_hh_t)  # [B, 3H], r z n
+            gi = xj
+            r = torch.sigmoid(gi[:, :H] + gh[:, :H])
+            z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+            n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+            h = n + z * (h - n)  # (1 - z) * n + z * h
+        else:
+            h = torch.tanh(torch.addmm(xj, h, w_hh_t))
+        hs.append(h)
+    return hs, cs
+
+
+@torch.no_grad()
+def _states_before(model: CharRNN, ids: np.ndarray, starts: np.ndarray) -> list:
+    """The state the real text leaves just before each start (sorted), per start: the
+    model's own fused layers run from one start to the next, carrying the state."""
+    out, state, at = [], None, 0
+    for s in starts.tolist():
+        if s > at:
+            _, state = model.rnn(model.embed(torch.from_numpy(ids[at:s]))[None], state)
+            at = s
+        out.append(state)
+    return out
+
+
+def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, span: int) -> tuple:
+    """Gradient norms {(layer, stream): [B, span + 1]} and per-unit sizes summed over the
+    windows {…: [span + 1, units]} (column / row j: k = span - j) for the windows
+    ids[s : s + span + 1] predicting ids[s + span + 1]."""
+    cell, H, B = model.cell, model.units, len(starts)
+    weights = [tuple(getattr(model.rnn, f"{n}_l{k}").detach() for n in ("weight_ih", "weight_hh",
+                                                                           "bias_ih", "bias_hh"))
+               for k in range(model.layers)]  # detached: only the states' gradients are wanted
+    state = []
+    for k in range(model.layers):  # the state the real text left just before each window
+        h0 = torch.zeros(B, H)
+        c0 = torch.zeros(B, H) if cell == "lstm" else None
+        for b, st in enumerate(before):
+            if st is not None:
+                h0[b] = (st[0] if cell == "lstm" else st)[k, 0]
+                if cell == "lstm":
+                    c0[b] = st[1][k, 0]
+        state.append((h0.requires_grad_(), None if c0 is None else c0.requires_grad_()))  # graph roots
+    window = torch.from_numpy(np.stack([ids[s:s + span + 1] for s in starts]).T.copy())  # [span + 1, B]
+    kept: dict = {}
+    with torch.enable_grad():
+        x = model.embed.weight.detach()[window]  # [S, B, E], time-major
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+            # layer by layer: a layer's input over the whole window is known once the layer
+            # below has run, so its input projection is one matrix product, not one per step
+            bias = b_ih if cell == "gru" else b_ih + b_hh
+            xp = torch.addmm(bias, x.reshape(-1, x.shape[-1]), w_ih.T).reshape(x.shape[0], B, -1)
+            h0, c0 = state[k]
+            hs, cs = _layer(cell, xp, h0, c0, w_hh.T, b_hh)
+            for key, ts in (((k, "h"), hs), ((k, "c"), cs)):
+                if ts:
+                    for t in ts:
+                        t.retain_grad()
+                    kept[key] = ts
+            x = torch.stack(hs)  # [S, B, H]: the next layer's input
+        target = torch.from_numpy(ids[starts + span + 1])
+        logits = hs[-1] @ model.head.weight.detach().T + model.head.bias.detach()  # [B, V]
+        torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
+    norms = {key: torch.stack([t.grad.norm(dim=1) for t in ts], 1).numpy() for key, ts in kept.items()}
+    sizes = {key: torch.stack([t.grad.abs().sum(0) for t in ts]).numpy() for key, ts in kept.items()}
+    return norms, sizes
+
+
+def flow(model: CharRNN, text: str, span: int = 200, positions: int = 1000, seed: int = 0,
+         batch: int = BATCH, progress: bool = False) -> dict:
+    """‖∂loss_t/∂h_{t−k}‖ (and c for an LSTM) for k = 0…``span``, over ``positions`` sampled
+    positions t of ``text``: {"k", "layers": [{layer, stream, mean, q10, q90}],
+    "memory_span": [{layer, stream, units: [k per unit]}]} — a unit's memory span is the
+    first k at which its mean |gradient| falls below 1 % of its value at k = 0."""
+    model = model.eval()
+    ids, _ = corpora.encode(text, model.vocab)
+    if span < 1 or positions < 1:
+        raise ProbeError(f"--span and --positions must be >= 1, got {span} and {positions}")
+    if len(ids) < span + 2:
+        raise ProbeError(f"--span {span} needs a text of at least {span + 2} characters, got {len(ids)}")
+    rng = np.random.default_rng(seed)
+    starts = np.sort(rng.choice(len(ids) - span - 1, size=min(positions, len(ids) - span - 1), replace=False))
+    before = _states_before(model, ids, starts)
+    norms, units = {}, {}
+    for a in tqdm(range(0, len(starts), batch), desc="gradients", disable=not progress):
+        n, u = _norms(model, ids, before[a:a + batch], starts[a:a + batch], span)
+        for key in n:
+            norms.setdefault(key, []).append(n[key])
+            units.setdefault(key, []).append(u[key])
+    k = np.arange(span, -1, -1)  # column j holds k = span - j
+    order = np.argsort(k)
+    layers, spans = [], []
+    for (layer, stream), parts in sorted(norms.items()):
+        g = np.concatenate(parts)[:, order]  # [positions, span + 1], k ascending
+        layers.append({"layer": layer, "stream": stream, "mean": g.mean(0).tolist(),
+                       "q10": np.quantile(g, 0.1, axis=0).tolist(), "q90": np.quantile(g, 0.9, axis=0).tolist()})
+        per_unit = (sum(units[(layer, stream)]) / len(starts))[order]  # [span + 1, units] mean |grad|
+        below = per_unit < 0.01 * per_unit[0]
+        first = np.where(below.any(axis=0), below.argmax(axis=0), span + 1)
+        spans.append({"layer": layer, "stream": stream, "units": first.astype(int).tolist()})
+    return {"k": list(range(span + 1)), "positions": int(len(starts)), "cell": model.cell,
+            "layers": layers, "memory_span": spans}
+
+
+def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tuple[int, np.ndarray, float]:
+    """How much each of the ``window`` characters up to ``position`` (inclusive) moved the
+    prediction of the character after it: gradient × input (the gradient of the log-loss
+    of character position + 1 with respect to each character's embedding, dotted with the
+    embedding; positive: the character made the prediction worse). The window is read from
+    a zero state. Returns (first position of the window, values [n], the cost in bits of
+    the character predicted)."""
+    ids, _ = corpora.encode(text, model.vocab)
+    if not 0 <= position < len(ids) - 1:
+        raise ProbeError(f"position {position} has no next character to explain "
+                         f"(positions are 0..{len(ids) - 2})")
+    if window < 1:
+        raise ProbeError(f"window must be >= 1, got {window}")
+    start = max(0, position + 1 - window)
+    model = model.eval()
+    x = model.embed.weight[torch.from_numpy(ids[start:position + 1])].detach().requires_grad_()  # [n, E]
+    with torch.enable_grad():
+        out, _ = model.rnn(x[None])
+        logits = model.head(out[0, -1])
+        loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])]))
+        (grad,) = torch.autograd.grad(loss, x)
+    return start, (grad * x).sum(dim=1).detach().numpy(), float(loss) / np.log(2)

@@ -1,0 +1,266 @@
+"""Text coloured by one cell: palettes, HTML spans, a standalone page.
+
+Shared by the dashboard (``apps/cells``) and ``probe render``. Streams c, h and g get a
+diverging blue–white–red palette centred at 0 (c through tanh, as Karpathy et al. colour
+it, so every value lies in [-1, 1]); gates i, f and o (values in [0, 1], per
+``h5format.RANGE``) get a sequential white→purple palette. Palettes have a few fixed steps, so each character gets a CSS class
+rather than an inline style::
+
+    html = colored_html("x = 1\\n", values, "c", start=100)   # one <span> per character
+    page = standalone_page(text, values, "c", "layer 1 c unit 42")
+
+Every character is HTML-escaped: recorded text is untrusted.
+"""
+from __future__ import annotations
+
+import html
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from probe.recording import h5format
+from probe.errors import ProbeError
+
+DIVERGING_STEPS = 21   # odd, so 0 has its own white step
+SEQUENTIAL_STEPS = 11
+_DIVERGING_ANCHORS = [(-1.0, "#2166ac"), (-0.5, "#92c5de"), (0.0, "#ffffff"),
+                      (0.5, "#f4a582"), (1.0, "#b2182b")]
+_SEQUENTIAL_ANCHORS = [(0.0, "#ffffff"), (0.5, "#bcbddc"), (1.0, "#54278f")]
+TITLE_FMT = "{position}  {char}  {value:+.3f}"
+DEFAULT_LENGTH = 3000  # characters ``probe render`` shows without --stop
+
+
+def _ramp(anchors: list[tuple[float, str]], steps: int) -> list[str]:
+    """``steps`` hex colours interpolated in RGB through (position, colour) anchors."""
+    xs = np.array([x for x, _ in anchors])
+    rgb = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for _, c in anchors], float)
+    at = np.linspace(xs[0], xs[-1], steps)
+    out = np.stack([np.interp(at, xs, rgb[:, j]) for j in range(3)], axis=1)
+    return ["#%02x%02x%02x" % tuple(int(round(v)) for v in row) for row in out]
+
+
+DIVERGING = _ramp(_DIVERGING_ANCHORS, DIVERGING_STEPS)
+SEQUENTIAL = _ramp(_SEQUENTIAL_ANCHORS, SEQUENTIAL_STEPS)
+
+
+def is_diverging(stream: str) -> bool:
+    """Signed streams (c, h, g) get the diverging palette; gates in [0, 1] the sequential
+    one, and so do derived streams (``probe encode``), over their own range (``value_scale``)."""
+    return stream in h5format.RANGE and not h5format.is_unit_range(stream)
+
+
+def is_derived(stream: str) -> bool:
+    """A stream no model records (a probe direction, dictionary features): coloured over
+    a range of its own values, not a fixed one."""
+    return stream not in h5format.RANGE
+
+
+def value_scale(values) -> tuple[float, float]:
+    """The range a derived stream's values are coloured over when no other is given: their
+    1st to 99th percentile (one outlier does not wash the rest out); never empty."""
+    v = np.asarray(values, dtype=np.float32)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return 0.0, 1.0
+    lo, hi = (float(x) for x in np.percentile(v, [1, 99]))
+    if hi <= lo:
+        lo, hi = float(v.min()), float(v.max())
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def palette(stream: str) -> list[str]:
+    return DIVERGING if is_diverging(stream) else SEQUENTIAL
+
+
+def scaled(values, stream: str, scale: tuple[float, float] | None = None) -> np.ndarray:
+    """Values as coloured: tanh for unbounded streams (c), clipped to [-1, 1] or [0, 1];
+    a derived stream's mapped from ``scale`` = (lo, hi) (default ``value_scale`` of these
+    values) onto [0, 1]. NaN stays NaN."""
+    v = np.asarray(values, dtype=np.float32)
+    if is_derived(stream):
+        lo, hi = scale if scale is not None else value_scale(v)
+        return np.clip((v - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    if is_diverging(stream) and h5format.RANGE[stream] is None:
+        v = np.tanh(v)
+    return np.clip(v, -1.0, 1.0) if is_diverging(stream) else np.clip(v, 0.0, 1.0)
+
+
+def palette_index(values, stream: str, scale: tuple[float, float] | None = None) -> np.ndarray:
+    """Palette step of each value: int array, same shape (NaN → the neutral step)."""
+    v = scaled(values, stream, scale)
+    if is_diverging(stream):
+        idx = np.rint((v + 1.0) / 2.0 * (DIVERGING_STEPS - 1))
+        return np.where(np.isnan(v), DIVERGING_STEPS // 2, idx).astype(np.int64)
+    idx = np.rint(v * (SEQUENTIAL_STEPS - 1))
+    return np.where(np.isnan(v), 0, idx).astype(np.int64)
+
+
+def colors(values, stream: str, scale: tuple[float, float] | None = None) -> list[str]:
+    """Hex colour of each value."""
+    pal = palette(stream)
+    return [pal[i] for i in palette_index(values, stream, scale).ravel()]
+
+
+def _dark(hex_colour: str) -> bool:
+    r, g, b = (int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return 0.299 * r + 0.587 * g + 0.114 * b < 0.55
+
+
+def css(root: str = ".probe-text") -> str:
+    """The stylesheet colored_html and legend_html need (classes d0…d20, s0…s10)."""
+    rules = [
+        f"{root} {{ font-family: ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace;"
+        " font-size: 13px; line-height: 1.45; white-space: pre; tab-size: 4; color: #1a1a1a; }",
+        f"{root} .nl::before {{ content: '\\21B5'; opacity: 0.3; }}",
+        f"{root} .ctl {{ opacity: 0.45; }}",
+        f"{root} .mark {{ outline: 2px solid #222; outline-offset: -1px; }}",
+        f"{root} span[title]:hover {{ outline: 1px solid #555; }}",
+        ".probe-legend { display: flex; align-items: center; gap: 6px; font: 12px sans-serif; }",
+        ".probe-legend .bar { display: inline-flex; border: 1px solid #bbb; }",
+        ".probe-legend .bar span { display: inline-block; width: 14px; height: 14px; }",
+    ]
+    for prefix, pal in (("d", DIVERGING), ("s", SEQUENTIAL)):
+        for i, c in enumerate(pal):
+            fg = " color: #fff;" if _dark(c) else ""
+            rules.append(f".{prefix}{i} {{ background: {c};{fg} }}")
+    return "\n".join(rules)
+
+
+def _char_label(ch: str) -> str:
+    """How a character is named in a hover title."""
+    names = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "space"}
+    if ch in names:
+        return names[ch]
+    if ord(ch) < 32 or ord(ch) == 127:
+        return f"\\x{ord(ch):02x}"
+    return repr(ch)
+
+
+@lru_cache(maxsize=4096)
+def _char_html(ch: str, newlines: str) -> tuple[str, str]:
+    """(extra class, escaped content) of one character."""
+    if ch == "\n":
+        return ("nl", "\n") if newlines == "break" else ("nl", "")
+    if ch == "\t":
+        return "", "\t"
+    code = ord(ch)
+    if code < 32 or code == 127:  # control characters: show their Unicode picture
+        return "ctl", chr(0x2400 + code) if code < 32 else "\u2421"
+    if 0xD800 <= code <= 0xDFFF:  # a lone surrogate cannot be encoded in the page
+        return "ctl", "\ufffd"
+    return "", html.escape(ch, quote=True)
+
+
+@lru_cache(maxsize=4096)
+def _title_label(ch: str) -> str:
+    return html.escape(_char_label(ch), quote=True)
+
+
+def colored_html(text: str, values, stream: str, *, start: int = 0, mark: int | None = None,
+                 title_fmt: str = TITLE_FMT, newlines: str = "break", titles: bool = True,
+                 root_class: str = "probe-text", scale: tuple[float, float] | None = None) -> str:
+    """A ``<div>`` of one ``<span>`` per character, its background the cell's value.
+
+    ``start`` is the position of ``text[0]`` in the recording (for hover titles); ``mark``
+    outlines the character at that position; ``newlines="break"`` keeps line breaks (with a
+    faint ↵), ``"symbol"`` shows only the ↵ (one-line snippets). ``title_fmt`` may use
+    ``position``, ``char`` and ``value``; ``titles=False`` gives only the marked character a
+    title (titles are most of the page's weight: many snippets load faster without).
+    ``scale``: a derived stream's colour range (``scaled``).
+    """
+    values = np.asarray(values, dtype=np.float32).ravel()  # [n]
+    if len(values) != len(text):
+        raise ProbeError(f"{len(text)} characters but {len(values)} values")
+    if newlines not in ("break", "symbol"):
+        raise ProbeError(f"newlines must be 'break' or 'symbol', got {newlines!r}")
+    prefix = "d" if is_diverging(stream) else "s"
+    classes = [f"{prefix}{i}" for i in palette_index(values, stream, scale).tolist()]
+    fast = title_fmt == TITLE_FMT
+    parts = [f'<div class="{html.escape(root_class, quote=True)}">']
+    for j, (ch, cls, v) in enumerate(zip(text, classes, values.tolist())):
+        extra, content = _char_html(ch, newlines)
+        pos = start + j
+        marked = mark is not None and pos == mark
+        if marked:
+            extra = (extra + " mark").strip()
+        if extra:
+            cls = f"{cls} {extra}"
+        if not (titles or marked):
+            parts.append(f'<span class="{cls}">{content}</span>')
+            continue
+        if fast:
+            title = f"{pos}  {_title_label(ch)}  {v:+.3f}"
+        else:
+            title = html.escape(title_fmt.format(position=pos, char=_char_label(ch), value=v), quote=True)
+        parts.append(f'<span class="{cls}" title="{title}">{content}</span>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def category_html(text: str, codes, colours: dict[int, str], names: dict[int, str], *, start: int = 0,
+                  root_class: str = "probe-text") -> str:
+    """A ``<div>`` of one ``<span>`` per character, its background the colour of its
+    category (``codes`` [n] ints; a code without a colour: no background), its title the
+    position, character and category name. Every character is escaped, as in ``colored_html``."""
+    codes = np.asarray(codes).ravel()
+    if len(codes) != len(text):
+        raise ProbeError(f"{len(text)} characters but {len(codes)} categories")
+    parts = [f'<div class="{html.escape(root_class, quote=True)}">']
+    for j, (ch, c) in enumerate(zip(text, codes.tolist())):
+        extra, content = _char_html(ch, "break")
+        c = int(c) if c == c else -1  # NaN: no category
+        style = f' style="background:{colours[c]}"' if c in colours else ""
+        title = f"{start + j}  {_title_label(ch)}  {html.escape(names.get(c, ''), quote=True)}"
+        cls = f' class="{extra}"' if extra else ""
+        parts.append(f'<span{cls}{style} title="{title}">{content}</span>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def legend_html(stream: str, label: str | None = None, scale: tuple[float, float] | None = None) -> str:
+    """A small colour bar with its value range (a derived stream's: ``scale``)."""
+    div = is_diverging(stream)
+    prefix, pal = ("d", DIVERGING) if div else ("s", SEQUENTIAL)
+    label = label or {"c": "tanh(c)"}.get(stream, stream)
+    lo, hi = ("−1", "+1") if div else ("0", "1")
+    if is_derived(stream) and scale is not None:
+        lo, hi = f"{scale[0]:.3g}", f"{scale[1]:.3g}"
+    bar = "".join(f'<span class="{prefix}{i}"></span>' for i in range(len(pal)))
+    mid = " (0 is white)" if div else ""
+    return (f'<div class="probe-legend"><b>{html.escape(label)}</b> {lo} <span class="bar">{bar}'
+            f"</span> {hi}{mid}</div>")
+
+
+def standalone_page(text: str, values, stream: str, title: str, legend: bool = True,
+                    *, start: int = 0, scale: tuple[float, float] | None = None) -> str:
+    """A complete HTML document (inline CSS, no scripts, no network): the paper's figure.
+    A derived stream is coloured over ``scale`` (default: these values' ``value_scale``)."""
+    if is_derived(stream) and scale is None:
+        scale = value_scale(values)
+    t = html.escape(title, quote=True)
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{t}</title>\n<style>\nbody {{ margin: 24px; font-family: sans-serif; }}\n"
+            f"h1 {{ font-size: 16px; font-weight: 600; }}\n{css()}\n</style>\n</head>\n<body>\n"
+            f"<h1>{t}</h1>\n" + (legend_html(stream, scale=scale) + "\n" if legend else "")
+            + colored_html(text, values, stream, start=start, scale=scale) + "\n</body>\n</html>\n")
+
+
+def render_recording(path: str | os.PathLike, layer: int, stream: str, unit: int,
+                     start: int = 0, stop: int | None = None) -> str:
+    """``probe render``: the standalone page for one cell over text[start:stop]."""
+    from probe.recording.reader import open_recording
+    with open_recording(path) as rec:
+        rec.check(layer, stream, unit)
+        T = len(rec)
+        stop = min(T, start + DEFAULT_LENGTH) if stop is None else stop
+        if not 0 <= start < T:
+            raise ProbeError(f"{rec.path}: --start {start} is outside the text (0..{T - 1})")
+        if not start < stop <= T:
+            raise ProbeError(f"{rec.path}: --stop {stop} must be in {start + 1}..{T}")
+        values = rec.unit(layer, stream, unit, start, stop)  # [stop - start]
+        names = rec.unit_names(layer, stream)
+        title = (f"{Path(path).name}: layer {layer}, stream {stream}, unit {unit}"
+                 f"{f' ({names[unit]})' if names else ''}, characters {start:,}–{stop:,} of {T:,}")
+        return standalone_page(rec.text[start:stop], values, stream, title, start=start)
