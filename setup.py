@@ -1,7 +1,7 @@
 """Builds probe's one compiled loop (probe/_kernels.c); everything else is in pyproject.toml.
 
 The extension is optional: without a C compiler probe installs anyway and
-probe.detectors counts its AUC histograms with numpy (the same numbers, slower).
+probe.analysis.detectors counts its AUC histograms with numpy (the same numbers, slower).
 """
 from setuptools import Extension, setup
 

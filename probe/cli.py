@@ -692,9 +692,9 @@ def cmd_ablate(a) -> int:
         report = directions.report(df)
     else:
         df = intervene.effects(model, docs, cells, layer=a.layer, feature_names=a.feature or None, how=how,
-                               on=a.on or "h", random=32 if a.random is None else a.random, seed=a.seed,
+                               stream=a.on or "h", random=32 if a.random is None else a.random, seed=a.seed,
                                progress=not a.quiet)
-        report = intervene.report(df, how=str(how), on=a.on or "h")
+        report = intervene.report(df, how=str(how))
     if csv is not None:
         with atomic(csv) as tmp:
             df.to_csv(tmp, index=False)

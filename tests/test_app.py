@@ -542,7 +542,7 @@ def test_intervene_zeroes_the_unit_on_the_visible_window(page, folder):
     text = rec.text[start:start + 1000]
     mask = features.compute(rec.text, ["in_string"], documents=rec.document_spans)["in_string"].to_numpy()
     mask = mask[start:start + 1000] != 0
-    bits = intervene.losses(load_model(folder.parent / "tiny.pt"), text, [intervene.Edit(1, 2, "zero", "c")])
+    bits = intervene.losses(load_model(folder.parent / "tiny.pt"), text, [intervene.Edit(1, "c", 2, "zero")])
     delta = bits[1, 1:] - bits[0, 1:]  # [n - 1]: the cost of character t + 1, for t = 0 … n - 2
     assert got["inside"] == pytest.approx(float(np.mean(delta[mask[:-1]])), abs=1e-3)
     assert got["outside"] == pytest.approx(float(np.mean(delta[~mask[:-1]])), abs=1e-3)
@@ -586,7 +586,7 @@ def test_steering_samples_with_and_without_the_clamp(page, folder):
     free, clamped = generated("steer-free"), generated("steer-clamped")
     assert len(free) == len(clamped) == 60
     assert free == sample(model, "def <", 60, 0.7, 0)
-    assert clamped == sample(model, "def <", 60, 0.7, 0, clamp=[intervene.Edit(0, 1, 0.9, "h")])
+    assert clamped == sample(model, "def <", 60, 0.7, 0, clamp=[intervene.Edit(0, "h", 1, 0.9)])
     assert "with 0:1=0.9" in p["steer-clamped"].text and "without clamp" in p["steer-free"].text
     p.set("unit", value=2)  # another cell: the samples were of the old one
     assert p["steer-clamped"].text == "" and p["steer-free"].text == ""

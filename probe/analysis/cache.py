@@ -227,8 +227,8 @@ def causal(path: str | os.PathLike, best_df: pd.DataFrame, *, chars: int = 20_00
     rows["on"] = np.where(rows["stream"] == "c", "c", "h")
     parts = []
     for on, g in rows.groupby("on"):
-        cells = sorted(set(zip(g["layer"].astype(int), g["unit"].astype(int))))
-        eff = intervene.effects(model, docs, cells, feature_names=sorted(set(g["feature"])), on=on,
+        cells = sorted({(k, on, u) for k, u in zip(g["layer"].astype(int), g["unit"].astype(int))})
+        eff = intervene.effects(model, docs, cells, feature_names=sorted(set(g["feature"])),
                                 random=min(random, model.units), seed=seed, progress=progress)
         parts.append(g.merge(eff[["layer", "unit", "feature", "delta_bits", "random_median", "ratio"]],
                              on=["layer", "unit", "feature"], how="left"))

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
-from probe.errors import ProbeError
+from probe.errors import ProbeError, deprecated
 from probe.lm.model import CharRNN
+from probe.lm.stepwise import Hook
 from probe.recording.record import activations, layer_modules
 
 LOG2E = 1.4426950408889634
@@ -40,16 +41,26 @@ BATCH = 128       # edits per batched pass
 
 @dataclass(frozen=True)
 class Edit:
-    """Pin unit ``unit`` of layer ``layer`` at every step: ``how`` is "zero", "mean" (its mean
-    over the text) or a number; ``on`` is "h" (the hidden output) or "c" (the cell state)."""
+    """Pin one cell — unit ``unit`` of stream ``stream`` ("h", the hidden output, or "c", the
+    cell state) in layer ``layer`` — at every step: ``how`` is "zero", "mean" (its mean over
+    the text) or a number. Written ``L:S:U=HOW`` (``0:c:89=5``), as ``--clamp`` takes it."""
 
     layer: int
+    stream: str
     unit: int
     how: str | float = "zero"
-    on: str = "h"
 
     def __str__(self) -> str:
-        return f"{self.layer}:{self.unit}{':c' if self.on == 'c' else ''}={self.how}"
+        return f"{self.layer}:{self.stream}:{self.unit}={self.how}"
+
+    def hook(self) -> Hook:
+        """The ``probe.lm.stepwise`` hook that applies this edit (``how`` must be a number)."""
+        def pin(position: int, layer: int, stream: str, value: torch.Tensor):
+            if (layer, stream) == (self.layer, self.stream):
+                value = value.clone()
+                value[self.unit] = float(self.how)
+                return value
+        return pin
 
 
 def parse_how(text: str) -> str | float:
@@ -65,27 +76,41 @@ def parse_how(text: str) -> str | float:
     return value
 
 
-def parse_cells(spec: str) -> list[tuple[int, int]]:
-    """``--cells 0:89,1:158`` → [(0, 89), (1, 158)]."""
+def parse_cells(spec: str, flag: str = "--cells") -> list[tuple[int, str, int]]:
+    """``--cells 0:c:89,1:h:158`` → [(0, "c", 89), (1, "h", 158)]: cells as layer:stream:unit.
+
+    The old form LAYER:UNIT (``0:89``, meaning h) still works, with one deprecation line."""
     cells = []
     for part in spec.split(","):
+        m = re.fullmatch(r"\s*(\d+):([a-z]+):(\d+)\s*", part)
+        if m:
+            cells.append((int(m.group(1)), m.group(2), int(m.group(3))))
+            continue
         m = re.fullmatch(r"\s*(\d+):(\d+)\s*", part)
         if not m:
-            raise ProbeError(f"--cells: {part.strip()!r} is not LAYER:UNIT (e.g. 0:89,1:158)")
-        cells.append((int(m.group(1)), int(m.group(2))))
+            raise ProbeError(f"{flag}: {part.strip()!r} is not LAYER:STREAM:UNIT (e.g. 0:c:89,1:h:158)")
+        deprecated(f"{flag} {part.strip()}", f"{m.group(1)}:h:{m.group(2)}")
+        cells.append((int(m.group(1)), "h", int(m.group(2))))
     return cells
 
 
 def parse_clamp(spec: str) -> Edit:
-    """``--clamp 0:89=0.9`` (pin h) or ``--clamp 0:89:c=5`` (pin the cell state)."""
-    m = re.fullmatch(r"\s*(\d+):(\d+)(?::([hc]))?=([^=\s]+)\s*", spec)
-    if not m:
-        raise ProbeError(f"--clamp: {spec!r} is not LAYER:UNIT=VALUE or LAYER:UNIT:c=VALUE "
-                         "(e.g. 0:89=0.9)")
-    value = parse_how(m.group(4))
-    if value == "mean":
+    """``--clamp 0:c:89=5``: pin layer 0's cell state unit 89 to 5 (``0:h:89=0.9`` pins h).
+
+    The old forms ``0:89=0.9`` and ``0:89:c=5`` still work, with one deprecation line."""
+    m = re.fullmatch(r"\s*(\d+):([a-z]+):(\d+)=([^=\s]+)\s*", spec)
+    if m:
+        layer, stream, unit, value = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
+    else:
+        m = re.fullmatch(r"\s*(\d+):(\d+)(?::([hc]))?=([^=\s]+)\s*", spec)
+        if not m:
+            raise ProbeError(f"--clamp: {spec!r} is not LAYER:STREAM:UNIT=VALUE (e.g. 0:c:89=5)")
+        layer, stream, unit, value = int(m.group(1)), m.group(3) or "h", int(m.group(2)), m.group(4)
+        deprecated(f"--clamp {spec.strip()}", f"{layer}:{stream}:{unit}={value}")
+    how = parse_how(value)
+    if how == "mean":
         raise ProbeError(f"--clamp: {spec!r}: give a value (mean needs a text to average over)")
-    return Edit(int(m.group(1)), int(m.group(2)), 0.0 if value == "zero" else value, m.group(3) or "h")
+    return Edit(layer, stream, unit, 0.0 if how == "zero" else how)
 
 
 def check(model: CharRNN, edits: list[Edit]) -> None:
@@ -95,10 +120,10 @@ def check(model: CharRNN, edits: list[Edit]) -> None:
     for e in edits:
         if not 0 <= e.layer < model.layers:
             raise ProbeError(f"no layer {e.layer} in the model (layers are 0..{model.layers - 1})")
+        if e.stream not in ("h", "c"):
+            raise ProbeError(f"{e}: a cell to pin is in stream h or c, not {e.stream!r}")
         if not 0 <= e.unit < model.units:
             raise ProbeError(f"no unit {e.unit} in layer {e.layer} (units are 0..{model.units - 1})")
-        if e.on not in ("h", "c"):
-            raise ProbeError(f"an edit is on h or c, not {e.on!r}")
         if isinstance(e.how, str) and e.how not in ("zero", "mean"):
             raise ProbeError(f"an edit pins to zero, mean or a number, not {e.how!r}")
 
@@ -115,8 +140,8 @@ def resolve(model: CharRNN, texts: list[str], edits: list[Edit]) -> list[Edit]:
                 sums[key] = sums.get(key, 0.0) + v.astype(np.float64).sum(axis=0)
             n += len(text)
         means = {key: s / max(n, 1) for key, s in sums.items()}
-    return [Edit(e.layer, e.unit, 0.0 if e.how == "zero" else float(means[(e.layer, e.on)][e.unit])
-                 if e.how == "mean" else float(e.how), e.on) for e in edits]
+    return [Edit(e.layer, e.stream, e.unit, 0.0 if e.how == "zero" else float(means[(e.layer, e.stream)][e.unit])
+                 if e.how == "mean" else float(e.how)) for e in edits]
 
 
 @torch.no_grad()
@@ -130,10 +155,10 @@ def _batch_losses(model: CharRNN, ids: np.ndarray, layer: int, edits: list[Edit]
     x = model.embed(torch.from_numpy(ids))  # [T, E]
     for k in range(layer):  # the layers below cannot see the edit: once, fused
         x = modules[k](x[None])[0][0]
-    pins = {on: (torch.tensor([1 + j for j, e in enumerate(edits) if e.on == on], dtype=torch.long),
-                 torch.tensor([e.unit for e in edits if e.on == on], dtype=torch.long),
-                 torch.tensor([float(e.how) for e in edits if e.on == on]))
-            for on in ("h", "c")}
+    pins = {s: (torch.tensor([1 + j for j, e in enumerate(edits) if e.stream == s], dtype=torch.long),
+                torch.tensor([e.unit for e in edits if e.stream == s], dtype=torch.long),
+                torch.tensor([float(e.how) for e in edits if e.stream == s]))
+            for s in ("h", "c")}
     weights = [(lstm.weight_ih_l0, lstm.weight_hh_l0.T.contiguous(), lstm.bias_ih_l0 + lstm.bias_hh_l0)
                for lstm in modules[layer:]]
     state = [(torch.zeros(B, H), torch.zeros(B, H)) for _ in weights]
@@ -207,21 +232,21 @@ def losses(model: CharRNN, text: str, edits: list[Edit], *, batch: int = BATCH,
     return out
 
 
-EFFECT_COLUMNS = ["layer", "unit", "feature", "delta_bits", "delta_bits_elsewhere", "random_median",
+EFFECT_COLUMNS = ["layer", "stream", "unit", "feature", "delta_bits", "delta_bits_elsewhere", "random_median",
                   "ratio", "percentile", "positions"]
 
 
-def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[int, int]] | None = None,
+def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[int, str, int]] | None = None,
             *, layer: int | None = None, feature_names: list[str] | None = None, how: str | float = "zero",
-            on: str = "h", random: int = 32, seed: int = 0, batch: int = BATCH,
+            stream: str = "h", random: int = 32, seed: int = 0, batch: int = BATCH,
             progress: bool = False) -> pd.DataFrame:
     """The causal effect of each cell on predicting the next character, per feature.
 
-    ``cells`` [(layer, unit)], or ``layer`` to sweep all its units; each is pinned (``how``,
-    ``on``) on every document (``[(name, text)]``, each read from a zero state). For a
+    ``cells`` [(layer, stream, unit)], or ``layer`` to sweep all units of its ``stream``
+    ("h" or "c"); each is pinned (``how``) on every document (``[(name, text)]``, each read from a zero state). For a
     position t, the effect is the change in the cost of character t+1 (bits): the state
     after reading t is what predicts it, and features describe that state. Per (layer,
-    unit, feature): ``delta_bits`` (mean over positions where the feature holds),
+    stream, unit, feature): ``delta_bits`` (mean over positions where the feature holds),
     ``delta_bits_elsewhere``, ``random_median`` (median |delta_bits| of ``random`` random
     units of the same layer, seeded; drawn from the sweep when a layer is swept),
     ``ratio`` = delta_bits / random_median, ``percentile`` of |delta_bits| among all the
@@ -234,22 +259,23 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
         raise ProbeError("give cells or a layer to sweep, not both")
     units = model.units
     if layer is not None:
-        check(model, [Edit(layer, 0)])
-        cells = [(layer, u) for u in range(units)]
+        check(model, [Edit(layer, stream, 0)])
+        cells = [(layer, stream, u) for u in range(units)]
     cells = list(dict.fromkeys(cells))
-    check(model, [Edit(k, u) for k, u in cells])
+    check(model, [Edit(k, s, u) for k, s, u in cells])
     if random < 0 or random > units:
         raise ProbeError(f"--random must be between 0 and the layer's {units} units, got {random}")
     rng = np.random.default_rng(seed)
-    controls = {k: sorted(rng.choice(units, random, replace=False).tolist()) for k in sorted({k for k, _ in cells})}
-    todo = list(dict.fromkeys(cells + [(k, u) for k, us in controls.items() for u in us]))
+    controls = {ks: sorted(rng.choice(units, random, replace=False).tolist())
+                for ks in sorted({(k, s) for k, s, _ in cells})}  # random units of the same layer and stream
+    todo = list(dict.fromkeys(cells + [(k, s, u) for (k, s), us in controls.items() for u in us]))
     texts = [t for _, t in documents]
     spans = np.cumsum([0] + [len(t) for t in texts])
     feats = features_mod.compute("".join(texts), feature_names,
                                  documents=list(zip(spans[:-1].tolist(), spans[1:].tolist())))
     names = feature_names or [n for n in feats.columns  # every binary feature that holds somewhere
                               if features_mod.is_binary(n, feats[n].to_numpy()) and feats[n].any()]
-    edits = resolve(model, texts, [Edit(k, u, how, on) for k, u in todo])
+    edits = resolve(model, texts, [Edit(k, s, u, how) for k, s, u in todo])
 
     # bits [1 + E, T] over all documents; delta at position t is the change at t + 1
     with tqdm(total=sum(map(len, texts)) * len(edits), unit="unit-char", unit_scale=True,
@@ -264,28 +290,31 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
         mask = feats[name].to_numpy() != 0
         inside = np.nanmean(np.where(mask, delta, np.nan), axis=1) if mask.any() else np.full(len(todo), np.nan)
         outside = np.nanmean(np.where(~mask, delta, np.nan), axis=1) if (~mask).any() else np.full(len(todo), np.nan)
-        for k, u in cells:
-            j = row[(k, u)]
-            rand = np.median(np.abs([inside[row[(k, r)]] for r in controls[k]])) if random else np.nan
+        for k, s, u in cells:
+            j = row[(k, s, u)]
+            rand = np.median(np.abs([inside[row[(k, s, r)]] for r in controls[(k, s)]])) if random else np.nan
             pct = np.nan
             if layer is not None:
-                mine = np.abs(inside[[row[(layer, v)] for v in range(units)]])
+                mine = np.abs(inside[[row[(layer, stream, v)] for v in range(units)]])
                 pct = 100.0 * np.mean(mine <= abs(inside[j]))
-            out.append({"layer": k, "unit": u, "feature": name, "delta_bits": float(inside[j]),
+            out.append({"layer": k, "stream": s, "unit": u, "feature": name, "delta_bits": float(inside[j]),
                         "delta_bits_elsewhere": float(outside[j]), "random_median": float(rand),
                         "ratio": float(inside[j] / rand) if rand and np.isfinite(rand) else np.nan,
                         "percentile": pct, "positions": int(mask.sum())})
     return pd.DataFrame(out, columns=EFFECT_COLUMNS)
 
 
-def report(df: pd.DataFrame, how: str = "zero", on: str = "h") -> str:
-    """What ``probe ablate`` prints: per feature, each cell's effect beside random units'."""
-    lines = [f"pinning {on} to {how}: change in bits per next character (positive: the model needs the cell)"]
+def report(df: pd.DataFrame, how: str = "zero") -> str:
+    """What ``probe ablate`` prints: per feature, each cell's effect beside random units'.
+
+    The percentile column (rank among the layer's units) is shown for a sweep only."""
+    sweep = df["percentile"].notna().any()
+    lines = [f"pinning to {how}: change in bits per next character (positive: the model needs the cell)"]
     for feature, g in df.groupby("feature", sort=False):
         lines += ["", f"{feature}  ({int(g['positions'].iloc[0]):,} positions)",
-                  "  layer   unit   delta_bits  elsewhere  random_median   ratio  percentile"]
+                  "  cell          delta_bits  elsewhere  random_median   ratio" + ("  percentile" if sweep else "")]
         for r in g.sort_values("delta_bits", ascending=False, key=np.abs).itertuples():
-            pct = "" if np.isnan(r.percentile) else f"{r.percentile:10.1f}"
-            lines.append(f"  {r.layer:>5}  {r.unit:>5}  {r.delta_bits:+11.4f}  {r.delta_bits_elsewhere:+9.4f}"
-                         f"  {r.random_median:13.4f}  {r.ratio:+6.1f}  {pct}".rstrip())
+            pct = f"  {r.percentile:10.1f}" if sweep else ""
+            lines.append(f"  {f'{r.layer}:{r.stream}:{r.unit}':<12}  {r.delta_bits:+10.4f}  {r.delta_bits_elsewhere:+9.4f}"
+                         f"  {r.random_median:13.4f}  {r.ratio:+6.1f}{pct}")
     return "\n".join(lines)

@@ -72,7 +72,7 @@ def _clamped(model: CharRNN, clamp: list):
     c = [torch.zeros(model.units) for _ in weights]
 
     def pin(position: int, layer: int, stream: str, value: torch.Tensor):
-        hits = [e for e in clamp if e.layer == layer and e.on == stream]
+        hits = [e for e in clamp if e.layer == layer and e.stream == stream]
         if hits:
             value = value.clone()
             for e in hits:

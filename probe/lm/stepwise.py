@@ -12,7 +12,7 @@ k = 0, else layer k−1's h_t)::
     c_t = f · c_{t−1} + i · g                           # cell state
     h_t = o · tanh(c_t)                                 # hidden state
 
-An ``edit(position, layer, stream, value)`` hook sees each named value as soon as it is
+A hook ``edit(position, layer, stream, value)`` sees each named value as soon as it is
 computed and may return a replacement (or None to keep it); everything computed after
 it uses the replacement. So editing ``c`` changes ``h`` (h = o · tanh(c)) and the next
 step, editing ``h`` changes the layer above and the next step::
@@ -38,11 +38,11 @@ from probe.text import corpus as corpora
 from probe.errors import ProbeError
 from probe.lm.model import CharRNN
 
-Edit = Callable[[int, int, str, torch.Tensor], "torch.Tensor | None"]
+Hook = Callable[[int, int, str, torch.Tensor], "torch.Tensor | None"]  # (position, layer, stream, value)
 LOG2E = 1.4426950408889634
 
 
-def _namer(edit: Edit | None, position: int, layer: int, out: dict):
+def _namer(edit: Hook | None, position: int, layer: int, out: dict):
     """named(stream, value): passes each value through the edit hook (if any) and keeps the
     result in ``out``; what is computed next uses the returned value."""
     def named(stream: str, value: torch.Tensor) -> torch.Tensor:
@@ -56,7 +56,7 @@ def _namer(edit: Edit | None, position: int, layer: int, out: dict):
 
 
 def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
-              edit: Edit | None = None, position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
+              edit: Hook | None = None, position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
     """One LSTM step: x [in], h and c [units] → {"i", "f", "g", "o", "c", "h"}, each [units]."""
     w_ih, w_hh, b = weights
     H = h.shape[0]
@@ -72,7 +72,7 @@ def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
     return out
 
 
-def gru_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Edit | None = None,
+def gru_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Hook | None = None,
              position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
     """One GRU step, as PyTorch computes it: {"r", "z", "n", "h"}, each [units]::
 
@@ -94,7 +94,7 @@ def gru_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Edit | None
     return out
 
 
-def rnn_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Edit | None = None,
+def rnn_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Hook | None = None,
              position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
     """One vanilla (tanh) RNN step: {"h": tanh(W_ih x + b_ih + W_hh h + b_hh)}."""
     w_ih, w_hh, b_ih, b_hh = weights
@@ -117,7 +117,7 @@ def _raw_weights(model: CharRNN, layer: int) -> tuple:
 
 
 @torch.no_grad()
-def stepwise(model: CharRNN, text: str, edit: Edit | None = None) -> tuple[dict, np.ndarray]:
+def stepwise(model: CharRNN, text: str, edit: Hook | None = None) -> tuple[dict, np.ndarray]:
     """Run ``text`` through ``model`` one character at a time from a zero state.
 
     Returns ({(layer, stream): float32 [T, units]}, loss [T]): the same layout as

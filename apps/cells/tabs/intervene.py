@@ -98,7 +98,7 @@ def zeroed(model, text: str, layer: int, unit: int, on: str, controls: list[int]
     """Δbits [1 + len(controls), n]: row 0 the unit, then each control unit, all zeroed in one
     batched pass. Column t is the change in the cost of character t + 1 (predicted from the
     state after reading t); the last column is NaN (no next character)."""
-    edits = [Edit(layer, u, "zero", on) for u in [unit, *controls]]
+    edits = [Edit(layer, on, u, "zero") for u in [unit, *controls]]
     bits = intervene.losses(model, text, edits)  # [1 + E, n]: row 0 unedited
     delta = np.full((len(edits), len(text)), np.nan, dtype=np.float32)
     delta[:, :-1] = bits[1:, 1:] - bits[0, 1:]
@@ -322,7 +322,7 @@ def build(session: Session) -> View:
         try:
             if not prime.value:
                 raise ProbeError("type a prime to start from")
-            edit = Edit(w.layer, w.unit, float(value.value or 0), w.on)
+            edit = Edit(w.layer, w.on, w.unit, float(value.value or 0))
             kw = dict(prime=prime.value, length=int(length.value or 0), seed=int(seed.value or 0),
                       temperature=float(0.7 if temperature.value is None else temperature.value))
             plain = sample(model, **kw)
