@@ -18,10 +18,8 @@ import time
 import torch
 
 from probe import load_model
-
-from probe.text import corpus
-
 from probe.causal import intervene
+from probe.text import corpus
 
 
 def forward_seconds(model, text: str) -> float:

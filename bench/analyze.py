@@ -29,9 +29,7 @@ import numpy as np
 import torch
 
 from probe import open_recording
-
 from probe.analysis import detectors
-
 from probe.text import features
 
 

@@ -18,17 +18,12 @@ import tempfile
 from pathlib import Path
 
 from probe import load_model
-
 from probe.analysis import cache as analysis
-
-from probe.output import browser
-
-from probe.text import corpus
-
 from probe.analysis import detectors
-
 from probe.causal import gradients
+from probe.output import browser
 from probe.recording.record import record
+from probe.text import corpus
 
 
 def main() -> None:

@@ -84,7 +84,6 @@ def analysis_cost(rec_path: Path, repeats: int = 2) -> dict:
     import os
 
     from probe import open_recording
-
     from probe.analysis import detectors
     threads = min(4, os.cpu_count() or 1)
     best = {False: float("inf"), True: float("inf")}

@@ -52,24 +52,15 @@ import numpy as np
 import torch
 
 from probe import load_model, open_recording
-
 from probe.analysis import cache as analysis
-
-from probe.output import browser
-
-from probe.recording import derived
-
 from probe.analysis import detectors
-
-from probe.readout import dictionary
-
-from probe.readout import directions
-
-from probe.recording import h5format
+from probe.errors import ProbeError
+from probe.output import browser
+from probe.readout import dictionary, directions
+from probe.recording import derived, h5format
+from probe.recording.record import record
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
-from probe.errors import ProbeError
-from probe.recording.record import record
 
 KIND = "probe bench/distributed.py"
 VERSION = 1

@@ -21,16 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from probe import open_recording
-
 from probe.analysis import cache as analysis
-
-from probe.output import browser
-
 from probe.analysis import detectors
-
-from probe.readout import probes
 from probe.analysis.detectors import auc_exact
+from probe.output import browser
 from probe.output.render import standalone_page
+from probe.readout import probes
 
 TARGETS = {"in_short_string": ("auc", 0.97), "in_comment": ("auc", 0.95),
            "column": ("r", 0.85), "bracket_depth": ("r", 0.8)}

@@ -17,12 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from probe import load_model
-
-from probe.text import corpus
-
 from probe.causal import gradients
 from probe.lm.model import detach
 from probe.lm.train import rows
+from probe.text import corpus
 
 
 def training_seconds(model, ids, char_steps: int, batch: int = 64, seq: int = 128) -> float:

@@ -25,7 +25,6 @@ import numpy as np
 import yaml
 
 from probe import open_recording
-
 from probe.analysis import match
 
 

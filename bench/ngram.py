@@ -21,11 +21,8 @@ import time
 from pathlib import Path
 
 from probe import load_model
-
-from probe.text import corpus
-
-from probe.text import ngram
 from probe.recording.record import record
+from probe.text import corpus, ngram
 
 
 def main() -> None:

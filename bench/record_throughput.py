@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from probe import load_model, open_recording
-
-from probe.text import corpus
 from probe.recording.record import BLOCK, PIECE, record
+from probe.text import corpus
 
 
 def bare_forward(model, ids: torch.Tensor) -> float:

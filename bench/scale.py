@@ -42,20 +42,17 @@ import pandas as pd
 import torch
 
 from probe import load_model, open_recording
-
-from probe.analysis import cluster
-
-from probe.text import corpus
-
-from probe.analysis import detectors
+from probe.analysis import cluster, detectors
 from probe.recording.record import record
+from probe.text import corpus
 
 
 def warm() -> int:
     """On a worker: import what the tasks use, so the clock measures work, not imports."""
+    import torch as t
+
     import probe.analysis.detectors  # noqa: F401
     import probe.recording.record  # noqa: F401
-    import torch as t
     return t.get_num_threads()
 
 

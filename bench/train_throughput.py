@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from probe.text import corpus
 from probe.lm.model import CharRNN
 from probe.lm.train import TrainConfig, rows, train
+from probe.text import corpus
 
 
 def bare_loop(vocab: str, ids, units: int, batch: int, seq: int, steps: int, cell: str = "lstm") -> float:

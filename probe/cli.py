@@ -11,30 +11,21 @@ import numpy as np
 import torch
 
 from probe.analysis import cache as analysis
-
-from probe.recording import derived
-
-from probe.analysis import detectors
-
-from probe.causal import gradients
-
-from probe.causal import intervene
-
-from probe.analysis import match
-
-from probe.recording import shards
-from probe.text.corpus import encode, load
+from probe.analysis import detectors, match
+from probe.causal import gradients, intervene
 from probe.errors import ProbeError
-from probe.output.export import export_lstmvis
-from probe.text.features import parse_feature_args
 from probe.files import atomic, check_target
-from probe.recording.h5format import COMPRESSIONS
 from probe.lm.model import NAMED, SHIPPED, file_sha256, load_model, model_from_checkpoint, read_checkpoint, shipped
-from probe.recording.record import record
-from probe.recording.reader import open_recording, summary, verify
-from probe.output.render import render_recording
 from probe.lm.sample import sample
 from probe.lm.train import DEFAULT_STEPS, TrainConfig, train
+from probe.output.export import export_lstmvis
+from probe.output.render import render_recording
+from probe.recording import derived, shards
+from probe.recording.h5format import COMPRESSIONS
+from probe.recording.reader import open_recording, summary, verify
+from probe.recording.record import record
+from probe.text.corpus import encode, load
+from probe.text.features import parse_feature_args
 
 EPILOG = "examples:\n  "
 # help for probe train's flags, one per TrainConfig field (the defaults come from the field)

@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from probe.text import corpus
-
-from probe.text import features
-
-from probe.recording import h5format
 from probe.lm.model import CharRNN, save_checkpoint
+from probe.recording import h5format
+from probe.text import corpus, features
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core machine
 

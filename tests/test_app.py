@@ -27,22 +27,14 @@ from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
 from probe.analysis import cache as analysis
-
-from probe.text import corpus
-
-from probe.text import features
-
-from probe.causal import gradients
-
-from probe.causal import intervene
-
 from probe.analysis import match
-
-from probe.output import render
+from probe.causal import gradients, intervene
 from probe.lm.model import CharRNN, load_model, save_checkpoint
-from probe.recording.record import record
-from probe.recording.reader import open_recording
 from probe.lm.sample import sample
+from probe.output import render
+from probe.recording.reader import open_recording
+from probe.recording.record import record
+from probe.text import corpus, features
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "cells"
 TEXT = '''def greet(name):
@@ -403,8 +395,8 @@ def test_the_beyond_ngrams_tab_colours_the_window_by_advantage_and_error(folder,
     model beats the n-gram model, or by the oracle that explains each error; before, it
     says how to add them."""
     from probe.analysis import advantage
-    from probe.text import ngram
     from probe.cli import main
+    from probe.text import ngram
     recs = tmp_path / "recordings"
     recs.mkdir()
     shutil.copy(folder / "tiny.h5", recs / "tiny.h5")

@@ -19,23 +19,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TEXT
 
 from probe import ProbeError, open_recording
-
 from probe.analysis import cache as analysis
-
-from probe.analysis import cluster
-
-from probe.text import corpus
-
-from probe.analysis import detectors
-
-from probe.recording import shards
-from probe.recording import record as recorder
+from probe.analysis import cluster, detectors
 from probe.cli import main
 from probe.lm.model import CharRNN, load_model, save_checkpoint
-
-from conftest import TEXT
+from probe.recording import record as recorder
+from probe.recording import shards
+from probe.text import corpus
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hooks below run on the workers
 

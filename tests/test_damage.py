@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import TEXT
 
 from probe import ProbeError, open_recording
 from probe.cli import main
 from probe.lm.model import load_model
 from probe.recording.record import record
-
-from conftest import TEXT
 
 
 def everything(path) -> dict:
@@ -117,6 +116,7 @@ def test_verify_passes_a_sound_recording_and_says_when_it_cannot_check(recording
 def test_our_fletcher32_is_hdf5s(tmp_path):
     """The recorder appends its own checksums: they must be exactly what HDF5 computes."""
     import h5py
+
     from probe.recording import h5format
     rng = np.random.default_rng(1)
     for n in (1, 7, 8, 1001, 4096 * 32):  # odd and even lengths, a whole float16 chunk

@@ -8,19 +8,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import CODE, write_recording
 
 from probe.analysis import cache as analysis
-
-from probe.recording import derived
-
-from probe.output import export
-
-from probe.output import render
 from probe.cli import main
 from probe.errors import ProbeError
+from probe.output import export, render
+from probe.recording import derived
 from probe.recording.reader import open_recording
-
-from conftest import CODE, write_recording
 
 UNITS = 4
 
@@ -210,8 +205,9 @@ def test_cli_directions_dictionary_encode_analyze(model_path, tmp_path, capsys):
 def test_a_folder_of_shards_gets_the_stream_in_every_shard(model_path, tmp_path):
     """probe encode on a folder: each shard gets the stream, and the folder reads it as one,
     equal to encoding the same text in one file."""
-    from probe.lm.model import load_model
     from test_shards import record_shards, record_whole
+
+    from probe.lm.model import load_model
     model = load_model(model_path)
     whole, folder = record_whole(model, tmp_path / "whole.h5"), record_shards(model, tmp_path / "sharded", 3)
     with open_recording(whole) as rec:

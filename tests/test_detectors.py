@@ -11,22 +11,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CODE, write_recording
 
 from probe import open_recording
-
 from probe.analysis import cache as analysis
-
-from probe.analysis import contexts
-
-from probe.analysis import detectors
-
-from probe.text import features
-
-from probe.readout import probes
+from probe.analysis import contexts, detectors
 from probe.cli import main
 from probe.errors import ProbeError
+from probe.readout import probes
+from probe.text import features
 
-from conftest import CODE, write_recording
 
 def exact_auc(x, y):
     """Mann–Whitney U / (P N) with average ranks for ties."""

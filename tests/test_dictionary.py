@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from probe.text import corpus
-
-from probe.recording import derived
-
-from probe.readout import dictionary
 from probe.errors import ProbeError
 from probe.lm.model import CharRNN, load_model, save_checkpoint
-from probe.recording.record import record
+from probe.readout import dictionary
+from probe.recording import derived
 from probe.recording.reader import open_recording
+from probe.recording.record import record
+from probe.text import corpus
 
 torch.set_num_threads(1)
 

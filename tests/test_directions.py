@@ -7,23 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import CODE, TEXT, write_recording
 
 from probe import open_recording
-
-from probe.text import corpus
-
-from probe.recording import derived
-
 from probe.analysis import detectors
-
-from probe.readout import directions
 from probe.errors import ProbeError
 from probe.lm.model import CharRNN, load_model, save_checkpoint
-from probe.readout.probes import split_positions
-from probe.recording.record import record
 from probe.lm.stepwise import stepwise
-
-from conftest import CODE, TEXT, write_recording
+from probe.readout import directions
+from probe.readout.probes import split_positions
+from probe.recording import derived
+from probe.recording.record import record
+from probe.text import corpus
 
 UNITS = 8
 PLANTED = [(0, 1.0), (6, 0.8), (9, -1.0), (14, 0.6), (21, 1.0), (27, -0.7)]  # (column, weight)

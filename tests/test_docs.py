@@ -6,8 +6,8 @@ from pathlib import Path
 
 import h5py
 
-from probe.recording import h5format
 from probe.cli import COMMANDS, parser
+from probe.recording import h5format
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,7 @@ def test_the_readme_python_example_runs(recording_path, tmp_path, monkeypatch):
     code = code.replace("recordings/stdlib-test.h5", str(recording_path)).replace(", 42)", ", 3)")
     code = code.replace("units=[42]", "units=[3]")
     import numpy as np
+
     from probe import open_recording
     with open_recording(recording_path) as rec:  # a span where some unit of layer 0 c turns on
         c = np.tanh(rec.stream(0, "c")[:])

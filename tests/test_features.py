@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probe.text import features as F
 from probe.errors import ProbeError
+from probe.text import features as F
 from probe.text.features import BINARY, FEATURES, compute
 
 

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from probe.text import corpus
-
 from probe.causal import gradients
 from probe.cli import main
 from probe.lm.model import CharRNN
+from probe.text import corpus
 
 
 def test_the_norms_are_autograds(tiny_model, text):

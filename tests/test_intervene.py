@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from probe.causal import intervene
-from probe.cli import main
 from probe.causal.intervene import Edit
+from probe.cli import main
 from probe.lm.sample import sample
 from probe.lm.stepwise import stepwise
 

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 from probe import ProbeError, open_recording
-
-from probe.recording import h5format
-
 from probe.analysis import match
 from probe.cli import main
+from probe.recording import h5format
 
 
 def recording(path, values: dict, text=None):

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from probe import ProbeError, load_model
-
-from probe.text import corpus
+from probe.causal import intervene
 from probe.cli import main
 from probe.lm.model import read_checkpoint, save_checkpoint, widen
 from probe.lm.sample import sample
 from probe.lm.train import TrainConfig, bits_per_char, train
-from probe.causal import intervene
+from probe.text import corpus
 
 
 def test_stdlib_split_is_deterministic_and_disjoint():

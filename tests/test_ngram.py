@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from probe.text import corpus
-
-from probe.text import ngram
-from probe.errors import ProbeError
-
 from conftest import CODE
+
+from probe.errors import ProbeError
+from probe.text import corpus, ngram
 
 DOCS = [("a.py", CODE * 3), ("b.py", CODE.replace("return", "yield") * 2), ("c.py", "x = 1\n")]
 VOCAB = corpus.build_vocab("".join(t for _, t in DOCS) + "Q")  # Q: in the vocabulary, never seen

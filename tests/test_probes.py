@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from probe import open_recording
-
 from probe.readout import probes
 
 

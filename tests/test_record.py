@@ -12,13 +12,11 @@ import pytest
 import torch
 
 from probe import ProbeError, open_recording
-
-from probe.text import corpus
-
-from probe.recording import h5format
 from probe.lm.model import load_model
-from probe.recording.record import activations, record
 from probe.lm.stepwise import stepwise
+from probe.recording import h5format
+from probe.recording.record import activations, record
+from probe.text import corpus
 
 
 @torch.no_grad()

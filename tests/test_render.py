@@ -5,8 +5,8 @@ import re
 
 import numpy as np
 
-from probe.output import render
 from probe.cli import main
+from probe.output import render
 from probe.recording.reader import open_recording
 
 NASTY = "<script>alert(1)</script> <img src=x onerror=alert(1)> a & b \"q\" 'r'\n"

@@ -11,27 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TEXT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probe import ProbeError, open_recording
-
 from probe.analysis import cache as analysis
-
-from probe.text import corpus
-
 from probe.analysis import detectors
-
-from probe.recording import h5format
-
-from probe.recording import shards
-from probe.recording import record as recorder
 from probe.cli import main
-from probe.output.export import export_lstmvis
 from probe.lm.model import CharRNN, load_model, save_checkpoint
+from probe.output.export import export_lstmvis
+from probe.recording import h5format, shards
+from probe.recording import record as recorder
 from probe.recording.reader import Dataset
-
-from conftest import TEXT
+from probe.text import corpus
 
 # seven documents of 60..~1800 characters: the parts are uneven, shards span several chunks
 DOCS = [(f"pkg/m{i}.py", (TEXT.replace("Point", f"P{i}") * (1 + 3 * i))[: 60 + 250 * i]) for i in range(7)]

@@ -8,22 +8,15 @@ import os
 
 import numpy as np
 import pytest
-
-from probe import open_recording
-
-from probe.analysis import cache as analysis
-
-from probe.analysis import detectors
-
-from probe.text import features
-
-from probe.recording import h5format
-
-from probe.analysis import summaries
-from probe.lm.model import load_model
-
 from conftest import CODE, write_recording
 from test_shards import record_shards, record_whole
+
+from probe import open_recording
+from probe.analysis import cache as analysis
+from probe.analysis import detectors, summaries
+from probe.lm.model import load_model
+from probe.recording import h5format
+from probe.text import features
 
 STREAMS = ("i", "f", "g", "o", "c", "h")
 

@@ -21,10 +21,10 @@ from bokeh.models import Div, Select, Spinner, TabPanel, Tabs
 from probe.text.features import FEATURES
 
 from . import notice, views, window
-from .views import describe
 from .selection import WINDOWS, from_query, is_bare
 from .session import Session, View
 from .store import store_for
+from .views import describe
 
 TABS = ["card", "leaderboard", "match", "saturation", "live", "intervene", "saliency", "features", "ngrams"]  # modules in tabs/, in page order
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from probe.analysis import match
 from probe.errors import ProbeError
-from probe.text.features import FEATURES
 from probe.recording.h5format import RANGE, STREAMS
 from probe.recording.reader import Recording
+from probe.text.features import FEATURES
 
 from .store import Store
 

@@ -17,10 +17,9 @@ import numpy as np
 from bokeh.document import Document
 from bokeh.models import Div, LayoutDOM
 
-from probe.output import render
-
 from probe.analysis import summaries
 from probe.errors import ProbeError
+from probe.output import render
 from probe.recording.reader import Recording
 
 from .selection import OPENING_FEATURE, Selection, fit, opening

@@ -18,18 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from probe.analysis import cache as analysis
-
-from probe.text import features
-
 from probe.analysis import match
-
-from probe.recording import shards
 from probe.analysis import summaries as summaries_mod
-from probe.text.corpus import stdlib
 from probe.errors import ProbeError
 from probe.lm.model import for_recording, load_model
-from probe.recording.record import record
+from probe.recording import shards
 from probe.recording.reader import Recording, open_recording
+from probe.recording.record import record
+from probe.text import features
+from probe.text.corpus import stdlib
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_FOLDER = REPO / "recordings"

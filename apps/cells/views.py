@@ -7,8 +7,8 @@ import re
 
 from bokeh.models import CustomJS, Div, InlineStyleSheet
 
-from probe.output import render
 from probe.errors import ProbeError
+from probe.output import render
 from probe.recording.h5format import DESCRIPTION
 
 TEXT_CSS = render.css() + """

@@ -3,7 +3,6 @@ Fig. 4): the recorded model's loss beside n-gram models' on the same characters,
 where it wins — a closing bracket far from its opener, a closing quote, a comment.
 
     from probe.analysis import advantage
-
     from probe.text import ngram
     ng = ngram.load("stdlib-10.ngram.npz")          # or advantage.default_ngram(rec)
     res = advantage.compare(rec, ng)
@@ -23,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.errors import ProbeError
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
 from probe.text import ngram
-from probe.errors import ProbeError
 
 DISTANCE_BINS = ((1, 5), (6, 20), (21, 100), (101, None))  # characters back to the opener
 # The error breakdown (KJF Fig. 5, for code): each character the model gets wrong (p < 1/2,

@@ -1,7 +1,6 @@
 """The analysis of a recording, computed once and cached beside it, and its reports.
 
     from probe.analysis import cache as analysis
-
     from probe.analysis import detectors
     res = analysis.analysis("recordings/stdlib-test.h5")   # cached next to the recording
     res["best"]                     # per feature, the top cells by |r| or AUC
@@ -27,12 +26,11 @@ import numpy as np
 import pandas as pd
 
 from probe.analysis import detectors
-
-from probe.recording import shards
 from probe.analysis import summaries as summaries_mod
-from probe.text.corpus import Corpus
 from probe.files import atomic
+from probe.recording import shards
 from probe.recording.reader import Recording, open_recording
+from probe.text.corpus import Corpus
 
 ANALYSIS_VERSION = 5      # bump when scores/saturation change meaning: invalidates caches
                           # (2: the saturation frame's column ``gate`` became ``stream``;

@@ -192,8 +192,8 @@ def _record_task(model: str | None, sha256: str, documents, source: dict, target
                  threads: int, options: dict) -> dict:
     """One shard, on a worker: load the model, check it is the client's, record."""
     _one_thread(threads)
-    from probe.recording import record as recorder
     from probe.lm.model import load_model
+    from probe.recording import record as recorder
     if model is not None and Path(model).is_absolute():
         _seen(model)
     _seen(str(Path(target).parent))
@@ -217,8 +217,8 @@ def record_shards(c, model, documents: list[tuple[str, str]], source: dict, out:
     ``options`` go to ``probe.recording.record.record`` (dtype, batch, burn_in, compression, keep,
     layers, checksums). An existing non-empty folder is replaced only with ``force``, and
     only when every shard is complete. Returns, per shard, its path, characters and bytes."""
-    from probe.recording import shards as shards_mod
     from probe.lm.model import load_model
+    from probe.recording import shards as shards_mod
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise ProbeError("record_shards takes a checkpoint's path or a shipped model's name: each worker "
                          "loads the model itself")

@@ -37,14 +37,12 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 
-from probe.text import features as features_mod
-from probe.recording import h5format
-from probe.recording import shards
 from probe.analysis import summaries as summaries_mod
-from probe.errors import ProbeError
-from probe.recording.reader import Recording
-
 from probe.compiled import kernels as _kernels  # None where not built: numpy does the same
+from probe.errors import ProbeError
+from probe.recording import h5format, shards
+from probe.recording.reader import Recording
+from probe.text import features as features_mod
 
 CHUNK = 32768             # rows per streaming read
 SUBCHUNK = 4096           # rows converted to float32 at a time (they stay in cache)

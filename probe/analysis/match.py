@@ -36,12 +36,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probe.text import features as features_mod
-from probe.recording import h5format
-from probe.recording import shards
 from probe.errors import ProbeError
 from probe.files import atomic
+from probe.recording import h5format, shards
 from probe.recording.reader import Recording
+from probe.text import features as features_mod
 
 CHUNK = 32768            # rows per read while building an index
 MODES = ("lstmvis", "jaccard")

@@ -1,7 +1,6 @@
 """Per-unit summaries of a recording, built in the scan that scores it (``probe.analysis.detectors``).
 
     from probe.analysis import cache as analysis
-
     from probe.analysis import summaries
     s = analysis.summaries("recordings/stdlib-test.h5")   # cached beside the recording
     u = summaries.unit(s, 1, "c", 42)    # histogram, top/bottom, overview strip, samples
@@ -42,8 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from probe.recording import h5format
 from probe.compiled import kernels
+from probe.recording import h5format
 
 K = 128              # top-k and bottom-k per unit (the card shows 10, 40 characters apart)
 HIST_BINS = 256      # fixed histogram bins per unit

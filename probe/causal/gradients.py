@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probe.text import corpus as corpora
 from probe.errors import ProbeError
 from probe.lm.model import CharRNN
+from probe.text import corpus as corpora
 
 BATCH = 250  # positions per backward pass
 

@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from probe.text import corpus as corpora
-from probe.text import features as features_mod
 from probe.errors import ProbeError, deprecated
 from probe.lm.model import CharRNN
 from probe.lm.stepwise import Hook
 from probe.recording.record import activations, layer_modules
+from probe.text import corpus as corpora
+from probe.text import features as features_mod
 
 LOG2E = 1.4426950408889634
 BLOCK = 256       # characters per block of the batched pass (memory: BLOCK x batch x vocab logits)

@@ -5,10 +5,10 @@ import math
 
 import torch
 
-from probe.text import corpus as corpora
 from probe.errors import ProbeError
 from probe.lm.model import CharRNN
 from probe.lm.stepwise import layer_weights, lstm_step
+from probe.text import corpus as corpora
 
 
 @torch.no_grad()

@@ -34,9 +34,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from probe.text import corpus as corpora
 from probe.errors import ProbeError
 from probe.lm.model import CharRNN
+from probe.text import corpus as corpora
 
 Hook = Callable[[int, int, str, torch.Tensor], "torch.Tensor | None"]  # (position, layer, stream, value)
 LOG2E = 1.4426950408889634

@@ -19,11 +19,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from probe.text import corpus as corpora
 from probe.errors import ProbeError
 from probe.files import check_target, interrupts
-from probe.lm.model import (CELLS, DROPOUT, EMBEDDING, LAYERS, UNITS, CharRNN, detach, load_model,
-                    model_from_checkpoint, read_checkpoint, save_checkpoint, widen)
+from probe.lm.model import (
+    CELLS,
+    DROPOUT,
+    EMBEDDING,
+    LAYERS,
+    UNITS,
+    CharRNN,
+    detach,
+    load_model,
+    model_from_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    widen,
+)
+from probe.text import corpus as corpora
 
 LN2 = math.log(2)
 DEFAULT_STEPS = 4000

@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from probe.recording import h5format
 from probe.files import atomic, check_target
+from probe.recording import h5format
 from probe.recording.reader import open_recording
 
 NAMED = {" ": "<space>", "\n": "<nl>", "\t": "<tab>", "\r": "<cr>"}

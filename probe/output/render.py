@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.recording import h5format
 from probe.errors import ProbeError
+from probe.recording import h5format
 
 DIVERGING_STEPS = 21   # odd, so 0 has its own white step
 SEQUENTIAL_STEPS = 11

@@ -15,7 +15,6 @@ x is one standardised input row (``derived.read_inputs``: ``c`` is read through 
 direction, decoder rows of unit length, so a code is a strength along its direction::
 
     from probe.readout import dictionary
-
     from probe.recording import derived
     with probe.open_recording("recordings/stdlib-train.h5") as rec:
         spec = dictionary.train(rec, 1, "c", out="dict-1c.pt", progress=True)
@@ -38,11 +37,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probe.recording import derived
-
-from probe.recording import h5format
 from probe.errors import ProbeError
 from probe.files import check_target, interrupts
+from probe.recording import derived, h5format
 
 FEATURES = 1024      # dictionary size: 4 × a 256-unit layer
 K = 32               # active features per position

@@ -1,7 +1,6 @@
 """Probe directions: one linear read-out per known feature, over many cells at once.
 
     from probe.recording import derived
-
     from probe.readout import directions
     with probe.open_recording("recordings/stdlib-train.h5") as rec:
         spec = directions.fit(rec)                        # ridge per feature, held-out scores
@@ -30,13 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probe.text import corpus as corpora
-from probe.recording import derived
-from probe.recording import h5format
-from probe.text import features as features_mod
 from probe.analysis.detectors import auc_exact, default_features, length, one_torch_thread
 from probe.errors import ProbeError
 from probe.readout.probes import _sample_from, split_positions
+from probe.recording import derived, h5format
+from probe.text import corpus as corpora
+from probe.text import features as features_mod
 
 LAMBDAS = (10.0, 1e3, 1e5)  # ridge penalties tried, on the standardised training sample
 VALIDATION = 0.25           # of the training sample, in contiguous pieces: chooses the penalty

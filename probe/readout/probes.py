@@ -1,7 +1,6 @@
 """How spread out a feature is: linear probes on the top-k cells, for growing k.
 
     from probe.analysis import detectors
-
     from probe.readout import probes
     with probe.open_recording("recordings/stdlib-test.h5") as rec:
         probes.probe_curve(rec, None, "column")          # k, score (held-out R² or AUC), metric
@@ -19,10 +18,10 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from probe.text import features as features_mod
 from probe.analysis.detectors import auc_exact, default_features, layer_streams, length, strength, wide_table
 from probe.errors import ProbeError
 from probe.recording.reader import Recording
+from probe.text import features as features_mod
 
 
 def split_positions(T: int, held_out: float = 0.2, segments: int = 50, min_segment: int = 2048,

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe.recording import h5format
 from probe.errors import ProbeError
+from probe.recording import h5format
 
 FORMAT = "probe-derived"
 VERSION = 1

@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from probe.recording import h5format
 from probe.errors import ProbeError
+from probe.recording import h5format
 
 CACHE_BYTES = 64 << 20  # chunk cache: one unit over T touches T/4096 chunks of 256 KB (float16)
 

@@ -27,13 +27,12 @@ import torch.nn as nn
 import zstandard
 from tqdm.auto import tqdm
 
-from probe.text import corpus as corpora
-from probe.recording import h5format
+from probe.compiled import kernels as _kernels  # None where not built: numpy does the same
 from probe.errors import ProbeError
 from probe.files import atomic, check_target, interrupts
 from probe.lm.model import CharRNN
-
-from probe.compiled import kernels as _kernels  # None where not built: numpy does the same
+from probe.recording import h5format
+from probe.text import corpus as corpora
 
 BLOCK = 8192          # characters per processing block (a multiple of h5format.CHUNK_T)
 PIECE = 2048          # characters per piece in batched mode (B pieces run as one batch)

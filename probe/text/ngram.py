@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.text import corpus as corpora
 from probe.errors import ProbeError
+from probe.text import corpus as corpora
 
 FORMAT = "probe-ngram"
 VERSION = 1

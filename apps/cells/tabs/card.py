@@ -12,9 +12,8 @@ from bokeh.models import ColumnDataSource
 from bokeh.plotting import figure
 
 from probe.analysis import contexts
-
-from probe.output import render
 from probe.analysis import summaries as summaries_mod
+from probe.output import render
 
 from ..selection import Selection
 from ..session import Session, View

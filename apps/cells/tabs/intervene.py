@@ -20,11 +20,10 @@ from bokeh.layouts import column, row
 from bokeh.models import Button, Div, InlineStyleSheet, Spinner, TextInput
 
 from probe.causal import intervene
-
-from probe.output import render
-from probe.errors import ProbeError
 from probe.causal.intervene import Edit
+from probe.errors import ProbeError
 from probe.lm.sample import sample
+from probe.output import render
 
 from ..selection import Selection
 from ..session import Session, View

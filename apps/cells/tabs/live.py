@@ -5,8 +5,8 @@ from __future__ import annotations
 from bokeh.layouts import column, row
 from bokeh.models import Button, TextAreaInput
 
-from probe.output import render
 from probe.errors import ProbeError
+from probe.output import render
 from probe.recording.record import activations
 
 from ..selection import Selection

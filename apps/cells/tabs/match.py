@@ -16,13 +16,22 @@ from functools import partial
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import (Button, ColumnDataSource, DataTable, Div, HTMLTemplateFormatter, InlineStyleSheet,
-                          NumberFormatter, Spinner, TableColumn, TextInput)
+from bokeh.models import (
+    Button,
+    ColumnDataSource,
+    DataTable,
+    Div,
+    HTMLTemplateFormatter,
+    InlineStyleSheet,
+    NumberFormatter,
+    Spinner,
+    TableColumn,
+    TextInput,
+)
 
 from probe.analysis import match
-
-from probe.output import render
 from probe.errors import ProbeError
+from probe.output import render
 
 from ..selection import Selection, cells_text, clamp_start, parse_cells, parse_span
 from ..session import Session, View, on_next_tick

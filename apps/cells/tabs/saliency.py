@@ -16,9 +16,8 @@ from bokeh.layouts import column, row
 from bokeh.models import Button, Div, Select, Spinner
 
 from probe.causal import gradients
-
-from probe.output import render
 from probe.errors import ProbeError
+from probe.output import render
 
 from ..selection import Selection
 from ..session import Session, View
