@@ -95,10 +95,24 @@ def test_saliency_sees_only_what_the_prediction_reads():
     assert start == 5 and len(s) == 6
     ids = torch.tensor([[model.vocab.index("b")]])  # position 10; with no recurrence only it is read
     logp = torch.log_softmax(model(ids)[0][0, -1], dim=-1)
-    assert bits == pytest.approx(-float(logp[model.vocab.index("c")]) / np.log(2), rel=1e-5)
+    assert bits == pytest.approx(-logp[model.vocab.index("c")].item() / np.log(2), rel=1e-5)
     assert s[-1] != 0 and np.all(s[:-1] == 0)
     normal = CharRNN("abcdefgh\n", layers=1, units=8, embedding=4, cell="lstm").eval()
     _, s, _ = gradients.saliency(normal, "abcdefgh\nabc", position=10, window=6)
     assert np.all(s[:-1] != 0)  # with a memory, earlier characters count too
     with pytest.raises(Exception, match="has no next character"):
         gradients.saliency(normal, "abc", position=2)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_saliency_and_flow_raise_no_warning(cell):
+    """No PyTorch warning (e.g. "Converting a tensor with requires_grad=True to a scalar")
+    from either computation: the dashboard's console and the test log stay clean."""
+    import warnings
+    model = CharRNN("abcdefgh\n", layers=2, units=8, embedding=4, cell=cell).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        start, s, bits = gradients.saliency(model, "abcdefgh\nabc", position=10, window=6)
+        flow = gradients.flow(model, "abcdefgh\n" * 4, span=5, positions=3)
+    assert (start, len(s)) == (5, 6) and np.isfinite(bits) and np.isfinite(s).all()
+    assert flow["k"] == list(range(6)) and flow["positions"] == 3

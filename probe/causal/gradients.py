@@ -166,4 +166,4 @@ def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tup
         logits = model.head(out[0, -1])
         loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])]))
         (grad,) = torch.autograd.grad(loss, x)
-    return start, (grad * x).sum(dim=1).detach().numpy(), float(loss) / np.log(2)
+    return start, (grad * x).sum(dim=1).detach().numpy(), loss.item() / np.log(2)
