@@ -91,6 +91,33 @@ def test_search_ranks_as_lstmvis_does(tmp_path, off_before, off_after):
     assert (got.stop - got.start == got.length).all() and np.allclose(got.jaccard, got.n_on / got.n_union)
 
 
+@pytest.mark.parametrize("off_before, off_after", [(False, False), (True, True)])
+def test_search_needs_a_neighbour_on_each_side(tmp_path, off_before, off_after):
+    """A run at the recording's first or last character has no character before or after
+    it, so LSTMVis's rule skips it; one that starts at 1 or ends at T - 1 is kept."""
+    T = 30
+    c = np.full((T, 2), -1.0)
+    c[[0, 1, 2, 10, 11, 12, 13, 27, 28, 29], 0] = 1.0  # unit 0: runs 0:3, 10:14, 27:30 (= T)
+    c[[1, 2, 10, 11, 12, 13, 27, 28], 1] = 1.0         # unit 1: runs 1:3, 10:14, 27:29 (= T - 1)
+    text = "".join(chr(ord("a") + t % 26) for t in range(T))
+    with open_recording(recording(tmp_path / "r.h5", {"c": c}, text)) as rec:
+        first = match.search(rec, 0, "c", [0], off_before=off_before, off_after=off_after)
+        second = match.search(rec, 0, "c", [1], off_before=off_before, off_after=off_after)
+    columns = ["start", "stop", "length", "n_on", "n_union"]
+    assert first[columns].values.tolist() == [[10, 14, 4, 1, 2]]  # unit 1 is on throughout too
+    assert first.text.tolist() == ["klmn"] and first.jaccard.tolist() == [0.5]
+    if off_before:  # unit 0 is on at 0 (before 1:3) and at 29 (after 27:29): not counted there
+        want = [[1, 3, 2, 1, 1], [27, 29, 2, 1, 1], [10, 14, 4, 1, 2]]
+    else:           # most selected on, then fewest on in all, then longest, then first
+        want = [[10, 14, 4, 1, 2], [1, 3, 2, 1, 2], [27, 29, 2, 1, 2]]
+    assert second[columns].values.tolist() == want
+    assert second.text.tolist() == [text[a:b] for a, b, *_ in want]
+    on = np.tanh(c) >= 0.3  # the plain rule agrees
+    for units, got in (([0], first), ([1], second)):
+        assert lstmvis_rule(on, units, off_before, off_after) == list(
+            zip(got.n_on, got.n_union, got.length, got.start))
+
+
 def test_the_index_is_cached_beside_the_recording_and_rebuilt_when_it_changes(tmp_path):
     c = np.full((50, 3), -1.0)
     c[5:9, 0] = 1.0
