@@ -28,6 +28,31 @@ def test_untrusted_text_is_escaped():
         .replace("&quot;", '"').replace("&#x27;", "'") == NASTY
 
 
+ESCAPED = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"}  # a plain reference
+
+
+def bodies(page: str) -> list[str]:
+    """The content of each character's span in the page's coloured text."""
+    return spans(page.split('<div class="probe-text">', 1)[1].split("</div>", 1)[0])
+
+
+def test_every_character_body_is_escaped():
+    """Each character's own span holds it escaped (not only its hover title): in every
+    way colored_html writes a span, and in category_html and the standalone page."""
+    want = [ESCAPED.get(ch, ch) for ch in NASTY]
+    values = np.linspace(-1, 1, len(NASTY))
+    last = len(NASTY) - 1
+    for kwargs in ({}, {"titles": False}, {"titles": False, "mark": 100}, {"mark": 100 + last},
+                   {"title_fmt": "{char}"}):
+        html = render.colored_html(NASTY, values, "h", start=100, **kwargs)
+        assert bodies(html) == want, kwargs
+    assert bodies(render.colored_html(NASTY, values, "h", newlines="symbol")) == want[:-1] + [""]
+    cats = render.category_html(NASTY, np.arange(len(NASTY)) % 3, {0: "#fff"}, {1: "<b>"})
+    assert bodies(cats) == want and "&lt;b&gt;" in cats and "<b>" not in cats
+    page = render.standalone_page(NASTY, values, "c", "t")
+    assert bodies(page) == want and "<script" not in page and "<img" not in page
+
+
 def test_hover_titles_name_position_character_and_value():
     html = render.colored_html("a<\n", [0.25, -0.5, 1.0], "h", start=100)
     titles = re.findall(r'title="([^"]*)"', html)
@@ -86,6 +111,24 @@ def test_cli_render_writes_the_page(recording_path, tmp_path, capsys):
         values = rec.unit(1, "c", 3)
     first = re.search(r'<span class="(d\d+)[^"]*" title="0 ', page).group(1)
     assert first == f"d{render.palette_index(values[:1], 'c')[0]}"
+
+
+def test_cli_render_escapes_the_recorded_text(tmp_path, capsys):
+    """``probe render`` of a recording whose text is hostile: every character's span holds
+    it escaped, from the first character to the last."""
+    from probe.recording import h5format
+    text = NASTY * 3
+    path = h5format.write(tmp_path / "r.h5", text, {(0, "c"): np.zeros((len(text), 2))})
+    out = tmp_path / "cell.html"
+    assert main(["render", str(path), "--layer", "0", "--stream", "c", "--unit", "1",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    page = out.read_text(encoding="utf-8")
+    assert bodies(page) == [ESCAPED.get(ch, ch) for ch in text]
+    assert "<script" not in page and "<img" not in page
+    last = len(text) - 1
+    assert main(["render", str(path), "--layer", "0", "--stream", "c", "--unit", "0", "--start", "1",
+                 "--stop", str(last + 1), "--out", str(out), "--force"]) == 0
+    assert bodies(out.read_text(encoding="utf-8")) == [ESCAPED.get(ch, ch) for ch in text[1:]]
 
 
 def test_cli_render_errors_clearly(recording_path, tmp_path, capsys):
