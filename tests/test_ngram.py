@@ -37,6 +37,65 @@ def test_probabilities_sum_to_one_in_every_context(model, prefix):
     assert (p > 0).all()  # every character, seen or not, keeps some mass
 
 
+START = None  # the start symbol before each document, in the reference
+
+
+def kneser_ney_reference(train_docs, vocab: str, order: int, discounts):
+    """Interpolated Kneser-Ney as the module documents it, by plain counting of n-gram tuples:
+    raw counts at the top order, continuation counts (distinct symbols before, the start
+    symbol included) below it, raw counts kept for n-grams that begin with the start symbol,
+    the last k - 1 symbols as context (all of them if fewer), p_0 = 1 / V. Returns
+    p(w, history, k) for the order-k model."""
+    raw = {}
+    for _, text in train_docs:
+        s = (START, *text)
+        for t in range(1, len(s)):
+            for n in range(1, min(order, t + 1) + 1):
+                raw[s[t - n + 1:t + 1]] = raw.get(s[t - n + 1:t + 1], 0) + 1
+
+    def cont(gram):
+        if gram[0] is START:
+            return raw[gram]
+        return sum(1 for g in raw if len(g) == len(gram) + 1 and g[1:] == gram)
+
+    def p(w, history, k, top=True):
+        if k == 0:
+            return 1 / len(vocab)
+        if len(history) < k - 1:
+            return p(w, history, k - 1, top)
+        h = tuple(history[len(history) - (k - 1):])
+        count = (lambda g: raw.get(g, 0)) if top else (lambda g: cont(g) if g in raw else 0)
+        followers = [g for g in raw if len(g) == k and g[:-1] == h]
+        total = sum(count(g) for g in followers)
+        lower = p(w, history, k - 1, False)
+        if total == 0:
+            return lower
+        D = discounts[k]
+        return (max(count(h + (w,)) - D, 0) + D * len(followers) * lower) / total
+    return p, raw
+
+
+@pytest.mark.parametrize("discount", [None, 0.75])
+def test_kneser_ney_probabilities_match_a_plain_reference(discount):
+    """Exact probabilities of orders 1..3 on a tiny corpus, at every character of the
+    training documents (first and last included) and of a text with unseen contexts and an
+    unseen character, against the reference with the discounts the model reports."""
+    train = [("a.py", "abracadabra\n"), ("b.py", "cabbage\ncab")]
+    vocab = corpus.build_vocab("".join(t for _, t in train) + "z")  # z: never seen
+    m = ngram.train(train, vocab, order=3, discount=discount)
+    p, raw = kneser_ney_reference(train, vocab, 3, m.discounts)
+    for k in (1, 2, 3):  # the discounts are n1 / (n1 + 2 n2) of each order's raw counts
+        n1 = sum(1 for g, c in raw.items() if len(g) == k and c == 1)
+        n2 = sum(1 for g, c in raw.items() if len(g) == k and c == 2)
+        assert m.discounts[k] == (discount if discount is not None else n1 / (n1 + 2 * n2))
+    docs = train + [("t.py", "zcadgebra\nzab"), ("u.py", "c")]
+    got = ngram.probabilities(m, docs)
+    want = [[p(ch, (START, *text[:t]), k) for _, text in docs for t, ch in enumerate(text)]
+            for k in (1, 2, 3)]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    assert got.shape == (3, sum(len(t) for _, t in docs))
+
+
 def test_order_one_without_discount_is_the_unigram_frequencies():
     m = ngram.train(DOCS, VOCAB, order=1, discount=0.0)
     ids = np.concatenate([corpus.encode(t, VOCAB)[0] for _, t in DOCS])
