@@ -579,7 +579,7 @@ def test_steering_samples_with_and_without_the_clamp(page, folder):
     assert len(free) == len(clamped) == 60
     assert free == sample(model, "def <", 60, 0.7, 0)
     assert clamped == sample(model, "def <", 60, 0.7, 0, clamp=[intervene.Edit(0, "h", 1, 0.9)])
-    assert "with 0:1=0.9" in p["steer-clamped"].text and "without clamp" in p["steer-free"].text
+    assert "with 0:h:1=0.9" in p["steer-clamped"].text and "without clamp" in p["steer-free"].text
     p.set("unit", value=2)  # another cell: the samples were of the old one
     assert p["steer-clamped"].text == "" and p["steer-free"].text == ""
     p.set("steer-prime", value="")
