@@ -5,6 +5,7 @@ bad input is one line."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import CODE, TEXT, write_recording
@@ -112,6 +113,70 @@ def test_the_spec_records_how_it_was_made(planted, planted_spec):
     c = spec["config"]
     assert c["rows"]["train"] == train.sum() and c["rows"]["fit"] + c["rows"]["validation"] == train.sum()
     assert c["lambdas"] == [10.0, 1e3, 1e5] and c["streams"] == ["c", "h"] and c["layers"] == [0, 1]
+
+
+def ridge(Z: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    """Ridge on the rows of Z (already standardised), intercept unpenalised: (w, b)."""
+    zm, ym = Z.mean(0), y.mean()
+    Zc = Z - zm
+    w = np.linalg.solve(Zc.T @ Zc + lam * np.eye(Z.shape[1]), Zc.T @ (y - ym))
+    return w, ym - zm @ w
+
+
+def test_fit_standardises_and_picks_the_penalty_with_the_least_validation_error(tmp_path):
+    """Against plain numpy on the same rows: the stored mean and scale are the training
+    sample's (a constant column keeps scale 1), each feature's λ is the one with the least
+    squared error on the validation pieces (fitted on the rest, λ scaled to its rows), the
+    validation R², the refitted W and b, and the held-out r and best single column."""
+    T, U = 3000, 4
+    rng = np.random.default_rng(5)
+    c = (2.0 * rng.standard_normal((T, U)) + np.arange(U)).astype(np.float32)  # tanh'd when read
+    h = (0.4 * rng.standard_normal((T, U)) + 0.1).astype(np.float32)
+    h[:, 3] = 0.25                                                              # constant column
+    text = (CODE * 30)[:T]
+    path = write_recording(tmp_path / "r.h5", text, {(0, "c"): c, (0, "h"): h}, streams=("c", "h"))
+    X = np.concatenate([np.tanh(c), h], axis=1).astype(np.float64)  # as read: c through tanh
+    feats = pd.DataFrame({"clean": X @ [1.0, -2.0, 0.5, 0.0, 3.0, 0.0, -1.0, 0.0]
+                          + 0.05 * rng.standard_normal(T),   # a read-out: the least penalty wins
+                          "noise": rng.standard_normal(T)})  # nothing to read
+    lambdas = [0.1, 100.0, 1e5]
+    with open_recording(path) as rec:
+        spec = directions.fit(rec, feats, streams=("c", "h"), sample=10 * T, lambdas=lambdas)
+    assert spec["inputs"] == [[0, "c"], [0, "h"]] and spec["unit_names"] == ["clean", "noise"]
+    train, test = split_positions(T, 0.2, seed=0)  # sample > T: the sample is the whole training part
+    split = spec["config"]["split"]
+    _, val = split_positions(int(train.sum()), split["validation"], min_segment=split["validation_min_segment"],
+                             seed=1)
+    Xtr, Y = X[train], feats.to_numpy()[train]
+    mean, scale = Xtr.mean(0), Xtr.std(0)
+    assert scale[7] == 0 and (scale[:7] > 0.01).all()
+    scale[7] = 1.0
+    np.testing.assert_allclose(spec["mean"].numpy(), mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(spec["scale"].numpy(), scale, rtol=1e-6)
+    Z = (Xtr - mean) / scale
+    assert spec["config"]["rows"] == {"train": len(Z), "fit": int((~val).sum()), "validation": int(val.sum()),
+                                      "held_out": int(test.sum())}
+    W, b = spec["params"]["W"].numpy(), spec["params"]["b"].numpy()
+    for f, name in enumerate(["clean", "noise"]):
+        y, yv = Y[:, f], Y[val, f]
+        sse = []
+        for lam in lambdas:
+            w, b0 = ridge(Z[~val], y[~val], lam * (~val).sum() / len(Z))
+            sse.append(float(((yv - Z[val] @ w - b0) ** 2).sum()))
+        m = spec["metrics"][name]
+        np.testing.assert_allclose(m["validation_r2"], 1 - np.array(sse) / ((yv - yv.mean()) ** 2).sum(), rtol=1e-6)
+        best = lambdas[int(np.argmin(sse))]
+        assert m["lambda"] == best and (name != "clean" or best == lambdas[0]), (name, sse)
+        w, b0 = ridge(Z, y, best)
+        np.testing.assert_allclose(W[:, f], w, rtol=1e-4, atol=1e-6)
+        assert b[f] == pytest.approx(b0, rel=1e-5)
+        # held out: the read-out's r, and the single input column with the largest |r|
+        Zte, yte = (X[test] - mean) / scale, feats[name].to_numpy()[test]
+        assert m["metric"] == "r" and m["score"] == pytest.approx(np.corrcoef(Zte @ w + b0, yte)[0, 1], rel=1e-5)
+        rs = [np.corrcoef(X[test, j], yte)[0, 1] for j in range(7)]
+        j = int(np.argmax(np.abs(rs)))
+        assert m["best_cell"] == {"layer": 0, "stream": "ch"[j // U], "unit": j % U,
+                                  "score": pytest.approx(rs[j], rel=1e-5)}
 
 
 def test_default_features_skip_constant_ones_and_missing_streams(planted):
