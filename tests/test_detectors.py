@@ -15,7 +15,7 @@ from conftest import CODE, write_recording
 
 from probe import open_recording
 from probe.analysis import cache as analysis
-from probe.analysis import contexts, detectors
+from probe.analysis import contexts, detectors, loops
 from probe.cli import main
 from probe.errors import ProbeError
 from probe.readout import probes
@@ -111,7 +111,7 @@ def test_scores_without_the_compiled_loops_are_the_same(tmp_path, synthetic, mon
     path = write_recording(tmp_path / "syn16.h5", CODE * 25, data, dtype="float16")
     with open_recording(path) as rec:
         fast = detectors.scores(rec, feats, chunk=700)
-    monkeypatch.setattr(detectors, "_kernels", None)
+    monkeypatch.setattr(loops, "kernels", None)  # every inner loop in numpy
     with open_recording(path) as rec:
         slow = detectors.scores(rec, feats, chunk=700)
     pd.testing.assert_frame_equal(fast, slow, rtol=1e-6)

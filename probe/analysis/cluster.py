@@ -25,10 +25,10 @@ Dask runs the task of a dead worker again elsewhere; the retry rewrites its own 
 identical one.
 
 **Analysis.** The client computes the features of the whole text (they depend on the
-documents' context) and sends each part (``detectors.parts_of``: each shard, or the file)
-its rows of them. Tasks per (layer, stream): the shift (``detectors.shift_of``), then one
-``detectors.part_stats`` per part, folded in shard order with ``detectors.combine`` and
-turned into scores by ``detectors.finish``, on the workers; the client gathers one small
+documents' context) and sends each part (``stats.parts_of``: each shard, or the file)
+its rows of them. Tasks per (layer, stream): the shift (``stats.shift_of``), then one
+``stats.part_stats`` per part, folded in shard order with ``stats.combine`` and
+turned into scores by ``stats.finish``, on the workers; the client gathers one small
 frame per (layer, stream). ``detectors.scores_and_saturation`` in one process runs these
 same functions on the same parts in the same order (and Σx·f on one torch thread in both),
 so the scores are equal bit for bit. Integer counts (AUC histograms, saturation) are exact
@@ -52,7 +52,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from probe.analysis import detectors
+from probe.analysis import detectors, stats
+from probe.analysis import progress as progress_mod
 from probe.errors import ProbeError
 from probe.files import atomic, check_target
 
@@ -246,7 +247,7 @@ def record_shards(c, model, documents: list[tuple[str, str]], source: dict, out:
             size[key] = sum(len(t) for _, t in part)
             futures.append(c.submit(_record_task, spec, sha256, part, src, str(tmp / shard_name(i, count)),
                                     threads, options, key=key, pure=False))
-        bar = detectors._bar(progress, sum(size.values()), f"recording {count} shards")
+        bar = progress_mod.bar(progress, sum(size.values()), f"recording {count} shards")
         try:
             _wait(c, futures, bar, size)
         except BaseException:
@@ -277,7 +278,7 @@ def _shift_task(files: list[str], layer: int, stream: str):
         for f in files:
             _seen(f)
             recs.append(Recording(f))
-        return detectors.shift_of([r.stream(layer, stream) for r in recs])
+        return stats.shift_of([r.stream(layer, stream) for r in recs])
     finally:
         for r in recs:
             r.close()
@@ -289,18 +290,18 @@ def _scan_task(file: str, layer: int, stream: str, shift, fx, chunk: int, sat, o
     _one_thread()
     _seen(file)
     with Recording(file) as rec:
-        return detectors.part_stats(rec.stream(layer, stream), fx, stream, shift, chunk, sat, None, offset,
+        return stats.part_stats(rec.stream(layer, stream), fx, stream, shift, chunk, sat, None, offset,
                                     total)
 
 
 def analyze(c, path: str | os.PathLike, feats=None, *, regex: dict[str, str] | None = None, layers=None,
-            streams=None, chunk: int = detectors.CHUNK, sat: tuple[float, float] | None = (0.1, 0.9),
+            streams=None, chunk: int = stats.CHUNK, sat: tuple[float, float] | None = (0.1, 0.9),
             progress: bool = False, summaries: bool = False):
     """``detectors.scores_and_saturation`` of the recording at ``path`` (a folder of shards,
     or a file: one part) on the cluster of client ``c``: the same (scores frame, saturation
     frames), equal bit for bit. ``feats`` default to the built-in ones (plus ``regex``).
     With ``summaries`` a third item, the per-unit summaries as ``detectors.scan_all``'s
-    (each part's built by its scan task, folded in shard order by ``detectors.combine``)."""
+    (each part's built by its scan task, folded in shard order by ``stats.combine``)."""
     path = Path(path).resolve()
     from probe.recording.reader import open_recording
     _workers(c)  # before the features: no workers is a one-line error, not a wait
@@ -310,12 +311,12 @@ def analyze(c, path: str | os.PathLike, feats=None, *, regex: dict[str, str] | N
         pairs, fx, parts, fxs = detectors.prepare(rec, feats, layers, streams, chunk)
         files = [str(Path(p.path).resolve()) for p in parts]
         lengths = [len(p) for p in parts]
-    starts = detectors.offsets(lengths)
-    first = [f for f, o in zip(files, starts) if o < detectors.SHIFT_ROWS]  # the files the shift reads
+    starts = stats.offsets(lengths)
+    first = [f for f, o in zip(files, starts) if o < stats.SHIFT_ROWS]  # the files the shift reads
     token = uuid.uuid4().hex[:8]
     meta = fx.part(0, 0)  # names, groups and whole-text sums: what finish needs, no rows
     size, scans, finals = {}, [], []
-    shift = stats = acc = None
+    shift = part = acc = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ll]arge graph")  # each part's features
         held = [c.submit(_hold, fp, key=f"probe-features-{j}-{token}", pure=False) for j, fp in enumerate(fxs)]
@@ -323,19 +324,19 @@ def analyze(c, path: str | os.PathLike, feats=None, *, regex: dict[str, str] | N
         name = f"{k}-{s}-{token}"
         shift = c.submit(_shift_task, first, k, s, key=f"probe-shift-{name}", pure=False)
         want = detectors.want_saturation(s, sat)
-        stats = []
+        part = []
         for j, (f, o) in enumerate(zip(files, starts)):
             key = f"probe-scan-{j}-{name}"
             size[key] = lengths[j]
-            stats.append(c.submit(_scan_task, f, k, s, shift, held[j], chunk, want, o,
+            part.append(c.submit(_scan_task, f, k, s, shift, held[j], chunk, want, o,
                                   sum(lengths) if summaries else None, key=key, pure=False))
-        scans += stats
-        acc = stats[0]
-        for j in range(1, len(stats)):  # the left fold, in shard order, as detectors.reduce_parts
-            acc = c.submit(detectors.combine, acc, stats[j], key=f"probe-combine-{j}-{name}", pure=False)
-        finals.append(c.submit(detectors.finish_all, acc, meta, k, s, key=f"probe-finish-{name}", pure=False))
-    del held, shift, stats, acc  # the scheduler frees each intermediate once its consumer ran
-    bar = detectors._bar(progress, len(pairs) * sum(lengths), "scoring")
+        scans += part
+        acc = part[0]
+        for j in range(1, len(part)):  # the left fold, in shard order, as stats.reduce_parts
+            acc = c.submit(stats.combine, acc, part[j], key=f"probe-combine-{j}-{name}", pure=False)
+        finals.append(c.submit(stats.finish_all, acc, meta, k, s, key=f"probe-finish-{name}", pure=False))
+    del held, shift, part, acc  # the scheduler frees each intermediate once its consumer ran
+    bar = progress_mod.bar(progress, len(pairs) * sum(lengths), "scoring")
     try:
         _wait(c, scans, bar, size, release=True)
         _wait(c, finals, bar, {})
@@ -345,7 +346,7 @@ def analyze(c, path: str | os.PathLike, feats=None, *, regex: dict[str, str] | N
         raise
     finally:
         bar.close()
-    sc, sats = detectors.assemble(done)
+    sc, sats = stats.assemble(done)
     if summaries:
         return sc, sats, {pair: d[2] for pair, d in zip(pairs, done)}
     return sc, sats

@@ -1,4 +1,4 @@
-"""Per-unit summaries of a recording, built in the scan that scores it (``probe.analysis.detectors``).
+"""Per-unit summaries of a recording, built in the scan that scores it (``probe.analysis.stats``).
 
     from probe.analysis import cache as analysis
     from probe.analysis import summaries
@@ -10,7 +10,7 @@ What the dashboard shows for one cell without reading the cell over the whole re
 For every (layer, stream, unit), from the rows the scan already reads (no second read):
 
 - ``hist`` int64 [HIST_BINS]: counts over fixed bins of the value's float16 rounding,
-  ``detectors.bin_table(stream, HIST_BINS)``: the stream's ``h5format.RANGE`` (gates
+  ``loops.bin_table(stream, HIST_BINS)``: the stream's ``h5format.RANGE`` (gates
   [0, 1], g and h [-1, 1]), an unbounded stream (c) squashed by x / (1 + |x|) onto [-1, 1]
   first, as the AUC bins are; NaN counts in bin 0, values outside the range in the end
   bins. ``edges`` gives the bins' edges in value space.
@@ -26,7 +26,7 @@ For every (layer, stream, unit), from the rows the scan already reads (no second
 
 Built per part (``start``, ``update`` per chunk, ``merge`` of consecutive parts in shard
 order, ``finish``), with memory bounded by the chunk: top-k keeps K candidates per unit and
-a chunk only offers the values that beat the current K-th; the strip keeps the bins a part
+a chunk only offers the values that beat the current K-th (``probe.analysis.topk``); the strip keeps the bins a part
 touches; a chunk is first reduced per block of ``block_width`` rows (max, min, sum), and
 top-k reads only the blocks whose max can still enter. Each is exact (equal to a brute-force computation over the whole stream): counts
 are integers; top-k is the first K of an order (value, then position) that is total, and
@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from probe.analysis import loops, topk
+from probe.analysis.topk import K
 from probe.compiled import kernels
 from probe.recording import h5format
-
-K = 128              # top-k and bottom-k per unit (the card shows 10, 40 characters apart)
 HIST_BINS = 256      # fixed histogram bins per unit
 STRIP = 1000         # overview strip bins over the whole recording
 SUB = 4096           # rows converted to float32 at a time
@@ -55,9 +55,8 @@ FIELDS = ("hist", "top_v", "top_p", "bottom_v", "bottom_p", "strip_min", "strip_
 # ---- bins ------------------------------------------------------------------------------
 
 def hist_table(stream: str) -> np.ndarray:
-    """int32 [65536]: the histogram bin of every float16 bit pattern (``detectors.bin_table``)."""
-    from probe.analysis.detectors import bin_table
-    return bin_table(stream, HIST_BINS).astype(np.int32)
+    """int32 [65536]: the histogram bin of every float16 bit pattern (``loops.bin_table``)."""
+    return loops.bin_table(stream, HIST_BINS).astype(np.int32)
 
 
 def hist_edges(stream: str) -> np.ndarray:
@@ -109,26 +108,8 @@ def start(units: int, offset: int, total: int) -> dict:
 
 def count(codes: np.ndarray, lut: np.ndarray, hist: np.ndarray) -> None:
     """hist[u, lut[codes[t, u]]] += 1 (codes: float16 bit patterns [n, U]); by the compiled
-    loop of ``probe.analysis.detectors`` when it was built."""
-    from probe.analysis import detectors
-    pattern = np.zeros(len(codes), np.int32)
-    if detectors._kernels is not None:
-        detectors._kernels.histogram(codes, pattern, lut, hist, HIST_BINS)
-    else:
-        detectors.count_bins_numpy(codes, pattern, lut, hist)
-
-
-def as_float32(raw: np.ndarray) -> np.ndarray:
-    """float32 values [n, U] of a chunk (float16 through the compiled loop when built)."""
-    from probe.analysis import detectors
-    if detectors._kernels is not None and raw.dtype == np.float16:
-        raw = np.ascontiguousarray(raw)
-        U = raw.shape[1]
-        x = np.empty(raw.shape, np.float32)
-        detectors._kernels.shifted(raw.view(np.uint16), detectors._FLOAT16, np.zeros(U, np.float32), x,
-                                   np.zeros(U))
-        return x
-    return raw.astype(np.float32, copy=False)
+    loop when it was built (``probe.analysis.loops``)."""
+    loops.count_bins(codes, np.zeros(len(codes), np.int32), lut, hist, HIST_BINS)
 
 
 def hist_from_auc(hist: np.ndarray, patterns: int, auc_bins: int) -> np.ndarray:
@@ -137,140 +118,6 @@ def hist_from_auc(hist: np.ndarray, patterns: int, auc_bins: int) -> np.ndarray:
     bins (``bin_table``'s bins nest: floor(floor(2^a y) / 2^b) = floor(2^(a-b) y))."""
     U = hist.shape[0]
     return hist.reshape(U, patterns, HIST_BINS, auc_bins // HIST_BINS).sum(axis=(1, 3))
-
-
-def _best(g: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of g [n, U] (float32, -inf: not a value), the rows that can enter a top-K
-    whose K-th value is ``bound`` [U]: the chunk's K best by (value desc, row asc) among
-    those > bound. (values [U, K], rows [U, K]), padded with -inf and row -1."""
-    n, U = g.shape
-    vals = np.full((U, K), -np.inf, np.float32)
-    rows = np.full((U, K), -1, np.int64)
-    mask = g > bound[None, :]
-    many = mask.sum(axis=0) > K
-
-    def place(cols, take):
-        c, r = np.nonzero(take.T)  # sorted by column, then row
-        if not len(c):
-            return
-        first = np.searchsorted(c, c, side="left")
-        slot = np.arange(len(c)) - first
-        keep = slot < K
-        vals[cols[c[keep]], slot[keep]] = g[r[keep], cols[c[keep]]]
-        rows[cols[c[keep]], slot[keep]] = r[keep]
-
-    few = np.flatnonzero(~many)
-    if len(few):
-        place(few, mask[:, few])
-    big = np.flatnonzero(many)
-    if len(big):  # more than K candidates (n > K): the K best of the chunk, ties by row
-        sub = g[:, big]
-        kth = np.partition(sub, n - K, axis=0)[n - K]
-        gt, eq = sub > kth, sub == kth
-        room = K - gt.sum(axis=0)
-        place(big, gt | (eq & (np.cumsum(eq, axis=0) <= room)))
-    return vals, rows
-
-
-def _merge_best(av, ap, bv, bp) -> tuple[np.ndarray, np.ndarray]:
-    """The K best of two candidate lists [U, K] by (value desc, position asc), b's positions
-    all after a's: a stable sort of a then b by value keeps the position order of ties."""
-    v = np.concatenate([av, bv], axis=1)
-    p = np.concatenate([ap, bp], axis=1)
-    order = np.argsort(-v, axis=1, kind="stable")[:, :K]
-    return np.take_along_axis(v, order, 1), np.take_along_axis(p, order, 1)
-
-
-def _blocks(x: np.ndarray, row: int, bk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per block of ``bk`` rows on the recording's grid (blocks cut by the chunk's ends
-    are partial): (first local row of each block [m + 1, the last is n], max, min [m, U]
-    float32, float64 sums [m, U]). NaN propagates into max, min and sums."""
-    import torch
-    n = len(x)
-    head = min(-row % bk, n)
-    mid = (n - head) // bk
-    cuts = np.r_[0, head + bk * np.arange(mid + 1)] if head else head + bk * np.arange(mid + 1)
-    if cuts[-1] < n:
-        cuts = np.r_[cuts, n]
-    mx, mn, sm = [], [], []
-    for a, b, full in ((0, head, False), (head, head + bk * mid, True), (head + bk * mid, n, False)):
-        if b <= a:
-            continue
-        if full:
-            v = x[a:b].reshape(-1, bk, x.shape[1])
-            t = torch.from_numpy(v)
-            mx.append(t.amax(1).numpy())
-            mn.append(t.amin(1).numpy())
-            sm.append(v.sum(axis=1, dtype=np.float64))
-        else:
-            mx.append(x[a:b].max(axis=0, keepdims=True))
-            mn.append(x[a:b].min(axis=0, keepdims=True))
-            sm.append(x[a:b].sum(axis=0, dtype=np.float64, keepdims=True))
-    return cuts, np.concatenate(mx), np.concatenate(mn), np.concatenate(sm)
-
-
-def _candidates(x: np.ndarray, sign: int, cuts: np.ndarray, bm: np.ndarray, bound: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """The chunk's K best (value desc, row asc) of ``sign`` * x [n, U] (any float dtype)
-    among those above
-    ``bound`` [U], as ``_best``, reading only the blocks that can hold one: ``bm`` [m, U] is
-    each block's max of sign * x. A block is read if its max is not finite (NaN or inf may
-    hide its finite values) or if it is >= bc, the K-th largest finite block max, and above
-    ``bound``: K blocks hold K distinct values >= bc, so a value below bc has K better ones
-    (and of the blocks whose max is bc, the first K hold K values = bc before any later)."""
-    m, U_all = bm.shape
-    vals_all = np.full((U_all, K), -np.inf, np.float32)
-    rows_all = np.full((U_all, K), -1, np.int64)
-    # only the units with a block that can enter (few, once the top-k has filled) go on
-    clean = np.isfinite(bm)
-    act = np.flatnonzero((bm > bound).any(axis=0) if clean.all() else (~clean | (bm > bound)).any(axis=0))
-    if not len(act):
-        return vals_all, rows_all
-    bm, bound, clean = bm[:, act], bound[act], clean[:, act]
-    U = len(act)
-    bc = np.full(U, -np.inf, np.float32)
-    if m >= K:
-        sub = np.where(clean, bm, -np.inf).T.copy()  # [units, m]: rows contiguous
-        bc = np.partition(sub, m - K, axis=1)[:, m - K]
-    # blocks whose max ties bc each hold a value = bc: the first K of them hold the first K
-    eq = clean & (bm == bc) & (bm > bound)
-    sel = ~clean | ((bm > bc) & (bm > bound)) | (eq & (np.cumsum(eq, axis=0) <= K))
-    u, blk = np.nonzero(sel.T)  # by unit, then block: rows ascend within a unit
-    vals = np.full((U, K), -np.inf, np.float32)
-    rows = np.full((U, K), -1, np.int64)
-    if not len(u):
-        return vals_all, rows_all
-    lo, ln = cuts[blk], np.diff(cuts)[blk]
-    ends = np.cumsum(ln)
-    r = np.repeat(lo - ends + ln, ln) + np.arange(ends[-1])
-    uu = np.repeat(u, ln)
-    g = x[r, act[uu]].astype(np.float32)
-    if sign != 1:
-        g = -g
-    keep = np.isfinite(g) & (g >= bc[uu]) & (g > bound[uu])
-    r, uu, g = r[keep], uu[keep], g[keep]
-    if not len(r):
-        return vals_all, rows_all
-    eq = g == bc[uu]  # ties at bc (a saturated gate): only the first K of a unit can enter
-    if eq.sum() > K:
-        before = np.cumsum(eq) - eq
-        starts = np.flatnonzero(np.r_[True, uu[1:] != uu[:-1]])
-        rank = before - np.repeat(before[starts], np.diff(np.r_[starts, len(uu)]))
-        keep = ~eq | (rank < K)
-        r, uu, g = r[keep], uu[keep], g[keep]
-    counts = np.bincount(uu, minlength=U)
-    first = np.cumsum(counts) - counts
-    slot = np.arange(len(uu)) - first[uu]
-    width = max(int(counts.max()), 1)
-    V = np.full((width, U), -np.inf, np.float32)  # padded: column u holds unit u's candidates
-    R = np.full((width, U), -1, np.int64)
-    V[slot, uu], R[slot, uu] = g, r
-    v, i = _best(V, bound)
-    ok = i >= 0
-    rows[ok] = R[i[ok], np.nonzero(ok)[0]]
-    vals[ok] = v[ok]
-    vals_all[act], rows_all[act] = vals, rows
-    return vals_all, rows_all
 
 
 def update(st: dict, raw: np.ndarray, codes: np.ndarray | None, lut: np.ndarray, row: int,
@@ -290,8 +137,8 @@ def update(st: dict, raw: np.ndarray, codes: np.ndarray | None, lut: np.ndarray,
     compiled = kernels if COMPILED_TOPK else None  # the running top-k in C, else numpy
     cuts, bmax, bmin, bsum = [], [], [], []
     for a, b in zip(edges[:-1], edges[1:]):  # a few rows at a time: their float32 values stay in cache
-        xs = x[a:b] if x is not None else as_float32(raw[a:b])
-        c, mx, mn, sm = _blocks(xs, row + a, bk)
+        xs = x[a:b] if x is not None else loops.as_float32(raw[a:b])
+        c, mx, mn, sm = topk.blocks(xs, row + a, bk)
         if compiled is not None:
             compiled.topk(np.ascontiguousarray(xs, dtype=np.float32), row + a, c.astype(np.int64),
                           np.ascontiguousarray(mx, dtype=np.float32), np.ascontiguousarray(mn, dtype=np.float32),
@@ -307,9 +154,9 @@ def update(st: dict, raw: np.ndarray, codes: np.ndarray | None, lut: np.ndarray,
     bmax, bmin, bsum = np.concatenate(bmax), np.concatenate(bmin), np.concatenate(bsum)
     src = x if x is not None else raw
     for key, sign, bm in (("top", 1, bmax), ("bottom", -1, -bmin)) if compiled is None else ():
-        vals, rows = _candidates(src, sign, cuts, bm, st[f"{key}_v"][:, K - 1])
+        vals, rows = topk.candidates(src, sign, cuts, bm, st[f"{key}_v"][:, K - 1])
         pos = np.where(rows >= 0, rows + row, -1)
-        st[f"{key}_v"], st[f"{key}_p"] = _merge_best(st[f"{key}_v"], st[f"{key}_p"], vals, pos)
+        st[f"{key}_v"], st[f"{key}_p"] = topk.merge(st[f"{key}_v"], st[f"{key}_p"], vals, pos)
     # the strip: bins of W rows (a multiple of bk), so blocks group into bins
     b = (row + cuts[:-1]) // W  # the bin of each block
     firsts = np.r_[0, np.flatnonzero(np.diff(b)) + 1]
@@ -343,7 +190,7 @@ def merge(a: dict, b: dict) -> dict:
     out = {"units": a["units"], "offset": a["offset"], "total": a["total"], "rows": a["rows"] + b["rows"],
            "hist": a["hist"] + b["hist"]}
     for key in ("top", "bottom"):
-        out[f"{key}_v"], out[f"{key}_p"] = _merge_best(a[f"{key}_v"], a[f"{key}_p"], b[f"{key}_v"], b[f"{key}_p"])
+        out[f"{key}_v"], out[f"{key}_p"] = topk.merge(a[f"{key}_v"], a[f"{key}_p"], b[f"{key}_v"], b[f"{key}_p"])
     out.update({k: a[k].copy() for k in ("strip_sum", "strip_min", "strip_max", "strip_first", "strip_has_first")})
     out["strip_lo"] = a["strip_lo"]
     nb = len(b["strip_has_first"])
