@@ -199,7 +199,7 @@ def test_export_lstmvis_matches_its_documented_layout(recording_path, tmp_path):
 
 
 def test_reading_a_recording_does_not_import_torch(recording_path):
-    code = ("import sys; from probe.recording.reader import open_recording; from probe import analysis, contexts\n"
+    code = ("import sys; from probe.recording.reader import open_recording; from probe.analysis import cache, contexts\n"
             f"with open_recording({str(recording_path)!r}) as rec:\n"
             "    rec.text, rec.unit(0, 'c', 1), rec.frame(1, 'h', units=[0]), rec.model_sha256\n"
             "    contexts.top_contexts(rec.unit(0, 'c', 1), rec.documents)\n"

@@ -2,8 +2,9 @@
 
     with probe.open_recording("recordings/stdlib-test.h5") as rec:
         c = rec.stream(1, "c")          # lazy [T, units], h5py-backed
-        quote = rec.unit(1, "c", 42)    # numpy [T]
-        df = rec.frame(1, "c", units=[42], start=0, stop=1000)
+        quote = rec.unit(0, "c", 89)    # numpy [T]: the shipped model's quote cell
+        df = rec.frame(0, "c", units=[89], start=0, stop=1000)             # wide: unit_89
+        long = rec.frame(0, "c", units=[88, 89], stop=1000, tidy=True)    # tidy: unit, value
 """
 from __future__ import annotations
 
@@ -148,8 +149,13 @@ class Reader:
         return self.stream(layer, stream)[start:stop].astype(np.float32)
 
     def frame(self, layer: int, stream: str, units=None, start: int | None = None,
-              stop: int | None = None) -> pd.DataFrame:
-        """Tidy frame: position, char, document, line, column, loss, then one column per unit."""
+              stop: int | None = None, tidy: bool = False) -> pd.DataFrame:
+        """Positions [start, stop) as a pandas frame: position, char, document, line and
+        column (0-based, within its document), loss; then the values of ``units`` (default
+        all). Wide by default: one row per position, one column ``unit_U`` per unit.
+        ``tidy=True`` gives the long form instead (one row per position and unit, columns
+        ``unit`` and ``value``; unit by unit, in the order given), what plotting libraries
+        group and facet by."""
         self.check(layer, stream)
         T = len(self)
         start, stop, _ = slice(start, stop).indices(T)
@@ -168,6 +174,11 @@ class Reader:
         vals = self.stream(layer, stream)[start:stop][:, units].astype(np.float32)
         df = pd.DataFrame({"position": pos, "char": list(self.text[start:stop]), "document": doc,
                            "line": line, "column": column, "loss": self.loss[start:stop]})
+        if tidy:
+            long = df.iloc[np.tile(np.arange(len(df)), len(units))].reset_index(drop=True)
+            long["unit"] = np.repeat(np.asarray(units, dtype=np.int64), len(df))
+            long["value"] = vals.T.reshape(-1)
+            return long
         return pd.concat([df, pd.DataFrame(vals, columns=[f"unit_{u}" for u in units])], axis=1)
 
     def __enter__(self):
