@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from probe import load_model
+from probe import load_model, open_recording
 from probe.analysis import cache as analysis
 from probe.analysis import detectors
 from probe.causal import gradients
@@ -51,7 +51,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rec = Path(tmp) / "rec.h5"
             record(model, docs, rec, progress=False)
-            res = analysis.analysis(rec)
+            with open_recording(rec) as r:
+                res = analysis.analysis(r)
             best = detectors.best(res["scores"], top=1)
             print(f"\n{label}: best single cell per feature on {a.chars:,} test characters")
             for b in best.itertuples():

@@ -102,12 +102,14 @@ def cache_bytes_per_unit(rec_path: Path) -> int:
     """Bytes of the summaries in the analysis cache per (layer, stream, unit)."""
     import zipfile
 
+    from probe import open_recording
     from probe.analysis import cache as analysis
     side = analysis.cache_path(rec_path)
     with zipfile.ZipFile(side) as z:
         infos = [i for i in z.infolist() if i.filename.startswith("summaries/")]
         size = sum(i.compress_size for i in infos)
-    summ = analysis.summaries(rec_path)
+    with open_recording(rec_path) as rec:
+        summ = analysis.summaries(rec)
     units = sum(len(v["hist"]) for k, v in summ.items() if k != "strip_edges")
     return round(size / units)
 
@@ -117,8 +119,8 @@ def one(rec: Path, a) -> dict:
     from probe import open_recording
     from probe.analysis import cache as analysis
     t0 = time.perf_counter()
-    analysis.analysis(rec)  # the sidecar cache, so the server does not compute it while timed
     with open_recording(rec) as r:
+        analysis.analysis(r)  # the sidecar cache, so the server does not compute it while timed
         res: dict = {"recording": rec.name, "chars": len(r)}
     res["first_analysis_s"] = round(time.perf_counter() - t0, 1)  # ~0 when it was cached
     res["cache_bytes_per_unit"] = cache_bytes_per_unit(rec)

@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-chars", type=int, default=100_000, help="characters of it recorded (default 100000)")
     p.add_argument("--layer", type=int, default=1, help="the dictionary's layer (default 1)")
     p.add_argument("--stream", default="c", help="the dictionary's stream (default c)")
-    p.add_argument("--features", type=int, default=dictionary.FEATURES, help="dictionary size (default 1024)")
+    p.add_argument("--size", dest="features", type=int, default=dictionary.FEATURES, help="dictionary size (default 1024)")
     p.add_argument("--k", type=int, default=dictionary.K, help="active dictionary features per position (default 32)")
     p.add_argument("--steps", type=int, default=dictionary.STEPS, help=f"dictionary training steps (default {dictionary.STEPS})")
     p.add_argument("--sample", type=int, default=200_000, help="positions the directions are fitted on (default 200000)")
@@ -494,16 +494,17 @@ def run(a, work: Path) -> int:
         # 6 (fit side). best cell: the fit recording's cached analysis; best dictionary feature
         log("choosing the best cell and dictionary feature per feature on the fit recording ...")
         with timed(times, "analysis_fit"):
-            best = analysis.analysis(a.fit, progress=progress)["best"]
+            best = analysis.analysis(fit, progress=progress)["best"]
         best = best[best["rank"] == 1].set_index("feature")
         fit_feats = detectors.default_features(fit)
 
     # 5. encode both into the hidden recording
     log("encoding ...")
-    with timed(times, "encode_directions"):
-        derived.encode(hidden_path, dirs_path)
-    with timed(times, "encode_dictionary"):
-        derived.encode(hidden_path, dict_path)
+    with open_recording(hidden_path) as hid:
+        with timed(times, "encode_directions"):
+            derived.encode(hid, dirs_path)
+        with timed(times, "encode_dictionary"):
+            derived.encode(hid, dict_path)
 
     rows = []
     with open_recording(hidden_path) as hid:

@@ -158,10 +158,10 @@ def main() -> None:
     a = p.parse_args()
     img = Path(a.img)
     img.mkdir(parents=True, exist_ok=True)
-    res = analysis.analysis(a.recording, progress=True)
-    best = detectors.best(res["scores"], top=1)
-    effect = analysis.causal(a.recording, best, chars=a.causal_chars, progress=True).set_index("feature")
     with open_recording(a.recording) as rec:
+        res = analysis.analysis(rec, progress=True)
+        best = detectors.best(res["scores"], top=1)
+        effect = analysis.causal(rec, best, chars=a.causal_chars, progress=True).set_index("feature")
         feats = detectors.default_features(rec)
         print(f"{rec.path.name}: {len(rec):,} characters, {rec.layers} layers x {rec.units} units\n")
         print("| feature | best cell (layer, stream, unit) | score | ablated: Δ bits/char where it holds "

@@ -44,7 +44,7 @@ def bare_loop(vocab: str, ids, units: int, batch: int, seq: int, steps: int, cel
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn"], help="the cell type")
+    p.add_argument("--cell-type", dest="cell", default="lstm", choices=["lstm", "gru", "rnn"], help="the recurrent type")
     p.add_argument("--units", type=int, default=256)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seq", type=int, default=128)

@@ -173,7 +173,8 @@ def test_default_view_shows_the_first_recording_on_its_best_string_cell(page, fo
     p = page()
     assert p.message == ""
     assert p.positions()[:3] == [0, 1, 2]
-    best = analysis.analysis(folder / "nasty.h5")["best"]
+    with open_recording(folder / "nasty.h5") as rec:
+        best = analysis.analysis(rec)["best"]
     top = best[best["feature"] == "in_short_string"].sort_values("rank").iloc[0]
     assert p["url-state"].text == (f"recording=nasty.h5&layer={top['layer']}&stream={top['stream']}"
                                    f"&unit={top['unit']}&start=0&window=2000&feature=in_short_string")
@@ -993,7 +994,8 @@ def test_typed_text_and_the_opening_view_work_for_any_kind(kinds_page, kinds, re
     assert p["live"].text != before
 
     bare = kinds_page()  # the opening view: the first recording's best in_short_string cell
-    best = analysis.analysis(kinds / "gru.h5")["best"]
+    with open_recording(kinds / "gru.h5") as rec:
+        best = analysis.analysis(rec)["best"]
     top = best[best["feature"] == "in_short_string"].sort_values("rank").iloc[0]
     bare.wait_for(lambda: "feature=in_short_string" in bare["url-state"].text)
     assert bare.message == ""

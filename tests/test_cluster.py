@@ -116,13 +116,14 @@ def test_probe_analyze_on_a_running_cluster_fills_the_same_cache(dask_client, sh
     assert main(["analyze", str(sharded), "--scheduler", dask_client.scheduler.address, "--top", "2"]) == 0
     assert "top 2 cells per feature" in capsys.readouterr().out
     assert (sharded / "sharded.analysis.npz").is_file()
-    local = analysis.analysis(sharded, refresh=True)  # one process, written over the cache
-    monkeypatch.setattr(cluster, "analyze", lambda *a, **k: pytest.fail("cache missed"))
-    cached = analysis.analysis(sharded, client=dask_client)
-    for key in ("scores", "best", "saturation"):
-        pd.testing.assert_frame_equal(cached[key], local[key], check_exact=True)
-    monkeypatch.undo()
-    remote = analysis.analysis(sharded, refresh=True, client=dask_client)
+    with open_recording(sharded) as rec:
+        local = analysis.analysis(rec, refresh=True)  # one process, written over the cache
+        monkeypatch.setattr(cluster, "analyze", lambda *a, **k: pytest.fail("cache missed"))
+        cached = analysis.analysis(rec, client=dask_client)
+        for key in ("scores", "best", "saturation"):
+            pd.testing.assert_frame_equal(cached[key], local[key], check_exact=True)
+        monkeypatch.undo()
+        remote = analysis.analysis(rec, refresh=True, client=dask_client)
     for key in ("scores", "best", "saturation"):
         pd.testing.assert_frame_equal(remote[key], local[key], check_exact=True)
 

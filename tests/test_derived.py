@@ -29,6 +29,12 @@ def rec_path(tmp_path):
     return write_recording(tmp_path / "rec.h5", text, data, streams=("c", "h"))
 
 
+def encode(path, spec_path, **kw) -> list:
+    """``derived.encode`` into the recording at ``path``, open for the call."""
+    with open_recording(path) as rec:
+        return derived.encode(rec, spec_path, **kw)
+
+
 def spec_for(rec_path, W=None, stream="dir", inputs=((1, "h"),), sha=None) -> dict:
     """A directions spec by hand: unit j = standardised inputs @ W[:, j] + b[j]."""
     with open_recording(rec_path) as rec:
@@ -48,9 +54,9 @@ def spec_for(rec_path, W=None, stream="dir", inputs=((1, "h"),), sha=None) -> di
 def test_an_encoded_stream_is_a_stream(rec_path, tmp_path):
     spec = spec_for(rec_path)
     spec_path = derived.save(spec, tmp_path / "dirs.pt")
-    [(file, layer, name)] = derived.encode(rec_path, spec_path)
-    assert (layer, name) == (1, "dir")
     with open_recording(rec_path) as rec:
+        [(file, layer, name)] = derived.encode(rec, spec_path)
+        assert (layer, name) == (1, "dir") and file == rec_path
         assert rec.streams == ("c", "h")                      # the recorded ones, unchanged
         assert rec.streams_of(1) == ("c", "h", "dir") and rec.streams_of(0) == ("c", "h")
         assert rec.units_of(1, "dir") == 2 and rec.unit_names(1, "dir") == ["alpha", "beta"]
@@ -66,11 +72,12 @@ def test_an_encoded_stream_is_a_stream(rec_path, tmp_path):
         with pytest.raises(ProbeError, match=r"units of dir are 0..1"):
             rec.check(1, "dir", 2)
     # analysed like a recorded stream: every unit of it ranked against every feature
-    scores = analysis.analysis(rec_path)["scores"]
+    with open_recording(rec_path) as rec:
+        scores = analysis.analysis(rec)["scores"]
+        # rendered (over its own range, sequential palette), named by its unit's name
+        page = render.render_recording(rec, 1, "dir", 1, 0, 200)
     dir_rows = scores[scores["stream"] == "dir"]
     assert set(dir_rows["unit"]) == {0, 1} and set(dir_rows["layer"]) == {1}
-    # rendered (over its own range, sequential palette), named by its unit's name
-    page = render.render_recording(rec_path, 1, "dir", 1, 0, 200)
     assert "unit 1 (beta)" in page and 'class="s' in page
     # matched: where else its units are on together (LSTMVis's rule, on tanh of the values)
     from probe.analysis import match
@@ -82,7 +89,8 @@ def test_an_encoded_stream_is_a_stream(rec_path, tmp_path):
         hits = match.search(rec, 1, "dir", [0, 1], 0.3, top=5)
         assert len(hits) and all(on[int(h.start):int(h.stop)].all() for h in hits.itertuples())
     # exported where it lives
-    out = export.export_lstmvis(rec_path, tmp_path / "lv", streams=("h", "dir"), progress=False)
+    with open_recording(rec_path) as rec:
+        out = export.export_lstmvis(rec, tmp_path / "lv", streams=("h", "dir"), progress=False)
     with h5py.File(out / "states.hdf5") as f:
         assert f["layer2_dir"].shape == (len(got), 2) and "layer1_dir" not in f
 
@@ -90,7 +98,7 @@ def test_an_encoded_stream_is_a_stream(rec_path, tmp_path):
 def test_a_c_input_is_read_through_tanh(rec_path, tmp_path):
     spec = spec_for(rec_path, inputs=((0, "c"),))
     spec_path = derived.save(spec, tmp_path / "c.pt")
-    derived.encode(rec_path, spec_path)
+    encode(rec_path, spec_path)
     with open_recording(rec_path) as rec:
         c = rec.window(0, "c", 0, 500)
         want = (np.tanh(c) - 0.1) / 2.0 @ spec["params"]["W"].numpy() + spec["params"]["b"].numpy()
@@ -99,11 +107,13 @@ def test_a_c_input_is_read_through_tanh(rec_path, tmp_path):
 
 def test_encoding_twice_another_model_and_missing_inputs_are_refused(rec_path, tmp_path):
     spec_path = derived.save(spec_for(rec_path), tmp_path / "dirs.pt")
-    derived.encode(rec_path, spec_path)
+    encode(rec_path, spec_path)
+    before = rec_path.stat().st_mtime_ns
     with pytest.raises(ProbeError, match="already has derived stream 1/dir .*--force"):
-        derived.encode(rec_path, spec_path)
+        encode(rec_path, spec_path)
+    assert rec_path.stat().st_mtime_ns == before  # refused before the file is opened for writing
     other = derived.save(spec_for(rec_path, W=np.ones((UNITS, 2), np.float32)), tmp_path / "other.pt")
-    derived.encode(rec_path, other, force=True)  # replaces it
+    encode(rec_path, other, force=True)  # replaces it
     with open_recording(rec_path) as rec:
         assert rec.derived[(1, "dir")]["spec_name"] == "other.pt"
         assert len(rec.derived) == 1
@@ -112,18 +122,18 @@ def test_encoding_twice_another_model_and_missing_inputs_are_refused(rec_path, t
         theirs = rec.model_sha256
     if theirs:  # a recording that names its model: another model's spec is refused
         with pytest.raises(ProbeError, match="another model .*--force"):
-            derived.encode(rec_path, foreign)
+            encode(rec_path, foreign)
     missing = derived.save(spec_for(rec_path, stream="d3", inputs=((1, "q"),)), tmp_path / "missing.pt")
     with pytest.raises(ProbeError, match="missing.pt: reads a stream rec.h5 lacks"):
-        derived.encode(rec_path, missing)
+        encode(rec_path, missing)
     taken = derived.save(spec_for(rec_path, stream="h"), tmp_path / "taken.pt")
     with pytest.raises(ProbeError, match="taken by a recorded stream"):
-        derived.encode(rec_path, taken)
+        encode(rec_path, taken)
     wide = spec_for(rec_path, stream="d4")
     wide["mean"], wide["scale"] = torch.zeros(UNITS + 1), torch.ones(UNITS + 1)
     wide["params"]["W"] = torch.zeros(UNITS + 1, 2)
     with pytest.raises(ProbeError, match="reads 5 values per character"):
-        derived.encode(rec_path, derived.save(wide, tmp_path / "wide.pt"))
+        encode(rec_path, derived.save(wide, tmp_path / "wide.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not torch")
     with pytest.raises(ProbeError, match="junk.pt: not a probe directions/dictionary file"):
         derived.load(tmp_path / "junk.pt")
@@ -141,7 +151,7 @@ def test_an_interrupted_encode_leaves_no_stream(rec_path, tmp_path, monkeypatch)
         return real(spec, x)
     monkeypatch.setattr(derived, "transform", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        derived.encode(rec_path, spec_path, chunk=1000)
+        encode(rec_path, spec_path, chunk=1000)
     with open_recording(rec_path) as rec:
         assert rec.derived == {} and rec.streams_of(1) == ("c", "h")
     with h5py.File(rec_path, "a") as f:  # as kill -9 would leave it: a hidden partial dataset
@@ -150,7 +160,7 @@ def test_an_interrupted_encode_leaves_no_stream(rec_path, tmp_path, monkeypatch)
     with open_recording(rec_path) as rec:
         assert rec.derived == {}
     monkeypatch.setattr(derived, "transform", real)
-    derived.encode(rec_path, spec_path)
+    encode(rec_path, spec_path)
     with h5py.File(rec_path) as f:
         assert set(f["layers/1"]) == {"c", "h", "dir"}
 
@@ -184,7 +194,7 @@ def test_cli_directions_dictionary_encode_analyze(model_path, tmp_path, capsys):
                  "--sample", "4000", "--quiet"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "in_comment" in out and "column" in out and "probe encode REC.h5 --directions" in out
-    assert main(["dictionary", str(fit_on), "--layer", "1", "--stream", "h", "--features", "16", "--k", "2",
+    assert main(["dictionary", str(fit_on), "--layer", "1", "--stream", "h", "--size", "16", "--k", "2",
                  "--steps", "30", "--batch", "128", "--out", str(dic), "--quiet"]) == 0, capsys.readouterr().err
     capsys.readouterr()
     assert main(["info", str(dic), "--json"]) == 0
@@ -217,8 +227,8 @@ def test_a_folder_of_shards_gets_the_stream_in_every_shard(model_path, tmp_path)
     spec["params"]["W"] = torch.from_numpy(np.random.default_rng(2).normal(size=(8, 2)).astype(np.float32))
     spec["params"]["state_mean"] = torch.zeros(8)
     spec_path = derived.save(spec, tmp_path / "d.pt")
-    assert len(derived.encode(folder, spec_path)) == 3
-    derived.encode(whole, spec_path)
+    assert len(encode(folder, spec_path)) == 3
+    encode(whole, spec_path)
     with open_recording(folder) as sharded, open_recording(whole) as one:
         assert (1, "dir") in sharded.derived and sharded.unit_names(1, "dir") == ["alpha", "beta"]
         np.testing.assert_array_equal(sharded.window(1, "dir", 0, len(one)), one.window(1, "dir", 0, len(one)))

@@ -30,6 +30,13 @@ def exact_auc(x, y):
     return (ranks[y].sum() - P * (P + 1) / 2) / (P * N)
 
 
+def analysed(path, **kw) -> dict:
+    """``analysis.analysis`` of the recording at ``path``, open for the call (the tests
+    rewrite the file between calls)."""
+    with open_recording(path) as rec:
+        return analysis.analysis(rec, **kw)
+
+
 def lookup(scores, layer, stream, unit, feature, metric):
     row = scores[(scores.layer == layer) & (scores.stream == stream) & (scores.unit == unit)
                  & (scores.feature == feature) & (scores.metric == metric)]
@@ -183,7 +190,7 @@ def test_saturation_fractions(tmp_path):
     assert si.loc[2, "left"] == pytest.approx(0.1) and si.loc[2, "right"] == 0
     assert (sat[sat.stream == "f"][["left", "right"]] == 0).all().all()
     # the analysis computes the same in its single pass
-    pd.testing.assert_frame_equal(analysis.analysis(path)["saturation"], sat)
+    pd.testing.assert_frame_equal(analysed(path)["saturation"], sat)
 
 
 def test_top_contexts_argmax_first_without_near_duplicates(tmp_path):
@@ -218,7 +225,7 @@ def test_top_contexts_argmax_first_without_near_duplicates(tmp_path):
 def test_analysis_is_cached_reused_and_invalidated(synthetic, monkeypatch):
     path, data, _ = synthetic
     side = analysis.cache_path(path)
-    first = analysis.analysis(path)
+    first = analysed(path)
     assert side.exists() and side.name == "syn.h5.analysis.npz"
     assert set(first) == {"scores", "best", "saturation"}
     stamp = side.stat().st_mtime_ns
@@ -226,26 +233,26 @@ def test_analysis_is_cached_reused_and_invalidated(synthetic, monkeypatch):
     calls = []
     real = detectors.scores_and_saturation
     monkeypatch.setattr(detectors, "scores_and_saturation", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    again = analysis.analysis(path)
+    again = analysed(path)
     assert calls == [] and side.stat().st_mtime_ns == stamp  # reused, not rewritten
     for key in first:
         pd.testing.assert_frame_equal(first[key], again[key])
 
     data[(1, "c")][:, 3] = 0.0  # the recording changes: the planted cell is gone
     write_recording(path, CODE * 25, data)
-    changed = analysis.analysis(path)
+    changed = analysed(path)
     assert calls == [1] and side.stat().st_mtime_ns != stamp
     assert np.isnan(lookup(changed["scores"], 1, "c", 3, "in_string", "r"))
-    analysis.analysis(path, refresh=True)
+    analysed(path, refresh=True)
     assert calls == [1, 1]
 
 
 def test_cache_covers_regex_features(synthetic, monkeypatch):
     path, _, _ = synthetic
-    with_regex = analysis.analysis(path, regex={"digit": "[0-9]"})
+    with_regex = analysed(path, regex={"digit": "[0-9]"})
     assert "digit" in set(with_regex["scores"].feature)
     monkeypatch.setattr(detectors, "scores_and_saturation", lambda *a, **kw: pytest.fail("recomputed"))
-    plain = analysis.analysis(path)  # served from the superset in the cache
+    plain = analysed(path)  # served from the superset in the cache
     assert "digit" not in set(plain["scores"].feature)
 
 
@@ -255,7 +262,7 @@ def test_unwritable_folder_means_no_cache(synthetic, monkeypatch):
     def refuse(*a, **kw):
         raise PermissionError("read-only folder")
     monkeypatch.setattr(analysis.os, "replace", refuse)
-    res = analysis.analysis(path)
+    res = analysed(path)
     assert not res["best"].empty
     assert sorted(p.name for p in path.parent.iterdir()) == ["syn.h5"]  # no sidecar, no temp file
 
@@ -308,7 +315,7 @@ def test_errors(tmp_path, synthetic):
         with pytest.raises(ProbeError) as e:
             detectors.scores(rec, streams=["f"])
         assert "no stream 'f'" in one_line(e)
-    assert analysis.analysis(only_ch)["saturation"].empty  # the analysis skips what it cannot do
+    assert analysed(only_ch)["saturation"].empty  # the analysis skips what it cannot do
 
     empty = write_recording(tmp_path / "empty.h5", "", {(0, "c"): np.zeros((0, 2))})
     with open_recording(empty) as rec:
@@ -330,7 +337,7 @@ def test_errors(tmp_path, synthetic):
             contexts.top_contexts(rec.unit(0, "c", 0)[:-5], rec.documents)
         assert f"there are {len(rec) - 5} values" in one_line(e)
     with pytest.raises(ProbeError) as e:
-        analysis.analysis(path, regex={"paren": "("})
+        analysed(path, regex={"paren": "("})
     assert "does not compile" in one_line(e)
 
 

@@ -180,7 +180,8 @@ def test_cli_ngram_train_and_errors(recording_path, model_path, tmp_path, capsys
         assert np.nanmean(adv) == pytest.approx(res["bpc"]["ngram"]["3"] - res["bpc"]["lstm"], abs=1e-3)
         cat = rec.unit(1, "ngram", 2)
         assert set(np.unique(cat[np.isfinite(cat)])) <= set(range(-1, len(advantage.CATEGORIES)))
-    scores = analysis.analysis(recording_path)["scores"]
+    with open_recording(recording_path) as rec:
+        scores = analysis.analysis(rec)["scores"]
     assert set(scores[scores["stream"] == "ngram"]["unit"]) == {0, 1, 2}
     assert main(["errors", str(recording_path), "--ngram", str(ng), "--store"]) == 1
     assert "already has derived stream 1/ngram (from tiny.ngram.npz); pass --force" in capsys.readouterr().err

@@ -246,7 +246,8 @@ def test_scores_and_the_cached_analysis_equal_the_unsharded_ones(pair, monkeypat
     with open_recording(whole) as a, open_recording(folder) as b:
         pd.testing.assert_frame_equal(detectors.scores(b), detectors.scores(a))
         pd.testing.assert_frame_equal(detectors.saturation(b), detectors.saturation(a))
-    ra, rb = analysis.analysis(whole), analysis.analysis(folder)
+    with open_recording(whole) as a, open_recording(folder) as b:
+        ra, rb = analysis.analysis(a), analysis.analysis(b)
     for key in ("scores", "best", "saturation"):
         pd.testing.assert_frame_equal(rb[key], ra[key])
     assert analysis.cache_path(folder) == folder / "sharded.analysis.npz"  # the folder keeps its cache
@@ -254,12 +255,13 @@ def test_scores_and_the_cached_analysis_equal_the_unsharded_ones(pair, monkeypat
     calls = []
     scan = detectors.scores_and_saturation
     monkeypatch.setattr(detectors, "scores_and_saturation", lambda *a, **k: calls.append(1) or scan(*a, **k))
-    analysis.analysis(folder)
-    assert calls == []  # read from the cache
-    part = folder / "part-2-of-3.h5"
-    st = part.stat()
-    os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a shard re-recorded in place
-    analysis.analysis(folder)
+    with open_recording(folder) as rec:
+        analysis.analysis(rec)
+        assert calls == []  # read from the cache
+        part = folder / "part-2-of-3.h5"
+        st = part.stat()
+        os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a shard re-recorded in place
+        analysis.analysis(rec)
     assert calls == [1]  # the cache is keyed by every shard
 
 

@@ -205,22 +205,20 @@ def compare(rec, ng: ngram.NGram, force: bool = False) -> dict:
 STORED = ("advantage", "ngram_bits", "category")  # the units of the derived stream ``store`` writes
 
 
-def store(path, res: dict, ng_name: str, order: int, force: bool = False, progress: bool = False) -> tuple[int, str]:
-    """Add ``compare``'s per-character results to the recording at ``path`` as a derived
+def store(rec, res: dict, ng_name: str, order: int, force: bool = False, progress: bool = False) -> tuple[int, str]:
+    """Add ``compare``'s per-character results to the open recording ``rec`` as a derived
     stream ``ngram`` of the top recorded layer, units STORED: the advantage (bits), the
     n-gram model's bits, and the error category (an index into CATEGORIES; -1: not an
     error). The dashboard's "beyond n-grams" tab colours the text by them; ``probe
     analyze`` ranks them against every feature like any stream."""
     from probe.recording import derived
-    from probe.recording.reader import open_recording
-    with open_recording(path) as rec:
-        if getattr(rec, "files", None):
-            raise ProbeError(f"{path}: --store writes into one .h5 recording, not a folder of shards (yet)")
-        layer = rec.layer_ids[-1]
+    if getattr(rec, "parts", None):
+        raise ProbeError(f"{rec.path}: --store writes into one .h5 recording, not a folder of shards (yet)")
+    layer = rec.layer_ids[-1]
     columns = np.stack([res["advantage"], res["ngram_bits"], res["category"]], axis=1).astype(np.float32)
     info = {"kind": "ngram", "spec_name": ng_name, "order": int(order), "categories": list(CATEGORIES),
             "wrong_bits": WRONG}
-    derived.write_stream(path, layer, "ngram", list(STORED), lambda rec, a, b: columns[a:b], info,
+    derived.write_stream(rec, layer, "ngram", list(STORED), lambda rec, a, b: columns[a:b], info,
                          replace=force, progress=progress, desc="storing")
     return layer, "ngram"
 

@@ -2,9 +2,10 @@
 
     from probe.analysis import cache as analysis
     from probe.analysis import detectors
-    res = analysis.analysis("recordings/stdlib-test.h5")   # cached next to the recording
-    res["best"]                     # per feature, the top cells by |r| or AUC
-    summ = analysis.summaries("recordings/stdlib-test.h5")  # per-unit summaries, same cache
+    with probe.open_recording("recordings/stdlib-test.h5") as rec:
+        res = analysis.analysis(rec)    # cached next to the recording
+        res["best"]                     # per feature, the top cells by |r| or AUC
+        summ = analysis.summaries(rec)  # per-unit summaries, same cache
     print(analysis.report_text(res["best"], detectors.saturation_summary(res["saturation"])))
 
 ``analysis`` runs ``probe.analysis.detectors``' scores and saturation in one streaming pass and
@@ -29,7 +30,7 @@ from probe.analysis import detectors
 from probe.analysis import summaries as summaries_mod
 from probe.files import atomic
 from probe.recording import shards
-from probe.recording.reader import Recording, open_recording
+from probe.recording.reader import Recording
 from probe.text.corpus import Corpus
 
 ANALYSIS_VERSION = 5      # bump when scores/saturation change meaning: invalidates caches
@@ -48,8 +49,8 @@ def cache_path(path: str | os.PathLike) -> Path:
     return shards.sidecar(path, ".analysis.npz")  # inside a folder of shards
 
 
-def _cache_key(path: Path, rec: Recording) -> dict:
-    return {"version": ANALYSIS_VERSION, **shards.stamp(path),  # size, mtime_ns (of every shard)
+def _cache_key(rec: Recording) -> dict:
+    return {"version": ANALYSIS_VERSION, **shards.stamp(rec.path),  # size, mtime_ns (of every shard)
             "created": rec.created}
 
 
@@ -144,9 +145,9 @@ def _write_cache(side: Path, key: dict, regex: dict[str, str], sc: pd.DataFrame,
         return False
 
 
-def analysis(path: str | os.PathLike, refresh: bool = False, progress=False, *,
+def analysis(rec: Recording, refresh: bool = False, progress=False, *,
              regex: dict[str, str] | None = None, client=None, with_summaries: bool = False) -> dict:
-    """``{"scores", "best", "saturation"}`` of a recording (see ``scores``, ``best`` with
+    """``{"scores", "best", "saturation"}`` of an open recording (see ``scores``, ``best`` with
     top=5, ``saturation``), computed once and cached in ``<recording>.analysis.npz``; with
     ``with_summaries`` also ``"summaries"`` (as ``summaries`` returns, from the same read of
     the cache). ``progress``: a terminal bar if true, or a function called with
@@ -160,7 +161,7 @@ def analysis(path: str | os.PathLike, refresh: bool = False, progress=False, *,
     manager that yields one (``lambda: cluster.client(workers=4)``), entered only when the
     cache misses.
     """
-    cached = _cached(path, refresh, progress, regex, client, want_summaries=with_summaries)
+    cached = _cached(rec, refresh, progress, regex, client, want_summaries=with_summaries)
     out = {"scores": cached["scores"], "best": detectors.best(cached["scores"]),
            "saturation": cached["saturation"]}
     if with_summaries:
@@ -168,59 +169,56 @@ def analysis(path: str | os.PathLike, refresh: bool = False, progress=False, *,
     return out
 
 
-def summaries(path: str | os.PathLike, refresh: bool = False, progress=False, *,
+def summaries(rec: Recording, refresh: bool = False, progress=False, *,
               regex: dict[str, str] | None = None, client=None) -> dict:
-    """The per-unit summaries of a recording (``probe.analysis.summaries``), from the analysis cache
+    """The per-unit summaries of an open recording (``probe.analysis.summaries``), from the analysis cache
     (computed with the scores, as ``analysis`` does, when it misses): {(layer, stream):
     {"hist", "top_v", "top_p", "bottom_v", "bottom_p", "strip_min", "strip_max",
     "strip_mean", "strip_first": arrays with one row per unit}, "strip_edges": [STRIP + 1]}.
     ``summaries.unit`` picks one unit's. No whole stream is read on a cache hit."""
-    return _cached(path, refresh, progress, regex, client, want_summaries=True)["summaries"]
+    return _cached(rec, refresh, progress, regex, client, want_summaries=True)["summaries"]
 
 
-def _cached(path, refresh: bool, progress: bool, regex, client, want_summaries: bool = False) -> dict:
+def _cached(rec: Recording, refresh: bool, progress: bool, regex, client, want_summaries: bool = False) -> dict:
     """{"scores", "saturation", "summaries" (None unless ``want_summaries``)} from the cache,
     or computed in one pass (scores, saturation and summaries) and cached."""
-    path = Path(path)
     regex = dict(regex or {})
-    side = cache_path(path)
-    with open_recording(path) as rec:
-        key = _cache_key(path, rec)
-        cached = None if refresh else _read_cache(side, key, regex, want_summaries)
-        if cached is None:
-            feats = detectors.default_features(rec, regex)
-            if client is None:
-                sc, sats, summ = detectors.scores_and_saturation(rec, feats, progress=progress, sat=(0.1, 0.9),
-                                                                 threads=min(4, os.cpu_count() or 1),
-                                                                 summaries=True)
-            else:
-                from probe.analysis import cluster
-                with (client() if callable(client) else nullcontext(client)) as c:
-                    sc, sats, summ = cluster.analyze(c, path, feats, progress=progress, sat=(0.1, 0.9),
-                                                     summaries=True)
-            summ = {"strip_edges": summaries_mod.strip_edges(len(rec)), **summ}
-            sat = (pd.concat(sats, ignore_index=True)[detectors.SATURATION_COLUMNS] if sats
-                   else pd.DataFrame({c: [] for c in detectors.SATURATION_COLUMNS}))
-            _write_cache(side, key, regex, sc, sat, summ)
-            cached = {"scores": sc, "saturation": sat, "summaries": summ if want_summaries else None}
+    side = cache_path(rec.path)
+    key = _cache_key(rec)
+    cached = None if refresh else _read_cache(side, key, regex, want_summaries)
+    if cached is None:
+        feats = detectors.default_features(rec, regex)
+        if client is None:
+            sc, sats, summ = detectors.scores_and_saturation(rec, feats, progress=progress, sat=(0.1, 0.9),
+                                                             threads=min(4, os.cpu_count() or 1),
+                                                             summaries=True)
+        else:
+            from probe.analysis import cluster
+            with (client() if callable(client) else nullcontext(client)) as c:  # workers open rec.path
+                sc, sats, summ = cluster.analyze(c, rec.path, feats, progress=progress, sat=(0.1, 0.9),
+                                                 summaries=True)
+        summ = {"strip_edges": summaries_mod.strip_edges(len(rec)), **summ}
+        sat = (pd.concat(sats, ignore_index=True)[detectors.SATURATION_COLUMNS] if sats
+               else pd.DataFrame({c: [] for c in detectors.SATURATION_COLUMNS}))
+        _write_cache(side, key, regex, sc, sat, summ)
+        cached = {"scores": sc, "saturation": sat, "summaries": summ if want_summaries else None}
     return cached
 
 
 # ---- the causal column -------------------------------------------------------------------
 
-def causal(path: str | os.PathLike, best_df: pd.DataFrame, *, chars: int = 20_000, random: int = 32,
+def causal(rec: Recording, best_df: pd.DataFrame, *, chars: int = 20_000, random: int = 32,
            seed: int = 0, progress: bool = False) -> pd.DataFrame:
     """``best_df``'s rows of binary features with the ablation effect of each cell beside
     its score: ``delta_bits``, ``random_median`` and ``ratio`` (see ``intervene.effects``),
-    measured on the recording's first ``chars`` characters with the recording's model.
+    measured on the open recording's first ``chars`` characters with its model.
     A ``c`` cell is ablated by pinning its cell state to 0, any other by pinning the
     unit's h (a gate's own value is not an edit the model can take)."""
     from probe.causal import intervene  # runs the model: torch only when asked for
     from probe.lm.model import for_recording
-    with open_recording(path) as rec:
-        model, _ = for_recording(rec)
-        docs = Corpus([(str(n), rec.text[a:b]) for n, a, b in rec.documents.itertuples(index=False)],
-                      rec.source).limited(chars).documents
+    model, _ = for_recording(rec)
+    docs = Corpus([(str(n), rec.text[a:b]) for n, a, b in rec.documents.itertuples(index=False)],
+                  rec.source).limited(chars).documents
     rows = best_df[best_df["metric"] == "auc"].copy()
     rows["on"] = np.where(rows["stream"] == "c", "c", "h")
     parts = []

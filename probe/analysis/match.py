@@ -317,3 +317,17 @@ def parse_units(spec: str) -> list[int]:
     except ValueError:
         raise ProbeError(f"--units must be whole numbers separated by commas, got {spec!r}") from None
 
+
+
+def report(units: list[int], hits: pd.DataFrame, why: pd.DataFrame, layer: int, stream: str,
+           threshold: float, mode: str = "lstmvis") -> str:
+    """What ``probe match`` prints: the selected units, the matches (``search``) and what
+    they share (``explain``, its first six features)."""
+    lines = [f"{len(units)} units of layer {layer} {stream} on (>= {threshold:g}): {' '.join(map(str, units))}",
+             "", f"top {len(hits)} matches ({mode}):", "  start   stop  n_on  union  jaccard  text"]
+    for r in hits.itertuples():
+        lines.append(f"  {r.start:>6} {r.stop:>6}  {r.n_on:>4}  {r.n_union:>5}  {r.jaccard:7.3f}  {r.text!r}")
+    lines += ["", "what the matches share (fraction of matched characters vs the whole recording):"]
+    for r in why.head(6).itertuples():
+        lines.append(f"  {r.feature:<16} {r.matched:6.1%} vs {r.overall:6.1%}  ({r.enrichment:.1f}x)")
+    return "\n".join(lines)

@@ -167,3 +167,21 @@ def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tup
         loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])]))
         (grad,) = torch.autograd.grad(loss, x)
     return start, (grad * x).sum(dim=1).detach().numpy(), loss.item() / np.log(2)
+
+
+def report(res: dict, model: str = "") -> str:
+    """What ``probe gradients`` prints from ``flow``'s result: the mean gradient norm per
+    (layer, stream) at a few k, and each stream's units whose gradient outlives the span.
+    ``model`` names it in the first line (like ``lstm 2 x 256``)."""
+    span = len(res["k"]) - 1
+    ks = [k for k in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= span]
+    lines = [f"{model + ': ' if model else ''}mean |d loss_t / d state_(t-k)| over {res['positions']:,} positions",
+             "  layer stream " + "".join(f"{'k=' + str(k):>10}" for k in ks)]
+    for r in res["layers"]:
+        lines.append(f"  {r['layer']:>5} {r['stream']:<6} " + "".join(f"{r['mean'][k]:10.2e}" for k in ks))
+    for r in res["memory_span"]:
+        spans = np.array(r["units"])
+        lines.append(f"  layer {r['layer']} {r['stream']}: units whose gradient stays above 1 % of k=0 for all "
+                     f"{span} steps: {int((spans > span).sum())} of {len(spans)}; median memory span "
+                     f"{int(np.median(spans))} steps")
+    return "\n".join(lines)

@@ -77,7 +77,7 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ProbeError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
         if self.cell not in CELLS:
-            raise ProbeError(f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+            raise ProbeError(f"--cell-type must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ProbeError(f"--warmup must be a whole number >= 0, got {self.warmup!r}")
         for name, ok, rule in (("lr", lambda v: v > 0, "> 0"), ("clip", lambda v: v > 0, "> 0"),

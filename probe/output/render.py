@@ -14,9 +14,7 @@ Every character is HTML-escaped: recorded text is untrusted.
 from __future__ import annotations
 
 import html
-import os
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
@@ -247,20 +245,18 @@ def standalone_page(text: str, values, stream: str, title: str, legend: bool = T
             + colored_html(text, values, stream, start=start, scale=scale) + "\n</body>\n</html>\n")
 
 
-def render_recording(path: str | os.PathLike, layer: int, stream: str, unit: int,
-                     start: int = 0, stop: int | None = None) -> str:
-    """``probe render``: the standalone page for one cell over text[start:stop]."""
-    from probe.recording.reader import open_recording
-    with open_recording(path) as rec:
-        rec.check(layer, stream, unit)
-        T = len(rec)
-        stop = min(T, start + DEFAULT_LENGTH) if stop is None else stop
-        if not 0 <= start < T:
-            raise ProbeError(f"{rec.path}: --start {start} is outside the text (0..{T - 1})")
-        if not start < stop <= T:
-            raise ProbeError(f"{rec.path}: --stop {stop} must be in {start + 1}..{T}")
-        values = rec.unit(layer, stream, unit, start, stop)  # [stop - start]
-        names = rec.unit_names(layer, stream)
-        title = (f"{Path(path).name}: layer {layer}, stream {stream}, unit {unit}"
-                 f"{f' ({names[unit]})' if names else ''}, characters {start:,}–{stop:,} of {T:,}")
-        return standalone_page(rec.text[start:stop], values, stream, title, start=start)
+def render_recording(rec, layer: int, stream: str, unit: int, start: int = 0, stop: int | None = None) -> str:
+    """``probe render``: the standalone page for one cell of the open recording ``rec`` over
+    text[start:stop] (default ``DEFAULT_LENGTH`` characters)."""
+    rec.check(layer, stream, unit)
+    T = len(rec)
+    stop = min(T, start + DEFAULT_LENGTH) if stop is None else stop
+    if not 0 <= start < T:
+        raise ProbeError(f"{rec.path}: --start {start} is outside the text (0..{T - 1})")
+    if not start < stop <= T:
+        raise ProbeError(f"{rec.path}: --stop {stop} must be in {start + 1}..{T}")
+    values = rec.unit(layer, stream, unit, start, stop)  # [stop - start]
+    names = rec.unit_names(layer, stream)
+    title = (f"{rec.path.name}: layer {layer}, stream {stream}, unit {unit}"
+             f"{f' ({names[unit]})' if names else ''}, characters {start:,}–{stop:,} of {T:,}")
+    return standalone_page(rec.text[start:stop], values, stream, title, start=start)

@@ -129,13 +129,14 @@ def transform(spec: dict, x: np.ndarray) -> np.ndarray:
 CHUNK = 32768  # rows read, transformed and written at a time
 
 
-def encode(path: str | os.PathLike, spec_path: str | os.PathLike, *, force: bool = False,
-           progress: bool = False, chunk: int = CHUNK) -> list[tuple[Path, int, str]]:
-    """Add the derived stream of the spec at ``spec_path`` to the recording at ``path`` (a
+def encode(rec, spec_path: str | os.PathLike, *, force: bool = False, progress: bool = False,
+           chunk: int = CHUNK) -> list[tuple[Path, int, str]]:
+    """Add the derived stream of the spec at ``spec_path`` to the open recording ``rec`` (a
     folder of shards: to each shard): dataset ``layers/{layer}/{stream}``, chunked and
     compressed as the recording's streams, float16 (float32 if the recording is), with
     attributes ``derived`` (JSON: kind, spec_name, spec_sha256, inputs, unit_names, …) and
-    ``unit_names``. Returns (file, layer, stream) of each file written.
+    ``unit_names``. Returns (file, layer, stream) of each file written; ``rec`` reads the
+    new stream afterwards.
 
     Checked first, one line each: a spec made from another model's recording (sha256;
     ``force`` applies it anyway), inputs the recording lacks or of another width, a name
@@ -145,16 +146,12 @@ def encode(path: str | os.PathLike, spec_path: str | os.PathLike, *, force: bool
     the next run. (HDF5 does not give back a replaced dataset's space: ``h5repack`` does.)
     """
     from probe.lm.model import file_sha256
-    from probe.recording.reader import open_recording
     spec_path = Path(spec_path)
     spec = load(spec_path)
     sha = file_sha256(spec_path)
-    with open_recording(path) as rec:
-        files = list(getattr(rec, "files", None) or [rec.path])
-        _check_fits(spec, rec, spec_path, force)
-    out = []
-    for file in files:
-        out.append(_encode_one(file, spec, spec_path, sha, force, progress, chunk))
+    _check_fits(spec, rec, spec_path, force)
+    out = [_encode_one(part, spec, spec_path, sha, force, progress, chunk) for part in getattr(rec, "parts", [rec])]
+    rec.refresh()
     return out
 
 
@@ -186,9 +183,9 @@ def check_target(rec, layer: int, name: str, replace: bool) -> None:
                          f"{rec.derived[(layer, name)].get('spec_name')}); pass --force to replace it")
 
 
-def _encode_one(file: Path, spec: dict, spec_path: Path, sha: str, force: bool, progress: bool,
+def _encode_one(part, spec: dict, spec_path: Path, sha: str, force: bool, progress: bool,
                 chunk: int) -> tuple[Path, int, str]:
-    """The stream into one file (``encode`` checked the spec against the whole recording)."""
+    """The stream into one file, ``part`` (``encode`` checked the spec against the whole recording)."""
     layer, name = int(spec["layer"]), str(spec["stream"])
     info = {"kind": spec["kind"], "spec_name": spec_path.name, "spec_sha256": sha,
             "inputs": [[int(k), str(s)] for k, s in spec["inputs"]],
@@ -196,17 +193,17 @@ def _encode_one(file: Path, spec: dict, spec_path: Path, sha: str, force: bool, 
 
     def rows(rec, a: int, b: int) -> np.ndarray:
         return transform(spec, read_inputs(rec, spec["inputs"], a, b))
-    write_stream(file, layer, name, [str(n) for n in spec["unit_names"]], rows, info, replace=force,
-                 progress=progress, chunk=chunk, desc=f"encoding {Path(file).name}")
-    return file, layer, name
+    write_stream(part, layer, name, [str(n) for n in spec["unit_names"]], rows, info, replace=force,
+                 progress=progress, chunk=chunk, desc=f"encoding {part.path.name}")
+    return part.path, layer, name
 
 
-def write_stream(path: str | os.PathLike, layer: int, name: str, unit_names: list[str], rows, info: dict, *,
+def write_stream(rec, layer: int, name: str, unit_names: list[str], rows, info: dict, *,
                  replace: bool = False, progress: bool = False, chunk: int = CHUNK,
                  desc: str = "writing") -> None:
-    """Write a derived stream ``layers/{layer}/{name}`` into the recording at ``path`` (one
-    file): ``rows(rec, a, b)`` gives its values [b - a, units] for rows [a, b), read in
-    ``chunk``s (``rec`` is the recording, open for writing); ``info`` goes into its
+    """Write a derived stream ``layers/{layer}/{name}`` into the open one-file recording
+    ``rec`` (``Recording.writable`` opens it for writing meanwhile): ``rows(rec, a, b)`` gives
+    its values [b - a, units] for rows [a, b), read in ``chunk``s; ``info`` goes into its
     ``derived`` attribute with ``stream``, ``unit_names`` and ``created``. Under a hidden
     name until complete (then renamed; an interrupted write leaves no stream); an existing
     derived stream of that name is refused unless ``replace``; a recorded one always."""
@@ -216,41 +213,38 @@ def write_stream(path: str | os.PathLike, layer: int, name: str, unit_names: lis
     from tqdm.auto import tqdm
 
     from probe.files import interrupts
-    from probe.recording.reader import Recording
     final, partial = h5format.path(layer, name), h5format.path(layer, f".{name}.partial")
-    rec = Recording(path, mode="r+")
-    try:
-        check_target(rec, layer, name, replace)
-        f, T = rec.file, len(rec)
-        if partial in f:
-            del f[partial]  # left by an interrupted write
-        dtype = "float32" if rec.dtype == "float32" else "float16"
-        ds = h5format.create_stream(f, layer, f".{name}.partial", T, len(unit_names), dtype, rec.compression,
-                                    checksums=rec.checksums == "fletcher32")
-        with interrupts() as stop, tqdm(total=T, unit="char", unit_scale=True, disable=not progress,
-                                        desc=desc) as bar:
-            for a in range(0, T, chunk):
-                if stop.is_set():
-                    raise KeyboardInterrupt
-                b = min(a + chunk, T)
-                ds[a:b] = np.asarray(rows(rec, a, b)).astype(dtype)
-                bar.update(b - a)
-        ds.attrs["derived"] = json.dumps({**info, "stream": name, "unit_names": list(unit_names),
-                                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        ds.attrs["unit_names"] = list(unit_names)
-        if final in f:
-            del f[final]
-        f.move(partial, final)
-        f.flush()
-    except BaseException:
+    check_target(rec, layer, name, replace)
+    with rec.writable() as f:
         try:
-            if partial in rec.file:
-                del rec.file[partial]
-        except Exception:  # noqa: BLE001 - the file is in trouble already; the error says why
-            pass
-        raise
-    finally:
-        rec.close()
+            T = len(rec)
+            if partial in f:
+                del f[partial]  # left by an interrupted write
+            dtype = "float32" if rec.dtype == "float32" else "float16"
+            ds = h5format.create_stream(f, layer, f".{name}.partial", T, len(unit_names), dtype, rec.compression,
+                                        checksums=rec.checksums == "fletcher32")
+            with interrupts() as stop, tqdm(total=T, unit="char", unit_scale=True, disable=not progress,
+                                            desc=desc) as bar:
+                for a in range(0, T, chunk):
+                    if stop.is_set():
+                        raise KeyboardInterrupt
+                    b = min(a + chunk, T)
+                    ds[a:b] = np.asarray(rows(rec, a, b)).astype(dtype)
+                    bar.update(b - a)
+            ds.attrs["derived"] = json.dumps({**info, "stream": name, "unit_names": list(unit_names),
+                                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            ds.attrs["unit_names"] = list(unit_names)
+            if final in f:
+                del f[final]
+            f.move(partial, final)
+            f.flush()
+        except BaseException:
+            try:
+                if partial in f:
+                    del f[partial]
+            except Exception:  # noqa: BLE001 - the file is in trouble already; the error says why
+                pass
+            raise
 
 
 # ---- describing a spec ----------------------------------------------------------------------

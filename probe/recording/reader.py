@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Iterator
@@ -181,6 +182,12 @@ class Reader:
             return long
         return pd.concat([df, pd.DataFrame(vals, columns=[f"unit_{u}" for u in units])], axis=1)
 
+    def refresh(self) -> None:
+        """Read the derived streams again (after one was added through ``writable``)."""
+        self.__dict__.pop("derived", None)
+        for part in getattr(self, "parts", ()):
+            part.refresh()
+
     def __enter__(self):
         return self
 
@@ -197,7 +204,7 @@ class Recording(Reader):
         if not p.exists():
             raise ProbeError(f"{p}: no such recording")
         try:
-            self.file = h5py.File(p, mode, rdcc_nbytes=CACHE_BYTES)  # "r+": probe encode only
+            self.file = h5py.File(p, mode, rdcc_nbytes=CACHE_BYTES)
         except OSError:
             raise ProbeError(f"{p}: not a readable HDF5 file (truncated or not HDF5)") from None
         try:
@@ -293,6 +300,27 @@ class Recording(Reader):
         self.check(layer, stream)
         return self.dataset(h5format.path(layer, stream))
 
+    @contextmanager
+    def writable(self) -> Iterator[h5py.File]:
+        """The file open for writing during the block (a derived stream being added), then
+        open as before, with the new stream visible. Arrays already read stay valid; lazy
+        ``stream``/``dataset`` views taken before the block are closed with the old handle."""
+        mode = self.file.mode
+        self.file.close()
+        try:
+            try:
+                self.file = h5py.File(self.path, "r+", rdcc_nbytes=CACHE_BYTES)
+            except OSError:
+                raise ProbeError(f"{self.path}: cannot be opened for writing (read-only, or open in "
+                                 "another program)") from None
+            try:
+                yield self.file
+            finally:
+                self.file.close()
+        finally:
+            self.file = h5py.File(self.path, mode, rdcc_nbytes=CACHE_BYTES)
+            self.refresh()
+
     # ---- context manager -------------------------------------------------------------------
     def close(self) -> None:
         self.file.close()
@@ -311,47 +339,45 @@ def open_recording(path: str | os.PathLike) -> Recording:
     return Recording(path)
 
 
-def summary(path: str | os.PathLike) -> dict:
-    """What ``probe info REC.h5`` prints."""
-    with open_recording(path) as rec:
-        cfg = {k: v for k, v in rec.model_config.items() if k != "vocab"}
-        loss = rec.loss
-        files = getattr(rec, "files", None)  # the shards of a folder
-        size = sum(f.stat().st_size for f in files or [rec.path])
-        return {
-            "path": str(rec.path), "format": f"{h5format.FORMAT} v{rec.version}", "created": rec.created,
-            "model": {"path": rec.model_path, "sha256": rec.model_sha256,
-                      **cfg, "vocab_size": len(rec.model_config.get("vocab", ""))},
-            "source": rec.source, "mode": rec.mode,
-            "documents": len(rec.documents), "length": len(rec), "layers": rec.layers,
-            **({"layer_ids": " ".join(map(str, rec.layer_ids))} if len(rec.layer_ids) != rec.layers else {}),
-            "streams": " ".join(rec.streams), "units": rec.units,
-            **({"derived": {f"{k}/{s}": f"{info['kind']}, {len(info['unit_names'])} units, from "
-                            f"{info.get('spec_name', '?')}" for (k, s), info in rec.derived.items()}}
-               if rec.derived else {}),
-            "dtype": rec.dtype,
-            "compression": rec.compression, "chunks": str(rec.chunks),
-            "checksums": (f"{rec.checksums} on every chunk (probe info --verify reads them all)"
-                          if rec.checksums != "none" else "none (damage cannot be detected)"),
-            "size_on_disk": f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes/char)",
-            "mean_bits_per_char": round(float(np.nanmean(loss)), 4) if np.isfinite(loss).any() else None,
-            "unknown_chars": rec.unknown_chars,
-            **({"shards": f"{len(files)} files, {files[0].name} … {files[-1].name}"} if files else {}),
-        }
+def summary(rec: Reader) -> dict:
+    """What ``probe info REC.h5`` prints about an open recording (a file or a folder of shards)."""
+    cfg = {k: v for k, v in rec.model_config.items() if k != "vocab"}
+    loss = rec.loss
+    files = getattr(rec, "files", None)  # the shards of a folder
+    size = sum(f.stat().st_size for f in files or [rec.path])
+    return {
+        "path": str(rec.path), "format": f"{h5format.FORMAT} v{rec.version}", "created": rec.created,
+        "model": {"path": rec.model_path, "sha256": rec.model_sha256,
+                  **cfg, "vocab_size": len(rec.model_config.get("vocab", ""))},
+        "source": rec.source, "mode": rec.mode,
+        "documents": len(rec.documents), "length": len(rec), "layers": rec.layers,
+        **({"layer_ids": " ".join(map(str, rec.layer_ids))} if len(rec.layer_ids) != rec.layers else {}),
+        "streams": " ".join(rec.streams), "units": rec.units,
+        **({"derived": {f"{k}/{s}": f"{info['kind']}, {len(info['unit_names'])} units, from "
+                        f"{info.get('spec_name', '?')}" for (k, s), info in rec.derived.items()}}
+           if rec.derived else {}),
+        "dtype": rec.dtype,
+        "compression": rec.compression, "chunks": str(rec.chunks),
+        "checksums": (f"{rec.checksums} on every chunk (probe info --verify reads them all)"
+                      if rec.checksums != "none" else "none (damage cannot be detected)"),
+        "size_on_disk": f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes/char)",
+        "mean_bits_per_char": round(float(np.nanmean(loss)), 4) if np.isfinite(loss).any() else None,
+        "unknown_chars": rec.unknown_chars,
+        **({"shards": f"{len(files)} files, {files[0].name} … {files[-1].name}"} if files else {}),
+    }
 
 
-def verify(path: str | os.PathLike, progress: bool = False) -> list[str] | None:
+def verify(rec: Reader, progress: bool = False) -> list[str] | None:
     """Read every chunk of every dataset: the damaged ranges (``"layers/1/c rows 0–4,096"``),
     [] if none, or None if the recording has no checksums to check (made before them)."""
     from tqdm.auto import tqdm
-    with open_recording(path) as rec:  # opening checks the metadata's digest
-        if rec.checksums != "fletcher32":
-            return None
-        names = [n for n in h5format.TABLES if n != "documents/name"] + [
-            h5format.path(k, s) for k in rec.layer_ids for s in rec.streams]
-        bad = []
-        parts = [(p, f"{p.path.name}: ") for p in rec.parts] if hasattr(rec, "parts") else [(rec, "")]
-        for name in tqdm(names, desc="verifying", unit="dataset", disable=not progress):
-            for part, shard in parts:  # a folder's damage is named by shard, in its own rows
-                bad += [f"{shard}{name} rows {a:,}–{b:,}" for a, b in part.dataset(name).bad_rows()]
-        return bad
+    if rec.checksums != "fletcher32":
+        return None
+    names = [n for n in h5format.TABLES if n != "documents/name"] + [
+        h5format.path(k, s) for k in rec.layer_ids for s in rec.streams]
+    bad = []
+    parts = [(p, f"{p.path.name}: ") for p in rec.parts] if hasattr(rec, "parts") else [(rec, "")]
+    for name in tqdm(names, desc="verifying", unit="dataset", disable=not progress):
+        for part, shard in parts:  # a folder's damage is named by shard, in its own rows
+            bad += [f"{shard}{name} rows {a:,}–{b:,}" for a, b in part.dataset(name).bad_rows()]
+    return bad
