@@ -36,6 +36,7 @@ HOW = {"lstm": "probe train --steps 12000", "gru": "probe train --cell gru --uni
 # the one default of each size (the shipped model's): CharRNN, probe train and its CLI
 LAYERS, UNITS, EMBEDDING, DROPOUT = 2, 256, 64, 0.1
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # the recurrent cell types (rnn: tanh)
+LOG2E = 1.4426950408889634  # bits per nat: every loss is in bits per character, -ln p · LOG2E
 
 
 class CharRNN(nn.Module):
