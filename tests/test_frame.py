@@ -80,3 +80,17 @@ def test_the_tidy_frame_is_one_row_per_position_and_unit(rec):
     assert long.equals(melted.astype(long.dtypes.to_dict()))
     last = rec.frame(0, "h", start=T - 1, tidy=True)  # the last position, every unit
     assert last[["position", "unit", "value"]].values.tolist() == [[T - 1, u, 10.0 * (T - 1) + u] for u in range(UNITS)]
+
+
+def test_unit_and_window_at_the_last_index(rec):
+    """Reads at the last position and the last unit are the stored values; one past is an error."""
+    assert rec.unit(0, "h", UNITS - 1, T - 1, T).tolist() == [10.0 * (T - 1) + UNITS - 1]
+    assert rec.unit(0, "h", 0, 0, 1).tolist() == [0.0]
+    assert rec.unit(0, "h", UNITS - 1).tolist() == [10.0 * t + UNITS - 1 for t in range(T)]
+    assert rec.window(0, "h", T - 1, T).tolist() == [[10.0 * (T - 1) + u for u in range(UNITS)]]
+    assert rec.window(0, "h", T - 2, T + 5).shape == (2, UNITS)  # a slice stops at the end
+    assert rec.stream(0, "h")[-1].tolist() == rec.stream(0, "h")[T - 1].tolist()
+    with pytest.raises(ProbeError, match=r"no unit 3 \(units are 0..2\)"):
+        rec.unit(0, "h", UNITS)
+    with pytest.raises(IndexError):
+        rec.stream(0, "h")[T]
