@@ -29,15 +29,25 @@ def temporary(out: Path) -> Path:
     return out.with_name(f".{out.name}.tmp-{os.getpid()}")
 
 
+def existing_folder(out: Path) -> Path:
+    """The nearest folder above ``out`` that exists (``atomic`` creates the ones below it)."""
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent
+
+
 def check_target(out: str | os.PathLike, force: bool = False, folder: bool = False) -> Path:
-    """Refuse a target that cannot or must not be written, with a one-line error.
+    """Refuse a target that cannot or must not be written, with a one-line error. Missing
+    folders above it are fine: ``atomic`` creates them when the file is written.
 
     ``folder``: the target is a folder (replaced only when ``force`` or empty)."""
     out = Path(out)
-    if not out.parent.is_dir():
-        raise ProbeError(f"{out.parent}: output folder does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise ProbeError(f"{out.parent}: output folder is not writable")
+    base = existing_folder(out)
+    if not base.is_dir():
+        raise ProbeError(f"{out}: cannot create a folder inside {base}: it is a file")
+    if not os.access(base, os.W_OK):
+        raise ProbeError(f"{base}: output folder is not writable")
     if folder:
         if out.exists() and not out.is_dir():
             raise ProbeError(f"{out}: is a file, not a folder")
@@ -54,11 +64,13 @@ def check_target(out: str | os.PathLike, force: bool = False, folder: bool = Fal
 @contextmanager
 def atomic(out: str | os.PathLike, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``out``; rename it to ``out`` if the block succeeds.
+    Missing folders above ``out`` are created first.
 
     The temporary is removed whatever happens, so only ``kill -9`` can leave one (hidden,
     never at ``out``). With ``folder`` the temporary is an empty folder and an existing
     ``out`` folder is replaced."""
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary(out)
     if folder:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -272,7 +272,7 @@ def test_an_unknown_cell_is_one_line(model_path, capsys):
     assert capsys.readouterr().err == (f"probe: error: {model_path}: unknown cell type 'transformer': "
                                        "choose lstm, gru, rnn\n")
     with pytest.raises(SystemExit):  # the flag itself: argparse lists the choices
-        main(["train", "--cell", "transformer", "--out", str(model_path.parent / "m.pt")])
+        main(["train", "--cell-type", "transformer", "--out", str(model_path.parent / "m.pt")])
 
 
 def test_shipped_models_by_name(capsys, monkeypatch, tmp_path):
@@ -288,7 +288,7 @@ def test_shipped_models_by_name(capsys, monkeypatch, tmp_path):
     assert bits_per_char(rnn, corpus.encode(text, rnn.vocab)[0]) < 2.0  # 1.75 measured: worse than both
     monkeypatch.setattr("probe.lm.model.SHIPPED", tmp_path / "stdlib.pt")  # an installation without them
     with pytest.raises(ProbeError, match=r"stdlib-gru.pt: the shipped gru model is not in this installation "
-                                         r"yet \(train it: probe train --cell gru --units 296"):
+                                         r"yet \(train it: probe train --cell-type gru --units 296"):
         load_model("gru")
     assert main(["sample", "--model", "rnn", "--length", "5"]) == 1
     assert "the shipped rnn model is not in this installation yet" in capsys.readouterr().err

@@ -124,7 +124,7 @@ def test_record_bad_text_and_targets(model_path, tmp_path, capsys):
     cases = [
         (["--text", str(latin1), "--out", str(tmp_path / "a.h5")], "not UTF-8 text (invalid byte at offset 6)"),
         (["--text", str(empty), "--out", str(tmp_path / "b.h5")], "empty text"),
-        (["--corpus", "stdlib", "--out", str(tmp_path / "nope" / "c.h5")], "output folder does not exist"),
+        (["--corpus", "stdlib", "--out", str(tmp_path / "empty.txt" / "c.h5")], "cannot create a folder inside"),
     ]
     for args, message in cases:
         assert main(["record", "--model", str(model_path), "--quiet", *args]) == 1
@@ -172,7 +172,8 @@ def test_interrupted_recording_leaves_nothing_that_looks_complete(model_path, tm
 
 
 def test_export_lstmvis_matches_its_documented_layout(recording_path, tmp_path):
-    out = export_lstmvis(recording_path, tmp_path / "lstmvis", streams=("c", "h", "f"), progress=False)
+    with open_recording(recording_path) as rec:
+        out = export_lstmvis(rec, tmp_path / "lstmvis", streams=("c", "h", "f"), progress=False)
     cfg = yaml.safe_load((out / "lstm.yml").read_text())
     files = cfg["files"]
     # LSTMVis opens files ending .h5/.hdf5 as HDF5 and .dict/.txt as dictionaries
@@ -194,8 +195,8 @@ def test_export_lstmvis_matches_its_documented_layout(recording_path, tmp_path):
             assert t["type"] in ("state", "output") and t["layer"] in (1, 2)
             s = t["path"].split("_")[1]
             np.testing.assert_allclose(st[t["path"]][:], rec.stream(t["layer"] - 1, s)[:])
-    with pytest.raises(ProbeError, match="not empty"):
-        export_lstmvis(recording_path, out, progress=False)
+    with pytest.raises(ProbeError, match="not empty"), open_recording(recording_path) as rec:
+        export_lstmvis(rec, out, progress=False)
 
 
 def test_reading_a_recording_does_not_import_torch(recording_path):
@@ -234,7 +235,7 @@ def test_the_deprecated_streams_flag_still_batches(model_path, tmp_path, text, c
     out = tmp_path / "b.h5"
     assert main(["record", "--model", str(model_path), "--text", str(src), "--out", str(out),
                  "--streams", "2", "--quiet"]) == 0
-    assert "--streams is deprecated" in capsys.readouterr().err
+    assert capsys.readouterr().err == "probe: deprecated: --streams 2; write --batch 2\n"
     with open_recording(out) as rec:
         assert rec.mode == {"batch": 2, "burn_in": 256}
 

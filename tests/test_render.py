@@ -147,9 +147,16 @@ def test_cli_render_errors_clearly(recording_path, tmp_path, capsys):
     assert "no stream 'q'" in capsys.readouterr().err
 
 
-def test_cli_render_into_a_missing_folder_is_one_line(recording_path, tmp_path, capsys):
-    out = tmp_path / "nope" / "cell.html"
+def test_cli_render_creates_missing_folders_but_not_inside_a_file(recording_path, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "cell.html"
     assert main(["render", str(recording_path), "--layer", "0", "--stream", "c", "--unit", "1",
-                 "--out", str(out)]) == 1
-    assert capsys.readouterr().err == f"probe: error: {out.parent}: output folder does not exist\n"
-    assert not out.parent.exists()
+                 "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["cell.html"]  # no temporary left
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    bad = blocker / "sub" / "cell.html"
+    assert main(["render", str(recording_path), "--layer", "0", "--stream", "c", "--unit", "1",
+                 "--out", str(bad)]) == 1
+    assert capsys.readouterr().err == f"probe: error: {bad}: cannot create a folder inside {blocker}: it is a file\n"
+    assert blocker.read_text() == "keep"

@@ -289,7 +289,8 @@ def test_probe_analyze_match_render_and_export_accept_a_folder(pair, tmp_path, c
         pages.append((tmp_path / name).read_text().replace(path.name, "REC"))
     assert pages[0] == pages[1]
     assert main(["export-lstmvis", str(folder), str(tmp_path / "vis"), "--quiet"]) == 0
-    export_lstmvis(whole, tmp_path / "vis-whole", progress=False)
+    with open_recording(whole) as rec:
+        export_lstmvis(rec, tmp_path / "vis-whole", progress=False)
     with h5py.File(tmp_path / "vis" / "states.hdf5") as s, h5py.File(tmp_path / "vis-whole" / "states.hdf5") as w:
         assert sorted(s) == sorted(w)
         for name in w:
@@ -299,6 +300,7 @@ def test_probe_analyze_match_render_and_export_accept_a_folder(pair, tmp_path, c
 
 def test_the_dashboard_lists_and_opens_a_folder_of_shards(pair, tmp_path):
     from apps.cells.store import Store
+    from apps.cells.tabs.match import index_ready
     recs = tmp_path / "recordings"
     recs.mkdir()
     shutil.copy(pair[0], recs / "whole.h5")
@@ -312,7 +314,7 @@ def test_the_dashboard_lists_and_opens_a_folder_of_shards(pair, tmp_path):
         np.testing.assert_array_equal(store.column("sharded", 1, "c", 4), store.column("whole.h5", 1, "c", 4))
         res = store.analysis("sharded").result(timeout=60)
         assert not res["best"].empty and (recs / "sharded" / "sharded.analysis.npz").is_file()
-        store.match_index("sharded", 0, "h", 0.3).result(timeout=60)
+        index_ready(store, "sharded", 0, "h", 0.3).result(timeout=60)  # the match tab's background index
         assert (recs / "sharded" / "sharded.match-0-h-0.3.npy").is_file()
         assert store.names() == ["sharded", "whole.h5"]  # caches are not recordings
         with pytest.raises(ProbeError, match="no recording named 'notes'"):

@@ -31,8 +31,8 @@ VERSION = 1
 SHIPPED = Path(__file__).parents[1] / "models" / "stdlib.pt"  # the LSTM: the default everywhere
 # shipped models by name (``load_model("gru")``, ``--model gru``), and how each is trained
 NAMED = {"lstm": "stdlib.pt", "gru": "stdlib-gru.pt", "rnn": "stdlib-rnn.pt"}
-HOW = {"lstm": "probe train --steps 12000", "gru": "probe train --cell gru --units 296 --steps 12000",
-       "rnn": "probe train --cell rnn --units 506 --steps 12000"}
+HOW = {"lstm": "probe train --steps 12000", "gru": "probe train --cell-type gru --units 296 --steps 12000",
+       "rnn": "probe train --cell-type rnn --units 506 --steps 12000"}
 # the one default of each size (the shipped model's): CharRNN, probe train and its CLI
 LAYERS, UNITS, EMBEDDING, DROPOUT = 2, 256, 64, 0.1
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # the recurrent cell types (rnn: tanh)
@@ -190,6 +190,21 @@ def load_model(path: str | os.PathLike | None = None) -> CharRNN:
     model.path = str(p)
     model.sha256 = file_sha256(p)
     return model.eval()
+
+
+def summary(path: str | os.PathLike | None = None, history: bool = False) -> dict:
+    """What ``probe info CKPT`` prints: the file, its sha256, the config, the parameter count
+    and the training metrics (the learning curve ``history`` only when asked for). ``path``
+    as ``load_model`` takes it; weights that do not fit the config are refused, naming the tensor."""
+    named = path is None or (str(path) in NAMED and not Path(path).exists())
+    p = shipped("lstm" if path is None else str(path)) if named else Path(path)
+    ck = read_checkpoint(p)
+    model_from_checkpoint(ck, p)
+    cfg = dict(ck["config"])
+    vocab = cfg.pop("vocab")
+    metrics = {k: v for k, v in ck["metrics"].items() if history or k != "history"}
+    return {"path": str(p), "sha256": file_sha256(p), "vocab_size": len(vocab), **cfg,
+            "parameters": sum(v.numel() for v in ck["state_dict"].values()), "metrics": metrics}
 
 
 @torch.no_grad()
