@@ -222,7 +222,8 @@ class Store:
             self._progress[name] = (done, total, started)
 
         try:
-            result = analysis.analysis(path, progress=progress, with_summaries=True)
+            with open_recording(path) as rec:  # this thread's own handle
+                result = analysis.analysis(rec, progress=progress, with_summaries=True)
         except BaseException as e:
             summ.set_exception(e)
             raise
