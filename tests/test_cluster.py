@@ -101,12 +101,12 @@ def test_cluster_scores_equal_the_single_process_scores_exactly(dask_client, sha
     with open_recording(sharded) as rec:
         local = detectors.scores_and_saturation(rec, None, chunk=CHUNK)
         assert detectors.scores_and_saturation(rec, None, chunk=CHUNK, threads=2)[0].equals(local[0])
-    assert_same_scores(cluster.analyze(dask_client, sharded, chunk=CHUNK), local)
+        assert_same_scores(cluster.analyze(dask_client, rec, chunk=CHUNK), local)
     # a file is one part: its streams are scanned side by side on the workers, the same scores
     whole = recorder.record(load_model(model_path), DOCS, tmp_path / "whole.h5", source=SOURCE, progress=False)
     with open_recording(whole) as rec:
         local_whole = detectors.scores_and_saturation(rec, None, chunk=CHUNK)
-    assert_same_scores(cluster.analyze(dask_client, whole, chunk=CHUNK), local_whole)
+        assert_same_scores(cluster.analyze(dask_client, rec, chunk=CHUNK), local_whole)
     # the shards' scores are the file's up to float rounding (c can differ in its last bit)
     pd.testing.assert_frame_equal(local[0], local_whole[0], atol=1e-6)
 
@@ -225,8 +225,8 @@ def run_and_kill(c, hook: tuple[str, str, str], tmp_path, work, check=None):
 def test_a_worker_killed_mid_analysis_is_retried_and_the_scores_are_still_exact(dask_client, sharded, tmp_path):
     with open_recording(sharded) as rec:
         local = detectors.scores_and_saturation(rec, None, chunk=CHUNK)
-    got = run_and_kill(dask_client, ("probe.analysis.detectors", "", "part_stats"), tmp_path,
-                       lambda: cluster.analyze(dask_client, sharded, chunk=CHUNK))
+        got = run_and_kill(dask_client, ("probe.analysis.stats", "", "part_stats"), tmp_path,
+                           lambda: cluster.analyze(dask_client, rec, chunk=CHUNK))
     assert_same_scores(got, local)
 
 

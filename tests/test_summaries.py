@@ -128,11 +128,10 @@ def test_a_folder_of_shards_summarises_as_the_whole_file(pair):
 def test_the_cluster_summarises_as_one_process_bit_for_bit(pair):
     from probe.analysis import cluster
     _, folder = pair
-    with open_recording(folder) as rec:
+    with open_recording(folder) as rec, cluster.client(workers=2) as c:
         _, _, local = detectors.scores_and_saturation(rec, None, chunk=500, summaries=True)
-    with cluster.client(workers=2) as c:
-        _, _, remote = cluster.analyze(c, folder, chunk=500, summaries=True)
-        assert len(cluster.analyze(c, folder, chunk=500, layers=[0], streams=["h"])) == 2  # as before
+        _, _, remote = cluster.analyze(c, rec, chunk=500, summaries=True)
+        assert len(cluster.analyze(c, rec, chunk=500, layers=[0], streams=["h"])) == 2  # as before
     assert set(remote) == set(local)
     for key in local:
         assert_equal_summaries(remote[key], local[key])

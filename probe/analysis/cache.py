@@ -194,8 +194,8 @@ def _cached(rec: Recording, refresh: bool, progress: bool, regex, client, want_s
                                                              summaries=True)
         else:
             from probe.analysis import cluster
-            with (client() if callable(client) else nullcontext(client)) as c:  # workers open rec.path
-                sc, sats, summ = cluster.analyze(c, rec.path, feats, progress=progress, sat=(0.1, 0.9),
+            with (client() if callable(client) else nullcontext(client)) as c:
+                sc, sats, summ = cluster.analyze(c, rec, feats, progress=progress, sat=(0.1, 0.9),
                                                  summaries=True)
         summ = {"strip_edges": summaries_mod.strip_edges(len(rec)), **summ}
         sat = (pd.concat(sats, ignore_index=True)[detectors.SATURATION_COLUMNS] if sats

@@ -3,7 +3,8 @@
     from probe.analysis import cluster
     with cluster.client(workers=4) as c:             # a LocalCluster of 4 processes
         cluster.record_shards(c, "lstm", corpus.documents, corpus.source, "recordings/big")
-        scores, sats = cluster.analyze(c, "recordings/big")     # == detectors.scores_and_saturation
+        with probe.open_recording("recordings/big") as rec:
+            scores, sats = cluster.analyze(c, rec)          # == detectors.scores_and_saturation
     with cluster.client(scheduler="tcp://10.0.0.5:8786") as c:  # a running cluster: the same code
         ...
 
@@ -294,23 +295,21 @@ def _scan_task(file: str, layer: int, stream: str, shift, fx, chunk: int, sat, o
                                     total)
 
 
-def analyze(c, path: str | os.PathLike, feats=None, *, regex: dict[str, str] | None = None, layers=None,
+def analyze(c, rec, feats=None, *, regex: dict[str, str] | None = None, layers=None,
             streams=None, chunk: int = stats.CHUNK, sat: tuple[float, float] | None = (0.1, 0.9),
             progress: bool = False, summaries: bool = False):
-    """``detectors.scores_and_saturation`` of the recording at ``path`` (a folder of shards,
+    """``detectors.scores_and_saturation`` of the open recording ``rec`` (a folder of shards,
     or a file: one part) on the cluster of client ``c``: the same (scores frame, saturation
-    frames), equal bit for bit. ``feats`` default to the built-in ones (plus ``regex``).
+    frames), equal bit for bit; each worker opens the parts' files itself, at the paths the
+    client sees. ``feats`` default to the built-in ones (plus ``regex``).
     With ``summaries`` a third item, the per-unit summaries as ``detectors.scan_all``'s
     (each part's built by its scan task, folded in shard order by ``stats.combine``)."""
-    path = Path(path).resolve()
-    from probe.recording.reader import open_recording
     _workers(c)  # before the features: no workers is a one-line error, not a wait
-    with open_recording(path) as rec:
-        if feats is None:
-            feats = detectors.default_features(rec, regex)
-        pairs, fx, parts, fxs = detectors.prepare(rec, feats, layers, streams, chunk)
-        files = [str(Path(p.path).resolve()) for p in parts]
-        lengths = [len(p) for p in parts]
+    if feats is None:
+        feats = detectors.default_features(rec, regex)
+    pairs, fx, parts, fxs = detectors.prepare(rec, feats, layers, streams, chunk)
+    files = [str(Path(p.path).resolve()) for p in parts]
+    lengths = [len(p) for p in parts]
     starts = stats.offsets(lengths)
     first = [f for f, o in zip(files, starts) if o < stats.SHIFT_ROWS]  # the files the shift reads
     token = uuid.uuid4().hex[:8]
