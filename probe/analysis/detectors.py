@@ -33,10 +33,24 @@ import pandas as pd
 from probe.analysis import progress as progress_mod
 from probe.analysis.featureset import FeatureSet
 from probe.analysis.loops import AUC_BINS, COMPILED, bin_table, count_bins, count_bins_numpy, shifted
-from probe.analysis.ranking import BEST_COLUMNS, auc_exact, best, check_top, strength, wide_table
-from probe.analysis.stats import (CHUNK, SATURATION_COLUMNS, SCORE_COLUMNS, SHIFT_ROWS, assemble, combine,
-                                  finish, finish_all, offsets, part_stats, parts_of, reduce_parts, scan,
-                                  shift_of)
+from probe.analysis.metrics import auc_exact
+from probe.analysis.ranking import BEST_COLUMNS, best, check_top, strength, wide_table
+from probe.analysis.stats import (
+    CHUNK,
+    SATURATION_COLUMNS,
+    SCORE_COLUMNS,
+    SHIFT_ROWS,
+    assemble,
+    combine,
+    finish,
+    finish_all,
+    offsets,
+    part_stats,
+    parts_of,
+    reduce_parts,
+    scan,
+    shift_of,
+)
 from probe.analysis.threads import check_threads, one_torch_thread
 from probe.errors import ProbeError
 from probe.recording import h5format

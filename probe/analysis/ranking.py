@@ -1,8 +1,7 @@
 """Ranking cells by their scores: per feature, the cells that detect it best.
 
 Binary features rank by AUC (as max(auc, 1 - auc): a cell that is low on the feature
-detects it as well as one that is high), the others by |r|. ``auc_exact`` is the plain
-Mann–Whitney AUC the streaming histograms are checked against, and the probes' metric.
+detects it as well as one that is high), the others by |r|.
 """
 from __future__ import annotations
 
@@ -64,20 +63,3 @@ def best(scores_df: pd.DataFrame, top: int = 5) -> pd.DataFrame:
                          "score": float(w.at[i, metric]), "r": float(w.at[i, "r"]),
                          "auc": float(w.at[i, "auc"])})
     return pd.DataFrame(rows, columns=BEST_COLUMNS)
-
-
-def auc_exact(score: np.ndarray, y: np.ndarray) -> float:
-    """Mann–Whitney AUC with average ranks for ties; NaN if y has one class."""
-    y = y.astype(bool)
-    P, N = int(y.sum()), int((~y).sum())
-    if P == 0 or N == 0:
-        return float("nan")
-    order = np.argsort(score, kind="stable")
-    s = score[order]
-    ranks = np.empty(len(s))
-    first = np.r_[True, s[1:] != s[:-1]]
-    starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], len(s)]
-    avg = (starts + ends + 1) / 2.0  # 1-based average rank of each run of ties
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y].sum() - P * (P + 1) / 2) / (P * N))

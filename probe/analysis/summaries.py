@@ -26,16 +26,16 @@ For every (layer, stream, unit), from the rows the scan already reads (no second
 
 Built per part (``start``, ``update`` per chunk, ``merge`` of consecutive parts in shard
 order, ``finish``), with memory bounded by the chunk: top-k keeps K candidates per unit and
-a chunk only offers the values that beat the current K-th (``probe.analysis.topk``); the strip keeps the bins a part
-touches; a chunk is first reduced per block of ``block_width`` rows (max, min, sum), and
-top-k reads only the blocks whose max can still enter. Each is exact (equal to a brute-force computation over the whole stream): counts
-are integers; top-k is the first K of an order (value, then position) that is total, and
-the K best of a union are the K best of the parts' K best; min, max and the first value
-do not depend on where the rows were cut. Strip sums are float64 sums of the values in
-row order; for float16 recordings every partial sum is exact (float16 values are
-multiples of 2**-24, so sums below 2**29 in magnitude are exact in float64), elsewhere they
-agree to the last bits across different cuts (and bit for bit between this process and a
-cluster, which run the same cuts).
+a chunk only offers the values that beat the current K-th (``probe.analysis.topk``); the
+strip keeps the bins a part touches; a chunk is first reduced per block of ``block_width``
+rows (max, min, sum), and top-k reads only the blocks whose max can still enter. Each is
+exact (equal to a brute-force computation over the whole stream): counts are integers; top-k
+is the first K of an order (value, then position) that is total, and the K best of a union
+are the K best of the parts' K best; min, max and the first value do not depend on where the
+rows were cut. Strip sums are float64 sums of the values in row order; for float16
+recordings every partial sum is exact (float16 values are multiples of 2**-24, so sums below
+2**29 in magnitude are exact in float64), elsewhere they agree to the last bits across
+different cuts (and bit for bit between this process and a cluster, which run the same cuts).
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from probe.analysis import loops, topk
 from probe.analysis.topk import K
 from probe.compiled import kernels
 from probe.recording import h5format
+
 HIST_BINS = 256      # fixed histogram bins per unit
 STRIP = 1000         # overview strip bins over the whole recording
 SUB = 4096           # rows converted to float32 at a time

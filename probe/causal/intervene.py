@@ -27,15 +27,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from probe.causal import batched
 from probe.errors import ProbeError, deprecated
 from probe.lm.model import CharRNN
 from probe.lm.stepwise import Hook
-from probe.recording.record import activations, layer_modules
+from probe.recording.record import activations
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
 
-LOG2E = 1.4426950408889634
-BLOCK = 256       # characters per block of the batched pass (memory: BLOCK x batch x vocab logits)
 BATCH = 128       # edits per batched pass
 
 
@@ -144,57 +143,27 @@ def resolve(model: CharRNN, texts: list[str], edits: list[Edit]) -> list[Edit]:
                  if e.how == "mean" else float(e.how)) for e in edits]
 
 
-@torch.no_grad()
 def _batch_losses(model: CharRNN, ids: np.ndarray, layer: int, edits: list[Edit],
                   bar=None) -> np.ndarray:
     """Losses [1 + len(edits), T] in bits: row 0 unedited, then one row per edit, all edits
-    on ``layer`` and already resolved to numbers."""
-    T, H = len(ids), model.units
-    B = 1 + len(edits)
-    modules = layer_modules(model)
-    x = model.embed(torch.from_numpy(ids))  # [T, E]
-    for k in range(layer):  # the layers below cannot see the edit: once, fused
-        x = modules[k](x[None])[0][0]
-    pins = {s: (torch.tensor([1 + j for j, e in enumerate(edits) if e.stream == s], dtype=torch.long),
-                torch.tensor([e.unit for e in edits if e.stream == s], dtype=torch.long),
-                torch.tensor([float(e.how) for e in edits if e.stream == s]))
-            for s in ("h", "c")}
-    weights = [(lstm.weight_ih_l0, lstm.weight_hh_l0.T.contiguous(), lstm.bias_ih_l0 + lstm.bias_hh_l0)
-               for lstm in modules[layer:]]
-    state = [(torch.zeros(B, H), torch.zeros(B, H)) for _ in weights]
-    target = torch.from_numpy(ids)
-    out = np.full((B, T), np.nan, dtype=np.float32)
-    for a in range(0, T, BLOCK):
-        b = min(a + BLOCK, T)
-        inp = x[a:b]  # [L, in]: the same for every row at the edited layer
-        for j, (w_ih, w_hh_t, bias) in enumerate(weights):
-            pre = inp @ w_ih.T + bias  # [L, 4H] at the edited layer, [L, B, 4H] above it
-            if pre.dim() == 2:
-                pre = pre[:, None, :].expand(-1, B, -1)
-            h, c = state[j]
-            hs = torch.empty(b - a, B, H)
-            for t in range(b - a):
-                z = torch.addmm(pre[t], h, w_hh_t)  # [B, 4H], PyTorch's order i f g o
-                i, f = torch.sigmoid(z[:, :H]), torch.sigmoid(z[:, H:2 * H])
-                g, o = torch.tanh(z[:, 2 * H:3 * H]), torch.sigmoid(z[:, 3 * H:])
-                c = f * c + i * g
-                if j == 0 and len(pins["c"][0]):
-                    c[pins["c"][0], pins["c"][1]] = pins["c"][2]
-                h = o * torch.tanh(c)
-                if j == 0 and len(pins["h"][0]):
-                    h[pins["h"][0], pins["h"][1]] = pins["h"][2]
-                hs[t] = h
-            state[j] = (h, c)
-            inp = hs  # [L, B, H]
-        logp = torch.log_softmax(model.head(inp), dim=-1)  # [L, B, V]: the next character
-        n = min(b, T - 1) - a  # positions of this block with a next character
-        if n > 0:
-            nxt = target[a + 1:a + 1 + n]  # [n]
-            got = logp[:n].gather(2, nxt[:, None, None].expand(-1, B, 1))[..., 0]  # [n, B]
-            out[:, a + 1:a + 1 + n] = (-got * LOG2E).T.numpy()
-        if bar is not None:
-            bar.update((b - a) * len(edits))
-    return out
+    on ``layer`` and already resolved to numbers (``batched.bits``, stepped from ``layer``)."""
+    pins = {}
+    for s in ("h", "c"):
+        rows = [1 + j for j, e in enumerate(edits) if e.stream == s]
+        if rows:
+            pins[(layer, s)] = _pin(torch.tensor(rows, dtype=torch.long),
+                                    torch.tensor([e.unit for e in edits if e.stream == s], dtype=torch.long),
+                                    torch.tensor([float(e.how) for e in edits if e.stream == s]))
+    done = None if bar is None else (lambda n: bar.update(n * len(edits)))
+    return batched.bits(model, ids, 1 + len(edits), pins, lowest=layer, done=done)
+
+
+def _pin(rows: torch.Tensor, units: torch.Tensor, values: torch.Tensor):
+    """The edit that sets value[rows[j], units[j]] = values[j] (in place: a step's fresh tensor)."""
+    def pin(value: torch.Tensor) -> torch.Tensor:
+        value[rows, units] = values
+        return value
+    return pin
 
 
 def losses(model: CharRNN, text: str, edits: list[Edit], *, batch: int = BATCH,

@@ -35,11 +35,10 @@ import numpy as np
 import torch
 
 from probe.errors import ProbeError
-from probe.lm.model import CharRNN
+from probe.lm.model import LOG2E, CharRNN
 from probe.text import corpus as corpora
 
 Hook = Callable[[int, int, str, torch.Tensor], "torch.Tensor | None"]  # (position, layer, stream, value)
-LOG2E = 1.4426950408889634
 
 
 def _namer(edit: Hook | None, position: int, layer: int, out: dict):

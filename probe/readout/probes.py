@@ -9,7 +9,7 @@ A single cell can miss a feature the model knows, spread over many cells. A prob
 a sample of positions of every ``c``/``h`` unit, ranks the cells on the training part
 (as ``probe.analysis.detectors`` does), and fits ridge regression (continuous features) or L2
 logistic regression (binary ones) on the top k, scored on long held-out pieces from all
-over the recording (``split_positions``).
+over the recording (``rows.split_positions``).
 """
 from __future__ import annotations
 
@@ -18,59 +18,13 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from probe.analysis.detectors import auc_exact, default_features, layer_streams, length, strength, wide_table
+from probe.analysis.detectors import default_features, layer_streams, length
+from probe.analysis.metrics import auc_exact
+from probe.analysis.ranking import strength, wide_table
 from probe.errors import ProbeError
+from probe.readout.rows import read_rows, sample_from, split_positions
 from probe.recording.reader import Recording
 from probe.text import features as features_mod
-
-
-def split_positions(T: int, held_out: float = 0.2, segments: int = 50, min_segment: int = 2048,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (train, held_out) over T positions for a probe.
-
-    The text is cut into about ``segments`` equal contiguous pieces (each at least
-    ``min_segment`` characters) and a random ``held_out`` fraction of them is held out, so
-    the held-out part samples the whole recording (one contiguous tail would be a few files
-    only: their style, not the model, would decide the score). Characters next to a
-    boundary share context with the other side; with pieces thousands of characters long
-    that touches well under 1 % of them.
-    """
-    n = int(np.clip(T // min_segment, 1, segments))
-    if n < 2:  # too short to cut: fall back to a contiguous tail
-        cut = int(round(T * (1 - held_out)))
-        test = np.arange(T) >= cut
-        return ~test, test
-    edges = np.linspace(0, T, n + 1).round().astype(int)
-    m = min(n - 1, max(1, int(round(n * held_out))))
-    chosen = np.random.default_rng(seed).choice(n, m, replace=False)
-    test = np.zeros(T, dtype=bool)
-    for j in chosen:
-        test[edges[j]:edges[j + 1]] = True
-    return ~test, test
-
-
-def _sample_from(mask: np.ndarray, n: int, rng: np.random.Generator, block: int = 256) -> np.ndarray:
-    """About ``n`` sorted positions where ``mask`` holds: all of them if few, else random
-    aligned blocks of ``block`` (contiguous reads are cheap; scattered single rows are not)."""
-    idx = np.flatnonzero(mask)
-    if len(idx) <= n:
-        return idx
-    nb = len(mask) // block
-    full = mask[:nb * block].reshape(nb, block).all(axis=1)  # blocks wholly inside the part
-    blocks = np.flatnonzero(full)
-    m = -(-n // block)
-    if len(blocks) < m:
-        return np.sort(rng.choice(idx, n, replace=False))
-    starts = np.sort(rng.choice(blocks, m, replace=False)) * block
-    return (starts[:, None] + np.arange(block)).reshape(-1)
-
-
-def _read_rows(ds, rows: np.ndarray) -> np.ndarray:
-    """ds[rows] for sorted rows made of contiguous runs, as float32."""
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    runs = np.split(rows, breaks)
-    return np.concatenate([ds[r[0]:r[-1] + 1] for r in runs]).astype(np.float32)
-
 
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # penalty per row on standardized columns
 
@@ -163,14 +117,14 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
     train_part, test_part = split_positions(T, held_out, seed=seed)
     if train_part.sum() < 2 or test_part.sum() < 2:
         raise ProbeError(f"{rec.path}: too short ({T} characters) to hold out {held_out:.0%} for a probe")
-    tr = _sample_from(train_part, max_rows, rng)
-    te = _sample_from(test_part, max(1, max_rows // 2), rng)
+    tr = sample_from(train_part, max_rows, rng)
+    te = sample_from(test_part, max(1, max_rows // 2), rng)
     pairs = layer_streams(rec, layers, streams)
     cells, Xtr, Xte = [], [], []
     for k, s in pairs:
         ds = rec.stream(k, s)
-        Xtr.append(_read_rows(ds, tr))
-        Xte.append(_read_rows(ds, te))
+        Xtr.append(read_rows(ds, tr))
+        Xte.append(read_rows(ds, te))
         cells += [(k, s, u) for u in range(ds.shape[1])]
     Xtr, Xte = np.concatenate(Xtr, axis=1).astype(np.float64), np.concatenate(Xte, axis=1).astype(np.float64)
     ytr, yte = y_all[tr].astype(np.float64), y_all[te].astype(np.float64)

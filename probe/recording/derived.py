@@ -21,8 +21,10 @@ plain values and tensors (loadable with ``weights_only=True``)::
     metrics      what its maker measured (held-out scores, explained variance…)
     config       how it was made (arguments, seed…)
 
-``read_inputs`` gives the standardised input rows of a recording; ``transform`` applies a
-spec to them; ``probe encode`` (``encode``) writes the result into the recording.
+``read_inputs`` gives the input rows of a recording (``standardise`` standardises them);
+``transform`` applies a spec to them (each kind's computation is in
+``probe.recording.transforms``); ``probe encode`` (``encode``) writes the result into the
+recording.
 """
 from __future__ import annotations
 
@@ -33,11 +35,11 @@ import numpy as np
 import torch
 
 from probe.errors import ProbeError
-from probe.recording import h5format
+from probe.recording import h5format, transforms
 
 FORMAT = "probe-derived"
 VERSION = 1
-KINDS = ("directions", "dictionary")
+KINDS = tuple(transforms.TRANSFORMS)  # "directions", "dictionary": what each computes is in transforms
 KEYS = ("format", "version", "kind", "stream", "layer", "inputs", "unit_names", "model_sha256",
         "fitted_on", "mean", "scale", "params", "metrics", "config")
 
@@ -106,22 +108,14 @@ def read_inputs(rec, inputs, start: int, stop: int) -> np.ndarray:
     return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
-def standardise(spec: dict, x: np.ndarray) -> np.ndarray:
-    """(x - mean) / scale, float32 [n, D]."""
-    mean = spec["mean"].numpy().astype(np.float32)
-    scale = spec["scale"].numpy().astype(np.float32)
-    if x.shape[1] != len(mean):
-        raise ProbeError(f"inputs have {x.shape[1]} columns; the spec was fitted on {len(mean)}")
-    return (x - mean) / scale
+standardise = transforms.standardise  # (x - mean) / scale: the read-outs' first step
 
 
 def transform(spec: dict, x: np.ndarray) -> np.ndarray:
-    """The derived units of input rows x [n, D] (as ``read_inputs`` gives them): float32 [n, units]."""
-    if spec["kind"] == "directions":
-        from probe.readout import directions
-        return directions.transform(spec, x)
-    from probe.readout import dictionary
-    return dictionary.transform(spec, x)
+    """The derived units of input rows x [n, D] (as ``read_inputs`` gives them): float32
+    [n, units], computed as the spec's kind says (``probe.recording.transforms``)."""
+    check(spec, "spec")
+    return transforms.TRANSFORMS[spec["kind"]](spec, x)
 
 
 # ---- encode: the derived stream written into the recording ---------------------------------

@@ -30,14 +30,13 @@ from tqdm.auto import tqdm
 from probe.compiled import kernels as _kernels  # None where not built: numpy does the same
 from probe.errors import ProbeError
 from probe.files import atomic, check_target, interrupts
-from probe.lm.model import CharRNN
+from probe.lm.model import LOG2E, CharRNN
 from probe.recording import h5format
 from probe.text import corpus as corpora
 
 BLOCK = 8192          # characters per processing block (a multiple of h5format.CHUNK_T)
 PIECE = 2048          # characters per piece in batched mode (B pieces run as one batch)
 COMPRESSION_LEVEL = 1  # zstd and gzip level: the fastest (docs/recording-format.md, "Compression")
-LOG2E = 1.4426950408889634
 
 
 def layer_modules(model: CharRNN) -> list[nn.Module]:
