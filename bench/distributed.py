@@ -478,18 +478,18 @@ def run(a, work: Path) -> int:
 
         # 4. the dictionary (its in-train held-out quality timed apart)
         log("training the dictionary ...")
-        original = dictionary._metrics
+        original = dictionary.held_out_metrics
 
         def metrics_timed(*args, **kw):
             with torch_threads(QUALITY_THREADS), timed(times, "dictionary_train_quality"):
                 return original(*args, **kw)
-        dictionary._metrics = metrics_timed
+        dictionary.held_out_metrics = metrics_timed
         try:
             with timed(times, "dictionary_train"):
                 xspec = dictionary.train(fit, a.layer, a.stream, features=a.features, k=a.k, steps=a.steps,
                                          out=dict_path, force=True, progress=progress, model=model)
         finally:
-            dictionary._metrics = original
+            dictionary.held_out_metrics = original
 
         # 6 (fit side). best cell: the fit recording's cached analysis; best dictionary feature
         log("choosing the best cell and dictionary feature per feature on the fit recording ...")
