@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from windows import window_for  # bench/windows.py (a script's folder is on sys.path)
 
 from probe import load_model, open_recording
 from probe.analysis import cache as analysis
@@ -297,10 +298,8 @@ def table_note(result: dict) -> str:
 
 def picture_window(rec, feats, feature: str, lines: int = PICTURE_LINES) -> tuple[int, int]:
     """[start, stop) of ``lines`` whole lines inside one document, where the feature varies
-    (``bench/findings.py``'s ``window_for`` of ``WINDOW_BY``'s feature, then snapped to line
+    (``bench/windows.py``'s ``window_for`` of ``WINDOW_BY``'s feature, then snapped to line
     starts)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from findings import window_for
     text = rec.text
     start = window_for(rec, feats, WINDOW_BY.get(feature, feature), length=60 * lines)
     if start > 0 and text[start - 1] != "\n":

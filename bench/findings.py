@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from windows import window_for  # bench/windows.py (a script's folder is on sys.path)
 
 from probe import open_recording
 from probe.analysis import cache as analysis
@@ -32,17 +33,6 @@ TARGETS = {"in_short_string": ("auc", 0.97), "in_comment": ("auc", 0.95),
            "column": ("r", 0.85), "bracket_depth": ("r", 0.8)}
 SHOWN = ["in_short_string", "in_long_string", "in_comment", "column", "line_length",
          "bracket_depth", "indent"]
-def window_for(rec, feats, feature: str, length: int = 1000) -> int:
-    """A start where the feature varies a lot (so the picture shows the cell at work)."""
-    v = feats[feature].to_numpy(dtype=float)
-    T = len(v)
-    if T <= length:
-        return 0
-    steps = np.abs(np.diff(v, prepend=v[0])) > 0
-    counts = np.convolve(steps, np.ones(length), mode="valid")
-    return int(np.argmax(counts[: T - length]))
-
-
 def where_wrong(rec, feats, b) -> str:
     """Where a binary feature's best cell errs: its positives that look negative (below the
     negatives' 75th percentile) and negatives that look positive (above the positives' 25th),
