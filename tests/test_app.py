@@ -362,7 +362,8 @@ def test_a_derived_stream_is_shown_like_a_recorded_one(folder, tmp_path):
             "fitted_on": stamp, "mean": torch.zeros(8), "scale": torch.ones(8),
             "params": {"W": W * 10, "b": torch.tensor([0.0, 5.0]), "state_mean": torch.zeros(8)},
             "metrics": {}, "config": {}}
-    derived.encode(recs / "tiny.h5", derived.save(spec, tmp_path / "dirs.pt"))
+    with open_recording(recs / "tiny.h5") as rec:
+        derived.encode(rec, derived.save(spec, tmp_path / "dirs.pt"))
     with serving(recs) as server:
         p = Page(server, recording="tiny.h5", layer=1, stream="dir", unit=1)
         try:
@@ -757,6 +758,132 @@ def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
             p.close()
 
 
+def test_the_match_tab_is_removed_with_one_line_in_main(folder, tmp_path):
+    """Select & match is one file: without its name in TABS the page works (URL, text window,
+    other tabs), and its URL keys are ignored as any key no tab owns."""
+    app = tmp_path / "cells"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    before = (app / "main.py").read_text()
+    after, n = re.subn(r'^(TABS = \[.*)"match", ', r"\1", before, flags=re.M)
+    assert n == 1
+    (app / "main.py").write_text(after)
+    old, new = before.splitlines(), after.splitlines()
+    assert len(old) == len(new) and sum(a != b for a, b in zip(old, new)) == 1
+
+    with serving(folder, app) as server:
+        p = Page(server, recording="tiny.h5", layer=1, stream="c", unit=7, span="30:34", threshold="0.2",
+                 cells="1:c:2")
+        try:
+            assert p.message == ""
+            tabs = p.doc.select_one({"type": Tabs})
+            assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "gate saturation",
+                                                    "type your own text", "intervene", "explain a prediction",
+                                                    "derived features", "beyond n-grams"]
+            assert p["url-state"].text == "recording=tiny.h5&layer=1&stream=c&unit=7&start=0&window=2000&feature=in_string"
+            assert p["match-span"] is None and 'class="sel ' not in p["text"].text
+            assert p.positions()[0] == 0 and "@" in p["card"].text
+            p.set("unit", value=5)
+            assert "unit=5&" in p["url-state"].text and p.message == ""
+            open_tab(p, "leaderboard")
+            p.wait_for(lambda: len(p["leaderboard"].source.data["unit"]) > 0)
+            p.set("live-in", value="def f(x): return x")
+            assert len(p.positions("live")) == len("def f(x): return x")
+        finally:
+            settle(p, "tiny.h5")
+            p.close()
+        bare = Page(server)  # a bare URL: the opening view, as with every tab
+        try:
+            bare.wait_for(lambda: "feature=in_short_string" in bare["url-state"].text)
+            assert bare.message == ""
+        finally:
+            bare.close()
+
+
+def test_select_and_match_lives_in_its_tab_module():
+    """Nothing outside tabs/match.py knows select & match: its keys, JavaScript, parsers, index."""
+    words = re.compile(r"threshold|PICK_JS|span_picker|parse_span|parse_cells|index_ready|select &(amp;)? match|"
+                       r"\bmatching\(|extra\[\"")
+    files = [f for f in [*APP.rglob("*.py"), *APP.rglob("*.html")] if f != APP / "tabs" / "match.py"]
+    assert len(files) > 10
+    for f in files:
+        found = words.search(f.read_text())
+        assert found is None, f"{f.relative_to(APP)} names {found.group(0)!r}"
+
+
+def test_lru_keeps_the_most_recently_used_within_its_limit():
+    import sys
+    sys.path.insert(0, str(APP.parents[1]))
+    from apps.cells.lru import LRU
+    lru = LRU(3)
+    for k in "abcd":
+        lru.put(k, k.upper())
+    assert list(lru) == ["b", "c", "d"] and "a" not in lru and lru.weight == 3
+    assert lru.get("b") == "B" and list(lru) == ["c", "d", "b"]  # b is now the most recent
+    lru.put("e", "E")
+    assert list(lru) == ["d", "b", "e"] and lru.get("c") is None and lru.get("c", 0) == 0
+    lru.put("d", "D2")  # replacing moves it to the end, not a second entry
+    assert list(lru) == ["b", "e", "d"] and len(lru) == 3 and lru.get("d") == "D2"
+    assert lru.pop("b") == "B" and lru.pop("b") is None and len(lru) == 2
+
+    sized = LRU(10, weigh=len)  # by weight: at most 10 in total, the newest kept however heavy
+    sized.put(1, "xxxx")
+    sized.put(2, "xxxxxx")
+    assert list(sized) == [1, 2] and sized.weight == 10  # exactly the limit: both stay
+    sized.put(3, "x")
+    assert list(sized) == [2, 3] and sized.weight == 7
+    sized.put(4, "x" * 25)
+    assert list(sized) == [4] and sized.weight == 25
+    sized.clear()
+    assert len(sized) == 0 and sized.weight == 0
+    with pytest.raises(ValueError):
+        LRU(0)
+
+
+def test_every_store_cache_is_an_lru_used_under_the_lock(tmp_path):
+    """Every cache the Store keeps is bounded (one LRU helper), and each piece of its shared
+    state is read and written inside ``with self._lock`` (or handed to ``_kept``, which takes
+    it); read from store.py's source, so a new unlocked use fails here."""
+    import ast
+    import sys
+    sys.path.insert(0, str(APP.parents[1]))
+    from apps.cells.lru import LRU
+    from apps.cells.store import Store
+    store = Store(tmp_path)
+    try:
+        state = {k for k, v in vars(store).items() if isinstance(v, (dict, list, set, LRU))}
+        caches = {k for k, v in vars(store).items() if isinstance(v, LRU)}
+        assert state - caches == {"_progress"}  # a pass's progress, dropped when the pass ends
+        assert caches == {"_recordings", "_errors", "_analyses", "_features", "_frames", "_models", "_columns",
+                          "_fallback", "_held", "_jobs"}  # _analyses: (analysis, summaries) of a recording
+        assert all(v.limit >= 1 for k, v in vars(store).items() if k in caches)
+    finally:
+        store.close()
+    tree = ast.parse((APP / "store.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Store")
+    parents = {child: node for node in ast.walk(cls) for child in ast.iter_child_nodes(node)}
+
+    def locked(node) -> bool:
+        while node in parents:
+            node = parents[node]
+            if isinstance(node, ast.With) and any(ast.unparse(i.context_expr) == "self._lock" for i in node.items):
+                return True
+            if isinstance(node, ast.FunctionDef):
+                return False
+        return False
+
+    unlocked = []
+    for method in cls.body:
+        if not isinstance(method, ast.FunctionDef) or method.name == "__init__":
+            continue
+        for node in ast.walk(method):
+            if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "self" and node.attr in state:
+                call = parents.get(node)
+                handed = isinstance(call, ast.Call) and ast.unparse(call.func) == "self._kept" and node in call.args
+                if not (locked(node) or handed):
+                    unlocked.append(f"{method.name}: self.{node.attr} (line {node.lineno})")
+    assert unlocked == []
+
+
 # ---- select & match ---------------------------------------------------------------------------
 
 def stacked(p: Page) -> list[tuple[str, list[int]]]:
@@ -844,15 +971,17 @@ def test_typed_cells_are_stacked_rows(page):
 def test_the_search_waits_for_its_index_without_blocking_the_page(page):
     """The on/off index is made ready in the background: until then the cells are listed and
     the tab says the index is being built; the matches follow when it is ready."""
-    from concurrent.futures import Future
+    from apps.cells.tabs.match import index_key
     p = page(recording="tiny.h5", layer=1, stream="c", threshold=0.25)
-    pending = Future()  # as if the index of (layer 1, c, 0.25) were still being built
-    p.doc.session_context.server_context.cells._indexes[("tiny.h5", 1, "c", 0.25)] = pending
+    store = p.doc.session_context.server_context.cells
+    gate = threading.Event()  # the store's background work for the index of (layer 1, c, 0.25) waits on it
+    pending = store.background(index_key("tiny.h5", 1, "c", 0.25), gate.wait, 60)
     a = TEXT.index("{name}!")
     p.set("match-span", value=f"{a}:{a + 4}")
     assert "building the on/off index of layer 1 c at 0.25" in p["match-note"].text
     assert 'class="cell">1:c:' in p["match-cells"].text and p["match-table"].source.data["start"] == []
-    pending.set_result(None)
+    assert not pending.done()
+    gate.set()
     p.wait_for(lambda: len(p["match-table"].source.data["start"]) > 0)
     assert "best places over the whole recording" in p["match-note"].text and p.message == ""
 

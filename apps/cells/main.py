@@ -2,14 +2,13 @@
 
     bokeh serve apps/cells --args --recordings recordings/
     http://localhost:5006/cells?recording=stdlib-test.h5&layer=1&stream=c&unit=42&start=0
-    http://localhost:5006/cells?…&span=5010:5016&threshold=0.3&cells=0:c:89,1:c:120   (select & match)
 
 A bare URL opens on the best cell for in_short_string in a window of strings (``selection.opening``).
 
 Order as in Bokeh's movies example: data → widgets → callbacks → layout → first update →
 add_root. The text window is ``window.py``; each tab is a module in ``tabs/`` (add one:
-write the module, add its name to ``TABS``). Every change of selection goes through
-``Session.select``, which redraws each view.
+write the module, add its name to ``TABS``; a tab's own URL keys are its ``PARAMS``).
+Every change of selection goes through ``Session.select``, which redraws each view.
 """
 from functools import partial
 from importlib import import_module
@@ -31,8 +30,10 @@ TABS = ["card", "leaderboard", "match", "saturation", "live", "intervene", "sali
 # ---- data -----------------------------------------------------------------------------------
 doc = curdoc()
 store = store_for(doc)
+tab_modules = [import_module(f".tabs.{name}", __package__) for name in TABS]
+params = tuple(param for module in tab_modules for param in getattr(module, "PARAMS", ()))  # tabs' URL keys
 arguments = doc.session_context.request.arguments if doc.session_context else {}  # the URL query
-sel, url_problems = from_query(arguments, store)
+sel, url_problems = from_query(arguments, store, params)
 session = Session(doc, store, sel, views.message_div(name="message", sizing_mode="stretch_width"))
 
 # ---- widgets --------------------------------------------------------------------------------
@@ -50,7 +51,6 @@ controls = dict(
 url_state = Div(text="", visible=False, name="url-state", disable_math=True)
 notice_view = notice.build(session)  # while the analysis pass runs
 text_window = window.build(session)
-tab_modules = [import_module(f".tabs.{name}", __package__) for name in TABS]
 tabs = [module.build(session) for module in tab_modules]
 
 
@@ -91,5 +91,5 @@ body = column(head.child, notice_view.child, text_window.child, panels, name="bo
 session.views = [notice_view, text_window, *tabs, head]  # widgets and address last: they say what is shown
 
 # ---- first update ---------------------------------------------------------------------------
-session.start(url_problems, bare=is_bare(arguments))
+session.start(url_problems, bare=is_bare(arguments, params))
 doc.add_root(column(session.message, body, url_state, sizing_mode="stretch_width"))

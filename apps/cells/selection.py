@@ -1,21 +1,19 @@
 """What a page shows, as in its URL: ``?recording=…&layer=1&stream=c&unit=42&start=0…``,
-and the hypothesis search's ``span=5010:5016&threshold=0.3&cells=0:c:89,1:c:120``.
+then the keys tabs add to it (a tab's ``PARAMS``: ``Param``, kept in ``Selection.extra``).
 
 Plain data and checks, no Bokeh: ``from_query`` reads a URL's arguments, ``fit`` clamps
 the selection into the open recording. Each refusal becomes one message for the page.
 """
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable
 from urllib.parse import urlencode
 
 import numpy as np
 
-from probe.analysis import match
 from probe.errors import ProbeError
-from probe.recording.h5format import RANGE, STREAMS
+from probe.recording.h5format import STREAMS
 from probe.recording.reader import Recording
 from probe.text.features import FEATURES
 
@@ -29,20 +27,32 @@ def is_stream_name(name: str) -> bool:
     """A name a stream can have: a recorded one, or a derived one's (``probe encode``: a
     plain identifier); whether the open recording has it is ``fit``'s to say."""
     return name in STREAM_NAMES or (name.isidentifier() and name.isascii() and len(name) <= 32)
+
+
 PREFERRED_STREAMS = ("c", "h")  # what a page shows when its URL names no stream: c if recorded, else h
 WINDOWS = (1000, 2000, 5000, 10000)
 DEFAULT_WINDOW = 2000       # characters shown at first: fewer spans for the browser to draw
-DEFAULT_THRESHOLD = 0.3     # a unit is on at a character when its value (tanh(c) for c) is >= this
-MAX_CELLS = 32              # cells a URL or the cells box may list
-MAX_SPAN = 2000             # characters a span may cover: cells on over longer ones are rare
 VIEW_KEYS = ("recording", "layer", "stream", "unit", "start", "window", "feature")
-URL_KEYS = VIEW_KEYS + ("span", "threshold", "cells")
-Cell = tuple[int, str, int]  # (layer, stream, unit), written 1:c:120
+
+
+@dataclass(frozen=True)
+class Param:
+    """A key a tab adds to the URL, kept in ``Selection.extra``. ``read(text)``: the value
+    of the URL's text and a message for each part refused; ``fit(value, sel, rec)``: the
+    value kept in the open recording and a message for each change (after the view keys
+    are fitted); ``write(value)``: its text in the URL, or None to leave it out."""
+
+    key: str
+    default: object
+    read: Callable[[str], tuple[object, list[str]]]
+    write: Callable[[object], str | None]
+    fit: Callable[[object, "Selection", Recording], tuple[object, list[str]]] = lambda value, sel, rec: (value, [])
 
 
 @dataclass
 class Selection:
-    """What the page shows; the same names as the URL query and the probe CLI."""
+    """What the page shows; the same names as the URL query and the probe CLI. Tabs' own
+    keys (their ``Param``s) are in ``extra``."""
 
     recording: str | None = None
     layer: int = 0
@@ -51,74 +61,42 @@ class Selection:
     start: int = 0
     window: int = DEFAULT_WINDOW
     feature: str = "in_string"
-    span: tuple[int, int] | None = None   # characters [start, stop) selected to find the cells on
-    threshold: float = DEFAULT_THRESHOLD  # what "on" means for the span and the matches
-    cells: tuple[Cell, ...] = ()          # typed rows for the stacked view (else the span's cells)
+    extra: dict[str, object] = field(default_factory=dict)  # a tab's key: its value
+    params: tuple[Param, ...] = field(default=(), compare=False, repr=False)  # the tabs' keys, in URL order
+
+    @classmethod
+    def with_params(cls, params: tuple[Param, ...] = ()) -> "Selection":
+        """The default selection, with the tabs' keys at their defaults."""
+        return cls(extra={p.key: p.default for p in params}, params=tuple(params))
 
     @property
     def cell(self) -> tuple:
         """(recording, layer, stream, unit): views redraw what depends on the cell when it changes."""
         return self.recording, self.layer, self.stream, self.unit
 
-    @property
-    def matching(self) -> tuple:
-        """(recording, layer, stream, span, threshold): what the span's cells and matches depend on."""
-        return self.recording, self.layer, self.stream, self.span, self.threshold
+    def set(self, **changes) -> None:
+        """Change view keys and tabs' keys alike; a key nobody owns is a programming error."""
+        own = {f.name for f in fields(self)} - {"extra", "params"}
+        for key, value in changes.items():
+            if key in own:
+                setattr(self, key, value)
+            elif key in self.extra:
+                self.extra[key] = value
+            else:
+                raise KeyError(f"no key {key!r} in the selection (view keys and the tabs' PARAMS)")
+
+    def copy(self) -> "Selection":
+        return replace(self, extra=dict(self.extra))
 
     def query(self) -> str:
-        """The URL query; the hypothesis-search keys only when set (older links stay the same)."""
+        """The URL query: the view keys, then each tab's keys when they say so (a link
+        without them stays the same)."""
         q = {k: getattr(self, k) for k in VIEW_KEYS if getattr(self, k) is not None}
-        if self.span is not None:
-            q["span"] = f"{self.span[0]}:{self.span[1]}"
-        if self.threshold != DEFAULT_THRESHOLD:
-            q["threshold"] = f"{self.threshold:g}"
-        if self.cells:
-            q["cells"] = cells_text(self.cells)
+        for param in self.params:
+            text = param.write(self.extra[param.key])
+            if text is not None:
+                q[param.key] = text
         return urlencode(q, safe=":,")
-
-
-def cells_text(cells) -> str:
-    return ",".join(f"{layer}:{stream}:{unit}" for layer, stream, unit in cells)
-
-
-_CELL = re.compile(r"(\d+):([A-Za-z_][A-Za-z0-9_]*):(\d+)")
-
-
-def parse_cells(text: str) -> tuple[tuple[Cell, ...], list[str]]:
-    """``"0:c:89, 1:c:120"`` → ((0, "c", 89), (1, "c", 120)), and the parts that are not
-    LAYER:STREAM:UNIT (whole numbers, a stream name) or are one too many."""
-    cells, bad = [], []
-    for part in re.split(r"[,\s]+", text.strip()):
-        m = _CELL.fullmatch(part)
-        if not part:
-            continue
-        if m is None or not is_stream_name(m.group(2)):
-            bad.append(part)
-        elif len(cells) >= MAX_CELLS:
-            bad.append(f"{part} (more than {MAX_CELLS} cells)")
-        else:
-            cell = (int(m.group(1)), m.group(2), int(m.group(3)))
-            if cell not in cells:
-                cells.append(cell)
-    return tuple(cells), bad
-
-
-def parse_span(text: str) -> tuple[int, int]:
-    """``"5010:5016"`` → (5010, 5016); a ProbeError if it is not START:STOP."""
-    m = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", text)
-    if m is None:
-        raise ProbeError(f"span {text!r} is not START:STOP (two whole numbers, like 5010:5016)")
-    return int(m.group(1)), int(m.group(2))
-
-
-def parse_threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ProbeError(f"threshold {text!r} is not a number (like 0.3)")
-    return round(value, 4)
 
 
 def _arg(arguments: dict, key: str) -> str | None:
@@ -140,14 +118,15 @@ def _int(arguments: dict, key: str, problems: list[str]) -> int | None:
         return None
 
 
-def from_query(arguments: dict, store: Store) -> tuple[Selection, list[str]]:
+def from_query(arguments: dict, store: Store, params: tuple[Param, ...] = ()) -> tuple[Selection, list[str]]:
     """The selection a URL asks for, and a message for each part of it that was refused.
 
-    ``arguments`` as Bokeh gives them (``{"unit": [b"5"]}``). Only the recording name is
-    checked against the folder here; layer and unit are checked by ``fit`` once it is open.
+    ``arguments`` as Bokeh gives them (``{"unit": [b"5"]}``); ``params``: the tabs' keys.
+    Only the recording name is checked against the folder here; layer, unit and the tabs'
+    keys are checked by ``fit`` once it is open.
     """
     problems: list[str] = []
-    sel = Selection()
+    sel = Selection.with_params(params)
     names = store.names()
     name = _arg(arguments, "recording")
     if name is not None:
@@ -180,30 +159,17 @@ def from_query(arguments: dict, store: Store) -> tuple[Selection, list[str]]:
         problems.append(f"feature={sel.feature!r} in the URL is not one of {', '.join(FEATURES)}; "
                         f"showing {FEATURES[0]}")
         sel.feature = FEATURES[0]
-    span = _arg(arguments, "span")
-    if span is not None:
-        try:
-            sel.span = parse_span(span)
-        except ProbeError as e:
-            problems.append(f"{e} in the URL; no span selected")
-    threshold = _arg(arguments, "threshold")
-    if threshold is not None:
-        try:
-            sel.threshold = parse_threshold(threshold)
-        except ProbeError as e:
-            problems.append(f"{e} in the URL; using {DEFAULT_THRESHOLD:g}")
-    cells = _arg(arguments, "cells")
-    if cells is not None:
-        sel.cells, bad = parse_cells(cells)
-        if bad:
-            problems.append(f"cells={cells!r} in the URL: {', '.join(repr(b) for b in bad)} "
-                            "not LAYER:STREAM:UNIT (like 0:c:89, 1:c:120); left out")
+    for param in params:
+        text = _arg(arguments, param.key)
+        if text is not None:
+            sel.extra[param.key], said = param.read(text)
+            problems.extend(said)
     return sel, problems
 
 
-def is_bare(arguments: dict) -> bool:
+def is_bare(arguments: dict, params: tuple[Param, ...] = ()) -> bool:
     """The URL asks for nothing: the page opens on the dashboard's own choice (``opening``)."""
-    return not any(key in arguments for key in URL_KEYS)
+    return not any(key in arguments for key in VIEW_KEYS + tuple(p.key for p in params))
 
 
 def fit(sel: Selection, rec: Recording) -> list[str]:
@@ -234,7 +200,9 @@ def fit(sel: Selection, rec: Recording) -> list[str]:
         problems.append(f"start={sel.start} is outside {rec.path.name} ({T:,} characters); "
                         f"showing characters {start:,}–{min(T, start + sel.window):,}")
     sel.start = start
-    problems.extend(fit_search(sel, rec))
+    for param in sel.params:
+        sel.extra[param.key], said = param.fit(sel.extra[param.key], sel, rec)
+        problems.extend(said)
     return problems
 
 
@@ -242,40 +210,6 @@ def default_stream(streams) -> str:
     """The stream shown when none (or one the recording lacks) is asked for: c for an LSTM,
     else h (every kind records it), else the first."""
     return next((s for s in PREFERRED_STREAMS if s in streams), streams[0])
-
-
-def fit_search(sel: Selection, rec: Recording) -> list[str]:
-    """Drop a span outside the recording, a threshold the stream cannot cross and cells the
-    recording does not have; a message for each."""
-    problems = []
-    name, T = rec.path.name, len(rec)
-    if sel.span is not None:
-        a, b = sel.span
-        if a >= b:
-            problems.append(f"span={a}:{b} is empty (its stop must be after its start); no span selected")
-            sel.span = None
-        elif not (0 <= a and b <= T):
-            problems.append(f"span={a}:{b} is outside {name} (characters 0:{T}); no span selected")
-            sel.span = None
-        elif b - a > MAX_SPAN:
-            problems.append(f"span={a}:{b} is longer than {MAX_SPAN:,} characters; no span selected")
-            sel.span = None
-    try:
-        match.check_threshold(sel.stream, sel.threshold)
-    except ProbeError:
-        low, high = RANGE.get(sel.stream) or (-1.0, 1.0)
-        what = "tanh(c)" if sel.stream == "c" else sel.stream
-        problems.append(f"threshold={sel.threshold:g} is out of range for stream {sel.stream}: {what} "
-                        f"lies between {low:g} and {high:g}, so a threshold must lie strictly inside; "
-                        f"using {DEFAULT_THRESHOLD:g}")
-        sel.threshold = DEFAULT_THRESHOLD
-    unknown = [c for c in sel.cells if not (c[0] in rec.layer_ids and c[1] in rec.streams_of(c[0])
-                                            and 0 <= c[2] < rec.units_of(c[0], c[1]))]
-    if unknown:
-        problems.append(f"no cell {cells_text(unknown).replace(',', ', ')} in {name} (layers 0..{rec.layers - 1}, "
-                        f"streams {' '.join(rec.streams)}, units 0..{rec.units - 1}); left out of the rows")
-        sel.cells = tuple(c for c in sel.cells if c not in unknown)
-    return problems
 
 
 def clamp_start(start: int, window: int, length: int) -> int:

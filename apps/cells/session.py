@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
@@ -41,7 +41,8 @@ class View:
     ``update(sel)`` runs after every change of selection (redraw only what changed: compare
     ``sel.cell``); ``clear()`` when the recording cannot be opened; ``on_analysis(result)``
     when a recording's analysis starts (None), fails (the exception) or is ready (its dict);
-    ``on_show()`` when its tab is opened.
+    ``on_show()`` when its tab is opened; ``marks(sel)``: ranges [start, stop) of the window's
+    text to mark, with the class that marks them (``views.TEXT_CSS``: sel, hit).
     """
 
     child: LayoutDOM
@@ -49,6 +50,7 @@ class View:
     clear: Callable[[], None] = _nothing
     on_analysis: Callable[[object], None] = _nothing
     on_show: Callable[[], None] = _nothing
+    marks: Callable[[Selection], list[tuple[int, int, str]]] = lambda sel: []
 
 
 @dataclass(eq=False)
@@ -68,13 +70,11 @@ class Session:
     values: np.ndarray | None = None  # [stop - start] the selected cell over the visible window
     analysis: object = None           # the recording's analysis: None, the exception, or its dict
     quiet: bool = False               # widgets are being set from the selection
-    mark: tuple | None = None         # (sel.matching, start, stop): the match jumped to, marked in the text
     pending: Selection | None = None  # a bare URL's view, to leave for ``opening`` if still untouched
 
     def select(self, **changes) -> None:
         """The one way the selection changes (widgets, table, scatter, overview, paging)."""
-        for key, value in changes.items():
-            setattr(self.sel, key, value)
+        self.sel.set(**changes)
         self.problems.clear()
         sel = self.sel
         try:
@@ -113,7 +113,7 @@ class Session:
             try:
                 result = self.store.analysis(self.sel.recording).result(timeout=OPENING_WAIT)
             except FutureTimeout:
-                self.pending = replace(self.sel)
+                self.pending = self.sel.copy()
             except Exception:  # noqa: BLE001 - the analysis failed: its views say so
                 pass
             else:

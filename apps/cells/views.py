@@ -22,9 +22,9 @@ TEXT_CSS = render.css() + """
 .card .pos { font: 11px monospace; width: 72px; color: #888; padding-left: 8px; }
 .card .probe-text { max-height: none; overflow: visible; padding: 0 2px; border: none; }
 .note { color: #555; font: 13px sans-serif; }
+/* marks views put on the window's text (View.marks): sel underlined black, hit orange */
 .probe-text .sel { box-shadow: inset 0 -3px 0 #111; }
 .probe-text .hit { box-shadow: inset 0 -3px 0 #e08214; }
-.probe-text .anchor { outline: 2px solid #e08214; outline-offset: -1px; }
 .pickable span[title] { cursor: text; }
 """
 MESSAGE_CSS = """
@@ -68,68 +68,11 @@ def mark_range(coloured: str, start: int, a: int, b: int, cls: str) -> str:
     return '<span class="'.join(parts)
 
 
-# Select a span in coloured text marked ``pickable`` (the window, the stacked rows) while
-# ``target`` (a TextInput) is on screen, i.e. its tab is open (elsewhere the mouse selects text
-# as usual): press on one character and release on another, or click one character and then
-# another. The span START:STOP goes into ``target.value``, which the server hears. Listeners
-# sit on the document (added once): Divs redraw their shadow roots, and events cross open
-# shadow roots, so ``composedPath`` still holds the character's <span title="POS  …">.
-PICK_JS = """
-if (window.probePick) return;
-window.probePick = true;
-let down = null, anchor = null, anchorEl = null;
-function charAt(e) {
-  const view = Bokeh.index.find_one(target);
-  if (view == null || !view.el.checkVisibility({visibilityProperty: true, checkVisibilityCSS: true}))
-    return null;  // hidden tabs are visibility: hidden
-  let ch = null;
-  for (const el of e.composedPath()) {
-    if (!(el instanceof Element)) continue;
-    if (ch === null && el.tagName === "SPAN" && /^\\d+ /.test(el.title || "")) ch = el;
-    if (el.classList.contains("pickable"))
-      return ch === null ? null : {pos: parseInt(ch.title, 10), el: ch};
-  }
-  return null;
-}
-function drop() {
-  if (anchorEl) anchorEl.classList.remove("anchor");
-  anchor = anchorEl = null;
-}
-document.addEventListener("mousedown", (e) => {
-  const c = e.button === 0 ? charAt(e) : null;
-  down = c ? c.pos : null;
-}, true);
-document.addEventListener("mouseup", (e) => {
-  const c = charAt(e), from = down;
-  down = null;
-  if (c === null || from === null) return;
-  let lo, hi;
-  if (c.pos !== from) {                       // dragged from one character to another
-    lo = Math.min(from, c.pos); hi = Math.max(from, c.pos) + 1;
-  } else if (anchor === null) {               // first click: remember it
-    anchor = c.pos; anchorEl = c.el; c.el.classList.add("anchor");
-    return;
-  } else {                                    // second click: the span between the two
-    lo = Math.min(anchor, c.pos); hi = Math.max(anchor, c.pos) + 1;
-  }
-  drop();
-  const sel = window.getSelection();
-  if (sel) sel.removeAllRanges();
-  target.value = lo + ":" + hi;
-}, true);
-document.addEventListener("keydown", (e) => { if (e.key === "Escape") drop(); });
-"""
-
-
-def span_picker(target) -> CustomJS:
-    """The listeners of ``PICK_JS``, for ``doc.js_on_event("document_ready", …)``."""
-    return CustomJS(args=dict(target=target), code=PICK_JS)
-
-
 # Point at one character of ``pickable`` text while ``gate`` (a widget of a tab) is on screen,
 # i.e. its tab is open: a click writes "POS N" (N counts clicks, so clicking the same character
-# again is heard) into ``target.text`` (a hidden Div), which the server hears. As ``PICK_JS``:
-# listeners on the document, once per gate; the character is the <span title="POS  …">.
+# again is heard) into ``target.text`` (a hidden Div), which the server hears. Listeners sit
+# on the document, once per gate: Divs redraw their shadow roots, and events cross open
+# shadow roots, so ``composedPath`` still holds the character's <span title="POS  …">.
 POINT_JS = """
 const key = "probePoint" + gate.id;
 if (window[key]) return;

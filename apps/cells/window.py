@@ -1,7 +1,7 @@
 """The window onto the text, always shown: paging, the colour legend and where the window
 is, the whole recording as one strip, the coloured text, and the cell's trace beside a
-feature. The selected span is underlined (black) and a match jumped to (orange); the text
-is ``pickable``: a span is selected in it with the mouse (``views.PICK_JS``)."""
+feature. Tabs may mark ranges of the text (``View.marks``); the text is ``pickable``: tabs
+pick characters in it with the mouse (as ``views.POINT_JS`` does)."""
 from __future__ import annotations
 
 import html
@@ -9,7 +9,15 @@ import html
 import numpy as np
 from bokeh.events import Tap
 from bokeh.layouts import column, row
-from bokeh.models import BoxAnnotation, Button, ColumnDataSource, HoverTool, LinearAxis, Range1d, Spinner
+from bokeh.models import (
+    BoxAnnotation,
+    Button,
+    ColumnDataSource,
+    HoverTool,
+    LinearAxis,
+    Range1d,
+    Spinner,
+)
 from bokeh.plotting import figure
 
 from probe.output import render
@@ -44,8 +52,9 @@ def build(session: Session) -> View:
             overview.x_range.start, overview.x_range.end = 0, len(rec)
             shown = sel.cell
         a, b = session.span
+        marks = [m for view in session.views for m in view.marks(sel)]
         text.text = marked(render.colored_html(rec.text[a:b], values, sel.stream, start=a, scale=session.scale,
-                                               root_class="probe-text pickable"), a, sel, session.mark)
+                                               root_class="probe-text pickable"), a, marks)
         status.text = status_html(rec, a, b)
         box.left, box.right = a, b
         feat = session.store.feature(sel.recording, sel.feature)[a:b]  # [n]
@@ -80,12 +89,10 @@ def build(session: Session) -> View:
     return View(layout, update, clear)
 
 
-def marked(coloured: str, start: int, sel: Selection, mark: tuple | None) -> str:
-    """Coloured text starting at ``start`` with the selected span and the match jumped to marked."""
-    if sel.span is not None:
-        coloured = mark_range(coloured, start, *sel.span, "sel")
-    if mark is not None and mark[0] == sel.matching:
-        coloured = mark_range(coloured, start, mark[1], mark[2], "hit")
+def marked(coloured: str, start: int, marks: list[tuple[int, int, str]]) -> str:
+    """Coloured text starting at ``start`` with each mark's characters [a, b) given its class."""
+    for a, b, cls in marks:
+        coloured = mark_range(coloured, start, a, b, cls)
     return coloured
 
 

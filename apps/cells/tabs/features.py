@@ -8,7 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, DataTable, NumberFormatter, Select, TableColumn
+from bokeh.models import (
+    ColumnDataSource,
+    DataTable,
+    NumberFormatter,
+    Select,
+    TableColumn,
+)
 
 from probe.analysis import detectors
 

@@ -2,23 +2,33 @@
 list the cells on over it, show them as stacked rows under the window's text, and find
 where else they are on together over the whole recording, with what those places share.
 
+Everything of this tab is here: its keys in the URL (``PARAMS``: span, threshold, cells,
+with their parsers and checks), the JavaScript that picks a span with the mouse
+(``PICK_JS``), the marks it puts on the window's text (``View.marks``) and the on/off index
+it has built in the background (``index_ready``). Without this module in main.py's
+``TABS`` the dashboard works as before, only without these keys.
+
 A span is selected with the mouse in the window's text (press on one character and release
-on another, or click two characters: ``views.PICK_JS``) or typed as START:STOP. The
-selection (span, threshold, typed cells) is part of the URL. The search runs when the span,
+on another, or click two characters) or typed as START:STOP. The search runs when the span,
 threshold, recording, layer or stream change, never on paging or a change of unit; the
-on/off index it reads is made ready in the background the first time (``store.match_index``).
+on/off index it reads is made ready in the background the first time.
 """
 from __future__ import annotations
 
 import html
+import math
+import re
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import (
     Button,
     ColumnDataSource,
+    CustomJS,
     DataTable,
     Div,
     HTMLTemplateFormatter,
@@ -32,10 +42,21 @@ from bokeh.models import (
 from probe.analysis import match
 from probe.errors import ProbeError
 from probe.output import render
+from probe.recording.h5format import RANGE
+from probe.recording.reader import Recording, open_recording
 
-from ..selection import Selection, cells_text, clamp_start, parse_cells, parse_span
+from ..selection import Param, Selection, clamp_start, is_stream_name
 from ..session import Session, View, on_next_tick
-from ..views import MESSAGE_CSS, TEXT_CSS, mark_range, message_html, note_div, note_html, reason, span_picker
+from ..store import Store
+from ..views import (
+    MESSAGE_CSS,
+    TEXT_CSS,
+    mark_range,
+    message_html,
+    note_div,
+    note_html,
+    reason,
+)
 
 TITLE = "select & match"
 TOP = 50              # matches listed
@@ -47,7 +68,214 @@ BEFORE, SHOWN, AFTER = 20, 50, 20  # a match's snippet: context, matched charact
 COUNT = "i"           # the count of cells on is coloured with a gate's palette: white 0 → purple all
 COLUMNS = ("start", "stop", "length", "n_on", "n_union", "jaccard", "snippet")
 EXPLAIN = ("feature", "matched", "overall", "enrichment")
+DEFAULT_THRESHOLD = 0.3     # a unit is on at a character when its value (tanh(c) for c) is >= this
+MAX_CELLS = 32              # cells a URL or the cells box may list
+MAX_SPAN = 2000             # characters a span may cover: cells on over longer ones are rare
+Cell = tuple[int, str, int]  # (layer, stream, unit), written 1:c:120
 
+# ---- the URL: span=5010:5016&threshold=0.3&cells=0:c:89,1:c:120 --------------------------------
+
+
+def cells_text(cells) -> str:
+    return ",".join(f"{layer}:{stream}:{unit}" for layer, stream, unit in cells)
+
+
+_CELL = re.compile(r"(\d+):([A-Za-z_][A-Za-z0-9_]*):(\d+)")
+
+
+def parse_cells(text: str) -> tuple[tuple[Cell, ...], list[str]]:
+    """``"0:c:89, 1:c:120"`` → ((0, "c", 89), (1, "c", 120)), and the parts that are not
+    LAYER:STREAM:UNIT (whole numbers, a stream name) or are one too many."""
+    cells, bad = [], []
+    for part in re.split(r"[,\s]+", text.strip()):
+        m = _CELL.fullmatch(part)
+        if not part:
+            continue
+        if m is None or not is_stream_name(m.group(2)):
+            bad.append(part)
+        elif len(cells) >= MAX_CELLS:
+            bad.append(f"{part} (more than {MAX_CELLS} cells)")
+        else:
+            cell = (int(m.group(1)), m.group(2), int(m.group(3)))
+            if cell not in cells:
+                cells.append(cell)
+    return tuple(cells), bad
+
+
+def parse_span(text: str) -> tuple[int, int]:
+    """``"5010:5016"`` → (5010, 5016); a ProbeError if it is not START:STOP."""
+    m = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", text)
+    if m is None:
+        raise ProbeError(f"span {text!r} is not START:STOP (two whole numbers, like 5010:5016)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ProbeError(f"threshold {text!r} is not a number (like 0.3)")
+    return round(value, 4)
+
+
+def read_span(text: str) -> tuple[tuple[int, int] | None, list[str]]:
+    try:
+        return parse_span(text), []
+    except ProbeError as e:
+        return None, [f"{e} in the URL; no span selected"]
+
+
+def read_threshold(text: str) -> tuple[float, list[str]]:
+    try:
+        return parse_threshold(text), []
+    except ProbeError as e:
+        return DEFAULT_THRESHOLD, [f"{e} in the URL; using {DEFAULT_THRESHOLD:g}"]
+
+
+def read_cells(text: str) -> tuple[tuple[Cell, ...], list[str]]:
+    cells, bad = parse_cells(text)
+    said = [f"cells={text!r} in the URL: {', '.join(repr(b) for b in bad)} not LAYER:STREAM:UNIT "
+            "(like 0:c:89, 1:c:120); left out"] if bad else []
+    return cells, said
+
+
+def fit_span(span, sel: Selection, rec: Recording) -> tuple[tuple[int, int] | None, list[str]]:
+    """No span outside the recording, empty or longer than ``MAX_SPAN``."""
+    if span is None:
+        return None, []
+    (a, b), name, T = span, rec.path.name, len(rec)
+    if a >= b:
+        return None, [f"span={a}:{b} is empty (its stop must be after its start); no span selected"]
+    if not (0 <= a and b <= T):
+        return None, [f"span={a}:{b} is outside {name} (characters 0:{T}); no span selected"]
+    if b - a > MAX_SPAN:
+        return None, [f"span={a}:{b} is longer than {MAX_SPAN:,} characters; no span selected"]
+    return span, []
+
+
+def fit_threshold(threshold: float, sel: Selection, rec: Recording) -> tuple[float, list[str]]:
+    """No threshold the stream cannot cross."""
+    try:
+        match.check_threshold(sel.stream, threshold)
+    except ProbeError:
+        low, high = RANGE.get(sel.stream) or (-1.0, 1.0)
+        what = "tanh(c)" if sel.stream == "c" else sel.stream
+        return DEFAULT_THRESHOLD, [
+            f"threshold={threshold:g} is out of range for stream {sel.stream}: {what} lies between "
+            f"{low:g} and {high:g}, so a threshold must lie strictly inside; using {DEFAULT_THRESHOLD:g}"]
+    return threshold, []
+
+
+def fit_cells(cells: tuple[Cell, ...], sel: Selection, rec: Recording) -> tuple[tuple[Cell, ...], list[str]]:
+    """No cell the recording does not have."""
+    unknown = [c for c in cells if not (c[0] in rec.layer_ids and c[1] in rec.streams_of(c[0])
+                                        and 0 <= c[2] < rec.units_of(c[0], c[1]))]
+    if not unknown:
+        return cells, []
+    return tuple(c for c in cells if c not in unknown), [
+        f"no cell {cells_text(unknown).replace(',', ', ')} in {rec.path.name} (layers 0..{rec.layers - 1}, "
+        f"streams {' '.join(rec.streams)}, units 0..{rec.units - 1}); left out of the rows"]
+
+
+PARAMS = (
+    Param("span", None, read_span, lambda span: None if span is None else f"{span[0]}:{span[1]}", fit_span),
+    Param("threshold", DEFAULT_THRESHOLD, read_threshold,
+          lambda t: None if t == DEFAULT_THRESHOLD else f"{t:g}", fit_threshold),
+    Param("cells", (), read_cells, lambda cells: cells_text(cells) or None, fit_cells),
+)
+
+
+def matching(sel: Selection) -> tuple:
+    """(recording, layer, stream, span, threshold): what the span's cells and matches depend on."""
+    return sel.recording, sel.layer, sel.stream, sel.extra["span"], sel.extra["threshold"]
+
+
+# ---- the on/off index, built once in the background ---------------------------------------------
+
+def index_key(name: str, layer: int, stream: str, threshold: float) -> tuple:
+    return ("match-index", name, int(layer), stream, float(threshold))
+
+
+def index_ready(store: Store, name: str, layer: int, stream: str, threshold: float) -> Future:
+    """``match.index`` made ready in the store's background thread (read from beside the
+    recording, or built once, a second per 200,000 characters); when the future is done,
+    ``match.index`` on the open recording is a memory read. Its result is None."""
+    return store.background(index_key(name, layer, stream, threshold), _ready_index, store.folder / name,
+                            layer, stream, threshold)
+
+
+def _ready_index(path: Path, layer: int, stream: str, threshold: float) -> None:
+    """Load or build the on/off index on a recording opened for this thread: ``match`` keeps
+    it in memory (and beside the recording) for the session's own ``match.index``."""
+    with open_recording(path) as rec:
+        match.index(rec, layer, stream, threshold)
+
+
+# ---- picking a span with the mouse ----------------------------------------------------------------
+
+# Select a span in coloured text marked ``pickable`` (the window, the stacked rows) while
+# ``target`` (a TextInput) is on screen, i.e. its tab is open (elsewhere the mouse selects text
+# as usual): press on one character and release on another, or click one character and then
+# another. The span START:STOP goes into ``target.value``, which the server hears. Listeners
+# sit on the document (added once): Divs redraw their shadow roots, and events cross open
+# shadow roots, so ``composedPath`` still holds the character's <span title="POS  …">. The
+# first of two clicks is outlined (an inline style: the character may be in any view's root).
+PICK_JS = """
+if (window.probePick) return;
+window.probePick = true;
+let down = null, anchor = null, anchorEl = null;
+function charAt(e) {
+  const view = Bokeh.index.find_one(target);
+  if (view == null || !view.el.checkVisibility({visibilityProperty: true, checkVisibilityCSS: true}))
+    return null;  // hidden tabs are visibility: hidden
+  let ch = null;
+  for (const el of e.composedPath()) {
+    if (!(el instanceof Element)) continue;
+    if (ch === null && el.tagName === "SPAN" && /^\\d+ /.test(el.title || "")) ch = el;
+    if (el.classList.contains("pickable"))
+      return ch === null ? null : {pos: parseInt(ch.title, 10), el: ch};
+  }
+  return null;
+}
+function drop() {
+  if (anchorEl) { anchorEl.style.outline = ""; anchorEl.style.outlineOffset = ""; }
+  anchor = anchorEl = null;
+}
+document.addEventListener("mousedown", (e) => {
+  const c = e.button === 0 ? charAt(e) : null;
+  down = c ? c.pos : null;
+}, true);
+document.addEventListener("mouseup", (e) => {
+  const c = charAt(e), from = down;
+  down = null;
+  if (c === null || from === null) return;
+  let lo, hi;
+  if (c.pos !== from) {                       // dragged from one character to another
+    lo = Math.min(from, c.pos); hi = Math.max(from, c.pos) + 1;
+  } else if (anchor === null) {               // first click: remember it
+    anchor = c.pos; anchorEl = c.el;
+    c.el.style.outline = "2px solid #e08214"; c.el.style.outlineOffset = "-1px";
+    return;
+  } else {                                    // second click: the span between the two
+    lo = Math.min(anchor, c.pos); hi = Math.max(anchor, c.pos) + 1;
+  }
+  drop();
+  const sel = window.getSelection();
+  if (sel) sel.removeAllRanges();
+  target.value = lo + ":" + hi;
+}, true);
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") drop(); });
+"""
+
+
+def span_picker(target) -> CustomJS:
+    """The listeners of ``PICK_JS``, for ``doc.js_on_event("document_ready", …)``."""
+    return CustomJS(args=dict(target=target), code=PICK_JS)
+
+
+# ---- the tab --------------------------------------------------------------------------------------
 STACK_CSS = TEXT_CSS + MESSAGE_CSS + """
 .stack { max-height: 640px; overflow: auto; border: 1px solid #ddd; background: #fff; padding: 6px 8px; }
 .stack .block { margin: 0 0 8px; }
@@ -84,16 +312,28 @@ def build(session: Session) -> View:
     explain_table = explain_datatable(explain_src)
     session.doc.js_on_event("document_ready", span_picker(span_in))
 
-    state = {"key": None, "units": None, "hits": None, "rows": None}
+    # key: the matching(sel) searched; jumped: (matching(sel), start, stop) of the match shown
+    state = {"key": None, "units": None, "hits": None, "rows": None, "jumped": None}
 
     def update(sel: Selection) -> None:
+        span = sel.extra["span"]
         with session.quietly():
-            span_in.value = f"{sel.span[0]}:{sel.span[1]}" if sel.span else ""
-            threshold_in.value = sel.threshold
-            cells_in.value = cells_text(sel.cells).replace(",", ", ")
-        if sel.matching != state["key"]:
+            span_in.value = f"{span[0]}:{span[1]}" if span else ""
+            threshold_in.value = sel.extra["threshold"]
+            cells_in.value = cells_text(sel.extra["cells"]).replace(",", ", ")
+        if matching(sel) != state["key"]:
             search(sel)
         draw_rows(sel)
+
+    def marks(sel: Selection) -> list[tuple[int, int, str]]:
+        """On the window's text: the span underlined (black), the match shown (orange)."""
+        out = []
+        if sel.extra["span"] is not None:
+            out.append((*sel.extra["span"], "sel"))
+        jumped = state["jumped"]
+        if jumped is not None and jumped[0] == matching(sel):
+            out.append((jumped[1], jumped[2], "hit"))
+        return out
 
     def clear() -> None:
         state.update(key=None, units=None, hits=None, rows=None)
@@ -109,27 +349,28 @@ def build(session: Session) -> View:
     def search(sel: Selection) -> None:
         """The cells on over the span now; the matches now or once the index is ready."""
         clear()
-        key = state["key"] = sel.matching
-        if sel.span is None:
+        key = state["key"] = matching(sel)
+        span, threshold = sel.extra["span"], sel.extra["threshold"]
+        if span is None:
             cells_div.text = note_html(
                 "Select a span: click two characters of the text above (or press on one and release on "
                 "another), or type START:STOP. The cells on over it are listed and stacked below, and "
                 f"their {TOP} best matches over the whole recording are found.")
             return
-        a, b = sel.span
+        a, b = span
         try:
-            units = match.select(session.rec, sel.layer, sel.stream, a, b, sel.threshold)
+            units = match.select(session.rec, sel.layer, sel.stream, a, b, threshold)
         except ProbeError as e:
             fail(app_words(str(e)))
             return
         state["units"] = units
         cells_div.text = cells_html(session.rec.text[a:b], sel, units)
-        ready = session.store.match_index(sel.recording, sel.layer, sel.stream, sel.threshold)
+        ready = index_ready(session.store, sel.recording, sel.layer, sel.stream, threshold)
         try:
             ready.result(timeout=INDEX_WAIT)
         except FutureTimeout:
             note.text = note_html(f"building the on/off index of layer {sel.layer} {sel.stream} at "
-                                  f"{sel.threshold:g} over {len(session.rec):,} characters (once: it is "
+                                  f"{threshold:g} over {len(session.rec):,} characters (once: it is "
                                   "kept beside the recording)…")
             ready.add_done_callback(lambda f: on_next_tick(session.doc, partial(later, key)))
             return
@@ -142,7 +383,7 @@ def build(session: Session) -> View:
         """The index is ready: search, if the selection still asks for it."""
         if state["key"] == key and state["hits"] is None and session.rec is not None:
             try:
-                session.store.match_index(*key[:3], key[4]).result()
+                index_ready(session.store, *key[:3], key[4]).result()
             except Exception as e:  # noqa: BLE001 - a damaged recording: said, not raised
                 fail(f"cannot search: {reason(e)}")
                 return
@@ -151,8 +392,9 @@ def build(session: Session) -> View:
     def find(sel: Selection) -> None:
         rec, units = session.rec, state["units"]
         try:
-            hits = match.search(rec, sel.layer, sel.stream, units, sel.threshold, top=TOP)
-            counts = match.index(rec, sel.layer, sel.stream, sel.threshold)
+            threshold = sel.extra["threshold"]
+            hits = match.search(rec, sel.layer, sel.stream, units, threshold, top=TOP)
+            counts = match.index(rec, sel.layer, sel.stream, threshold)
             source.data = table_data(rec.text, hits, counts, units)
             source.selected.indices = []
             if len(hits):
@@ -175,15 +417,16 @@ def build(session: Session) -> View:
     def draw_rows(sel: Selection) -> None:
         """The window's text once per cell, aligned character by character."""
         rec = session.rec
-        cells = list(sel.cells) or [(sel.layer, sel.stream, u) for u in (state["units"] or [])]
+        span = sel.extra["span"]
+        cells = list(sel.extra["cells"]) or [(sel.layer, sel.stream, u) for u in (state["units"] or [])]
         a = sel.start
         b = min(len(rec), a + sel.window)
-        if sel.span is not None and a <= sel.span[0] < b:  # around the span, if it is in the window
-            a = max(a, min(sel.span[0] - STACK_CHARS // 5, b - STACK_CHARS))
+        if span is not None and a <= span[0] < b:  # around the span, if it is in the window
+            a = max(a, min(span[0] - STACK_CHARS // 5, b - STACK_CHARS))
             line = rec.text.rfind("\n", max(sel.start, a - BLOCK), a)
             a = line + 1 if line >= 0 else a  # from the start of a line
         b = min(b, a + STACK_CHARS)
-        key = (sel.recording, tuple(cells[:MAX_ROWS]), len(cells), a, b, sel.span)
+        key = (sel.recording, tuple(cells[:MAX_ROWS]), len(cells), a, b, span)
         if key == state["rows"]:
             return
         state["rows"] = key
@@ -197,7 +440,7 @@ def build(session: Session) -> View:
         rows_note.text = note_html(f"Stacked rows: characters {a:,}–{b:,} of the window, once per cell{more}, "
                                    "each coloured by its cell (hover for the value); the span is underlined.")
         try:
-            rows_div.text = stacked_html(rec, shown, a, b, sel.span)
+            rows_div.text = stacked_html(rec, shown, a, b, span)
         except Exception as e:  # noqa: BLE001 - a damaged stream: said, not raised
             rows_div.text = message_html([f"cannot stack the rows: {reason(e)}"])
 
@@ -213,7 +456,7 @@ def build(session: Session) -> View:
         except ProbeError as e:
             session.say(str(e))
             return
-        session.mark = None
+        state["jumped"] = None
         session.select(span=span)
 
     def on_threshold(attr, old, new) -> None:
@@ -235,7 +478,7 @@ def build(session: Session) -> View:
             return
         r = hits.iloc[new[0]]
         sel, rec = session.sel, session.rec
-        session.mark = (sel.matching, int(r["start"]), int(r["stop"]))
+        state["jumped"] = (matching(sel), int(r["start"]), int(r["stop"]))
         session.select(start=jump_start(rec.text, int(r["start"]), sel.window))
 
     span_in.on_change("value", on_span)
@@ -245,7 +488,7 @@ def build(session: Session) -> View:
     source.selected.on_change("indices", on_row)
     layout = column(row(span_in, threshold_in, cells_in, clear_btn), cells_div, rows_note, rows_div, note,
                     row(table, explain_table), sizing_mode="stretch_width")
-    return View(layout, update, clear)
+    return View(layout, update, clear, marks=marks)
 
 
 def app_words(message: str) -> str:
@@ -262,12 +505,13 @@ def jump_start(text: str, position: int, window: int) -> int:
 
 def cells_html(span_text: str, sel: Selection, units: list[int]) -> str:
     what = "tanh(c)" if sel.stream == "c" else sel.stream
+    (a, b), threshold = sel.extra["span"], sel.extra["threshold"]
     shown = span_text if len(span_text) <= 60 else span_text[:57] + "…"
     cells = "".join(f'<span class="cell">{sel.layer}:{sel.stream}:{u}</span>' for u in units)
     return (f'<div class="cells note">{len(units)} cell{"s" if len(units) != 1 else ""} of layer {sel.layer} '
-            f"{html.escape(sel.stream)} on ({what} ≥ {sel.threshold:g}) at every character of "
-            f"{sel.span[0]:,}:{sel.span[1]:,} <code>{html.escape(repr(shown))}</code>"
-            f"{' and off just before it' if sel.span[0] > 0 else ''}: {cells}</div>")
+            f"{html.escape(sel.stream)} on ({what} ≥ {threshold:g}) at every character of "
+            f"{a:,}:{b:,} <code>{html.escape(repr(shown))}</code>"
+            f"{' and off just before it' if a > 0 else ''}: {cells}</div>")
 
 
 def stacked_html(rec, cells: list[tuple], a: int, b: int, span: tuple | None) -> str:
