@@ -1,0 +1,187 @@
+"""What every open recording offers, a file or a folder of shards: ``Reader`` and ``Dataset``.
+
+``Reader`` holds what is computed from a recording's other parts (the text, documents,
+one unit, a window, a pandas frame, the checks that make errors one line), shared by
+``h5file.Recording`` (one file) and ``shards.ShardedRecording`` (a folder read as one).
+``Dataset`` reads a stored array lazily, turning damage (a failed checksum) into one line.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Iterator
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from probe.errors import ProbeError
+from probe.recording import h5format
+
+READ_ERRORS = (OSError, RuntimeError, KeyError)  # what h5py raises for data it cannot read
+
+
+def damaged(where: object, name: str, rows: tuple[int, int] | None = None,
+            error: BaseException | None = None) -> ProbeError:
+    """The one-line error for data that fails its checksum or cannot be decoded."""
+    span = f" rows {rows[0]:,}–{rows[1]:,}" if rows else ""
+    why = "checksum mismatch" if error is None or "checksum" in str(error).lower() or \
+        "filter" in str(error).lower() else type(error).__name__
+    return ProbeError(f"{where}: damaged data in {name}{span} ({why})")
+
+
+class Dataset:
+    """A recorded dataset, read lazily by slicing like an h5py one; a read that fails (a
+    chunk whose checksum does not match, a broken filter) becomes a one-line ProbeError
+    naming the file, the dataset and the damaged rows, never h5py's OSError. An int8
+    stream reads as float32: each code looked up in its unit's ``codebook``."""
+
+    def __init__(self, ds: h5py.Dataset, where: object):
+        self.ds, self.where = ds, where
+        self.shape, self.dtype, self.chunks = ds.shape, ds.dtype, ds.chunks
+        self.codebook = None
+        if ds.dtype == np.int8 and "codebook" in ds.attrs:
+            self.codebook = np.asarray(ds.attrs["codebook"], np.float32)  # [units, 256]
+            self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        try:
+            values = self.ds[key]
+        except READ_ERRORS as e:
+            raise damaged(self.where, self.ds.name.lstrip("/"), self.first_bad_rows(), e) from None
+        if self.codebook is None:
+            return values
+        cols = np.arange(self.shape[1])
+        if isinstance(key, tuple) and len(key) == 2:
+            cols = cols[key[1]]
+        return h5format.decode(values, self.codebook[cols])
+
+    def bad_rows(self) -> Iterator[tuple[int, int]]:
+        """[start, stop) of every chunk row that cannot be read (``probe info --verify``)."""
+        step = self.chunks[0] if self.chunks else max(1, len(self))
+        for a in range(0, len(self), step):
+            try:
+                self.ds[a:a + step]
+            except READ_ERRORS:
+                yield a, min(a + step, len(self))
+
+    def first_bad_rows(self) -> tuple[int, int] | None:
+        return next(self.bad_rows(), None)
+
+
+def file_attr(name: str, kind: type, default, doc: str) -> property:
+    """A read-only property holding one root attribute of the file, as ``kind``."""
+    return property(lambda self: kind(self.file.attrs[name] if default is None
+                                      else self.file.attrs.get(name, default)), doc=doc)
+
+
+class Reader:
+    """What a recording offers that is computed from its other parts, shared by ``Recording``
+    and ``shards.ShardedRecording`` (each provides ``streams``, ``derived``, ``units``,
+    ``layer_ids``, ``codepoints``, ``documents``, ``loss``, ``stream`` and ``close``)."""
+
+    def streams_of(self, layer: int) -> tuple[str, ...]:
+        """Every stream of a layer: the recorded ones (``streams``), then its derived ones."""
+        return self.streams + tuple(s for k, s in self.derived if k == layer)
+
+    @property
+    def pairs(self) -> list[tuple[int, str]]:
+        """Every (layer, stream) of the recording, derived streams included, in order."""
+        return [(k, s) for k in self.layer_ids for s in self.streams_of(k)]
+
+    def units_of(self, layer: int, stream: str) -> int:
+        """Units of one stream: ``units`` for a recorded stream, a derived one's own count."""
+        info = self.derived.get((int(layer), stream))
+        return self.units if info is None else len(info["unit_names"])
+
+    def unit_names(self, layer: int, stream: str) -> list[str] | None:
+        """What each unit of a derived stream is (a feature's name, f17…); None for the
+        recorded streams, whose units are just numbered."""
+        info = self.derived.get((int(layer), stream))
+        return None if info is None else list(info["unit_names"])
+
+    @cached_property
+    def text(self) -> str:
+        return self.codepoints.astype("<u4").tobytes().decode("utf-32-le")
+
+    @cached_property
+    def document_spans(self) -> list[tuple[int, int]]:
+        """[start, stop) of each document, as plain ints (what ``features.compute`` takes)."""
+        d = self.documents
+        return list(zip(d["start"].astype(int).tolist(), d["stop"].astype(int).tolist()))
+
+    def document_of(self, positions) -> np.ndarray:
+        """Index into ``documents`` of each position."""
+        return np.searchsorted(self.documents["start"].to_numpy(), positions, side="right") - 1
+
+    def check(self, layer: int, stream: str, unit: int | None = None) -> None:
+        """Raise a one-line error for an out-of-range layer, unknown stream or unit."""
+        if not isinstance(layer, (int, np.integer)) or layer not in self.layer_ids:
+            which = (f"layers are 0..{self.layers - 1}" if len(self.layer_ids) == self.layers else
+                     f"recorded layers are {' '.join(map(str, self.layer_ids))} of 0..{self.layers - 1}")
+            raise ProbeError(f"{self.path}: no layer {layer!r} ({which})")
+        streams = self.streams_of(layer)
+        if stream not in streams:
+            raise ProbeError(f"{self.path}: no stream {stream!r} (streams are {' '.join(streams)})")
+        U = self.units_of(layer, stream)
+        if unit is not None and (not isinstance(unit, (int, np.integer)) or not 0 <= unit < U):
+            which = f"units of {stream}" if (int(layer), stream) in self.derived else "units"
+            raise ProbeError(f"{self.path}: no unit {unit!r} ({which} are 0..{U - 1})")
+
+    def unit(self, layer: int, stream: str, unit: int, start: int | None = None,
+             stop: int | None = None) -> np.ndarray:
+        """One unit's values over [start, stop) as float32 [n]."""
+        self.check(layer, stream, unit)
+        return self.stream(layer, stream)[start:stop, unit].astype(np.float32)
+
+    def window(self, layer: int, stream: str, start: int, stop: int) -> np.ndarray:
+        """All units over [start, stop) as float32 [n, units]."""
+        self.check(layer, stream)
+        return self.stream(layer, stream)[start:stop].astype(np.float32)
+
+    def frame(self, layer: int, stream: str, units=None, start: int | None = None,
+              stop: int | None = None, tidy: bool = False) -> pd.DataFrame:
+        """Positions [start, stop) as a pandas frame: position, char, document, line and
+        column (0-based, within its document), loss; then the values of ``units`` (default
+        all). Wide by default: one row per position, one column ``unit_U`` per unit.
+        ``tidy=True`` gives the long form instead (one row per position and unit, columns
+        ``unit`` and ``value``; unit by unit, in the order given), what plotting libraries
+        group and facet by."""
+        self.check(layer, stream)
+        T = len(self)
+        start, stop, _ = slice(start, stop).indices(T)
+        units = list(range(self.units_of(layer, stream))) if units is None else [int(u) for u in np.atleast_1d(units)]
+        for u in units:
+            self.check(layer, stream, u)
+        cps = self.codepoints
+        newline = np.concatenate([[0], np.cumsum(cps == 10)[:-1]])  # newlines before each position
+        pos = np.arange(start, stop)
+        doc = self.document_of(pos)
+        doc_start = self.documents["start"].to_numpy()[doc]
+        line = newline[pos] - newline[doc_start]
+        last_nl = np.maximum.accumulate(np.where(cps == 10, np.arange(T), -1))
+        prev_nl = np.concatenate([[-1], last_nl[:-1]])[pos]
+        column = pos - np.maximum(prev_nl + 1, doc_start)
+        vals = self.stream(layer, stream)[start:stop][:, units].astype(np.float32)
+        df = pd.DataFrame({"position": pos, "char": list(self.text[start:stop]), "document": doc,
+                           "line": line, "column": column, "loss": self.loss[start:stop]})
+        if tidy:
+            long = df.iloc[np.tile(np.arange(len(df)), len(units))].reset_index(drop=True)
+            long["unit"] = np.repeat(np.asarray(units, dtype=np.int64), len(df))
+            long["value"] = vals.T.reshape(-1)
+            return long
+        return pd.concat([df, pd.DataFrame(vals, columns=[f"unit_{u}" for u in units])], axis=1)
+
+    def refresh(self) -> None:
+        """Read the derived streams again (after one was added through ``writable``)."""
+        self.__dict__.pop("derived", None)
+        for part in getattr(self, "parts", ()):
+            part.refresh()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
