@@ -86,7 +86,7 @@ def run_dictionary(a: argparse.Namespace) -> int:
 
 
 def add_encode(sub) -> None:
-    en = command(sub, "encode", "add a derived stream (directions or dictionary features) to a recording",
+    en = command(sub, "encode", "add a derived stream (probe directions or a dictionary) to a recording",
                  run_encode, [
                      "probe encode recordings/stdlib-test.h5 --directions dirs.pt",
                      "probe encode rec.h5 --dictionary dict.pt --force   # replace an earlier dict stream"],
