@@ -18,7 +18,7 @@ import torch
 
 from probe.errors import ProbeError
 from probe.lm.model import LOG2E
-from probe.recording.record import layer_modules
+from probe.recording.layers import layer_modules
 
 BLOCK = 256       # characters per block (memory: BLOCK x rows x vocab logits)
 EDITABLE = {"lstm": ("c", "h"), "gru": ("h",), "rnn": ("h",)}  # the streams a step can edit

@@ -31,7 +31,7 @@ from probe.causal import batched
 from probe.errors import ProbeError, deprecated
 from probe.lm.model import CharRNN
 from probe.lm.stepwise import Hook
-from probe.recording.record import activations
+from probe.recording.layers import activations
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
 

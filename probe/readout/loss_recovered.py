@@ -19,7 +19,7 @@ import torch
 from probe.errors import ProbeError
 from probe.lm.model import LOG2E
 from probe.recording import h5format
-from probe.recording.record import layer_modules
+from probe.recording.layers import layer_modules
 from probe.recording.transforms import decode, dictionary_params, encode
 from probe.text import corpus as corpora
 
