@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probe.errors import ProbeError
+from probe.text import c_lexer, python_lexer, user_features
 from probe.text import features as F
 from probe.text.features import BINARY, FEATURES, compute
 
@@ -55,7 +56,8 @@ def tokenize_masks(text: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_docstring_examples_hold():
-    assert doctest.testmod(F).failed == 0
+    for module in (F, python_lexer, c_lexer, user_features):  # features and its lexers
+        assert doctest.testmod(module).attempted and doctest.testmod(module).failed == 0, module.__name__
 
 
 # ---- the convention: every feature is the state after reading character t ---------

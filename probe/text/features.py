@@ -52,57 +52,6 @@ Built-in features, with a tiny example (one value per character of the text):
   and plain text (a Python ``#`` line is a comment).
   ``#if A \\\\\\n B\\nx`` -> 1 1 1 1 1 1 1 1 1 1 0 0
 
-Lexing modes (``python=``):
-
-- ``True`` or ``None`` (the default, "auto": Python rules): single, double and
-  triple quotes; backslash escapes (a backslash always protects the next character, in
-  raw strings too, as in Python; backslash-newline continues a short string); prefixes
-  r b f u rb br fr rf in any case, outside like anything before the opening quote (so
-  the lexer need not recognise them); ``#`` comments outside strings.
-  Never fails on arbitrary text: an unterminated short string ends at the end of its
-  line, an unterminated triple-quoted string runs to the end of the document. f-strings
-  are ordinary strings (no nested same-kind quotes as in Python 3.12).
-- ``False`` (plain text, prose or other languages): a ``"`` pairs with the next
-  unescaped ``"`` on the same line; a ``'`` opens only when not preceded by a letter,
-  digit or underscore (so ``don't`` opens nothing) and closes at the next ``'`` on the
-  line that is not followed by one (so ``'it's'`` is one string). A quote without a
-  partner on its line is just a character. As in Python mode the opening quote is
-  inside and the closing one outside. All such strings are short; there are no
-  comments (``in_comment`` is all 0: use a regex feature, e.g.
-  ``{"c_comment": r"/\\*[\\s\\S]*?\\*/|//.*"}``). Brackets count outside strings.
-
-C rules (``languages=["c"]``, or a document name ending in ``.c`` or ``.h``):
-
-- Line splices first, as in C (translation phase 2): a backslash and the newline after
-  it join two lines wherever they are, in literals, comments, directives, even inside
-  ``/*`` or ``*/``; blanks between the backslash and the newline are allowed, as gcc
-  and clang allow them. The splice's two characters take the state of the character
-  before them (they change nothing for a reader).
-- ``"..."`` strings and ``'...'`` character literals are both ``in_short_string``
-  (short quoted literals; prefixes such as ``L u U u8`` are outside like Python's). A
-  backslash protects the next character, so ``'\\''`` is one literal; an unterminated
-  literal ends at the end of its line (the newline outside), like Python's short
-  strings; ``''`` is a literal (an empty, invalid one) closed by its second quote. C has
-  no long strings: ``in_long_string`` is always 0.
-- Comments: ``/* ... */`` may span lines; its ``/*`` is inside and the ``/`` of its
-  ``*/`` outside (after reading it the reader is out, like after a closing quote);
-  ``/*/`` does not close; an unterminated one runs to the end of the document.
-  ``// ...`` runs to the end of its line, the newline outside (a backslash-newline
-  continues it, being a splice). As with triple quotes, the first ``/`` is already
-  inside although a reader cannot yet tell it opens a comment.
-- Brackets count outside literals and comments, as in Python (preprocessor lines
-  included: ``#define f(x) ((x) + 1)`` is balanced).
-- ``preprocessor``: a ``#`` outside comments and literals opens a directive when only
-  blanks (space, tab, form feed, vertical tab) and comments come before it on its line
-  (``/* x */ #define A`` is one: a comment is a blank in C). The directive runs from the
-  start of that line through every line spliced to it (and through the lines of a
-  ``/* */`` comment inside it, as in C) to its final newline (0). Strings and comments
-  inside a directive keep their own features.
-- Not special: trigraphs (off in gcc's and clang's default GNU modes), C23 digit
-  separators (``1'000``), ``#if 0`` blocks (lexed like code), ``#include <...>`` (the
-  header name is not a string). Checked against clang's lexer on Linux kernel sources:
-  see ``docs/c-lexer.md`` and ``bench/c_lexer.py``.
-
 Choosing the rules per document: ``languages`` gives one of ``"c"``, ``"python"``,
 ``"plain"`` (None: the ``python=`` rule) per document; ``document_names`` chooses by
 extension (``.c``, ``.h`` -> C; ``.py`` -> Python; anything else -> the ``python=`` rule:
@@ -114,7 +63,10 @@ document is lexed on its own: strings, comments, brackets and lines restart at i
 
 User features: ``regex={"name": pattern}`` is 1 on every character inside a match of
 the pattern (``re.MULTILINE``, over the whole text); ``custom={"name": fn}`` takes
-``fn(text)``, which must return T values.
+``fn(text)``, which must return T values (``user_features``).
+
+The lexing rules are beside this module: ``python_lexer`` (Python, and plain text with
+``python=False``) and ``c_lexer``; ``builtin`` computes the built-ins over many documents.
 """
 from __future__ import annotations
 
@@ -125,6 +77,16 @@ import numpy as np
 import pandas as pd
 
 from probe.errors import ProbeError
+from probe.text.builtin import lexical_features, line_features
+from probe.text.c_lexer import lex_c
+from probe.text.python_lexer import lex_plain, lex_python
+from probe.text.spans import codepoints
+from probe.text.user_features import custom_feature, parse_feature_args, regex_feature
+
+__all__ = ["compute", "is_binary", "language_of", "FEATURES", "BINARY", "LANGUAGES", "EXTENSIONS",
+           "in_string", "in_short_string", "in_long_string", "in_comment", "column", "line_length",
+           "chars_to_eol", "bracket_depth", "indent", "preprocessor",
+           "lex_python", "lex_plain", "lex_c", "parse_feature_args", "regex_feature"]  # the last: reachable here
 
 FEATURES: tuple[str, ...] = (
     "in_string", "in_short_string", "in_long_string", "in_comment",
@@ -135,327 +97,7 @@ _LEXICAL = BINARY | {"bracket_depth"}
 LANGUAGES: tuple[str, ...] = ("c", "python", "plain")
 EXTENSIONS: dict[str, str] = {".c": "c", ".h": "c", ".py": "python"}  # the rest: ``python=``
 
-# ---- lexers: tokens found with one regex, masks filled with numpy ---------------------
-
-# Python: the leftmost '#' or quote starts a token; group 1 comment, 2 long, 5 short
-# string; groups 3, 4, 6, 7 are the closing quotes, set only when the literal is closed
-# (an unterminated one ends at its line's end or the document's end instead). Loops are
-# "unrolled" ([^q\\]*(?:\\.[^q\\]*)*) so the engine never backtracks.
-_ESC = r"\\(?:\r\n|[\s\S]|\Z)"  # a backslash protects the next character (a newline too)
-_PY_TOKEN = re.compile(
-    r"(#[^\n]*)"
-    r"|('''[^'\\]*(?:(?:" + _ESC + r"|'(?!''))[^'\\]*)*(?:(''')|\Z)"
-    r'|"""[^"\\]*(?:(?:' + _ESC + r'|"(?!""))[^"\\]*)*(?:(""")|\Z))'
-    r"|('[^'\\\n]*(?:" + _ESC + r"[^'\\\n]*)*(?:(')|(?=\n)|\Z)"
-    r'|"[^"\\\n]*(?:' + _ESC + r'[^"\\\n]*)*(?:(")|(?=\n)|\Z))'
-)
-_CLOSERS = (3, 4, 6, 7)
-
-# Plain text: pairs of quotes on one line; unpaired quotes match nothing.
-_PLAIN_TOKEN = re.compile(
-    r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
-    r"|(?<!\w)'[^'\\\n]*(?:(?:\\.|'(?=\w))[^'\\\n]*)*'(?!\w)"
-)
-
-# C: group 1 a // comment, 2 a /* */ comment (3 its closing '/', set only when closed),
-# 4 a '...' or "..." literal (5, 6 the closing quotes). It runs on the text after line
-# splicing (_C_SPLICE removed), so a newline always ends a line there; in a literal a
-# backslash protects the next character but not a newline (an unterminated literal).
-# Unrolled loops as for Python.
-_C_ESC = r"\\[^\n]?"
-_C_TOKEN = re.compile(
-    r"(//[^\n]*)"
-    r"|(/\*[^*]*(?:\*+[^*/][^*]*)*\**(?:(/)|\Z))"
-    r"|('[^'\\\n]*(?:" + _C_ESC + r"[^'\\\n]*)*(?:(')|(?=\n)|\Z)"
-    r'|"[^"\\\n]*(?:' + _C_ESC + r'[^"\\\n]*)*(?:(")|(?=\n)|\Z))'
-)
-# C's translation phase 2: a backslash and a newline are deleted, joining the lines. As
-# gcc and clang do, blanks between the backslash and the newline are allowed (and a \r).
-_C_SPLICE = re.compile(r"\\[ \t\f\v]*\r?\n")
-_C_BLANK = np.zeros(128, dtype=bool)  # blanks that may come before a directive's '#'
-_C_BLANK[[ord(c) for c in " \t\f\v"]] = True
-
-
-def _spans_python(text: str) -> tuple[list, list, list, list]:
-    """[start, stop) spans of short strings, long strings, comments and preprocessor
-    lines (none) of Python text.
-
-    A string's span runs from its first opening quote to its last closing quote,
-    exclusive (the state after reading each character; see the module docstring).
-    Prefix letters need no handling: the token starts at the quote, and the letters
-    before it are outside anyway.
-    """
-    spans: tuple[list, list, list, list] = ([], [], [], [])  # short, long, comment, none
-    for m in _PY_TOKEN.finditer(text):
-        start, stop = m.span()
-        kind = m.lastindex
-        if kind == 1:
-            spans[2].append((start, stop))
-        else:
-            closed = any(m.start(g) >= 0 for g in _CLOSERS)
-            spans[0 if kind == 5 else 1].append((start, stop - closed))
-    return spans
-
-
-def _spans_plain(text: str) -> tuple[list, list, list, list]:
-    """[start, stop) spans of the quoted parts of plain text (all short; no comments, no
-    preprocessor lines).
-
-    Every match is a closed pair of quotes: the closing quote is left out.
-    """
-    return [(a, b - 1) for a, b in (m.span() for m in _PLAIN_TOKEN.finditer(text))], [], [], []
-
-
-def _spans_c(text: str) -> tuple[list, list, list, list]:
-    """[start, stop) spans of short literals, long strings (none), comments and
-    preprocessor lines of C text.
-
-    As in C, line splices (backslash-newline) are removed first and the joined text is
-    lexed (``_spans_c_joined``); its spans are then carried back to the text. A splice
-    takes the state of the character before it (it changes nothing for the reader), so
-    a span [a, b) of the joined text covers the text from its character a to its
-    character b, the splices between them included; but a directive starts at its
-    line's start, before any splices there (like the blanks before its ``#``).
-    """
-    splices = [m.span() for m in _C_SPLICE.finditer(text)] if "\\" in text else []
-    if not splices:
-        return _spans_c_joined(text)
-    bounds = [0, *(x for span in splices for x in span), len(text)]
-    joined = "".join(text[a:b] for a, b in zip(bounds[::2], bounds[1::2]))
-    se = np.asarray(splices, dtype=np.int64)
-    removed = np.cumsum(se[:, 1] - se[:, 0])  # characters removed up to each splice's end
-    at = se[:, 0] - np.r_[0, removed[:-1]]  # the joined character each splice comes before
-    shift = np.r_[0, removed]
-    out = []
-    for kind, spans in enumerate(_spans_c_joined(joined)):
-        if spans:
-            j = np.asarray(spans, dtype=np.int64)
-            side = "left" if kind == 3 else "right"  # a directive takes the splices before it
-            starts = j[:, 0] + shift[np.searchsorted(at, j[:, 0], side=side)]
-            stops = j[:, 1] + shift[np.searchsorted(at, j[:, 1], side="right")]
-            spans = list(zip(starts.tolist(), stops.tolist()))
-        out.append(spans)
-    return tuple(out)  # type: ignore[return-value]
-
-
-def _spans_c_joined(text: str) -> tuple[list, list, list, list]:
-    """``_spans_c`` of a text without line splices.
-
-    A literal's closing quote and a block comment's closing ``/`` are left out, like a
-    line comment's newline (the state after reading each character). A ``#`` outside
-    comments and literals opens a directive when nothing but blanks and comments comes
-    before it on its line (comments are blanks in C: ``/* x */ #define A`` is one; a
-    comment that holds a newline joins its lines). The directive runs from the start of
-    that line to the first newline after its ``#`` that is not inside a comment or a
-    literal (so a ``/* */`` comment may carry it over several lines); that newline is out.
-    """
-    short: list = []
-    comment: list = []
-    whole: list = []  # the comments, a block comment's closing '/' included
-    for m in _C_TOKEN.finditer(text):
-        start, stop = m.span()
-        kind = m.lastindex
-        if kind == 1:
-            comment.append((start, stop))
-            whole.append((start, stop))
-        elif kind == 2:
-            comment.append((start, stop - (m.start(3) >= 0)))
-            whole.append((start, stop))
-        else:
-            short.append((start, stop - (m.start(5) >= 0 or m.start(6) >= 0)))
-    directives: list = []
-    if "#" in text:
-        n = len(text)
-        codes = _codepoints(text)
-        comments = _mask(whole, n)
-        inside = _mask(short, n) | comments
-        hashes = np.flatnonzero((codes == 35) & ~inside)
-        # the last character before each '#' that is neither a blank nor in a comment
-        # (a literal there is a token: it is not skipped)
-        seen = np.flatnonzero(~(_C_BLANK[np.minimum(codes, 127)] | comments))
-        k = np.searchsorted(seen, hashes) - 1
-        before = np.where(k >= 0, seen[np.maximum(k, 0)], -1)
-        first = (before < 0) | (codes[np.maximum(before, 0)] == 10)
-        first &= np.append(codes, 0)[hashes + 1] != 35  # "##" is another token
-        starts = before[first] + 1
-        if starts.size:
-            newline = np.flatnonzero((codes == 10) & ~inside)
-            ends = np.append(newline, n)
-            stops = ends[np.searchsorted(ends, hashes[first])]
-            directives = list(zip(starts.tolist(), stops.tolist()))
-    return short, [], comment, directives
-
-
-def _mask(spans: list[tuple[int, int]], length: int) -> np.ndarray:
-    """Boolean [length] array, True inside any of the non-overlapping [start, stop) spans."""
-    edges = np.zeros(length + 1, dtype=np.int8)
-    if spans:
-        se = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-        se = se[se[:, 1] > se[:, 0]]
-        edges[se[:, 0]] += 1  # starts are distinct, and so are stops: no lost updates
-        edges[se[:, 1]] -= 1
-    return np.cumsum(edges[:-1], dtype=np.int8) > 0
-
-
-def lex_python(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boolean masks (in_short_string, in_long_string, in_comment) of Python source.
-
-    >>> short, long, comment = lex_python("s = 'a#' # c")
-    >>> short.astype(int).tolist()
-    [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
-    >>> comment.astype(int).tolist()
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
-    """
-    return tuple(_mask(s, len(text)) for s in _spans_python(text)[:3])  # type: ignore[return-value]
-
-
-def lex_plain(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boolean masks (in_short_string, in_long_string, in_comment) of plain text.
-
-    >>> lex_plain("don't 'go'")[0].astype(int).tolist()
-    [0, 0, 0, 0, 0, 0, 1, 1, 1, 0]
-    """
-    return tuple(_mask(s, len(text)) for s in _spans_plain(text)[:3])  # type: ignore[return-value]
-
-
-def lex_c(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Boolean masks (in_short_string, in_long_string, in_comment, preprocessor) of C
-    source; ``in_long_string`` is all False (C has no long strings).
-
-    >>> short, long, comment, pre = lex_c("#define A '/' /* x */\\nA")
-    >>> short.astype(int).tolist()[10:]
-    [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    >>> comment.astype(int).tolist()[10:]
-    [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0]
-    >>> pre.astype(int).tolist()
-    [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
-    """
-    return tuple(_mask(s, len(text)) for s in _spans_c(text))  # type: ignore[return-value]
-
-
-# ---- numpy helpers ------------------------------------------------------------------
-
-def _codepoints(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-
-
-_BRACKET_STEP = np.zeros(128, dtype=np.int8)  # code points >= 127 all map to entry 127: 0
-_BRACKET_STEP[[ord(c) for c in "([{"]] = 1
-_BRACKET_STEP[[ord(c) for c in ")]}"]] = -1
-
-
-def _clamped_depth(steps: np.ndarray) -> np.ndarray:
-    """Running sum of +1/-1 steps that never goes below 0 (d[i] = max(0, d[i-1] + s[i])).
-
-    With c the plain cumulative sum, the clamped sum is c - min(0, min(c[:i+1])): every
-    time c reaches a new minimum below 0 an unmatched closer was dropped.
-    """
-    c = np.cumsum(steps, dtype=np.int64)
-    return c - np.minimum(np.minimum.accumulate(c), 0) if c.size else c
-
-
-def _line_features(codes: np.ndarray, doc_starts: np.ndarray) -> dict[str, np.ndarray]:
-    """column, line_length, chars_to_eol and indent; a line also starts at every document start."""
-    n = codes.size
-    newline = codes == 10
-    is_start = np.zeros(n + 1, dtype=bool)
-    is_start[np.flatnonzero(newline) + 1] = True
-    is_start[doc_starts] = True
-    is_start[0] = True
-    starts = np.flatnonzero(is_start[:n])
-    nexts = np.append(starts[1:], n)  # where the following line starts
-    last = nexts - 1  # the line's last character: its newline, if it has one
-    ends = np.where(newline[last], last, nexts)  # end of its content (exclusive)
-    blank = (codes == 32) | (codes == 9)
-    nonblank = np.append(np.flatnonzero(~blank), n)  # n: sentinel for a blank last line
-    first = np.minimum(nonblank[np.searchsorted(nonblank, starts)], ends)
-    sizes = nexts - starts
-
-    def per_line(v: np.ndarray) -> np.ndarray:
-        return np.repeat(v.astype(np.int32), sizes)
-
-    col = np.arange(n, dtype=np.int32) - per_line(starts)
-    length = per_line(ends - starts)
-    return {"column": col, "line_length": length, "chars_to_eol": length - col,
-            "indent": per_line(first - starts)}
-
-
-_SPLIT = {"c": _spans_c, "python": _spans_python, "plain": _spans_plain}
-
-
-def _lexical_features(text: str, bounds: list[tuple[int, int]], codes: np.ndarray,
-                      languages: list[str]) -> dict[str, np.ndarray]:
-    """String, comment, bracket and preprocessor features, lexing every document
-    separately with the rules of its language."""
-    spans: tuple[list, list, list, list] = ([], [], [], [])
-    for (start, stop), language in zip(bounds, languages):
-        for acc, doc_spans in zip(spans, _SPLIT[language](text[start:stop])):
-            acc.extend((a + start, b + start) for a, b in doc_spans)
-    n = len(text)
-    short, long, comment, pre = (_mask(s, n) for s in spans)
-    in_str = short | long
-    steps = _BRACKET_STEP[np.minimum(codes, 127)]
-    steps[in_str | comment] = 0
-    depth = np.empty(n, dtype=np.int32)
-    for start, stop in bounds:
-        depth[start:stop] = _clamped_depth(steps[start:stop])
-    return {
-        "in_string": in_str.astype(np.int8),
-        "in_short_string": short.astype(np.int8),
-        "in_long_string": long.astype(np.int8),
-        "in_comment": comment.astype(np.int8),
-        "bracket_depth": depth,
-        "preprocessor": pre.astype(np.int8),
-    }
-
-
-# ---- user features ------------------------------------------------------------------
-
-def parse_feature_args(specs: list[str]) -> dict[str, str]:
-    """Turn CLI strings ``NAME=REGEX`` into ``{name: regex}`` (the regex may contain '=').
-
-    >>> parse_feature_args(["digit=[0-9]", "assign=\\\\s=\\\\s"])
-    {'digit': '[0-9]', 'assign': '\\\\s=\\\\s'}
-    """
-    out: dict[str, str] = {}
-    for spec in specs:
-        name, eq, pattern = spec.partition("=")
-        name = name.strip()
-        if not eq or not name:
-            raise ProbeError(f"feature {spec!r}: expected NAME=REGEX, e.g. digit=[0-9]")
-        if name in out:
-            raise ProbeError(f"feature {name!r} given twice")
-        out[name] = pattern
-    return out
-
-
-def regex_feature(text: str, pattern: str, name: str = "regex") -> np.ndarray:
-    """1 (int8) on every character inside a match of ``pattern`` (re.MULTILINE).
-
-    >>> regex_feature("a1b22", r"[0-9]+").tolist()
-    [0, 1, 0, 1, 1]
-    """
-    if not pattern:
-        raise ProbeError(f"feature regex {name!r}: empty pattern")
-    try:
-        rx = re.compile(pattern, re.MULTILINE)
-    except re.error as err:
-        raise ProbeError(f"feature regex {name!r}: does not compile: {err}") from None
-    return _mask([m.span() for m in rx.finditer(text)], len(text)).astype(np.int8)
-
-
-def _custom_feature(text: str, name: str, fn: Callable[[str], np.ndarray]) -> np.ndarray:
-    values = fn(text)
-    arr = np.asarray(values)
-    if arr.ndim != 1 or arr.shape[0] != len(text):
-        got = f"{arr.shape[0]} values" if arr.ndim == 1 else f"an array of shape {arr.shape}"
-        raise ProbeError(f"feature {name!r}: returned {got} for a text of {len(text)} characters")
-    if arr.dtype == bool:
-        return arr.astype(np.int8)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ProbeError(f"feature {name!r}: values must be numbers, got dtype {arr.dtype}")
-    return arr
-
+# ---- what a feature is ---------------------------------------------------------------
 
 def is_binary(name: str, values: np.ndarray | None = None) -> bool:
     """Whether a feature is 0/1: built-ins by table, others by their values.
@@ -578,17 +220,17 @@ def compute(text: str, names: list[str] | None = None, *,
     langs = _check_languages(languages, document_names, len(every), python)
     kept = [i for i, (start, stop) in enumerate(every) if stop > start]
     bounds = [every[i] for i in kept]
-    codes = _codepoints(text)
+    codes = codepoints(text)
     values: dict[str, np.ndarray] = {}
     if any(name in _LEXICAL for name in names):
-        values.update(_lexical_features(text, bounds, codes, [langs[i] for i in kept]))
+        values.update(lexical_features(text, bounds, codes, [langs[i] for i in kept]))
     if any(name in FEATURES and name not in _LEXICAL for name in names):
-        values.update(_line_features(codes, np.array([s for s, _ in bounds], dtype=np.int64)))
+        values.update(line_features(codes, np.array([s for s, _ in bounds], dtype=np.int64)))
     for name in names:
         if name in regex:
             values[name] = regex_feature(text, regex[name], name)
         elif name in custom:
-            values[name] = _custom_feature(text, name, custom[name])
+            values[name] = custom_feature(text, name, custom[name])
     return pd.DataFrame({name: values[name] for name in names}, index=pd.RangeIndex(n))
 
 
