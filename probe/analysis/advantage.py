@@ -116,7 +116,7 @@ def repeated(codepoints: np.ndarray, documents, n: int, within: int) -> np.ndarr
     pos = np.arange(T)
     H = None
     for _ in range(n):
-        H = ngram._next_hash(H, codepoints.astype(np.int64))
+        H = ngram.next_hash(H, codepoints.astype(np.int64))
     full = pos - start >= n - 1
     at = pos[full]
     order = np.lexsort((at, H[at]))  # by hash, then position: the previous equal is the latest earlier

@@ -106,7 +106,7 @@ def _sequence(documents, vocab: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return seq, np.concatenate(avail), seq != V
 
 
-def _next_hash(prev: np.ndarray | None, seq: np.ndarray) -> np.ndarray:
+def next_hash(prev: np.ndarray | None, seq: np.ndarray) -> np.ndarray:
     """H_k[t] = H_{k-1}[t-1] · MULT + (s_t + 1) (mod 2^64): the hash of the k symbols ending at t."""
     sym = seq.astype(np.uint64) + np.uint64(1)
     if prev is None:
@@ -163,9 +163,9 @@ def train(documents, vocab: str, order: int = 10, *, discount: float | None = No
     if names:  # for the error analysis's rare-identifier oracle (``probe.analysis.advantage``)
         ng.identifiers = np.array(sorted(names), dtype=str)
         ng.identifier_counts = np.array([names[n] for n in ng.identifiers], np.int64)
-    H_prev, H = None, _next_hash(None, seq)  # H_{k-1}, H_k
+    H_prev, H = None, next_hash(None, seq)  # H_{k-1}, H_k
     for k in tqdm(range(1, order + 1), desc="counting n-grams", disable=not progress):
-        H_next = _next_hash(H, seq)                                   # H_{k+1}
+        H_next = next_hash(H, seq)                                   # H_{k+1}
         at = np.flatnonzero(target & (avail >= k - 1))                # where a k-gram ends
         keys, first, raw = np.unique(H[at], return_index=True, return_counts=True)
         first = at[first]
@@ -214,7 +214,7 @@ def probabilities(ng: NGram, documents, order: int | None = None) -> np.ndarray:
     out = np.empty((order, int(target.sum())))
     where = np.flatnonzero(target)
     lower = np.full(len(where), 1.0 / V)  # p_cont of the orders done
-    H_prev, H = None, _next_hash(None, seq)
+    H_prev, H = None, next_hash(None, seq)
     for k in range(1, order + 1):
         use = avail[where] >= k - 1
         t = where[use]
@@ -224,7 +224,7 @@ def probabilities(ng: NGram, documents, order: int | None = None) -> np.ndarray:
         out[k - 1] = top
         if k < order:
             lower[use] = _level(ng, k, False, H[t], ctx, lower[use])
-            H_prev, H = H, _next_hash(H, seq)
+            H_prev, H = H, next_hash(H, seq)
     return out
 
 
