@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from probe.causal import batched
 from probe.errors import ProbeError, deprecated
 from probe.lm.model import CharRNN
-from probe.lm.stepwise import Hook
+from probe.lm.stepwise import Hook, check_pins
 from probe.recording.layers import activations
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
@@ -112,24 +112,9 @@ def parse_clamp(spec: str) -> Edit:
     return Edit(layer, stream, unit, 0.0 if how == "zero" else how)
 
 
-def check(model: CharRNN, edits: list[Edit]) -> None:
-    """One line for the first edit this model cannot take."""
-    if getattr(model, "cell", "lstm") != "lstm":
-        raise ProbeError(f"ablation and clamping are written for LSTM models; this one is a {model.cell}")
-    for e in edits:
-        if not 0 <= e.layer < model.layers:
-            raise ProbeError(f"no layer {e.layer} in the model (layers are 0..{model.layers - 1})")
-        if e.stream not in ("h", "c"):
-            raise ProbeError(f"{e}: a cell to pin is in stream h or c, not {e.stream!r}")
-        if not 0 <= e.unit < model.units:
-            raise ProbeError(f"no unit {e.unit} in layer {e.layer} (units are 0..{model.units - 1})")
-        if isinstance(e.how, str) and e.how not in ("zero", "mean"):
-            raise ProbeError(f"an edit pins to zero, mean or a number, not {e.how!r}")
-
-
 def resolve(model: CharRNN, texts: list[str], edits: list[Edit]) -> list[Edit]:
     """The same edits with "zero" and "mean" replaced by numbers (mean: over all ``texts``)."""
-    check(model, edits)
+    check_pins(model, edits)
     means = {}
     if any(e.how == "mean" for e in edits):
         sums, n = {}, 0
@@ -228,10 +213,10 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
         raise ProbeError("give cells or a layer to sweep, not both")
     units = model.units
     if layer is not None:
-        check(model, [Edit(layer, stream, 0)])
+        check_pins(model, [Edit(layer, stream, 0)])
         cells = [(layer, stream, u) for u in range(units)]
     cells = list(dict.fromkeys(cells))
-    check(model, [Edit(k, s, u) for k, s, u in cells])
+    check_pins(model, [Edit(k, s, u) for k, s, u in cells])
     if random < 0 or random > units:
         raise ProbeError(f"--random must be between 0 and the layer's {units} units, got {random}")
     rng = np.random.default_rng(seed)
@@ -284,6 +269,7 @@ def report(df: pd.DataFrame, how: str = "zero") -> str:
                   "  cell          delta_bits  elsewhere  random_median   ratio" + ("  percentile" if sweep else "")]
         for r in g.sort_values("delta_bits", ascending=False, key=np.abs).itertuples():
             pct = f"  {r.percentile:10.1f}" if sweep else ""
-            lines.append(f"  {f'{r.layer}:{r.stream}:{r.unit}':<12}  {r.delta_bits:+10.4f}  {r.delta_bits_elsewhere:+9.4f}"
+            cell = f"{r.layer}:{r.stream}:{r.unit}"
+            lines.append(f"  {cell:<12}  {r.delta_bits:+10.4f}  {r.delta_bits_elsewhere:+9.4f}"
                          f"  {r.random_median:13.4f}  {r.ratio:+6.1f}{pct}")
     return "\n".join(lines)

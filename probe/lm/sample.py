@@ -7,7 +7,7 @@ import torch
 
 from probe.errors import ProbeError
 from probe.lm.model import CharRNN
-from probe.lm.stepwise import layer_weights, lstm_step
+from probe.lm.stepwise import check_pins, layer_weights, lstm_step
 from probe.text import corpus as corpora
 
 
@@ -62,8 +62,7 @@ def _free(model: CharRNN):
 def _clamped(model: CharRNN, clamp: list):
     """step(char id) -> logits [V], one character at a time with the clamped units pinned
     (``probe.lm.stepwise``'s cell with an edit hook)."""
-    from probe.causal.intervene import check
-    check(model, clamp)
+    check_pins(model, clamp)
     for e in clamp:
         if isinstance(e.how, str):
             raise ProbeError(f"--clamp {e}: give a number to clamp to")

@@ -115,6 +115,24 @@ def _raw_weights(model: CharRNN, layer: int) -> tuple:
                                                                      "bias_ih", "bias_hh"))
 
 
+def check_pins(model: CharRNN, edits) -> None:
+    """One line for the first edit this model cannot take. An edit (``intervene.Edit``) pins
+    unit ``unit`` of stream ``stream`` ("h" or "c") of layer ``layer`` to ``how`` ("zero",
+    "mean" or a number) at every step, in an LSTM: what ``probe ablate`` and steered
+    sampling (``probe sample --clamp``) do."""
+    if getattr(model, "cell", "lstm") != "lstm":
+        raise ProbeError(f"ablation and clamping are written for LSTM models; this one is a {model.cell}")
+    for e in edits:
+        if not 0 <= e.layer < model.layers:
+            raise ProbeError(f"no layer {e.layer} in the model (layers are 0..{model.layers - 1})")
+        if e.stream not in ("h", "c"):
+            raise ProbeError(f"{e}: a cell to pin is in stream h or c, not {e.stream!r}")
+        if not 0 <= e.unit < model.units:
+            raise ProbeError(f"no unit {e.unit} in layer {e.layer} (units are 0..{model.units - 1})")
+        if isinstance(e.how, str) and e.how not in ("zero", "mean"):
+            raise ProbeError(f"an edit pins to zero, mean or a number, not {e.how!r}")
+
+
 @torch.no_grad()
 def stepwise(model: CharRNN, text: str, edit: Hook | None = None) -> tuple[dict, np.ndarray]:
     """Run ``text`` through ``model`` one character at a time from a zero state.
