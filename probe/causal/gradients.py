@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probe.errors import ProbeError
-from probe.lm.model import CharRNN
+from probe.lm.model import LOG2E, CharRNN
 from probe.text import corpus as corpora
 
 BATCH = 250  # positions per backward pass
@@ -166,7 +166,7 @@ def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tup
         logits = model.head(out[0, -1])
         loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])]))
         (grad,) = torch.autograd.grad(loss, x)
-    return start, (grad * x).sum(dim=1).detach().numpy(), loss.item() / np.log(2)
+    return start, (grad * x).sum(dim=1).detach().numpy(), loss.item() * LOG2E
 
 
 def report(res: dict, model: str = "") -> str:
