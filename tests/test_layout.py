@@ -13,6 +13,7 @@ remove it). On that graph:
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -81,47 +82,50 @@ def absolute(importer: str, node: ast.ImportFrom) -> str:
     return ".".join(package + ([node.module] if node.module else []))
 
 
+@dataclass
 class Imports:
-    """What one module imports: the modules it depends on, the private names it takes, and
-    the local names bound to modules of ours (to catch ``module._private``)."""
+    """What one module imports: the modules of ours it depends on, and each private name
+    it takes from another module ("what (line n)")."""
+    targets: set[str] = field(default_factory=set)
+    private: list[str] = field(default_factory=list)
 
-    def __init__(self, name: str):
-        self.name = name
-        self.tree = ast.parse(MODULES[name].read_text(), str(MODULES[name]))
-        self.targets: set[str] = set()  # modules of ours this one imports
-        self.private: list[str] = []  # "what … where" for each private name taken across
-        bound: dict[str, str] = {}  # local name → module of ours
-        for node in ast.walk(self.tree):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    target = resolve(alias.name, name)
-                    if target:
-                        self.targets.add(target)
-                        if alias.asname:  # import probe.x.y as m: m is probe.x.y
-                            bound[alias.asname] = alias.name
-                        else:  # import probe.x.y: the name bound is probe
-                            bound[alias.name.split(".")[0]] = alias.name.split(".")[0]
-            elif isinstance(node, ast.ImportFrom):
-                source = absolute(name, node)
-                for alias in node.names:
-                    full = f"{source}.{alias.name}"
-                    target = resolve(full, name) or resolve(source, name)
-                    if not target:
-                        continue
-                    self.targets.add(target)
-                    if resolve(full, name) and resolve(full, name).endswith(alias.name):  # a module, by name
-                        bound[alias.asname or alias.name] = resolve(full, name)
-                    if alias.name.startswith("_") and PRIVATE_OWNERS.get(full) != name:
-                        self.private.append(f"from {source} import {alias.name} (line {node.lineno})")
-        for node in ast.walk(self.tree):
-            if isinstance(node, ast.Attribute) and is_private(node.attr):
-                owner = dotted(node.value)
-                if owner and owner.split(".")[0] in bound:
-                    head, _, rest = owner.partition(".")
-                    module = ".".join(filter(None, [bound[head], rest]))
-                    if resolve(module, name) and resolve(module, name) != name:
-                        self.private.append(f"{owner}.{node.attr} (line {node.lineno})")
-        self.targets.discard(name)
+
+def read_imports(name: str) -> Imports:
+    """Every import of module ``name``, at the top or inside a function, and every
+    ``module._private`` read through a name one of them bound."""
+    tree = ast.parse(MODULES[name].read_text(), str(MODULES[name]))
+    found = Imports()
+    bound: dict[str, str] = {}  # local name → the module of ours it stands for
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):  # import probe.x.y [as m]
+            for alias in node.names:
+                if resolve(alias.name, name):
+                    found.targets.add(resolve(alias.name, name))
+                    local = alias.asname or alias.name.split(".")[0]  # without "as": binds "probe"
+                    bound[local] = alias.name if alias.asname else local
+        elif isinstance(node, ast.ImportFrom):  # from probe.x import y [as m]
+            source = absolute(name, node)
+            for alias in node.names:
+                module = resolve(f"{source}.{alias.name}", name)
+                if module and module.rpartition(".")[2] == alias.name:  # y is a module
+                    found.targets.add(module)
+                    bound[alias.asname or alias.name] = module
+                elif resolve(source, name):  # y is a name defined in probe.x
+                    found.targets.add(resolve(source, name))
+                else:
+                    continue  # not ours
+                if is_private(alias.name) and PRIVATE_OWNERS.get(module) != name:
+                    found.private.append(f"from {source} import {alias.name} (line {node.lineno})")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and is_private(node.attr):
+            owner = dotted(node.value)  # m._x, or probe.x.y._x
+            if owner and owner.split(".")[0] in bound:
+                head, _, rest = owner.partition(".")
+                module = resolve(".".join(filter(None, [bound[head], rest])), name)
+                if module and module != name:
+                    found.private.append(f"{owner}.{node.attr} (line {node.lineno})")
+    found.targets.discard(name)
+    return found
 
 
 def is_private(name: str) -> bool:
@@ -138,7 +142,7 @@ def dotted(node: ast.expr) -> str | None:
     return None
 
 
-IMPORTS = {name: Imports(name) for name in MODULES}
+IMPORTS = {name: read_imports(name) for name in MODULES}
 GRAPH = {name: imports.targets for name, imports in IMPORTS.items()}
 
 
