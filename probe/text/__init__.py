@@ -2,6 +2,7 @@
 
 Takes source files (the Python standard library, a folder, a glob, a tar); gives ``Corpus``
 splits and their encoding (``corpus``), one label per position — the state *after reading*
-position t — for every built-in or regex feature (``features``), and character n-gram
-models with Kneser-Ney smoothing (``ngram``). Imports nothing else of probe's but its errors.
+position t — for every built-in or regex feature (``features``, from ``python_lexer``,
+``c_lexer``, ``builtin``, ``user_features`` and ``spans``), and character n-gram models
+with Kneser-Ney smoothing (``ngram``). Imports nothing else of probe's but its errors.
 """
