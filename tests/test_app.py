@@ -9,6 +9,7 @@ import asyncio
 import html
 import re
 import shutil
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -200,6 +201,19 @@ def test_url_arguments_select_the_view(page):
     assert re.search(r'class="s\d+"', p["text"].text)  # a gate: the sequential palette
     assert p["url-state"].text == ("recording=tiny.h5&layer=1&stream=f&unit=3&start=10&window=1000"
                                    "&feature=in_comment")
+
+
+def test_the_last_unit_is_accepted_and_one_past_it_refused(page):
+    """tiny.h5 has 8 units a stream: unit=7 is the last (shown, no message), unit=8 is not."""
+    p = page(recording="tiny.h5", layer=1, stream="h", unit=7)
+    assert p.message == "" and p["unit"].value == 7 and p["unit"].high == 7
+    assert "unit=7&" in p["url-state"].text and p.doc.title == "cells · tiny.h5 layer 1 h unit 7"
+    q = page(recording="tiny.h5", layer=1, stream="h", unit=8)
+    assert q.message == "no unit 8 in tiny.h5 (units are 0..7); showing unit 0".join(
+        ['<div class="msg">', "</div>"])
+    assert q["unit"].value == 0 and "unit=0&" in q["url-state"].text
+    r = page(recording="tiny.h5", unit=-1)
+    assert "no unit -1 in tiny.h5 (units are 0..7); showing unit 0" in r.message
 
 
 def test_unknown_layer_unit_and_stream_in_the_url_give_messages(page):
@@ -419,7 +433,9 @@ def test_the_beyond_ngrams_tab_colours_the_window_by_advantage_and_error(folder,
             assert "background:" in shown and any(c in shown for c in advantage.CATEGORIES)
             assert all(c in p["ngram-legend"].text for c in advantage.CATEGORIES)
             p.set("recording", value="nasty.h5")  # no results there: said how to add them
-            assert "probe errors REC --store" in p["ngram-note"].text and p["ngram-text"].text == ""
+            note = p["ngram-note"].text  # the exact command, for the recording shown and its folder
+            assert "<pre>probe errors recordings/nasty.h5 --store</pre>" in note and p["ngram-text"].text == ""
+            assert "No n-gram results in nasty.h5 yet" in note and "stop the dashboard" in note
         finally:
             settle(p, "tiny.h5", "nasty.h5")
             p.close()
@@ -488,6 +504,64 @@ def test_leaderboard_row_and_saturation_dot_select_a_cell(page):
     assert "layer=1&stream=o&unit=1" in p["url-state"].text
 
 
+def test_the_trace_keeps_the_cell_and_a_count_feature_on_their_own_scales(page, folder):
+    """A count overlay (column: up to a line's length) has its own right axis; the left axis
+    spans the cell's values over the window, so the cell is not flattened near zero."""
+    p = page(recording="tiny.h5", layer=1, stream="c", unit=2, start=100, window=1000, feature="column")
+    trace = p["trace"]
+    with open_recording(folder / "tiny.h5") as rec:
+        values = rec.window(1, "c", 100, 1100)[:, 2].astype(np.float64)
+        column = features.compute(rec.text, ["column"], documents=rec.document_spans)["column"].to_numpy()[100:1100]
+    lo, hi = values.min(), values.max()
+    assert (trace.y_range.start, trace.y_range.end) == pytest.approx((lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)))
+    flo, fhi = float(column.min()), float(column.max())
+    assert fhi > 20 * max(abs(lo), abs(hi))  # a count far beyond the cell's range …
+    feature_range = trace.extra_y_ranges["feature"]
+    assert (feature_range.start, feature_range.end) == pytest.approx((flo - 0.05 * (fhi - flo), fhi + 0.05 * (fhi - flo)))
+    renderers = {r.glyph.__class__.__name__: r for r in trace.renderers}
+    assert renderers["Line"].y_range_name == "default" and renderers["Step"].y_range_name == "feature"
+    assert trace.right[0].y_range_name == "feature" and trace.right[0].axis_label == "column"
+    assert trace.y_range.end < fhi  # … stays on the right axis
+    p.set("feature", value="in_string")  # a 0/1 feature: its own axis follows
+    assert (feature_range.start, feature_range.end) == pytest.approx((-0.05, 1.05))
+    assert trace.right[0].axis_label == "in_string"
+    # positions in plain thousands (100,000), not scientific notation (1.000e+5)
+    for fig in (trace, p["overview"]):
+        assert fig.xaxis[0].formatter.format == "0,0"
+
+
+def test_live_text_is_monospace_and_the_leaderboard_fills_its_tab(page):
+    p = page(recording="tiny.h5")
+    assert any("monospace" in sheet.css and "textarea" in sheet.css for sheet in p["live-in"].stylesheets)
+    board = p["leaderboard"]
+    assert board.sizing_mode == "stretch_width" and board.height >= 600  # the browser test measures it
+
+
+def test_match_snippets_are_as_wide_as_their_column(page, folder):
+    """Each snippet shows as many characters as the column holds (not 20 + the match + 20),
+    BEFORE of them before its match; at the text's start, spaces keep matches in one column."""
+    p = page(recording="tiny.h5", layer=1, stream="c", window=1000)
+    store = p.doc.session_context.server_context.cells
+    match_tab = sys.modules[next(n for n, m in sys.modules.items()
+                                 if getattr(m, "__file__", "") == str(APP / "tabs" / "match.py")
+                                 and hasattr(m, "SNIPPET"))]
+    assert match_tab.SNIPPET * match_tab.CHAR_WIDTH <= match_tab.SNIPPET_WIDTH - 20
+    assert match_tab.SNIPPET >= 90
+    a = TEXT.index("{name}!")
+    p.set("match-span", value=f"{a}:{a + 4}")
+    data = p["match-table"].source.data
+    T = len(store.recording("tiny.h5"))
+    assert len(data["start"]) > 3
+    for start, snippet in zip(data["start"], data["snippet"]):
+        lo = max(0, start - match_tab.BEFORE)
+        pad = match_tab.BEFORE - (start - lo)
+        shown = re.findall(r'title=|<span class="', snippet)
+        assert len(shown) == min(T, lo + match_tab.SNIPPET - pad) - lo, start
+        assert snippet.startswith('<div class="probe-text">' + " " * pad + "<span")
+    assert match_tab.snippet_bounds(0, T) == (0, match_tab.SNIPPET - match_tab.BEFORE, match_tab.BEFORE)
+    assert match_tab.snippet_bounds(T - 3, T) == (T - 3 - match_tab.BEFORE, T, 0)  # the last characters
+
+
 def test_typed_text_runs_through_the_model(page):
     p = page(recording="tiny.h5", layer=1, stream="h", unit=2)
     p.set("live-in", value="def f(x): <return> x")
@@ -527,6 +601,7 @@ def test_intervene_zeroes_the_unit_on_the_visible_window(page, folder):
     assert p.positions("intervene-text") == list(range(start, start + 1000))  # one span a character
     assert "bits" in p["intervene-text"].text and "Δ bits" in p["intervene-legend"].text
     got = numbers(p["intervene-summary"].text)
+    assert "<th>zeroing 1:c:2</th>" in p["intervene-summary"].text  # the cell, L:S:U
     assert {"inside", "outside", "random-inside", "random-outside", "ratio"} <= set(got)
     assert all(np.isfinite(v) for v in got.values()), got
     assert got["positions-inside"] > 0 and got["positions-inside"] + got["positions-outside"] == 999
@@ -560,6 +635,7 @@ def test_intervene_on_a_gate_pins_h_and_escapes_the_text(page):
     out = p["intervene-text"].text
     assert "<script" not in out and "<img" not in out and "&lt;" in out
     assert "the o stream itself is not pinned" in p["intervene-legend"].text
+    assert "<th>zeroing 0:h:1</th>" in p["intervene-summary"].text  # its hidden output h
 
 
 def test_steering_samples_with_and_without_the_clamp(page, folder):
@@ -810,8 +886,65 @@ def test_select_and_match_lives_in_its_tab_module():
         assert found is None, f"{f.relative_to(APP)} names {found.group(0)!r}"
 
 
+def test_tracked_example_positions_exist_in_the_default_recording():
+    """Every example URL and span in the app, docs/dashboard.md and docs/screenshots.py names
+    stdlib-test.h5 and lies inside it: the shipped model's layers and units, and the first
+    DEFAULT_CHARS characters the server records (a README example once pointed at 194,721)."""
+    sys.path.insert(0, str(APP.parents[1]))
+    from apps.cells.store import DEFAULT_CHARS, DEFAULT_NAME
+    model = load_model()
+    layers, units = model.layers, model.units
+    docs = APP.parents[1] / "docs"
+    files = [*APP.rglob("*.py"), docs / "dashboard.md", docs / "screenshots.py"]
+    seen = urls = 0
+    for f in files:
+        text = f.read_text()
+        where = f.relative_to(APP.parents[1])
+        for name in re.findall(r"[?&`\"]recording=([\w.-]+)", text):
+            assert name == DEFAULT_NAME, (where, name)
+        urls += len(re.findall(r"[?&`\"]recording=", text))
+        for key, a, b in re.findall(r"(span=|like |``\")(\d+):(\d+)", text):
+            assert 0 <= int(a) < int(b) <= DEFAULT_CHARS, (where, a, b)
+            seen += 1
+        for start in re.findall(r"[?&]start=(\d+)", text):
+            assert int(start) < DEFAULT_CHARS, (where, start)
+        for layer in re.findall(r"[?&]layer=(\d+)", text):
+            assert int(layer) < layers, (where, layer)
+        for unit in re.findall(r"[?&]unit=(\d+)", text):
+            assert int(unit) < units, (where, unit)
+        for cells in re.findall(r"[?&]cells=([\w:,]+)", text):
+            for cell in cells.split(","):
+                layer, stream, unit = cell.split(":")
+                assert int(layer) < layers and stream in "ifgoch" and int(unit) < units, (where, cell)
+    assert seen >= 4 and urls >= 12
+
+
+def test_the_dashboard_page_shows_every_tab_with_the_url_of_its_picture():
+    """docs/dashboard.md: a picture of the window and of every tab in TABS, each followed by
+    the URL docs/screenshots.py took it at, in the same order; the pictures are there."""
+    import importlib.util
+    docs = APP.parents[1] / "docs"
+    spec = importlib.util.spec_from_file_location("screenshots", docs / "screenshots.py")
+    shots = importlib.util.module_from_spec(spec)
+    sys.modules["screenshots"] = shots  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(shots)
+    finally:
+        del sys.modules["screenshots"]
+    page = (docs / "dashboard.md").read_text()
+    pictures = re.findall(r"!\[[^\]]+\]\(img/tab-([\w-]+)\.png\)", page)
+    urls = re.findall(r"^`(recording=[^`]+)`$", page, flags=re.M)
+    assert pictures == [s.name for s in shots.SHOTS] and urls == [s.query for s in shots.SHOTS]
+    tabs = re.search(r"^TABS = (\[.*\])", (APP / "main.py").read_text(), flags=re.M).group(1)
+    titles = {s.title for s in shots.SHOTS}
+    for name in eval(tabs):  # noqa: S307 - our own list literal
+        title = re.search(r'^TITLE = "(.*)"', (APP / "tabs" / f"{name}.py").read_text(), flags=re.M).group(1)
+        assert title in titles, name
+    for name in pictures:
+        assert (docs / "img" / f"tab-{name}.png").stat().st_size > 10_000, name
+
+
 def test_lru_keeps_the_most_recently_used_within_its_limit():
-    import sys
     sys.path.insert(0, str(APP.parents[1]))
     from apps.cells.lru import LRU
     lru = LRU(3)
@@ -844,7 +977,6 @@ def test_every_store_cache_is_an_lru_used_under_the_lock(tmp_path):
     state is read and written inside ``with self._lock`` (or handed to ``_kept``, which takes
     it); read from store.py's source, so a new unlocked use fails here."""
     import ast
-    import sys
     sys.path.insert(0, str(APP.parents[1]))
     from apps.cells.lru import LRU
     from apps.cells.store import Store

@@ -152,3 +152,65 @@ def test_clicking_a_character_explains_its_prediction(served, chromium):
     text = wait(d, lambda d: (lambda t: t if "after character 30" in t else None)(d.execute_script(note)))
     assert "Predicting" in text and "Most influential" in text
     assert [e for e in d.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+# the stream menu's labels, the live box's font, the leaderboard's width, the match snippets' fit
+MEASURE = """
+const m = (name) => Bokeh.documents[0].get_model_by_name(name);
+const el = (name) => Bokeh.index.find_one(m(name)).el;
+const ctx = document.createElement('canvas').getContext('2d');
+const select = el('stream').shadowRoot.querySelector('select');
+const style = getComputedStyle(select);
+ctx.font = style.font;
+const room = select.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+const labels = [...select.options].map(o => o.text);
+const snippets = walkAll('.slick-cell .probe-text').map(d => ({
+  chars: d.querySelectorAll('span').length, text: d.scrollWidth, cell: d.closest('.slick-cell').clientWidth}));
+return {
+  room: room, widest: Math.max(...labels.map(t => ctx.measureText(t).width)), labels: labels,
+  textarea: getComputedStyle(el('live-in').shadowRoot.querySelector('textarea')).fontFamily,
+  board: el('leaderboard').getBoundingClientRect().width, tabs: el('tabs').getBoundingClientRect().width,
+  snippets: snippets};
+"""
+
+
+def test_labels_fonts_and_tables_read_whole(served, chromium, recording_path):
+    """Defects a new user saw: the stream menu cut its labels, the live box was proportional,
+    the leaderboard filled a corner, match snippets stopped at ~30 characters of a wide column."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from probe.analysis import match
+    from probe.recording.reader import open_recording
+    with open_recording(recording_path) as rec:  # a span with cells on and matches elsewhere
+        span = next((a, a + 3) for a in range(1, len(rec) - 3)
+                    if not rec.text[a:a + 3].isspace() and _matches(match, rec, a))
+    d = chromium
+    d.get(served + f"?recording=tiny.h5&layer=1&stream=c&unit=1&span={span[0]}:{span[1]}")
+    d.execute_script(WALK)
+    wait(d, lambda d: d.execute_script(COLOURED))
+    for title in ("leaderboard", "select & match"):
+        tab = wait(d, lambda d: d.execute_script(
+            f"return walkAll('.bk-tab').find(t => t.textContent.trim() === '{title}')"))
+        ActionChains(d).click(tab).perform()
+        if title == "leaderboard":
+            wait(d, lambda d: d.execute_script("return walkAll('.slick-row').length > 3"))
+    # the longest labels the menu can have: a recorded stream's and probe encode's / probe errors --store's
+    d.execute_script("""const s = Bokeh.documents[0].get_model_by_name('stream');
+        s.options = [...s.options, ['dir', 'dir · probe directions (9)'], ['ngram', 'ngram · against n-grams (3)']];""")
+    got = wait(d, lambda d: (lambda r: r if len(r["snippets"]) > 2 and len(r["labels"]) == 8 else None)(
+        d.execute_script(MEASURE)))
+    assert got["widest"] <= got["room"] - 16, got  # 16 px for the arrow
+    assert "monospace" in got["textarea"] or "Mono" in got["textarea"], got["textarea"]
+    assert got["board"] >= 0.95 * got["tabs"], got
+    for s in got["snippets"]:
+        assert s["text"] <= s["cell"], s  # nothing cut off …
+    assert max(s["text"] for s in got["snippets"]) >= 0.85 * got["snippets"][0]["cell"], got["snippets"]  # … and full
+    assert [e for e in d.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def _matches(match, rec, a: int) -> bool:
+    try:
+        units = match.select(rec, 1, "c", a, a + 3, 0.3)
+    except Exception:  # noqa: BLE001 - no cell on there
+        return False
+    return len(match.search(rec, 1, "c", units, 0.3, top=5)) > 2

@@ -1,7 +1,7 @@
 """One recurrent cell at a time: the recorded text coloured by the cell, and ways to find cells.
 
     bokeh serve apps/cells --args --recordings recordings/
-    http://localhost:5006/cells?recording=stdlib-test.h5&layer=1&stream=c&unit=42&start=0
+    http://localhost:5006/cells?recording=stdlib-test.h5&layer=0&stream=c&unit=89&start=0   (the quote cell)
 
 A bare URL opens on the best cell for in_short_string in a window of strings (``selection.opening``).
 
@@ -25,6 +25,7 @@ from .session import Session, View
 from .store import store_for
 from .views import describe
 
+STREAM_WIDTH = 230  # the stream menu: wide enough for its longest label, "ngram · against n-grams (3)"
 TABS = ["card", "leaderboard", "match", "saturation", "live", "intervene", "saliency", "features", "ngrams"]  # modules in tabs/, in page order
 
 # ---- data -----------------------------------------------------------------------------------
@@ -41,7 +42,7 @@ controls = dict(
     recording=Select(title="recording", options=store.names(), value=sel.recording or "", width=200,
                      name="recording"),
     layer=Select(title="layer", options=["0"], value="0", width=70, name="layer"),
-    stream=Select(title="stream", value=sel.stream or "", width=150, name="stream", options=[]),  # see show
+    stream=Select(title="stream", value=sel.stream or "", width=STREAM_WIDTH, name="stream", options=[]),  # see show
     unit=Spinner(title="unit", low=0, high=0, step=1, value=0, width=90, name="unit"),
     feature=Select(title="feature overlay", options=list(FEATURES), value=sel.feature, width=150,
                    name="feature"),
@@ -83,7 +84,7 @@ doc.js_on_event("document_ready", views.url_writer(url_state))
 
 # ---- layout ---------------------------------------------------------------------------------
 head = View(row(*controls.values()), update=show)
-panels = Tabs(sizing_mode="stretch_width", tabs=[
+panels = Tabs(sizing_mode="stretch_width", name="tabs", tabs=[
     TabPanel(title=module.TITLE, child=tab.child) for module, tab in zip(tab_modules, tabs)])
 panels.on_change("active", lambda attr, old, new: tabs[new].on_show())
 body = column(head.child, notice_view.child, text_window.child, panels, name="body", visible=bool(store.names()),

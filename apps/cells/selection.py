@@ -1,4 +1,4 @@
-"""What a page shows, as in its URL: ``?recording=…&layer=1&stream=c&unit=42&start=0…``,
+"""What a page shows, as in its URL: ``?recording=stdlib-test.h5&layer=0&stream=c&unit=89&start=0…``,
 then the keys tabs add to it (a tab's ``PARAMS``: ``Param``, kept in ``Selection.extra``).
 
 Plain data and checks, no Bokeh: ``from_query`` reads a URL's arguments, ``fit`` clamps

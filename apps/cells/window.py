@@ -15,6 +15,7 @@ from bokeh.models import (
     ColumnDataSource,
     HoverTool,
     LinearAxis,
+    NumeralTickFormatter,
     Range1d,
     Spinner,
 )
@@ -61,8 +62,10 @@ def build(session: Session) -> View:
         trace_src.data = dict(position=np.arange(a, b), value=values, feature=feat,
                               char=[char_label(ch) for ch in rec.text[a:b]])
         trace.x_range.start, trace.x_range.end = a, b
-        fmax = float(np.nanmax(feat)) if len(feat) else 1.0
-        trace.extra_y_ranges["feature"].start, trace.extra_y_ranges["feature"].end = -0.05, max(fmax, 1) * 1.05
+        # two scales: the cell's on the left, the feature's (a count: up to the line's length) on the right
+        trace.y_range.start, trace.y_range.end = padded(values)
+        trace.extra_y_ranges["feature"].start, trace.extra_y_ranges["feature"].end = padded(feat)
+        trace.right[0].axis_label = sel.feature
         with session.quietly():
             start.value, start.high, start.step = a, max(0, len(rec) - 1), sel.window // 2
 
@@ -104,6 +107,19 @@ def overview_bins(summary: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return edges[:-1], edges[1:], means
 
 
+def padded(values: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
+    """(low, high) of an axis that shows ``values`` whole: their finite range widened by
+    ``pad`` of it each side (a constant: ±0.5 around it; none: 0 to 1)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi == lo:
+        return lo - 0.5, hi + 0.5
+    return lo - pad * (hi - lo), hi + pad * (hi - lo)
+
+
 def char_label(ch: str) -> str:
     return {"\n": "↵", "\t": "⇥", " ": "␠"}.get(ch, ch)
 
@@ -122,6 +138,7 @@ def overview_figure(source: ColumnDataSource) -> tuple:
     p = figure(height=70, sizing_mode="stretch_width", tools="tap", toolbar_location=None,
                y_range=(0, 1), title="whole recording — tap to jump", name="overview")
     p.rect(x="x", y=0.5, width="width", height=1, fill_color="color", line_color=None, source=source)
+    p.xaxis.formatter = NumeralTickFormatter(format="0,0")  # 100,000, not 1.000e+5
     p.yaxis.visible = False
     p.ygrid.visible = False
     p.xgrid.visible = False
@@ -131,12 +148,15 @@ def overview_figure(source: ColumnDataSource) -> tuple:
 
 
 def trace_figure(source: ColumnDataSource) -> figure:
-    """The cell's value over the window, with the selected feature on a second axis."""
+    """The cell's value over the window on the left axis, the selected feature on its own
+    right axis: each on its own scale (both set by ``update``), so a count feature (column,
+    up to the line's length) does not flatten the cell."""
     p = figure(height=200, sizing_mode="stretch_width", tools="xpan,xwheel_zoom,reset",
-               toolbar_location="right", x_range=Range1d(0, 1), name="trace")
+               toolbar_location="right", x_range=Range1d(0, 1), y_range=Range1d(-1, 1), name="trace")
     p.line("position", "value", source=source, color="#2166ac", line_width=1.2, legend_label="cell")
     p.extra_y_ranges = {"feature": Range1d(0, 1)}
-    p.add_layout(LinearAxis(y_range_name="feature", axis_label="feature"), "right")
+    p.add_layout(LinearAxis(y_range_name="feature", axis_label="feature", axis_label_text_color="#e08214"),
+                 "right")
     p.step("position", "feature", source=source, y_range_name="feature", color="#e08214",
            line_width=1, alpha=0.8, mode="center", legend_label="feature")
     p.add_tools(HoverTool(tooltips=[("position", "@position"), ("char", "@char"),
@@ -145,4 +165,6 @@ def trace_figure(source: ColumnDataSource) -> figure:
     p.legend.orientation = "horizontal"
     p.add_layout(p.legend[0], "above")
     p.yaxis[0].axis_label = "value"
+    p.yaxis[0].axis_label_text_color = "#2166ac"
+    p.xaxis.formatter = NumeralTickFormatter(format="0,0")
     return p

@@ -84,7 +84,8 @@ def build(session: Session) -> View:
 
     which.on_change("value", lambda attr, old, new: fill())
     source.selected.on_change("indices", on_row)
-    return View(column(note, which, table), clear=clear, on_analysis=on_analysis, on_show=fill)
+    return View(column(note, which, table, sizing_mode="stretch_width"), clear=clear, on_analysis=on_analysis,
+                on_show=fill)
 
 
 def rows(rec, scores: pd.DataFrame, summ: dict, layer: int, stream: str) -> dict:
@@ -134,5 +135,5 @@ def features_table(source: ColumnDataSource) -> DataTable:
             TableColumn(field="score", title="score", formatter=fmt, width=60),
             TableColumn(field="top", title="top value", formatter=fmt, width=70),
             TableColumn(field="context", title="its highest context (⟦character⟧)", width=520)]
-    return DataTable(source=source, columns=cols, height=360, width=1000, index_position=None,
-                     reorderable=False, name="features-table")
+    return DataTable(source=source, columns=cols, height=360, sizing_mode="stretch_width", index_position=None,
+                     reorderable=False, name="features-table")  # the tab's width

@@ -133,7 +133,7 @@ def summary_html(s: dict, feature: str, w: Window, controls: list[int]) -> str:
     def cells(*pairs) -> str:  # (class, text) per cell
         return "".join(f'<td class="{k}">{v}</td>' if k else f"<td>{v}</td>" for k, v in pairs)
 
-    cell = f"{w.layer}:{w.unit}{':c' if w.on == 'c' else ''}"
+    cell = f"{w.layer}:{w.on}:{w.unit}"  # the cell edited, L:S:U
     rows = [f"<tr><th></th><th>zeroing {cell}</th><th>{len(controls)} random units<br>(median |mean|)</th>"
             "<th>positions</th></tr>"]
     for key, label in (("inside", f"where {html.escape(feature)} holds"), ("outside", "elsewhere")):

@@ -10,6 +10,7 @@ from ..views import analysis_note, note_div
 
 TITLE = "leaderboard"
 COLUMNS = ("feature", "rank", "layer", "stream", "unit", "metric", "score")
+HEIGHT = 640  # pixels: 25 rows, five features' best cells at a time
 
 
 def build(session: Session) -> View:
@@ -34,7 +35,7 @@ def build(session: Session) -> View:
                               feature=str(r["feature"]))
 
     source.selected.on_change("indices", on_row)
-    return View(column(note, table), clear=clear, on_analysis=on_analysis)
+    return View(column(note, table, sizing_mode="stretch_width"), clear=clear, on_analysis=on_analysis)
 
 
 def board_data(best) -> dict:
@@ -54,5 +55,5 @@ def leaderboard(source: ColumnDataSource) -> DataTable:
             TableColumn(field="unit", title="unit", width=50),
             TableColumn(field="metric", title="metric", width=90),
             TableColumn(field="score", title="score", formatter=fmt, width=70)]
-    return DataTable(source=source, columns=cols, height=320, width=560, index_position=None, reorderable=False,
-                     name="leaderboard")
+    return DataTable(source=source, columns=cols, height=HEIGHT, sizing_mode="stretch_width", index_position=None,
+                     reorderable=False, name="leaderboard")  # the tab's width; columns in proportion

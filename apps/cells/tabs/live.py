@@ -3,7 +3,7 @@ cell; another cell recolours it without running the model again."""
 from __future__ import annotations
 
 from bokeh.layouts import column, row
-from bokeh.models import Button, TextAreaInput
+from bokeh.models import Button, InlineStyleSheet, TextAreaInput
 
 from probe.errors import ProbeError
 from probe.output import render
@@ -14,6 +14,7 @@ from ..session import Session, View
 from ..views import message_html, note_div, note_html, reason, text_div
 
 TITLE = "type your own text"
+MONOSPACE = "textarea { font-family: ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace; font-size: 13px; }"
 LIMIT = 3000  # characters of typed text run through the model
 SAMPLE = '''def greet(name, excited=False):
     """Say hello."""
@@ -26,7 +27,8 @@ SAMPLE = '''def greet(name, excited=False):
 
 def build(session: Session) -> View:
     typed = TextAreaInput(title=f"type or paste text (up to {LIMIT:,} characters are run)", value=SAMPLE,
-                          rows=8, max_length=10 * LIMIT, sizing_mode="stretch_width", name="live-in")
+                          rows=8, max_length=10 * LIMIT, sizing_mode="stretch_width", name="live-in",
+                          stylesheets=[InlineStyleSheet(css=MONOSPACE)])  # code: columns line up
     button = Button(label="run the model", button_type="primary", width=140)
     note = note_div(name="live-note")
     out = text_div(name="live", sizing_mode="stretch_width")

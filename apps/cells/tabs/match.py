@@ -64,7 +64,10 @@ INDEX_WAIT = 0.3      # seconds to wait for the on/off index before saying it is
 STACK_CHARS = 1000    # characters of the window shown as stacked rows
 BLOCK = 120           # characters per line of stacked rows
 MAX_ROWS = 12         # cells shown as stacked rows
-BEFORE, SHOWN, AFTER = 20, 50, 20  # a match's snippet: context, matched characters shown, context
+SNIPPET_WIDTH = 760   # pixels of the matches table's "where" column
+CHAR_WIDTH = 7.83     # pixels a character of the snippets' font takes (13px DejaVu Sans Mono: render.css)
+SNIPPET = int((SNIPPET_WIDTH - 24) / CHAR_WIDTH)  # characters a snippet shows: as many as its column holds
+BEFORE = 20           # of them before the match (matches start in one column)
 COUNT = "i"           # the count of cells on is coloured with a gate's palette: white 0 → purple all
 COLUMNS = ("start", "stop", "length", "n_on", "n_union", "jaccard", "snippet")
 EXPLAIN = ("feature", "matched", "overall", "enrichment")
@@ -73,7 +76,7 @@ MAX_CELLS = 32              # cells a URL or the cells box may list
 MAX_SPAN = 2000             # characters a span may cover: cells on over longer ones are rare
 Cell = tuple[int, str, int]  # (layer, stream, unit), written 1:c:120
 
-# ---- the URL: span=5010:5016&threshold=0.3&cells=0:c:89,1:c:120 --------------------------------
+# ---- the URL: span=1727:1740&threshold=0.3&cells=0:c:89,1:c:43 ---------------------------------
 
 
 def cells_text(cells) -> str:
@@ -103,10 +106,10 @@ def parse_cells(text: str) -> tuple[tuple[Cell, ...], list[str]]:
 
 
 def parse_span(text: str) -> tuple[int, int]:
-    """``"5010:5016"`` → (5010, 5016); a ProbeError if it is not START:STOP."""
+    """``"1727:1740"`` → (1727, 1740); a ProbeError if it is not START:STOP."""
     m = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", text)
     if m is None:
-        raise ProbeError(f"span {text!r} is not START:STOP (two whole numbers, like 5010:5016)")
+        raise ProbeError(f"span {text!r} is not START:STOP (two whole numbers, like 1727:1740)")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -404,15 +407,15 @@ def build(session: Session) -> View:
             fail(f"cannot search: {reason(e)}")
             return
         state["hits"] = hits
-        cells = "cell" if len(units) == 1 else "cells"
+        which = "this cell is on" if len(units) == 1 else f"these {len(units)} cells are on together"
         note.text = note_html(
-            f"The {len(hits)} best places over the whole recording where these {len(units)} {cells} are on "
-            "together (LSTMVis's ranking: most of them on throughout, then fewest other cells on, then "
-            "longest). Each character is coloured by how many of them are on there (white none, purple "
-            "all); the match is underlined in orange. Click a row to show it in the text. Beside: the "
-            "features the matched characters share, against how often each holds over the recording."
-            if len(hits) else f"No place where the {len(units)} {cells} are on together for two characters "
-                              "or more (with a character before and after).")
+            f"The {len(hits)} best places over the whole recording where {which} (LSTMVis's ranking: most "
+            "of them on throughout, then fewest other cells on, then longest). Each character is coloured "
+            "by how many of them are on there (white none, purple all); the match is underlined in orange. "
+            "Click a row to show it in the text. Beside: the features the matched characters share, against "
+            "how often each holds over the recording."
+            if len(hits) else f"No other place where {which} for two characters or more (with a character "
+                              "before and after).")
 
     def draw_rows(sel: Selection) -> None:
         """The window's text once per cell, aligned character by character."""
@@ -536,19 +539,27 @@ def stacked_html(rec, cells: list[tuple], a: int, b: int, span: tuple | None) ->
     return "".join(parts)
 
 
+def snippet_bounds(start: int, length: int) -> tuple[int, int, int]:
+    """(lo, hi, pad) of the snippet of a match starting at ``start`` in a text of ``length``:
+    ``BEFORE`` characters of context (fewer at the text's start: ``pad`` spaces instead, so
+    matches start in one column), then the match and what follows, ``SNIPPET`` in all."""
+    lo = max(0, start - BEFORE)
+    pad = BEFORE - (start - lo)
+    return lo, min(length, lo + SNIPPET - pad), pad
+
+
 def table_data(text: str, hits, bits: np.ndarray, units: list[int]) -> dict:
     """The matches with a coloured snippet each: the count of the selected units on at each
-    character (from the on/off index ``bits`` [T, words]), over the match and its context."""
-    T = len(text)
+    character (from the on/off index ``bits`` [T, words]), over the match and its context,
+    as wide as the column (``snippet_bounds``)."""
     snippets = []
     for s, e in zip(hits["start"].tolist(), hits["stop"].tolist()):
-        lo, hi = max(0, s - BEFORE), min(T, min(e, s + SHOWN) + AFTER)
+        lo, hi, pad = snippet_bounds(s, len(text))
         count = match.count_on(bits[lo:hi], units)  # [hi - lo]
         snippet = render.colored_html(text[lo:hi], count / len(units), COUNT, start=lo, newlines="symbol",
                                       titles=False)
-        snippet = mark_range(snippet, lo, s, min(e, s + SHOWN), "hit")
-        pad = " " * (BEFORE - (s - lo))  # matches start in one column
-        snippets.append(snippet.replace('<div class="probe-text">', f'<div class="probe-text">{pad}', 1))
+        snippet = mark_range(snippet, lo, s, min(e, hi), "hit")
+        snippets.append(snippet.replace('<div class="probe-text">', f'<div class="probe-text">{" " * pad}', 1))
     data = {k: hits[k].tolist() for k in COLUMNS if k != "snippet"}
     data["snippet"] = snippets
     return data
@@ -561,7 +572,7 @@ def matches_table(source: ColumnDataSource) -> DataTable:
             TableColumn(field="n_union", title="union", width=50),
             TableColumn(field="jaccard", title="Jaccard", formatter=NumberFormatter(format="0.000"), width=60),
             TableColumn(field="snippet", title="where (count of the cells on: white none, purple all)",
-                        formatter=HTMLTemplateFormatter(template="<%= value %>"), width=760)]
+                        formatter=HTMLTemplateFormatter(template="<%= value %>"), width=SNIPPET_WIDTH)]
     return DataTable(source=source, columns=cols, height=420, width=1040, index_position=None, reorderable=False,
                      sortable=False, row_height=24, name="match-table",
                      stylesheets=[InlineStyleSheet(css=TABLE_CSS)])

@@ -31,8 +31,7 @@ def build(session: Session) -> View:
         rec = session.rec
         key = next((k for k in (rec.derived if rec is not None else {}) if k[1] == "ngram"), None)
         if key is None:
-            note.text = note_html("no n-gram results in this recording: add them with "
-                                  "probe errors REC --store (they are a derived stream, ngram)")
+            note.text = empty_note(session.store.folder.name, sel.recording)
             text.text = legend.text = ""
             return
         info = rec.derived[key]
@@ -58,6 +57,16 @@ def build(session: Session) -> View:
 
     mode.on_change("value", lambda attr, old, new: update(session.sel) if session.rec is not None else None)
     return View(column(note, mode, legend, text, sizing_mode="stretch_width"), update, clear)
+
+
+def empty_note(folder: str, recording: str) -> str:
+    """What to run to fill this tab: the exact command, for the recording shown."""
+    command = f"probe errors {folder}/{recording} --store"
+    return (f'<div class="note">No n-gram results in {html.escape(recording)} yet. To add them (a derived '
+            "stream, <code>ngram</code>), stop the dashboard (it holds the file open), run<pre>"
+            f"{html.escape(command)}</pre>and start the dashboard again. The first run builds the "
+            "n-gram model of the model's training text (about half a minute; kept in ~/.cache/probe), "
+            "later runs take seconds.</div>")
 
 
 def category_legend(categories: list[str], wrong_bits: float) -> str:
