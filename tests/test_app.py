@@ -549,6 +549,7 @@ def test_match_snippets_are_as_wide_as_their_column(page, folder):
     assert match_tab.SNIPPET >= 90
     a = TEXT.index("{name}!")
     p.set("match-span", value=f"{a}:{a + 4}")
+    p.wait_for(lambda: p["match-table"].source.data["start"])  # searched in a worker
     data = p["match-table"].source.data
     T = len(store.recording("tiny.h5"))
     assert len(data["start"]) > 3
@@ -565,6 +566,7 @@ def test_match_snippets_are_as_wide_as_their_column(page, folder):
 def test_typed_text_runs_through_the_model(page):
     p = page(recording="tiny.h5", layer=1, stream="h", unit=2)
     p.set("live-in", value="def f(x): <return> x")
+    p.wait_for(lambda: p["live"].text)  # run in a worker, delivered on the document's thread
     live = p["live"].text
     assert len(p.positions("live")) == len("def f(x): <return> x")
     assert ">&lt;</span>" in live and ">&gt;</span>" in live and "<return" not in live
@@ -679,6 +681,7 @@ def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypat
             assert p.message == "" and p.positions()[:2] == [0, 1]
             open_tab(p, "intervene")
             said = "cannot intervene: orphan.h5: no model"
+            p.wait_for(lambda: said in p["intervene-note"].text)  # the model is looked for in a worker
             assert said in p["intervene-note"].text and "gone.pt is missing" in p["intervene-note"].text
             click(p, "intervene-run")  # nothing is scheduled: said again, and the buttons stay usable
             click(p, "steer-run")
@@ -690,6 +693,7 @@ def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypat
             assert said in p["intervene-note"].text  # still said after a change of cell
             open_tab(p, "explain a prediction")
             click(p, "saliency-run")
+            p.wait_for(lambda: "cannot explain" in p["saliency-note"].text)  # the job failed in a worker
             assert "cannot explain: orphan.h5: no model" in p["saliency-note"].text
             assert p["saliency-text"].text == "" and not p["saliency-run"].disabled
             assert str(tmp_path) not in p["saliency-note"].text
@@ -863,6 +867,7 @@ def test_the_match_tab_is_removed_with_one_line_in_main(folder, tmp_path):
             open_tab(p, "leaderboard")
             p.wait_for(lambda: len(p["leaderboard"].source.data["unit"]) > 0)
             p.set("live-in", value="def f(x): return x")
+            p.wait_for(lambda: p.positions("live"))
             assert len(p.positions("live")) == len("def f(x): return x")
         finally:
             settle(p, "tiny.h5")
@@ -1042,6 +1047,7 @@ def test_selecting_a_span_lists_its_cells_and_finds_their_matches(page, folder):
 
     # the matches: the library's, with a snippet each coloured by the count of those cells on
     hits = match.search(rec, 1, "c", units, threshold=0.3, top=50)
+    p.wait_for(lambda: p["match-table"].source.data["start"])  # searched in a worker
     data = p["match-table"].source.data
     assert len(hits) > 3
     for key in ("start", "stop", "n_on", "n_union"):
@@ -1249,6 +1255,7 @@ def test_intervene_says_it_is_for_lstm_models(kinds_page):
 def test_typed_text_and_the_opening_view_work_for_any_kind(kinds_page, kinds, recording, stream):
     p = kinds_page(recording=recording, layer=1, stream=stream, unit=2)
     p.set("live-in", value="def f(x): return x")
+    p.wait_for(lambda: p.positions("live"))
     assert len(p.positions("live")) == len("def f(x): return x") and p.message == ""
     before = p["live"].text
     p.set("unit", value=3)

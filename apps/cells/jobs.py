@@ -35,6 +35,33 @@ POOL = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="cells-job")
 PROGRESS_EVERY = 0.25  # seconds between progress messages sent to a page
 
 
+def working(note, button, what: str) -> Callable[[str], None]:
+    """A job's ``status``: the tab's note says queued / what it is doing / progress, and its
+    button is disabled until the job ends (then the job's own result replaces the note)."""
+    from .views import note_html
+
+    def status(text: str) -> None:
+        button.disabled = text != ""
+        if text == "queued":
+            note.text = note_html(f"queued: {what} starts when a worker is free…")
+        elif text == "running":
+            note.text = note_html(f"{what}…")
+        elif text:
+            note.text = note_html(f"{what}… {text.split(': ', 1)[-1]}")
+    return status
+
+
+class Bar:
+    """A tqdm-like ``update(n)`` for library code that takes ``bar=``: reports to a job."""
+
+    def __init__(self, job: "Job", total: float, what: str):
+        self.job, self.total, self.what, self.n = job, total, what, 0
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        self.job.progress(self.n, self.total, self.what)
+
+
 class Cancelled(Exception):
     """Raised inside a job's work by ``job.check()`` once the job has been superseded."""
 
@@ -141,6 +168,14 @@ class Jobs:
 
     def is_current(self, job: Job) -> bool:
         return not self.closed and not job.cancelled and self.current.get(job.tab) is job
+
+    def cancel(self, tab: str) -> None:
+        """Drop ``tab``'s job (the selection moved on): cancelled if queued, stopped at its next
+        check if running; its result will not be delivered."""
+        with self._lock:
+            job = self.current.pop(tab, None)
+        if job is not None:
+            job.cancel()
 
     def busy(self, tab: str) -> bool:
         job = self.current.get(tab)

@@ -36,6 +36,7 @@ params = tuple(param for module in tab_modules for param in getattr(module, "PAR
 arguments = doc.session_context.request.arguments if doc.session_context else {}  # the URL query
 sel, url_problems = from_query(arguments, store, params)
 session = Session(doc, store, sel, views.message_div(name="message", sizing_mode="stretch_width"))
+doc.on_session_destroyed(session.closed)  # a closed page's jobs are dropped
 
 # ---- widgets --------------------------------------------------------------------------------
 controls = dict(

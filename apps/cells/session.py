@@ -22,6 +22,7 @@ from probe.errors import ProbeError
 from probe.output import render
 from probe.recording.reader import Recording
 
+from .jobs import Jobs
 from .selection import OPENING_FEATURE, Selection, fit, opening
 from .store import Store
 from .views import message_html, reason
@@ -71,6 +72,15 @@ class Session:
     analysis: object = None           # the recording's analysis: None, the exception, or its dict
     quiet: bool = False               # widgets are being set from the selection
     pending: Selection | None = None  # a bare URL's view, to leave for ``opening`` if still untouched
+    jobs: Jobs | None = None          # the tabs' heavy work, in the shared pool (``jobs.py``)
+
+    def __post_init__(self) -> None:
+        if self.jobs is None:
+            self.jobs = Jobs(self.doc)
+
+    def closed(self, session_context) -> None:
+        """The browser tab went away (Bokeh's on_session_destroyed): drop its jobs."""
+        self.jobs.close()
 
     def select(self, **changes) -> None:
         """The one way the selection changes (widgets, table, scatter, overview, paging)."""

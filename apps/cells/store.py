@@ -263,6 +263,12 @@ class Store:
             return df[feature].to_numpy(dtype=np.float32)
         return self._kept(self._features, (name, feature), compute)
 
+    def feature_if_kept(self, name: str, feature: str) -> np.ndarray | None:
+        """``feature(name, feature)`` if it is already computed, else None (no work)."""
+        with self._lock:
+            key = (name, feature)
+            return self._features.get(key) if key in self._features else None
+
     def features(self, name: str):
         """Every feature over the whole recording, one DataFrame [T, features]."""
         def compute():

@@ -58,7 +58,15 @@ def build(session: Session) -> View:
                                                root_class="probe-text pickable"), a, marks)
         status.text = status_html(rec, a, b)
         box.left, box.right = a, b
-        feat = session.store.feature(sel.recording, sel.feature)[a:b]  # [n]
+        column = session.store.feature_if_kept(sel.recording, sel.feature)
+        if column is None:  # computed once per recording in a worker; the trace follows when ready
+            name, feature = sel.recording, sel.feature
+            session.jobs.submit(FEATURE_JOB, lambda job: session.store.feature(name, feature),
+                                lambda _: update(session.sel) if (sel.recording, sel.feature) == (name, feature)
+                                else None)
+            feat = np.full(b - a, np.nan, dtype=np.float32)
+        else:
+            feat = column[a:b]  # [n]
         trace_src.data = dict(position=np.arange(a, b), value=values, feature=feat,
                               char=[char_label(ch) for ch in rec.text[a:b]])
         trace.x_range.start, trace.x_range.end = a, b
@@ -90,6 +98,9 @@ def build(session: Session) -> View:
     layout = column(row(prev_btn, next_btn, start, column(legend, status)), overview, text, trace,
                     sizing_mode="stretch_width")
     return View(layout, update, clear)
+
+
+FEATURE_JOB = "feature"  # the overlay feature's column, computed in a worker
 
 
 def marked(coloured: str, start: int, marks: list[tuple[int, int, str]]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 from bokeh.layouts import column, row
@@ -25,6 +24,7 @@ from probe.errors import ProbeError
 from probe.lm.sample import sample
 from probe.output import render
 
+from ..jobs import Bar, Job, working
 from ..selection import Selection
 from ..session import Session, View
 from ..views import TEXT_CSS, message_html, note_div, note_html, reason, text_div
@@ -34,6 +34,7 @@ RANDOM_UNITS = 8       # units of the same layer zeroed beside the selected one,
 SEED = 0               # which random units: the same for every session
 TITLE_FMT = "{position}  {char}  Δ {value:+.3f} bits"
 MAX_LENGTH = 2000      # characters a steering sample may ask for
+TAB, STEER, MODEL = "intervene", "steer", "intervene-model"  # the tab's jobs: one of each at a time
 STEER_CSS = TEXT_CSS + """
 .steer-head { font: 600 13px sans-serif; color: #333; margin: 4px 0; }
 .probe-text .prime { color: #888; }
@@ -93,12 +94,12 @@ def random_units(units: int, unit: int, k: int = RANDOM_UNITS, seed: int = SEED)
     return sorted(rng.choice(others, min(k, len(others)), replace=False).tolist())
 
 
-def zeroed(model, text: str, layer: int, unit: int, on: str, controls: list[int]) -> np.ndarray:
+def zeroed(model, text: str, layer: int, unit: int, on: str, controls: list[int], bar=None) -> np.ndarray:
     """Δbits [1 + len(controls), n]: row 0 the unit, then each control unit, all zeroed in one
     batched pass. Column t is the change in the cost of character t + 1 (predicted from the
     state after reading t); the last column is NaN (no next character)."""
     edits = [Edit(layer, on, u, "zero") for u in [unit, *controls]]
-    bits = intervene.losses(model, text, edits)  # [1 + E, n]: row 0 unedited
+    bits = intervene.losses(model, text, edits, bar=bar)  # [1 + E, n]: row 0 unedited
     delta = np.full((len(edits), len(text)), np.nan, dtype=np.float32)
     delta[:, :-1] = bits[1:, 1:] - bits[0, 1:]
     return delta
@@ -187,7 +188,7 @@ def build(session: Session) -> View:
     result = None    # {"window", "delta" [1 + k, n], "controls", "feature"} of the last run
     steered = None   # the cell (recording, layer, unit, on) the samples were clamped on
     missing = {}     # recording -> why it has no model (said instead of the idle note)
-    busy = sampling = False  # a run or a sample is scheduled: further clicks are ignored
+    asked = None     # the window the queued or running zeroing is for
 
     def idle_note(sel: Selection) -> str:
         if not_lstm(session.rec, session.sel.stream):
@@ -222,8 +223,11 @@ def build(session: Session) -> View:
         w = window_of(session, sel)
         if result is not None and result["window"] != w:
             drop()
+        if asked is not None and asked != w and session.jobs.busy(TAB):
+            session.jobs.cancel(TAB)  # the selection moved on: its zeroing is not wanted
+            run.disabled = False
         if result is None:
-            if not busy:
+            if not session.jobs.busy(TAB):
                 note.text = idle_note(sel)
         elif result["feature"] != sel.feature:
             draw(sel)
@@ -239,102 +243,105 @@ def build(session: Session) -> View:
         steered = None
         note.text = free.text = clamped.text = steer_note.text = ""
 
-    def model_or_say(where: Div):
-        """The recording's model, or None after saying on the page why there is none."""
-        name = session.sel.recording
-        try:
-            found = session.store.model(name)
-        except Exception as e:  # noqa: BLE001 - no model, or a bad checkpoint: said, not raised
-            missing[name] = f"cannot intervene: {reason(e)}"
-            where.text = message_html([missing[name]])
-            return None
-        missing.pop(name, None)
-        return found
-
     def on_show() -> None:
-        if session.rec is not None and result is None and not busy:
-            if not_lstm(session.rec, session.sel.stream) or model_or_say(note) is not None:
+        """Load the recording's model in a worker, to say at once if it has none."""
+        name = session.sel.recording
+        if session.rec is None or result is not None or session.jobs.busy(TAB) or not_lstm(session.rec, session.sel.stream):
+            return
+
+        def found(_) -> None:
+            missing.pop(name, None)
+            if session.sel.recording == name and result is None and not session.jobs.busy(TAB):
                 note.text = idle_note(session.sel)
 
+        def failed(e: BaseException) -> None:  # no model, or a bad checkpoint: said, not raised
+            missing[name] = f"cannot intervene: {reason(e)}"
+            if session.sel.recording == name:
+                note.text = message_html([missing[name]])
+        session.jobs.submit(MODEL, lambda job: session.store.model(name), found, failed)
+
+    def said_missing(where: Div) -> bool:
+        """The recording's model is known to be missing: say so (no job is started)."""
+        if session.sel.recording in missing:
+            where.text = message_html([missing[session.sel.recording]])
+            return True
+        return False
+
     def on_run() -> None:
-        nonlocal busy
-        if busy or session.rec is None:
+        nonlocal asked
+        if session.jobs.busy(TAB) or session.rec is None:
             return
         if not_lstm(session.rec, session.sel.stream):
             drop()
             note.text = idle_note(session.sel)
             return
-        found = model_or_say(note)
-        if found is None:
-            drop()
-            return
         drop()
-        w = window_of(session, session.sel)
-        busy, run.disabled = True, True
-        note.text = note_html(f"computing: zeroing layer {w.layer} unit {w.unit} and {RANDOM_UNITS} "
-                              f"random units on {w.stop - w.start:,} characters…")
-        session.doc.add_next_tick_callback(partial(compute, found, w))
+        if said_missing(note):
+            return
+        w = asked = window_of(session, session.sel)
+        text = session.rec.text[w.start:w.stop]
+        what = f"zeroing layer {w.layer} unit {w.unit} and {RANDOM_UNITS} random units on {len(text):,} characters"
 
-    def compute(found, w: Window) -> None:
-        """The batched pass, on the next tick so the browser has seen the notice."""
-        nonlocal busy, result
-        model, model_note = found
-        try:
+        def work(job: Job) -> dict:  # in a worker: the model's load and the batched pass
+            model, model_note = session.store.model(w.recording)
+            controls = random_units(model.units, w.unit)
+            began = time.perf_counter()
+            delta = zeroed(model, text, w.layer, w.unit, w.on, controls,
+                           bar=Bar(job, len(text) * (1 + len(controls)), "zeroing"))
+            return {"window": w, "delta": delta, "controls": controls, "feature": None,
+                    "note": f"{1 + len(controls)} units zeroed on {len(text):,} characters in "
+                            f"{time.perf_counter() - began:.1f} s. {model_note}".strip()}
+
+        def done(got: dict) -> None:
+            nonlocal result
             if window_of(session, session.sel) != w:  # the selection moved on meanwhile
                 note.text = idle_note(session.sel)
                 return
-            controls = random_units(model.units, w.unit)
-            text = session.rec.text[w.start:w.stop]
-            began = time.perf_counter()
-            delta = zeroed(model, text, w.layer, w.unit, w.on, controls)
-            took = time.perf_counter() - began
-            result = {"window": w, "delta": delta, "controls": controls, "feature": None}
+            result = got
             draw(session.sel)
-            note.text = note_html(f"{1 + len(controls)} units zeroed on {len(text):,} characters in "
-                                  f"{took:.1f} s. {model_note}".strip())
-        except Exception as e:  # noqa: BLE001 - shown on the page; the server keeps serving
+            note.text = note_html(got["note"])
+
+        def failed(e: BaseException) -> None:
             drop()
             note.text = message_html([f"cannot intervene: {reason(e)}"])
-        finally:
-            busy, run.disabled = False, False
+
+        session.jobs.submit(TAB, work, done, failed, status=working(note, run, what))
 
     def on_sample() -> None:
-        nonlocal sampling
-        if sampling or session.rec is None:
+        if session.jobs.busy(STEER) or session.rec is None:
             return
         if not_lstm(session.rec, session.sel.stream):
             free.text = clamped.text = ""
             steer_note.text = note_html(not_lstm(session.rec, session.sel.stream))
             return
-        found = model_or_say(steer_note)
-        if found is None:
+        if said_missing(steer_note):
             free.text = clamped.text = ""
             return
         w = window_of(session, session.sel)
-        sampling, steer.disabled = True, True
-        steer_note.text = note_html("sampling…")
-        session.doc.add_next_tick_callback(partial(steer_now, found, w))
+        kw = dict(prime=prime.value, length=int(length.value or 0), seed=int(seed.value or 0),
+                  temperature=float(0.7 if temperature.value is None else temperature.value))
+        edit = Edit(w.layer, w.on, w.unit, float(value.value or 0))
 
-    def steer_now(found, w: Window) -> None:
-        nonlocal sampling, steered
-        model, model_note = found
-        try:
-            if not prime.value:
+        def work(job: Job) -> dict:  # in a worker: two samples, with a cancellation point between
+            model, model_note = session.store.model(w.recording)
+            if not kw["prime"]:
                 raise ProbeError("type a prime to start from")
-            edit = Edit(w.layer, w.on, w.unit, float(value.value or 0))
-            kw = dict(prime=prime.value, length=int(length.value or 0), seed=int(seed.value or 0),
-                      temperature=float(0.7 if temperature.value is None else temperature.value))
             plain = sample(model, **kw)
-            pinned = sample(model, **kw, clamp=[edit])
-            free.text = steer_html("without clamp", kw["prime"], plain)
-            clamped.text = steer_html(f"with {edit}", kw["prime"], pinned)
+            job.progress(1, 2, "sampling")
+            return {"plain": plain, "pinned": sample(model, **kw, clamp=[edit]), "note": model_note}
+
+        def done(got: dict) -> None:
+            nonlocal steered
+            free.text = steer_html("without clamp", kw["prime"], got["plain"])
+            clamped.text = steer_html(f"with {edit}", kw["prime"], got["pinned"])
             steered = (w.recording, w.layer, w.unit, w.on)
-            steer_note.text = note_html(model_note)
-        except Exception as e:  # noqa: BLE001 - a bad prime or value is said, not raised
+            steer_note.text = note_html(got["note"])
+
+        def failed(e: BaseException) -> None:
             free.text = clamped.text = ""
             steer_note.text = message_html([f"cannot sample: {reason(e)}"])
-        finally:
-            sampling, steer.disabled = False, False
+
+        session.jobs.submit(STEER, work, done, failed, status=working(steer_note, steer, "sampling"))
 
     run.on_click(on_run)
     steer.on_click(on_sample)

@@ -9,10 +9,12 @@ from probe.errors import ProbeError
 from probe.output import render
 from probe.recording.record import activations
 
+from ..jobs import Job, working
 from ..selection import Selection
 from ..session import Session, View
 from ..views import message_html, note_div, note_html, reason, text_div
 
+TAB = "live"  # its job: one at a time per session; typing again supersedes
 TITLE = "type your own text"
 MONOSPACE = "textarea { font-family: ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace; font-size: 13px; }"
 LIMIT = 3000  # characters of typed text run through the model
@@ -35,16 +37,29 @@ def build(session: Session) -> View:
     live = None  # run(...) of the typed text, for the recording it was run on
 
     def run_typed() -> None:
-        """Run the typed text through the recording's model; keep the result for recolouring."""
+        """Run the typed text through the recording's model in a worker; keep the result for
+        recolouring. Typing again supersedes a run not yet delivered."""
         nonlocal live
         live = None
-        try:
-            model, model_note = session.store.model(session.sel.recording)
-            live = {**run(model, typed.value), "recording": session.sel.recording}
-            note.text = note_html(" ".join(filter(None, [live["note"], model_note])))
-        except Exception as e:  # noqa: BLE001 - a bad checkpoint or text is reported, not raised
+        name, text = session.sel.recording, typed.value
+
+        def work(job: Job) -> dict:
+            model, model_note = session.store.model(name)
+            return {**run(model, text), "recording": name, "model_note": model_note}
+
+        def done(got: dict) -> None:
+            nonlocal live
+            live = got
+            note.text = note_html(" ".join(filter(None, [got["note"], got["model_note"]])))
+            update(session.sel)
+
+        def failed(e: BaseException) -> None:  # a bad checkpoint or text is reported, not raised
             note.text = message_html([reason(e)])
+            update(session.sel)
+
         update(session.sel)
+        session.jobs.submit(TAB, work, done, failed,
+                            status=working(note, button, f"running the model on {min(len(text), LIMIT):,} characters"))
 
     def update(sel: Selection) -> None:
         nonlocal live

@@ -45,6 +45,7 @@ from probe.output import render
 from probe.recording.h5format import RANGE
 from probe.recording.reader import Recording, open_recording
 
+from ..jobs import Job
 from ..selection import Param, Selection, clamp_start, is_stream_name
 from ..session import Session, View, on_next_tick
 from ..store import Store
@@ -295,6 +296,9 @@ TABLE_CSS = TEXT_CSS + """
 """
 
 
+TAB = "match"  # its job: one search at a time per session; a newer selection supersedes
+
+
 def build(session: Session) -> View:
     span_in = TextInput(title="span START:STOP (or click two characters in the text)", value="", width=290,
                         name="match-span")
@@ -339,6 +343,7 @@ def build(session: Session) -> View:
         return out
 
     def clear() -> None:
+        session.jobs.cancel(TAB)  # a search for what was shown is not wanted any more
         state.update(key=None, units=None, hits=None, rows=None)
         cells_div.text = rows_div.text = rows_note.text = note.text = ""
         source.data = {k: [] for k in COLUMNS}
@@ -393,29 +398,49 @@ def build(session: Session) -> View:
             find(session.sel)
 
     def find(sel: Selection) -> None:
-        rec, units = session.rec, state["units"]
-        try:
-            threshold = sel.extra["threshold"]
-            hits = match.search(rec, sel.layer, sel.stream, units, threshold, top=TOP)
-            counts = match.index(rec, sel.layer, sel.stream, threshold)
-            source.data = table_data(rec.text, hits, counts, units)
-            source.selected.indices = []
+        """Search and explain in a worker (the feature columns are computed there the first
+        time); a newer span, threshold or stream supersedes it."""
+        rec, units, key = session.rec, state["units"], state["key"]
+        threshold, layer, stream, name = sel.extra["threshold"], sel.layer, sel.stream, sel.recording
+
+        def work(job: Job) -> dict:
+            hits = match.search(rec, layer, stream, units, threshold, top=TOP)
+            job.check()
+            data = table_data(rec.text, hits, match.index(rec, layer, stream, threshold), units)
+            shared = None
             if len(hits):
-                shared = match.explain(rec, hits, session.store.features(sel.recording))
-                explain_src.data = {k: shared[k].tolist() for k in EXPLAIN}
-        except Exception as e:  # noqa: BLE001 - shown on the page; the server keeps serving
-            fail(f"cannot search: {reason(e)}")
-            return
-        state["hits"] = hits
-        which = "this cell is on" if len(units) == 1 else f"these {len(units)} cells are on together"
-        note.text = note_html(
-            f"The {len(hits)} best places over the whole recording where {which} (LSTMVis's ranking: most "
-            "of them on throughout, then fewest other cells on, then longest). Each character is coloured "
-            "by how many of them are on there (white none, purple all); the match is underlined in orange. "
-            "Click a row to show it in the text. Beside: the features the matched characters share, against "
-            "how often each holds over the recording."
-            if len(hits) else f"No other place where {which} for two characters or more (with a character "
-                              "before and after).")
+                shared = match.explain(rec, hits, session.store.features(name))
+            return {"hits": hits, "data": data, "shared": shared}
+
+        def done(got: dict) -> None:
+            if state["key"] != key:
+                return  # the selection moved on
+            hits = state["hits"] = got["hits"]
+            source.data = got["data"]
+            source.selected.indices = []
+            if got["shared"] is not None:
+                explain_src.data = {k: got["shared"][k].tolist() for k in EXPLAIN}
+            which = "this cell is on" if len(units) == 1 else f"these {len(units)} cells are on together"
+            note.text = note_html(
+                f"The {len(hits)} best places over the whole recording where {which} (LSTMVis's ranking: most "
+                "of them on throughout, then fewest other cells on, then longest). Each character is coloured "
+                "by how many of them are on there (white none, purple all); the match is underlined in orange. "
+                "Click a row to show it in the text. Beside: the features the matched characters share, against "
+                "how often each holds over the recording."
+                if len(hits) else f"No other place where {which} for two characters or more (with a character "
+                                  "before and after).")
+
+        def failed(e: BaseException) -> None:  # shown on the page; the server keeps serving
+            if state["key"] == key:
+                fail(f"cannot search: {reason(e)}")
+
+        def status(text: str) -> None:
+            if text == "queued":
+                note.text = note_html("queued: the search starts when a worker is free…")
+            elif text == "running":
+                note.text = note_html(f"searching {len(rec):,} characters for where these cells are on…")
+
+        session.jobs.submit(TAB, work, done, failed, status=status)
 
     def draw_rows(sel: Selection) -> None:
         """The window's text once per cell, aligned character by character."""

@@ -9,8 +9,6 @@ depend on the cell), a change of recording drops it.
 """
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import Button, Div, Select, Spinner
@@ -19,10 +17,12 @@ from probe.causal import gradients
 from probe.errors import ProbeError
 from probe.output import render
 
+from ..jobs import Job, working
 from ..selection import Selection
 from ..session import Session, View
 from ..views import message_html, note_div, note_html, point_picker, reason, text_div
 
+TAB = "saliency"  # its job: one at a time per session, a newer click supersedes
 TITLE = "explain a prediction"
 WINDOWS = (100, 200, 500)   # characters read before the position (the position included)
 TOP = 5                     # most influential characters listed
@@ -102,7 +102,6 @@ def build(session: Session) -> View:
 
     shown = None    # (recording, start, window) the position's default was set for
     result = None   # explain(...) of the last run
-    busy = False
 
     def idle_note() -> str:
         return note_html("Click a character in the text above, or set a position and press explain: "
@@ -119,7 +118,7 @@ def build(session: Session) -> View:
         if key != shown:
             shown = key
             position.value, position.high = middle(session, sel), len(session.rec) - 1
-        if result is None and not busy and not note.text:
+        if result is None and not session.jobs.busy(TAB) and not note.text:
             note.text = idle_note()
 
     def clear() -> None:
@@ -128,36 +127,32 @@ def build(session: Session) -> View:
         note.text = out.text = ""
 
     def on_run() -> None:
-        nonlocal busy
-        if busy or session.rec is None or position.value is None:
+        """Explain the prediction after ``position`` in a worker; a newer click supersedes it."""
+        if session.rec is None or position.value is None:
             return
-        name = session.sel.recording
-        try:
-            found = session.store.model(name)
-        except Exception as e:  # noqa: BLE001 - no model, or a bad checkpoint: said, not raised
-            note.text = message_html([f"cannot explain: {reason(e)}"])
-            out.text = ""
-            return
-        busy, run.disabled = True, True
-        note.text = note_html(f"computing the saliency of character {int(position.value):,}…")
-        session.doc.add_next_tick_callback(partial(compute, found, name, int(position.value),
-                                                   int(window.value)))
+        name, at, length = session.sel.recording, int(position.value), int(window.value)
+        rec = session.rec
 
-    def compute(found, name: str, at: int, length: int) -> None:
-        nonlocal busy, result
-        model, model_note = found
-        try:
+        def work(job: Job) -> dict:  # the model's load and the backward pass
+            model, model_note = session.store.model(name)
+            return {**explain(model, rec, at, length), "note": model_note}
+
+        def done(got: dict) -> None:
+            nonlocal result
             if session.rec is None or session.sel.recording != name:
                 return
-            result = explain(model, session.rec, at, length)
-            text_note, out.text = result_html(result)
-            note.text = text_note + (note_html(model_note) if model_note else "")
-        except Exception as e:  # noqa: BLE001 - a bad position is said, not raised
+            result = got
+            text_note, out.text = result_html(got)
+            note.text = text_note + (note_html(got["note"]) if got["note"] else "")
+
+        def failed(e: BaseException) -> None:  # a bad position or no model: said, not raised
+            nonlocal result
             result = None
             out.text = ""
             note.text = message_html([f"cannot explain: {reason(e)}"])
-        finally:
-            busy, run.disabled = False, False
+
+        session.jobs.submit(TAB, work, done, failed,
+                            status=working(note, run, f"computing the saliency of character {at:,}"))
 
     def on_click(attr, old, new) -> None:
         try:
