@@ -87,14 +87,17 @@ class Served(NamedTuple):
 
 
 @contextmanager
-def serve_app(recordings: str | os.PathLike, log=None, timeout: float = 120) -> Iterator[Served]:
-    """``bokeh serve apps/cells`` over a recordings folder on a free port; yields its URL and
-    process id once the page answers, and stops the server on exit. Output goes to ``log``."""
+def serve_app(recordings: str | os.PathLike, log=None, timeout: float = 120,
+              app: str | os.PathLike | None = None) -> Iterator[Served]:
+    """``bokeh serve apps/cells`` (or another checkout's ``app`` folder) over a recordings
+    folder on a free port; yields its URL and process id once the page answers, and stops the
+    server on exit. Output goes to ``log``."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bokeh", "serve", str(APP), "--port", str(port),
+    app = Path(app).resolve() if app else APP
+    proc = subprocess.Popen([sys.executable, "-m", "bokeh", "serve", str(app), "--port", str(port),
                              "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
                              "--args", "--recordings", str(recordings)],
-                            stdout=log, stderr=subprocess.STDOUT if log else None, cwd=APP.parents[1])
+                            stdout=log, stderr=subprocess.STDOUT if log else None, cwd=app.parents[1])
     url = f"http://127.0.0.1:{port}/cells"
     try:
         deadline = time.monotonic() + timeout
