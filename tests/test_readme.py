@@ -34,7 +34,7 @@ SHORTER = {
     ("gradients",): ["--limit", "3000"],
     ("dictionary",): ["--steps", "20"],
     ("ngram",): ["--limit", "50000"],
-    ("train",): ["--steps", "2"],
+    ("train",): ["--steps", "2", "--limit", "20000"],
 }
 
 

@@ -25,6 +25,7 @@ TRAIN_HELP = {
     "min_lr_frac": "the cosine schedule decays to lr x this", "clip": "gradient-norm clip",
     "eval_every": "steps between validations (and checkpoints)",
     "eval_chars": "validation characters per evaluation", "seed": "random seed",
+    "limit": "read at most N characters of each split (train, validation, test): a quick try",
 }
 CELL_TYPES = ["lstm", "gru", "rnn"]
 
@@ -44,7 +45,7 @@ def add_train(sub) -> None:
     for f in dataclasses.fields(TrainConfig):  # one flag per numeric field, its default from the field
         if f.name not in TRAIN_HELP:
             continue
-        kind = int if f.name == "steps" else type(f.default)
+        kind = int if f.name in ("steps", "limit") else type(f.default)
         default = "" if f.default is None or f.name == "steps" else f" (default {f.default})"
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
                        help=TRAIN_HELP[f.name].format(steps=DEFAULT_STEPS) + default)

@@ -51,6 +51,7 @@ class TrainConfig:
     corpus: str | None = "stdlib"  # built-in corpus (stdlib or linux); ignored when text is given
     text: str | None = None        # a UTF-8 text file or a folder of them
     glob: str = "**/*"             # files to take from a text folder
+    limit: int | None = None       # read at most this many characters of each split (a quick try)
     cell: str = "lstm"             # the recurrent cell: lstm, gru or rnn (vanilla, tanh)
     layers: int = LAYERS
     units: int = UNITS
@@ -76,6 +77,9 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ProbeError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 2):
+            raise ProbeError(f"--limit must be a whole number >= 2, got {self.limit!r}")
         if self.cell not in CELLS:
             raise ProbeError(f"--cell-type must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
@@ -131,17 +135,20 @@ def bits_per_char(model: CharRNN, ids: np.ndarray, batch: int = 16, seq: int = 2
     return total / max(1, count) / LN2
 
 
-def split_data(corpus: str | None, text: str | None, glob: str) -> tuple[corpora.Corpus, str, str, str | None]:
-    """(train corpus, train text, validation text, test text or None)."""
+def split_data(corpus: str | None, text: str | None, glob: str,
+               limit: int | None = None) -> tuple[corpora.Corpus, str, str, str | None]:
+    """(train corpus, train text, validation text, test text or None); each split's first
+    ``limit`` characters if given."""
     if text is not None:  # a user's text: the last 5% of characters validate
-        c = corpora.load(text=text, glob=glob)
+        c = corpora.load(text=text, glob=glob).limited(limit)
         full = c.text
         cut = max(1, int(len(full) * 0.95))
         if len(full) < 2:
             raise ProbeError(f"{text}: text too short to train on ({len(full)} characters)")
         return c, full[:cut], full[cut:] or full[-1:], None
-    train_c = corpora.load(corpus, "train")
-    return train_c, train_c.text, corpora.load(corpus, "val").text, corpora.load(corpus, "test").text
+    train_c = corpora.load(corpus, "train").limited(limit)
+    return (train_c, train_c.text, corpora.load(corpus, "val").limited(limit).text,
+            corpora.load(corpus, "test").limited(limit).text)
 
 
 def train(out: str | os.PathLike, config: TrainConfig | None = None, *, resume: bool = False,
@@ -169,7 +176,7 @@ def train(out: str | os.PathLike, config: TrainConfig | None = None, *, resume: 
     if threads:
         torch.set_num_threads(threads)
 
-    source, train_text, val_text, test_text = split_data(None if cfg.text else cfg.corpus, cfg.text, cfg.glob)
+    source, train_text, val_text, test_text = split_data(None if cfg.text else cfg.corpus, cfg.text, cfg.glob, cfg.limit)
     if resume:
         ck = read_checkpoint(rpath)
         st = ck.get("train_state") or {}
