@@ -142,3 +142,29 @@ def test_the_readme_is_short_and_links_every_docs_page():
     for page in ("findings", "models", "dashboard", "cli", "api", "benchmarks", "scale"):
         assert f"docs/{page}.md" in README, page
         assert (ROOT / "docs" / f"{page}.md").exists(), page
+
+
+def test_the_words_table_is_what_the_cli_says():
+    """The README's glossary and the CLI agree: every flag it writes is a visible flag of some
+    command, a cell is written L:S:U in the CLI's own metavars, and the types are the words'."""
+    import argparse
+
+    from probe.cli import parser
+    section = README.split("## Words", 1)[1].split("\n## ", 1)[0]
+    rows = {r.split("|")[1].strip(" *"): r.split("|")[3] for r in section.splitlines() if r.startswith("| **")}
+    assert {"layer", "stream", "unit", "position", "cell", "cell type", "feature", "edit"} <= set(rows)
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    visible = {}  # flag -> its actions over every command
+    for p in sub.choices.values():
+        for action in p._actions:
+            if action.help != argparse.SUPPRESS:
+                for flag in action.option_strings:
+                    visible.setdefault(flag, []).append(action)
+    for word, written in rows.items():
+        for flag in re.findall(r"`(--[a-z-]+)", written):
+            assert flag in visible, f"the README writes {flag} for {word!r}; no command has it"
+    assert all("L:S:U" in (a.metavar or "") for a in visible["--cells"] + visible["--clamp"])
+    assert all(a.choices == ["lstm", "gru", "rnn"] for a in visible["--cell-type"])
+    assert "--cell" not in visible and "--on" not in visible  # the old words are hidden
+    assert all(a.type is None for a in visible["--features"])  # a list of labels, never a width
+    assert "`L:S:U`" in rows["cell"] and "`--cell-type gru`" in rows["cell type"]
