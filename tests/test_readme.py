@@ -29,7 +29,7 @@ README = (ROOT / "README.md").read_text()
 # what each long command gets appended, by its leading words (only --limit and --steps)
 SHORTER = {
     ("record", "--split test"): ["--limit", "15000"],   # the match example's span lies at 12,535
-    ("record", "--split train"): ["--limit", "4000"],
+    ("record", "--split train"): ["--limit", "12000"],  # five documents: enough for two shards
     ("ablate",): ["--limit", "2000"],
     ("gradients",): ["--limit", "3000"],
     ("dictionary",): ["--steps", "20"],
