@@ -107,11 +107,11 @@ def heavy_loop(d, stop: threading.Event, done: list[str], failed: list[str]) -> 
          "return model('steer-clamped').text && !model('steer-run').disabled && model('steer-note').text"),
         ("explain a prediction", "explain a prediction",
          lambda: d.execute_script("model('saliency-text').text = ''; press('explain')"),
-         "return model('saliency-text').text && !model('saliency-run').disabled"),
+         "return model('saliency-text').text && !model('saliency-run').disabled && model('saliency-note').text"),
         ("live text", "type your own text",
          lambda: d.execute_script("model('live').text = ''; model('live-in').value = arguments[0] + Math.random()",
                                   LIVE),
-         "return model('live').text"),
+         "return model('live').text && model('live-note').text + ' '"),
         ("select & match", "select & match",
          lambda: d.execute_script("model('match-span').value = ''; setTimeout(() => "
                                   "model('match-span').value = '12535:12538', 100)"),

@@ -462,7 +462,9 @@ def test_a_cell_switch_reads_the_window_and_snippets_only(page, folder, monkeypa
     monkeypatch.setattr(Dataset, "__getitem__", counted)
     for name, value in (("unit", 5), ("stream", "i"), ("layer", 1), ("stream", "c")):
         reads.clear()
+        before = p["card"].text
         p.set(name, value=value)
+        p.wait_for(lambda: p["card"].text != before)  # the card's snippets are read in a worker
         change = (name, value)
         assert p.message == ""
         cell = [r for r in reads if r[0].startswith("/layers/")]
@@ -861,6 +863,7 @@ def test_the_match_tab_is_removed_with_one_line_in_main(folder, tmp_path):
                                                     "derived features", "beyond n-grams"]
             assert p["url-state"].text == "recording=tiny.h5&layer=1&stream=c&unit=7&start=0&window=2000&feature=in_string"
             assert p["match-span"] is None and 'class="sel ' not in p["text"].text
+            p.wait_for(lambda: "@" in p["card"].text)  # the card's snippets come from a worker
             assert p.positions()[0] == 0 and "@" in p["card"].text
             p.set("unit", value=5)
             assert "unit=5&" in p["url-state"].text and p.message == ""

@@ -13,15 +13,16 @@ import threading
 
 import pytest
 
-from test_app import APP, TEXT, Page, click, folder, open_tab, serving  # noqa: F401 - folder: a fixture
+from test_app import Page, click, folder, open_tab, serving  # noqa: F401 - folder: a fixture
 
 HOLD = 60  # seconds a held action waits at most (a bound on a hang, not a measurement)
 
 
-def tab_module(name: str):
-    """The served app's module for ``tabs/<name>.py`` (Bokeh imports it under its own name)."""
-    path = str(APP / "tabs" / f"{name}.py")
-    return next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == path)
+def tab_module(p: Page, name: str):
+    """The module ``tabs/<name>.py`` of the app serving page ``p`` (Bokeh imports each served
+    app's package under its own name; other servers in this process have their own copy)."""
+    package = type(session_of(p)).__module__.rsplit(".", 1)[0]
+    return sys.modules[f"{package}.tabs.{name}"]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def start_steer(p: Page) -> str:
 def test_another_sessions_cell_switch_completes_while_a_heavy_action_runs(pages, held, tab, function, start):
     a = pages(recording="tiny.h5", layer=1, stream="c", unit=2)
     b = pages(recording="tiny.h5", layer=1, stream="c", unit=2)
-    held["hold"](tab_module(tab), function)
+    held["hold"](tab_module(a, tab), function)
     out = start(a)
     a.wait_for(held["started"].is_set)  # the action is running, held in its worker
     assert held["threads"][0].startswith("cells-job")  # not the event loop's thread
@@ -115,7 +116,7 @@ def test_the_page_says_queued_then_working_while_a_job_waits_and_runs(pages, hel
     b = pages(recording="tiny.h5", layer=1, stream="c", unit=2)
     for p in (a, b):
         monkeypatch.setattr(session_of(p).jobs, "pool", one)
-    held["hold"](tab_module("intervene"), "zeroed")
+    held["hold"](tab_module(a, "intervene"), "zeroed")
     start_intervene(a)
     a.wait_for(held["started"].is_set)
     assert "zeroing layer 1 unit 2" in a["intervene-note"].text and a["intervene-run"].disabled
@@ -135,7 +136,7 @@ def session_of(p: Page):
 
 def test_a_newer_request_supersedes_and_the_late_result_is_dropped(pages, held):
     a = pages(recording="tiny.h5", layer=1, stream="c", unit=2)
-    held["hold"](tab_module("live"), "run")
+    held["hold"](tab_module(a, "live"), "run")
     a.set("live-in", value="first text")
     a.wait_for(held["started"].is_set)
     held["release"].set()  # the first (held) run will finish, but after the second was asked for
@@ -147,7 +148,7 @@ def test_a_newer_request_supersedes_and_the_late_result_is_dropped(pages, held):
 
 def test_a_closed_sessions_jobs_are_dropped(server, pages, held):
     a = pages(recording="tiny.h5", layer=1, stream="c", unit=2)
-    held["hold"](tab_module("intervene"), "zeroed")
+    held["hold"](tab_module(a, "intervene"), "zeroed")
     start_intervene(a)
     a.wait_for(held["started"].is_set)
     jobs = session_of(a).jobs

@@ -24,6 +24,15 @@ CONTEXT_WIDTH = 40  # characters either side of a context
 TOP_ROWS = 10       # highest and lowest contexts shown, each
 
 
+TAB = "card"  # its job: the snippets of the cell shown; a newer cell supersedes
+
+
+def reader(session: Session):
+    """``session.read`` for the cell selected now, usable from a worker after it changes."""
+    name, layer, stream, unit = session.sel.recording, session.sel.layer, session.sel.stream, session.sel.unit
+    return lambda start, stop: session.store.values(name, layer, stream, unit, start, stop)
+
+
 def build(session: Session) -> View:
     source = ColumnDataSource(dict(left=[], right=[], count=[]))
     hist = histogram_figure(source)
@@ -36,9 +45,13 @@ def build(session: Session) -> View:
             return
         counts, edges = histogram(session.summary)
         source.data = dict(left=edges[:-1], right=edges[1:], count=counts)
-        card.text = card_html(session.rec.text, sel.stream, session.read, *card_contexts(session),
-                              scale=session.scale)
         shown = sel.cell
+        # the snippets read a few characters each from all over the recording: in a worker, so
+        # the cell switch is answered without waiting for them
+        text, stream, scale, read = session.rec.text, sel.stream, session.scale, reader(session)
+        contexts = card_contexts(session)
+        session.jobs.submit(TAB, lambda job: card_html(text, stream, read, *contexts, scale=scale),
+                            done=lambda html: setattr(card, "text", html) if shown == sel.cell else None)
 
     def clear() -> None:
         nonlocal shown
