@@ -12,8 +12,8 @@ import sys
 import threading
 
 import pytest
-
 from test_app import Page, click, folder, open_tab, serving  # noqa: F401 - folder: a fixture
+from test_app import pages as open_pages
 
 HOLD = 60  # seconds a held action waits at most (a bound on a hang, not a measurement)
 
@@ -33,14 +33,7 @@ def server(folder):  # noqa: F811 - the fixture imported above
 
 @pytest.fixture
 def pages(server):
-    opened = []
-
-    def open_page(**arguments) -> Page:
-        opened.append(Page(server, **arguments))
-        return opened[-1]
-    yield open_page
-    for p in opened:
-        p.close()
+    yield from open_pages(server)
 
 
 @pytest.fixture
