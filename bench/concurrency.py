@@ -202,11 +202,14 @@ def main(argv: list[str] | None = None) -> int:
             res["busy"] = stats([m[0] for m in busy if m[0] >= 0])
             res["busy_drawn"] = stats([m[1] for m in busy if m[1] >= 0])
             res["switch_failures"] = sum(m[1] < 0 for m in busy)
-            if a.minutes:
-                end = time.monotonic() + 60 * a.minutes
-                while time.monotonic() < end and loop.is_alive():
+            if a.minutes:  # RSS once a minute while A keeps looping: bounded, or growing?
+                began, curve = time.monotonic(), {}
+                while time.monotonic() - began < 60 * a.minutes and loop.is_alive():
                     time.sleep(5)
-                res["rss_mb_after_minutes"] = {a.minutes: round(rss_mb(pid))}
+                    minute = int((time.monotonic() - began) // 60)
+                    curve.setdefault(minute, round(rss_mb(pid)))
+                curve[round(a.minutes)] = round(rss_mb(pid))
+                res["rss_mb_after_minutes"] = curve
             stop.set()
             loop.join(timeout=300)
             res["actions_done"] = {n: done.count(n) for n in dict.fromkeys(done)}
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"p90 {drawn['p90_ms']}, max {drawn['max_ms']} ms")
         print(f"A's actions done: {res['actions_done']}; failed: {len(failed)} {failed[:3]}")
         print(f"server RSS {res['rss_mb_start']} MB at the start" +
-              (f", {res['rss_mb_after_minutes']} MB after minutes" if a.minutes else "") +
+              (f"; then by minute of looping: {res['rss_mb_after_minutes']} MB" if a.minutes else "") +
               f"; server errors logged: {res['server_errors']}; goal (p90 <= 300, max <= 600): "
               f"{'met' if res['goal_met'] else 'NOT met'}")
     return 0

@@ -30,6 +30,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+
+def _trimmer():
+    """glibc's malloc_trim: hand freed heap back to the system after a job (torch's buffers
+    freed in several worker threads otherwise stay in per-thread arenas); None elsewhere."""
+    try:
+        import ctypes
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+TRIM = _trimmer()
 WORKERS = max(1, os.cpu_count() or 1)
 POOL = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="cells-job")
 PROGRESS_EVERY = 0.25  # seconds between progress messages sent to a page
@@ -137,7 +150,11 @@ class Jobs:
             job.state = "running"
             if say:
                 say("running")
-            return work(job)
+            try:
+                return work(job)
+            finally:
+                if TRIM is not None:
+                    TRIM(0)
 
         def finished(future: Future) -> None:
             if future.cancelled():
