@@ -811,16 +811,22 @@ def build(session) -> View:
 '''
 
 
-def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
+def app_with_one_line_changed(tmp_path: Path, pattern: str, replacement: str) -> Path:
+    """A copy of apps/cells whose main.py differs from the real one in exactly one line."""
     app = tmp_path / "cells"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
-    (app / "tabs" / "dummy.py").write_text(DUMMY_TAB)
     before = (app / "main.py").read_text()
-    after, n = re.subn(r'^(TABS = \[.*)\]', r'\1, "dummy"]', before, flags=re.M)
+    after, n = re.subn(pattern, replacement, before, flags=re.M)
     assert n == 1
     (app / "main.py").write_text(after)
     old, new = before.splitlines(), after.splitlines()
     assert len(old) == len(new) and sum(a != b for a, b in zip(old, new)) == 1
+    return app
+
+
+def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
+    app = app_with_one_line_changed(tmp_path, r'^(TABS = \[.*)\]', r'\1, "dummy"]')
+    (app / "tabs" / "dummy.py").write_text(DUMMY_TAB)
 
     with serving(folder, app) as server:
         p = Page(server, recording="tiny.h5")
@@ -843,14 +849,7 @@ def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
 def test_the_match_tab_is_removed_with_one_line_in_main(folder, tmp_path):
     """Select & match is one file: without its name in TABS the page works (URL, text window,
     other tabs), and its URL keys are ignored as any key no tab owns."""
-    app = tmp_path / "cells"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
-    before = (app / "main.py").read_text()
-    after, n = re.subn(r'^(TABS = \[.*)"match", ', r"\1", before, flags=re.M)
-    assert n == 1
-    (app / "main.py").write_text(after)
-    old, new = before.splitlines(), after.splitlines()
-    assert len(old) == len(new) and sum(a != b for a, b in zip(old, new)) == 1
+    app = app_with_one_line_changed(tmp_path, r'^(TABS = \[.*)"match", ', r"\1")
 
     with serving(folder, app) as server:
         p = Page(server, recording="tiny.h5", layer=1, stream="c", unit=7, span="30:34", threshold="0.2",

@@ -29,6 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .views import note_html
+
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +53,6 @@ PROGRESS_EVERY = 0.25  # seconds between progress messages sent to a page
 def working(note, button, what: str) -> Callable[[str], None]:
     """A job's ``status``: the tab's note says queued / what it is doing / progress, and its
     button is disabled until the job ends (then the job's own result replaces the note)."""
-    from .views import note_html
 
     def status(text: str) -> None:
         button.disabled = text != ""
@@ -133,14 +134,14 @@ class Jobs:
         ``status(text)`` (on the document's thread) says queued / running / progress / ""."""
         say = (lambda text: self._on_doc(lambda: status(text))) if status else None
         job = Job(tab, _status=say)
+        if self.closed:  # nothing new starts for a closed session
+            job.cancel()
+            return job
         with self._lock:
             old = self.current.get(tab)
             self.current[tab] = job
         if old is not None:
             old.cancel()
-        if self.closed:
-            job.cancel()
-            return job
         if status:
             status("queued")
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from probe.causal import batched
 from probe.errors import ProbeError, deprecated
 from probe.lm.model import CharRNN
-from probe.lm.stepwise import Hook, check_pins
+from probe.lm.stepwise import Hook, check_pins, pins
 from probe.recording.layers import activations
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
@@ -54,12 +54,7 @@ class Edit:
 
     def hook(self) -> Hook:
         """The ``probe.lm.stepwise`` hook that applies this edit (``how`` must be a number)."""
-        def pin(position: int, layer: int, stream: str, value: torch.Tensor):
-            if (layer, stream) == (self.layer, self.stream):
-                value = value.clone()
-                value[self.unit] = float(self.how)
-                return value
-        return pin
+        return pins([self])
 
 
 def parse_how(text: str) -> str | float:

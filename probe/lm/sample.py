@@ -7,7 +7,7 @@ import torch
 
 from probe.errors import ProbeError
 from probe.lm.model import CharRNN
-from probe.lm.stepwise import check_pins, layer_weights, lstm_step
+from probe.lm.stepwise import check_pins, layer_weights, lstm_step, pins
 from probe.text import corpus as corpora
 
 
@@ -70,13 +70,7 @@ def _clamped(model: CharRNN, clamp: list):
     h = [torch.zeros(model.units) for _ in weights]
     c = [torch.zeros(model.units) for _ in weights]
 
-    def pin(position: int, layer: int, stream: str, value: torch.Tensor):
-        hits = [e for e in clamp if e.layer == layer and e.stream == stream]
-        if hits:
-            value = value.clone()
-            for e in hits:
-                value[e.unit] = float(e.how)
-            return value
+    pin = pins(clamp)
 
     def step(char: int) -> torch.Tensor:
         x = model.embed.weight[char]

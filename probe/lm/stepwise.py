@@ -133,6 +133,19 @@ def check_pins(model: CharRNN, edits) -> None:
             raise ProbeError(f"an edit pins to zero, mean or a number, not {e.how!r}")
 
 
+def pins(edits) -> Hook:
+    """The hook that pins every edit's unit to its number (``how``) wherever its (layer,
+    stream) is computed: ``Edit.hook`` for one edit, steered sampling for several."""
+    def pin(position: int, layer: int, stream: str, value: torch.Tensor):
+        hits = [e for e in edits if (e.layer, e.stream) == (layer, stream)]
+        if hits:
+            value = value.clone()
+            for e in hits:
+                value[e.unit] = float(e.how)
+            return value
+    return pin
+
+
 @torch.no_grad()
 def stepwise(model: CharRNN, text: str, edit: Hook | None = None) -> tuple[dict, np.ndarray]:
     """Run ``text`` through ``model`` one character at a time from a zero state.

@@ -51,7 +51,7 @@ def build(session: Session) -> View:
         text, stream, scale, read = session.rec.text, sel.stream, session.scale, reader(session)
         contexts = card_contexts(session)
         session.jobs.submit(TAB, lambda job: card_html(text, stream, read, *contexts, scale=scale),
-                            done=lambda html: setattr(card, "text", html) if shown == sel.cell else None)
+                            done=lambda html: setattr(card, "text", html))
 
     def clear() -> None:
         nonlocal shown
