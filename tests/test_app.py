@@ -519,13 +519,14 @@ def test_the_trace_keeps_the_cell_and_a_count_feature_on_their_own_scales(page, 
     flo, fhi = float(column.min()), float(column.max())
     assert fhi > 20 * max(abs(lo), abs(hi))  # a count far beyond the cell's range …
     feature_range = trace.extra_y_ranges["feature"]
-    assert (feature_range.start, feature_range.end) == pytest.approx((flo - 0.05 * (fhi - flo), fhi + 0.05 * (fhi - flo)))
+    want = pytest.approx((flo - 0.05 * (fhi - flo), fhi + 0.05 * (fhi - flo)))
+    p.wait_for(lambda: (feature_range.start, feature_range.end) == want)  # a feature's first use: a job
     renderers = {r.glyph.__class__.__name__: r for r in trace.renderers}
     assert renderers["Line"].y_range_name == "default" and renderers["Step"].y_range_name == "feature"
     assert trace.right[0].y_range_name == "feature" and trace.right[0].axis_label == "column"
     assert trace.y_range.end < fhi  # … stays on the right axis
     p.set("feature", value="in_string")  # a 0/1 feature: its own axis follows
-    assert (feature_range.start, feature_range.end) == pytest.approx((-0.05, 1.05))
+    p.wait_for(lambda: (feature_range.start, feature_range.end) == pytest.approx((-0.05, 1.05)))
     assert trace.right[0].axis_label == "in_string"
     # positions in plain thousands (100,000), not scientific notation (1.000e+5)
     for fig in (trace, p["overview"]):
@@ -1241,16 +1242,18 @@ def test_saturation_plots_the_recordings_gates(kinds_page):
     assert q.doc.select_one({"name": "saturation-r"}) is not None
 
 
-def test_intervene_says_it_is_for_lstm_models(kinds_page):
-    p = kinds_page(recording="gru.h5", stream="h", unit=1)
+@pytest.mark.parametrize("recording, stream, pinned", [("gru.h5", "z", "h"), ("rnn.h5", "h", "h")])
+def test_intervene_zeroes_and_steers_a_gru_or_rnn_unit(kinds_page, recording, stream, pinned):
+    p = kinds_page(recording=recording, layer=1, stream=stream, unit=1)
     open_tab(p, "intervene")
-    said = "ablation and steering are written for LSTM models; this one is a gru"
-    assert said in p["intervene-note"].text
     click(p, "intervene-run")
+    p.wait_for(lambda: p["intervene-text"].text)
+    assert f"<th>zeroing 1:{pinned}:1</th>" in p["intervene-summary"].text and p.message == ""
+    p.set("steer-prime", value="def ")
+    p.set("steer-length", value=20)
     click(p, "steer-run")
-    assert said in p["intervene-note"].text and said in p["steer-note"].text
-    assert p["intervene-text"].text == "" and p["steer-clamped"].text == "" and p.message == ""
-    assert not p["intervene-run"].disabled and not p["steer-run"].disabled
+    p.wait_for(lambda: p["steer-clamped"].text)
+    assert f"with 1:{pinned}:1=" in p["steer-clamped"].text and p.message == ""
 
 
 @pytest.mark.parametrize("recording, stream", [("gru.h5", "z"), ("rnn.h5", "h")])

@@ -248,7 +248,7 @@ def models(tmp_path_factory):
 
 def hook(row: dict):
     """The stepwise edit hook that removes a direction: ``remove`` where the row edits."""
-    def edit(position, layer, stream, value):
+    def edit(layer, stream, position, value):
         if (layer, stream) in row:
             return directions.remove(value, *row[(layer, stream)], stream)
     return edit

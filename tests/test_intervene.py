@@ -18,7 +18,7 @@ from probe.lm.stepwise import stepwise
 
 def pinned(edit: Edit):
     """The stepwise edit hook that pins one unit, as an Edit with a number means it."""
-    def hook(position, layer, stream, value):
+    def hook(layer, stream, position, value):
         if (layer, stream) == (edit.layer, edit.stream):
             value = value.clone()
             value[edit.unit] = edit.how
@@ -105,7 +105,7 @@ def test_clamping_steers_sampling_exactly_as_the_step_by_step_cell(tiny_model):
     (["ablate", "--cells", "0:h:1", "--feature", "nope"], "unknown feature 'nope'"),
     (["ablate", "--cells", "0:h:1", "--random", "9"], "--random must be between 0 and the layer's 8 units, got 9"),
     (["ablate", "--cells", "0:h:1", "--how", "half"], "--how must be zero, mean or a number, got 'half'"),
-    (["ablate", "--cells", "0:i:1"], "0:i:1=zero: a cell to pin is in stream h or c, not 'i'"),
+    (["ablate", "--cells", "0:i:1"], "0:i:1: a cell to pin is a state of its layer (c or h in LSTM layers), not 'i'"),
     (["sample", "--clamp", "0:1"], "--clamp: '0:1' is not LAYER:STREAM:UNIT=VALUE"),
     (["sample", "--clamp", "0:h:9=1"], "no unit 9 in layer 0 (units are 0..7)"),
 ])

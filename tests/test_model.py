@@ -260,8 +260,10 @@ def test_gru_and_vanilla_rnn_train_resume_and_load(tmp_path, text, cell):
     again = train(tmp_path / "m.pt", replace(cfg, steps=30), resume=True, progress=False)
     assert again["step"] == 30
     assert len(sample(model, "def ", 20, temperature=0, seed=0)) == 20
-    with pytest.raises(ProbeError, match=f"written for LSTM models; this one is a {cell}"):
-        sample(model, "def ", 5, clamp=[intervene.Edit(0, "h", 1, 0.5)])
+    clamped = sample(model, "def ", 20, temperature=0, seed=0, clamp=[intervene.Edit(0, "h", 1, 0.5)])
+    assert len(clamped) == 20
+    with pytest.raises(ProbeError, match=f"0:c:1: a cell to pin is a state of its layer \\(h in {cell.upper()} layers\\)"):
+        sample(model, "def ", 5, clamp=[intervene.Edit(0, "c", 1, 0.5)])
 
 
 def test_an_unknown_cell_is_one_line(model_path, capsys):

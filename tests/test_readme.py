@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -123,6 +124,36 @@ def test_the_api_page_example_runs(recording_path, tmp_path, monkeypatch):
     replaced = re.sub(r"\b89\b", "3", replaced).replace("12535, 12538", f"{t}, {t + 1}")
     assert replaced.count(str(recording_path)) >= 5 and "3)" in replaced
     exec(compile(replaced, "docs/api.md", "exec"), {})
+
+
+def test_the_api_pages_own_intervention_runs():
+    """docs/api.md's sweep written as one hook: each row's cost is its own unit's flip."""
+    doc = (ROOT / "docs" / "api.md").read_text()
+    code = doc.split("## Your own intervention", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    ns: dict = {}
+    exec(compile(code, "docs/api.md", "exec"), ns)
+    model, text, cost = ns["model"], ns["text"], ns["cost"]
+    assert ns["bits"].shape == (model.units + 1, len(text)) and np.isfinite(cost).all()
+    from probe.lm.stepwise import stepwise
+    u = int(np.argmax(np.abs(cost)))  # the unit that matters most: its row is the reference's
+    _, want = stepwise(model, text, edit=lambda layer, stream, t, h: h * torch.where(
+        torch.arange(model.units) == u, -1.0, 1.0) if (layer, stream) == (1, "h") else None)
+    np.testing.assert_allclose(ns["bits"][1 + u], want, atol=1e-5, equal_nan=True)
+    assert abs(cost[u]) > 1e-3
+
+
+def test_the_readmes_hook_examples_run_and_do_what_they_say():
+    """The README's three hooks on the shipped model: a read, a pin from position 100, a
+    direction projected out."""
+    code = README.split("## One forward pass with hook points", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    T = len(ns["text"])
+    assert ns["c1"].shape == (T, 256) and ns["logits"].shape == (1, T, len(ns["model"].vocab))
+    logits, pinned, removed = ns["logits"], ns["pinned"], ns["removed"]
+    assert (pinned[0, :100] - logits[0, :100]).abs().max() < 1e-5  # before position 100: the same
+    assert (pinned[0, 100:] - logits[0, 100:]).abs().max() > 1e-3   # from it: the pin acts
+    assert (removed - logits).abs().max() > 1e-3
 
 
 def test_generated_files_are_never_tracked():

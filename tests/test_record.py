@@ -47,10 +47,10 @@ def test_gates_and_states_equal_the_step_by_step_cell(tiny_model, text):
 @torch.no_grad()
 def test_the_edit_hook_sees_every_named_value_and_its_edits_flow_on(tiny_model, text):
     seen = []
-    stepwise(tiny_model, "ab", edit=lambda t, k, s, v: seen.append((t, k, s)))
+    stepwise(tiny_model, "ab", edit=lambda k, s, t, v: seen.append((t, k, s)))
     assert seen == [(t, k, s) for t in range(2) for k in range(2) for s in "ifgoch"]
 
-    def zero_h(t, k, s, v):  # pin unit 5 of layer 0 to 0, at every step
+    def zero_h(k, s, t, v):  # pin unit 5 of layer 0 to 0, at every step
         if (k, s) == (0, "h"):
             v = v.clone()
             v[5] = 0

@@ -9,9 +9,11 @@ LSTM's cell state carries it further ("a gradient highway")::
     flow["layers"][0]["mean"]   # ‖∂loss_t/∂h_{t-k}‖ for k = 0..span, averaged over positions
 
 For each sampled position t, the model reads the ``span`` characters before it, starting
-from the state the real text left there (the model's own layers run up to it, detached), one step at a time with
-every state a node of the graph; one backward pass through all sampled positions at once
-(a batch) gives ∂loss_t/∂h_{t−k} (and ∂/∂c_{t−k} for an LSTM) for every k.
+from the state the real text left there (the recurrence run fused up to it, detached), one
+step at a time through ``probe.lm.recurrence`` with a hook on every state that keeps its
+gradient; one backward pass through all sampled positions at once (a batch) gives
+∂loss_t/∂h_{t−k} (and ∂/∂c_{t−k} for an LSTM) for every k. Saliency differentiates the
+same recurrence, fused, with respect to its inputs.
 """
 from __future__ import annotations
 
@@ -20,47 +22,21 @@ import torch
 from tqdm.auto import tqdm
 
 from probe.errors import ProbeError
+from probe.lm import recurrence
 from probe.lm.model import LOG2E, CharRNN
 from probe.text import corpus as corpora
 
 BATCH = 250  # positions per backward pass
 
 
-def _layer(cell: str, xp: torch.Tensor, h: torch.Tensor, c, w_hh_t: torch.Tensor, b_hh: torch.Tensor) -> tuple:
-    """One layer over a window, one step at a time: ``xp`` [S, B, nH] is the input projection
-    of every step (computed at once: W_i x + b_i, plus b_h for the LSTM and RNN), (h, c) the
-    state before it; the recurrent product is the only matrix product per step. Returns the
-    lists of h (and c for an LSTM) per step, every one a node of the graph."""
-    H = h.shape[1]
-    hs, cs = [], []
-    for xj in xp.unbind(0):  # one backward node for all steps (indexing xp[j] would add a
-        # full-size zero gradient per step)
-        if cell == "lstm":
-            i, f, g, o = torch.addmm(xj, h, w_hh_t).chunk(4, 1)  # PyTorch's order i f g o
-            c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
-            h = torch.sigmoid(o) * torch.tanh(c)
-            cs.append(c)
-        elif cell == "gru":
-            gh = torch.addmm(b_hh, h, w_hh_t)  # [B, 3H], r z n
-            gi = xj
-            r = torch.sigmoid(gi[:, :H] + gh[:, :H])
-            z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-            n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-            h = n + z * (h - n)  # (1 - z) * n + z * h
-        else:
-            h = torch.tanh(torch.addmm(xj, h, w_hh_t))
-        hs.append(h)
-    return hs, cs
-
-
 @torch.no_grad()
 def _states_before(model: CharRNN, ids: np.ndarray, starts: np.ndarray) -> list:
     """The state the real text leaves just before each start (sorted), per start: the
-    model's own fused layers run from one start to the next, carrying the state."""
+    recurrence run fused from one start to the next, carrying the state (None at 0)."""
     out, state, at = [], None, 0
     for s in starts.tolist():
         if s > at:
-            _, state = model.rnn(model.embed(torch.from_numpy(ids[at:s]))[None], state)
+            _, state = recurrence.run(model, ids[at:s], state=state, head=False)
             at = s
         out.append(state)
     return out
@@ -69,40 +45,30 @@ def _states_before(model: CharRNN, ids: np.ndarray, starts: np.ndarray) -> list:
 def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, span: int) -> tuple:
     """Gradient norms {(layer, stream): [B, span + 1]} and per-unit sizes summed over the
     windows {…: [span + 1, units]} (column / row j: k = span - j) for the windows
-    ids[s : s + span + 1] predicting ids[s + span + 1]."""
-    cell, H, B = model.cell, model.units, len(starts)
-    weights = [tuple(getattr(model.rnn, f"{n}_l{k}").detach() for n in ("weight_ih", "weight_hh",
-                                                                           "bias_ih", "bias_hh"))
-               for k in range(model.layers)]  # detached: only the states' gradients are wanted
+    ids[s : s + span + 1] predicting ids[s + span + 1]: one ``recurrence.run`` with a hook
+    on every state that keeps its gradient, one backward pass."""
+    stack, B = recurrence.layers(model), len(starts)
     state = []
-    for k in range(model.layers):  # the state the real text left just before each window
-        h0 = torch.zeros(B, H)
-        c0 = torch.zeros(B, H) if cell == "lstm" else None
+    for k, w in enumerate(stack):  # the state the real text left just before each window
+        h0 = torch.zeros(B, w.units)
+        c0 = torch.zeros(B, w.units) if w.cell == "lstm" else None
         for b, st in enumerate(before):
             if st is not None:
-                h0[b] = (st[0] if cell == "lstm" else st)[k, 0]
-                if cell == "lstm":
-                    c0[b] = st[1][k, 0]
+                h0[b] = st[k][0][0]
+                if c0 is not None:
+                    c0[b] = st[k][1][0]
         state.append((h0.requires_grad_(), None if c0 is None else c0.requires_grad_()))  # graph roots
-    window = torch.from_numpy(np.stack([ids[s:s + span + 1] for s in starts]).T.copy())  # [span + 1, B]
     kept: dict = {}
+
+    def keep(layer: int, stream: str, position: int, value: torch.Tensor) -> None:
+        value.retain_grad()
+        kept.setdefault((layer, stream), []).append(value)
+    hooks = {(k, s): keep for k, w in enumerate(stack) for s in recurrence.PINNABLE[w.cell]}
+    window = torch.from_numpy(np.stack([ids[s:s + span + 1] for s in starts]))  # [B, span + 1]
+    top, _ = recurrence.run(model, window, hooks, state=state, grad=True, head=False, block=span + 1)
     with torch.enable_grad():
-        x = model.embed.weight.detach()[window]  # [S, B, E], time-major
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-            # layer by layer: a layer's input over the whole window is known once the layer
-            # below has run, so its input projection is one matrix product, not one per step
-            bias = b_ih if cell == "gru" else b_ih + b_hh
-            xp = torch.addmm(bias, x.reshape(-1, x.shape[-1]), w_ih.T).reshape(x.shape[0], B, -1)
-            h0, c0 = state[k]
-            hs, cs = _layer(cell, xp, h0, c0, w_hh.T, b_hh)
-            for key, ts in (((k, "h"), hs), ((k, "c"), cs)):
-                if ts:
-                    for t in ts:
-                        t.retain_grad()
-                    kept[key] = ts
-            x = torch.stack(hs)  # [S, B, H]: the next layer's input
         target = torch.from_numpy(ids[starts + span + 1])
-        logits = hs[-1] @ model.head.weight.detach().T + model.head.bias.detach()  # [B, V]
+        logits = top[:, -1] @ model.head.weight.detach().T + model.head.bias.detach()  # [B, V]
         torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
     norms = {key: torch.stack([t.grad.norm(dim=1) for t in ts], 1).numpy() for key, ts in kept.items()}
     sizes = {key: torch.stack([t.grad.abs().sum(0) for t in ts]).numpy() for key, ts in kept.items()}
@@ -161,9 +127,9 @@ def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tup
     start = max(0, position + 1 - window)
     model = model.eval()
     x = model.embed.weight[torch.from_numpy(ids[start:position + 1])].detach().requires_grad_()  # [n, E]
+    top, _ = recurrence.run(model, x[None], grad=True, head=False)  # the recurrence, fused
     with torch.enable_grad():
-        out, _ = model.rnn(x[None])
-        logits = model.head(out[0, -1])
+        logits = model.head(top[0, -1])
         loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])]))
         (grad,) = torch.autograd.grad(loss, x)
     return start, (grad * x).sum(dim=1).detach().numpy(), loss.item() * LOG2E

@@ -9,10 +9,12 @@ output ``h`` (what the layer above, the head and the next step read) or its cell
     bits = intervene.losses(model, text, [intervene.Edit(0, 89)])   # [2, T]: unedited, edited
     df = intervene.effects(model, documents, cells=[(0, 89)])       # per (layer, unit, feature)
 
-``losses`` runs many edits as one batch: the layers below the edited one are run once
-(they cannot see the edit), the edited layer and those above run with one row per edit,
-so a sweep of a whole layer costs far less than a forward pass per unit. It equals
-``probe.lm.stepwise`` with the edit applied (tested). ``effects`` turns losses into the
+It works alike for LSTM, GRU and RNN models: the cells to pin are the states, h in every
+layer and c in an LSTM's. ``losses`` runs many edits as rows of one pass of
+``probe.lm.recurrence`` (each edit a hook on its row): the layers below the edited one run
+once, fused (they cannot see the edit), the edited layer one step at a time with one row
+per edit, the layers above fused again, so a sweep of a whole layer costs far less than a
+forward pass per unit. It equals ``probe.lm.stepwise`` with the edit applied (tested). ``effects`` turns losses into the
 causal column of a finding: how much the cost of predicting the next character rises
 where a feature holds, elsewhere, and against random units of the same layer.
 """
@@ -27,10 +29,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from probe.causal import batched
 from probe.errors import ProbeError, deprecated
+from probe.lm import recurrence
 from probe.lm.model import CharRNN
-from probe.lm.stepwise import Hook, check_pins, pins
+from probe.lm.recurrence import Hook
 from probe.recording.layers import activations
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
@@ -52,9 +54,22 @@ class Edit:
     def __str__(self) -> str:
         return f"{self.layer}:{self.stream}:{self.unit}={self.how}"
 
+    @property
+    def point(self) -> tuple[int, str]:
+        return self.layer, self.stream
+
     def hook(self) -> Hook:
-        """The ``probe.lm.stepwise`` hook that applies this edit (``how`` must be a number)."""
-        return pins([self])
+        """The hook that pins this cell to ``how`` (a number) wherever it runs: on its point in
+        ``probe.lm.recurrence.run`` (``{edit.point: edit.hook()}``), or as a ``stepwise`` edit."""
+        return recurrence.pinning([(self.layer, self.stream, self.unit)], [self.how])[self.point]
+
+
+def check(model: CharRNN, edits) -> None:
+    """One line for the first edit the model cannot take (a state it lacks, a bad ``how``)."""
+    recurrence.check_cells(model, [(e.layer, e.stream, e.unit) for e in edits])
+    for e in edits:
+        if isinstance(e.how, str) and e.how not in ("zero", "mean"):
+            raise ProbeError(f"an edit pins to zero, mean or a number, not {e.how!r}")
 
 
 def parse_how(text: str) -> str | float:
@@ -109,7 +124,7 @@ def parse_clamp(spec: str) -> Edit:
 
 def resolve(model: CharRNN, texts: list[str], edits: list[Edit]) -> list[Edit]:
     """The same edits with "zero" and "mean" replaced by numbers (mean: over all ``texts``)."""
-    check_pins(model, edits)
+    check(model, edits)
     means = {}
     if any(e.how == "mean" for e in edits):
         sums, n = {}, 0
@@ -126,22 +141,24 @@ def resolve(model: CharRNN, texts: list[str], edits: list[Edit]) -> list[Edit]:
 def _batch_losses(model: CharRNN, ids: np.ndarray, layer: int, edits: list[Edit],
                   bar=None) -> np.ndarray:
     """Losses [1 + len(edits), T] in bits: row 0 unedited, then one row per edit, all edits
-    on ``layer`` and already resolved to numbers (``batched.bits``, stepped from ``layer``)."""
-    pins = {}
-    for s in ("h", "c"):
+    on ``layer`` and already resolved to numbers: one ``recurrence.bits`` pass, each edit a
+    pin on its own row."""
+    hooks = {}
+    for s in {e.stream for e in edits}:
         rows = [1 + j for j, e in enumerate(edits) if e.stream == s]
-        if rows:
-            pins[(layer, s)] = _pin(torch.tensor(rows, dtype=torch.long),
-                                    torch.tensor([e.unit for e in edits if e.stream == s], dtype=torch.long),
-                                    torch.tensor([float(e.how) for e in edits if e.stream == s]))
+        hooks[(layer, s)] = row_pins(rows, [e.unit for e in edits if e.stream == s],
+                                     [float(e.how) for e in edits if e.stream == s])
     done = None if bar is None else (lambda n: bar.update(n * len(edits)))
-    return batched.bits(model, ids, 1 + len(edits), pins, lowest=layer, done=done)
+    return recurrence.bits(model, ids, hooks, rows=1 + len(edits), done=done)
 
 
-def _pin(rows: torch.Tensor, units: torch.Tensor, values: torch.Tensor):
-    """The edit that sets value[rows[j], units[j]] = values[j] (in place: a step's fresh tensor)."""
-    def pin(value: torch.Tensor) -> torch.Tensor:
-        value[rows, units] = values
+def row_pins(rows: list[int], units: list[int], values: list[float]) -> Hook:
+    """The hook that sets value[rows[j], units[j]] = values[j]: row j's own edit in a batch
+    of variants (in place: the step's fresh tensor)."""
+    rows_t, units_t, values_t = torch.tensor(rows), torch.tensor(units), torch.tensor(values)
+
+    def pin(layer: int, stream: str, position: int, value: torch.Tensor) -> torch.Tensor:
+        value[rows_t, units_t] = values_t
         return value
     return pin
 
@@ -208,10 +225,10 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
         raise ProbeError("give cells or a layer to sweep, not both")
     units = model.units
     if layer is not None:
-        check_pins(model, [Edit(layer, stream, 0)])
+        check(model, [Edit(layer, stream, 0)])
         cells = [(layer, stream, u) for u in range(units)]
     cells = list(dict.fromkeys(cells))
-    check_pins(model, [Edit(k, s, u) for k, s, u in cells])
+    check(model, [Edit(k, s, u) for k, s, u in cells])
     if random < 0 or random > units:
         raise ProbeError(f"--random must be between 0 and the layer's {units} units, got {random}")
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ import torch
 
 from probe.errors import ProbeError
 from probe.lm.model import CharRNN
-from probe.lm.stepwise import check_pins, layer_weights, lstm_step, pins
+from probe.lm import recurrence
 from probe.text import corpus as corpora
 
 
@@ -21,6 +21,7 @@ def sample(model: CharRNN, prime: str = "\n", length: int = 500, temperature: fl
     of the prime outside the model's vocabulary are read as the unknown symbol, as
     ``probe record`` reads them (``corpus.encode`` counts them). ``clamp``: edits
     (``intervene.Edit`` with a number) pinned at every step, prime included: steering.
+    Free or clamped, the model runs through ``probe.lm.recurrence`` (``stepper``).
     """
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ProbeError(f"--length must be a whole number >= 0, got {length!r}")
@@ -31,7 +32,7 @@ def sample(model: CharRNN, prime: str = "\n", length: int = 500, temperature: fl
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     model.eval()
     ids = corpora.encode(prime, model.vocab)[0].tolist()
-    step = _clamped(model, list(clamp)) if clamp else _free(model)
+    step = stepper(model, list(clamp))
     for char in ids[:-1]:
         step(char)
     last = step(ids[-1])  # [V] logits of the first new character
@@ -48,35 +49,20 @@ def sample(model: CharRNN, prime: str = "\n", length: int = 500, temperature: fl
     return "".join(out)
 
 
-def _free(model: CharRNN):
-    """step(char id) -> logits [V] of the next character, the model's own fused LSTM."""
-    state = None
-
-    def step(char: int) -> torch.Tensor:
-        nonlocal state
-        logits, state = model(torch.tensor([[char]]), state)
-        return logits[0, -1]
-    return step
-
-
-def _clamped(model: CharRNN, clamp: list):
-    """step(char id) -> logits [V], one character at a time with the clamped units pinned
-    (``probe.lm.stepwise``'s cell with an edit hook)."""
-    check_pins(model, clamp)
+def stepper(model: CharRNN, clamp: list = ()):
+    """step(char id) -> logits [V] of the next character, one character at a time through
+    ``probe.lm.recurrence``, with the clamped cells (if any) pinned."""
     for e in clamp:
         if isinstance(e.how, str):
             raise ProbeError(f"--clamp {e}: give a number to clamp to")
-    weights = [layer_weights(model, k) for k in range(model.layers)]
-    h = [torch.zeros(model.units) for _ in weights]
-    c = [torch.zeros(model.units) for _ in weights]
-
-    pin = pins(clamp)
+    cells = [(e.layer, e.stream, e.unit) for e in clamp]
+    recurrence.check_cells(model, cells)
+    hooks = recurrence.pinning(cells, [e.how for e in clamp])
+    state, position = None, 0
 
     def step(char: int) -> torch.Tensor:
-        x = model.embed.weight[char]
-        for k, w in enumerate(weights):
-            values = lstm_step(x, h[k], c[k], w, pin, 0, k)
-            h[k], c[k] = values["h"], values["c"]
-            x = h[k]
-        return model.head(h[-1])
+        nonlocal state, position
+        logits, state = recurrence.run(model, torch.tensor([[char]]), hooks, state=state, start=position)
+        position += 1
+        return logits[0, -1]
     return step

@@ -12,33 +12,34 @@ k = 0, else layer k−1's h_t)::
     c_t = f · c_{t−1} + i · g                           # cell state
     h_t = o · tanh(c_t)                                 # hidden state
 
-A hook ``edit(position, layer, stream, value)`` sees each named value as soon as it is
-computed and may return a replacement (or None to keep it); everything computed after
-it uses the replacement. So editing ``c`` changes ``h`` (h = o · tanh(c)) and the next
-step, editing ``h`` changes the layer above and the next step::
+A hook ``edit(layer, stream, position, value)`` — the same function ``probe.lm.recurrence``
+hooks on, here with value [units] — sees each named value as soon as it is computed and may
+return a replacement (or None to keep it); everything computed after it uses the
+replacement. So editing ``c`` changes ``h`` (h = o · tanh(c)) and the next step, editing
+``h`` changes the layer above and the next step::
 
-    def ablate(position, layer, stream, value):      # zero the cell state of unit 89
+    def ablate(layer, stream, position, value):      # zero the cell state of unit 89
         if (layer, stream) == (0, "c"):
             value = value.clone(); value[89] = 0
             return value
 
     streams, loss = stepwise(model, "x = 'a'\\n", edit=ablate)
 
-It is slow (a few Python operations per character and layer): ``probe.recording.record`` computes
-the same values for whole blocks at once, and the tests hold the two equal.
+It is slow (a few Python operations per character and layer) and deliberately independent:
+``probe.lm.recurrence`` runs the same equations over batches and blocks, and
+``probe.recording.record`` computes the values for whole blocks at once; the tests hold
+both equal to this.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 import torch
 
 from probe.errors import ProbeError
 from probe.lm.model import LOG2E, CharRNN
+from probe.lm.recurrence import Hook
 from probe.text import corpus as corpora
 
-Hook = Callable[[int, int, str, torch.Tensor], "torch.Tensor | None"]  # (position, layer, stream, value)
 
 
 def _namer(edit: Hook | None, position: int, layer: int, out: dict):
@@ -46,7 +47,7 @@ def _namer(edit: Hook | None, position: int, layer: int, out: dict):
     result in ``out``; what is computed next uses the returned value."""
     def named(stream: str, value: torch.Tensor) -> torch.Tensor:
         if edit is not None:
-            new = edit(position, layer, stream, value)
+            new = edit(layer, stream, position, value)
             if new is not None:
                 value = new
         out[stream] = value
@@ -57,9 +58,9 @@ def _namer(edit: Hook | None, position: int, layer: int, out: dict):
 def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
               edit: Hook | None = None, position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
     """One LSTM step: x [in], h and c [units] → {"i", "f", "g", "o", "c", "h"}, each [units]."""
-    w_ih, w_hh, b = weights
+    w_ih, w_hh, b_ih, b_hh = weights
     H = h.shape[0]
-    z = w_ih @ x + w_hh @ h + b  # [4 units], PyTorch's order i f g o
+    z = w_ih @ x + b_ih + w_hh @ h + b_hh  # [4 units], PyTorch's order i f g o
     out: dict[str, torch.Tensor] = {}
     named = _namer(edit, position, layer, out)
     i = named("i", torch.sigmoid(z[:H]))
@@ -102,48 +103,10 @@ def rnn_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Hook | None
     return out
 
 
-def layer_weights(model: CharRNN, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(W_ih, W_hh, b_ih + b_hh) of one layer of the model's ``nn.LSTM``."""
-    lstm = model.rnn
-    return (getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}"),
-            getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}"))
-
-
 def _raw_weights(model: CharRNN, layer: int) -> tuple:
     """(W_ih, W_hh, b_ih, b_hh): a GRU keeps its two biases apart (r scales only W_hn h + b_hn)."""
     return tuple(getattr(model.rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh",
                                                                      "bias_ih", "bias_hh"))
-
-
-def check_pins(model: CharRNN, edits) -> None:
-    """One line for the first edit this model cannot take. An edit (``intervene.Edit``) pins
-    unit ``unit`` of stream ``stream`` ("h" or "c") of layer ``layer`` to ``how`` ("zero",
-    "mean" or a number) at every step, in an LSTM: what ``probe ablate`` and steered
-    sampling (``probe sample --clamp``) do."""
-    if getattr(model, "cell", "lstm") != "lstm":
-        raise ProbeError(f"ablation and clamping are written for LSTM models; this one is a {model.cell}")
-    for e in edits:
-        if not 0 <= e.layer < model.layers:
-            raise ProbeError(f"no layer {e.layer} in the model (layers are 0..{model.layers - 1})")
-        if e.stream not in ("h", "c"):
-            raise ProbeError(f"{e}: a cell to pin is in stream h or c, not {e.stream!r}")
-        if not 0 <= e.unit < model.units:
-            raise ProbeError(f"no unit {e.unit} in layer {e.layer} (units are 0..{model.units - 1})")
-        if isinstance(e.how, str) and e.how not in ("zero", "mean"):
-            raise ProbeError(f"an edit pins to zero, mean or a number, not {e.how!r}")
-
-
-def pins(edits) -> Hook:
-    """The hook that pins every edit's unit to its number (``how``) wherever its (layer,
-    stream) is computed: ``Edit.hook`` for one edit, steered sampling for several."""
-    def pin(position: int, layer: int, stream: str, value: torch.Tensor):
-        hits = [e for e in edits if (e.layer, e.stream) == (layer, stream)]
-        if hits:
-            value = value.clone()
-            for e in hits:
-                value[e.unit] = float(e.how)
-            return value
-    return pin
 
 
 @torch.no_grad()
@@ -158,8 +121,7 @@ def stepwise(model: CharRNN, text: str, edit: Hook | None = None) -> tuple[dict,
         raise ProbeError("empty text")
     model = model.eval()
     cell = getattr(model, "cell", "lstm")
-    weights = [layer_weights(model, k) if cell == "lstm" else _raw_weights(model, k)
-               for k in range(model.layers)]
+    weights = [_raw_weights(model, k) for k in range(model.layers)]
     H = model.units
     h = [torch.zeros(H) for _ in weights]
     c = [torch.zeros(H) for _ in weights]

@@ -5,7 +5,7 @@ ablation asks whether the model *uses* it. ``direction`` turns a feature's read-
 weights into a unit vector per input block (in the space the read-out reads: h, and
 tanh(c)); ``remove`` takes it out of a state (its component held at its mean);
 ``random_directions`` are the controls; ``losses`` runs every removal as one batch
-(``probe.causal.batched``); ``ablate`` turns the losses into one row per feature,
+(``probe.lm.recurrence``, a hook per edited stream); ``ablate`` turns the losses into one row per feature,
 ``report`` into text.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from probe.analysis.threads import one_torch_thread
-from probe.causal import batched
 from probe.errors import ProbeError
+from probe.lm import recurrence
 from probe.readout.linear import blocks, check_spec, pick_names, widths
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
@@ -105,7 +105,7 @@ def check_model(model, spec: dict) -> None:
     other than h and c (LSTM) or h (GRU, RNN), streams of another width."""
     check_spec(spec)
     cell = getattr(model, "cell", "lstm")
-    allowed = batched.EDITABLE.get(cell, ("h",))
+    allowed = recurrence.PINNABLE.get(cell, ("h",))
     for layer, stream in spec["inputs"]:
         if not 0 <= int(layer) < model.layers:
             raise ProbeError(f"the spec reads layer {layer}; the model's layers are 0..{model.layers - 1}")
@@ -137,22 +137,22 @@ def losses(model, text: str, rows: list[Direction]) -> np.ndarray:
     unedited, then one row per direction removed (``remove`` at every step, in every
     block it names; loss[t] is the cost of character t, NaN at 0).
 
-    One batch (``probe.causal.batched``): the layers below the lowest edited one run once
-    (they cannot see the edit), the rest step by step with one row per direction, as
-    ``intervene.losses`` does. It equals ``probe.lm.stepwise`` with ``project`` in its edit
-    hook (tested)."""
+    One batch (``probe.lm.recurrence.bits``, a hook on each edited stream): the layers below
+    the lowest edited one run once (they cannot see the edit), the edited ones step by step
+    with one row per direction, the layers above fused, as ``intervene.losses`` does. It
+    equals ``probe.lm.stepwise`` with ``remove`` in its edit hook (tested)."""
     model = model.eval()
     ids, _ = corpora.encode(text, model.vocab)
     if len(ids) == 0:
         raise ProbeError("empty text")
-    edits = {key: _remover(V, mu, key[1]) for key, (V, mu) in stacked(rows, 1 + len(rows), model.units).items()}
+    hooks = {key: remover(V, mu) for key, (V, mu) in stacked(rows, 1 + len(rows), model.units).items()}
     with one_torch_thread():  # a step is a few small products: more threads only wait
-        return batched.bits(model, ids, 1 + len(rows), edits)
+        return recurrence.bits(model, ids, hooks, rows=1 + len(rows))
 
 
-def _remover(V: torch.Tensor, mu: torch.Tensor, stream: str):
-    """The edit that removes row j's direction V[j] (to its mean mu[j]) from a stream's values."""
-    return lambda value: remove(value, V, mu, stream)
+def remover(V: torch.Tensor, mu: torch.Tensor) -> recurrence.Hook:
+    """The hook that removes row j's direction V[j] (to its mean mu[j]) from its stream."""
+    return lambda layer, stream, position, value: remove(value, V, mu, stream)
 
 
 def documents(text, chars: int) -> list[tuple[str, str]]:

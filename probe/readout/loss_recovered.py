@@ -4,9 +4,9 @@ A dictionary (``probe.readout.dictionary``) rebuilds one stream of one layer fro
 features. ``loss_recovered`` lets the model read held-out text three times — clean, with
 that stream replaced at every step by its reconstruction (``recon_fn``; through arctanh
 for c, which is read through tanh), and with it zeroed — and compares the bits per
-character: 1 means nothing the model uses is lost, 0 as bad as no state. The edited layer
-runs one step at a time for the three rows at once (``spliced_bits``, the equations of
-``probe.lm.stepwise``); the layers below and above it run fused.
+character: 1 means nothing the model uses is lost, 0 as bad as no state. The three reads
+are three rows of one ``probe.lm.recurrence`` pass with ``splice`` hooked on the stream
+(``spliced_bits``).
 """
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from probe.errors import ProbeError
-from probe.lm.model import LOG2E
+from probe.lm import recurrence
 from probe.recording import h5format
-from probe.recording.layers import layer_modules
 from probe.recording.transforms import decode, dictionary_params, encode
 from probe.text import corpus as corpora
 
@@ -39,56 +38,23 @@ def recon_fn(spec: dict, stream: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return recon
 
 
-@torch.no_grad()
+def splice(recon: Callable[[torch.Tensor], torch.Tensor]) -> recurrence.Hook:
+    """The hook of the three rows: row 0 left clean, row 1 replaced by recon(it), row 2 zeroed."""
+    def hook(layer: int, stream: str, position: int, value: torch.Tensor) -> torch.Tensor:
+        value = value.clone()
+        value[1] = recon(value[1:2])[0]
+        value[2] = 0
+        return value
+    return hook
+
+
 def spliced_bits(model, ids: np.ndarray, layer: int, stream: str,
-                  recon: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+                 recon: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
     """Bits [3, T − 1] of characters 1 … T − 1 of ids read from a zero state: row 0 clean,
     row 1 with ``layer``'s ``stream`` replaced by recon(it) at every step, row 2 with it
-    zero. The layers below run once, fused; the edited layer one step at a time (the
-    equations of ``probe.lm.stepwise``), for the three rows at once; the layers above fused."""
-    cell, H = getattr(model, "cell", "lstm"), model.units
-    modules = layer_modules(model)
-    x = model.embed(torch.from_numpy(ids))  # [T, E]
-    for j in range(layer):
-        x = modules[j](x[None])[0][0]
-    m = modules[layer]
-    gi = torch.addmm(m.bias_ih_l0, x, m.weight_ih_l0.T)  # [T, gates × H]
-    w_hh_t, b_hh = m.weight_hh_l0.T.contiguous(), m.bias_hh_l0
-
-    def named(s: str, v: torch.Tensor) -> torch.Tensor:
-        if s != stream:
-            return v
-        v = v.clone()
-        v[1] = recon(v[1:2])[0]
-        v[2] = 0
-        return v
-
-    h, c = torch.zeros(3, H), torch.zeros(3, H)
-    hs = torch.empty(3, len(ids), H)
-    for t in range(len(ids)):
-        gh = torch.addmm(b_hh, h, w_hh_t)  # [3, gates × H]
-        if cell == "lstm":  # PyTorch's order i f g o
-            z = gi[t] + gh
-            i = named("i", torch.sigmoid(z[:, :H]))
-            f = named("f", torch.sigmoid(z[:, H:2 * H]))
-            g = named("g", torch.tanh(z[:, 2 * H:3 * H]))
-            o = named("o", torch.sigmoid(z[:, 3 * H:]))
-            c = named("c", f * c + i * g)
-            h = named("h", o * torch.tanh(c))
-        elif cell == "gru":  # r z n
-            r = named("r", torch.sigmoid(gi[t, :H] + gh[:, :H]))
-            u = named("z", torch.sigmoid(gi[t, H:2 * H] + gh[:, H:2 * H]))
-            n = named("n", torch.tanh(gi[t, 2 * H:] + r * gh[:, 2 * H:]))
-            h = named("h", (1 - u) * n + u * h)
-        else:
-            h = named("h", torch.tanh(gi[t] + gh))
-        hs[:, t] = h
-    y = hs
-    for j in range(layer + 1, model.layers):
-        y = modules[j](y)[0]  # [3, T, H]
-    logp = torch.log_softmax(model.head(y[:, :-1]), dim=-1)  # [3, T − 1, V]
-    nxt = torch.from_numpy(ids[1:])[None, :, None].expand(3, -1, 1)
-    return (-logp.gather(2, nxt)[..., 0] * LOG2E).numpy()
+    zero. One ``probe.lm.recurrence`` pass of three rows with ``splice`` on the point: the
+    layers below run once, fused; the edited layer one step at a time; the layers above fused."""
+    return recurrence.bits(model, ids, {(layer, stream): splice(recon)}, rows=3)[:, 1:]
 
 
 def pieces(rec, test: np.ndarray, chars: int) -> list[tuple[int, int]]:

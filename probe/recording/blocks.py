@@ -84,7 +84,7 @@ def sequential(model, ids, documents, modules, dtype, pool, block: int, keep=Non
 
 
 @torch.no_grad()
-def warm_up(model: CharRNN, modules: list[nn.Module], seqs: list[np.ndarray]) -> tuple[list, torch.Tensor]:
+def warm_up(model: CharRNN, modules: list, seqs: list[np.ndarray]) -> tuple[list, torch.Tensor]:
     """Run each sequence (non-empty, of different lengths) from a zero state: the state each
     one ends in, per layer ((h, c) each [n, units]; c None but for an LSTM), and the
     log-probabilities of the character after each one's last ([n, V]). Packed, so a short
@@ -95,9 +95,10 @@ def warm_up(model: CharRNN, modules: list[nn.Module], seqs: list[np.ndarray]) ->
         x[j, :len(s)] = torch.from_numpy(s)
     packed = nn.utils.rnn.pack_padded_sequence(model.embed(x), lengths, batch_first=True, enforce_sorted=False)
     state = []
-    for module in modules:
-        packed, last = module(packed)
-        state.append((last[0][0], last[1][0]) if model.cell == "lstm" else (last[0], None))
+    for w in modules:  # ``recurrence.Layer``s, PyTorch's fused loop
+        zero = torch.zeros(len(seqs), w.units)
+        packed, h, c = w.fused(packed, zero, zero if w.cell == "lstm" else None)
+        state.append((h, c))
     return state, torch.log_softmax(model.head(state[-1][0]), dim=-1)
 
 

@@ -1,8 +1,8 @@
 """Every layer of a model, run on its own: the values of each of its streams at every step.
 
 ``torch.nn.LSTM`` returns only the top layer's h per step. To record everything exactly,
-each layer is run as its own one-layer module with the model's weights (``layer_modules``,
-``forward``: that layer's h at every step), then the gates are recomputed for all steps at
+each layer is run on its own with PyTorch's fused loop (``probe.lm.recurrence.Layer``, the
+layers every tool runs: ``layer_modules``, ``forward``: that layer's h at every step), then the gates are recomputed for all steps at
 once from x_t and h_{t-1} with the same weights, and an LSTM's c is rebuilt with the
 recurrence c_t = f_t * c_{t-1} + i_t * g_t (``stream_values``; the recurrence in C when it
 was built). Streams, in PyTorch's gate order: LSTM i f g o c h; GRU r z n h; vanilla RNN h
@@ -12,30 +12,24 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from probe.compiled import kernels
 from probe.errors import ProbeError
+from probe.lm.recurrence import Layer
+from probe.lm.recurrence import layers as model_layers
 from probe.lm.model import LOG2E, CharRNN
 from probe.recording import h5format
 from probe.text import corpus as corpora
 
 
-def layer_modules(model: CharRNN) -> list[nn.Module]:
-    """One single-layer module of the model's cell type per layer, sharing its weights."""
-    out = []
-    for k in range(model.layers):
-        w_ih = getattr(model.rnn, f"weight_ih_l{k}")
-        one = type(model.rnn)(w_ih.shape[1], model.units, 1, batch_first=True)
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            setattr(one, f"{name}_l0", getattr(model.rnn, f"{name}_l{k}"))
-        out.append(one.eval())
-    return out
+def layer_modules(model: CharRNN) -> list[Layer]:
+    """The model's layers as ``probe.lm.recurrence`` holds them (weights, PyTorch's fused loop)."""
+    return model_layers(model)
 
 
 @torch.no_grad()
 def forward(model: CharRNN, ids: torch.Tensor, state: list | None = None,
-            modules: list[nn.Module] | None = None) -> tuple[list, torch.Tensor, list]:
+            modules: list[Layer] | None = None) -> tuple[list, torch.Tensor, list]:
     """The model's own forward pass over ids [B, L] from ``state`` (per layer (h0, c0), each
     [B, units]; c0 None but for an LSTM; None = zeros), one layer module at a time.
 
@@ -45,24 +39,19 @@ def forward(model: CharRNN, ids: torch.Tensor, state: list | None = None,
     """
     modules = modules or layer_modules(model)
     B = ids.shape[0]
-    lstm = model.cell == "lstm"
     x = model.embed(ids)  # [B, L, E]
     inputs, new_state = [], []
-    for k, module in enumerate(modules):
-        h0, c0 = state[k] if state else (x.new_zeros(B, model.units), x.new_zeros(B, model.units) if lstm else None)
-        if lstm:
-            h, (hT, cT) = module(x, (h0[None].contiguous(), c0[None].contiguous()))
-            new_state.append((hT[0], cT[0]))
-        else:
-            h, hT = module(x, h0[None].contiguous())
-            new_state.append((hT[0], None))
+    for k, w in enumerate(modules):
+        h0, c0 = state[k] if state else (x.new_zeros(B, w.units), x.new_zeros(B, w.units) if w.cell == "lstm" else None)
+        h, hT, cT = w.fused(x, h0.contiguous(), None if c0 is None else c0.contiguous(), batch_first=True)
+        new_state.append((hT, cT))
         inputs.append((x, h, h0, c0))
         x = h
     return inputs, torch.log_softmax(model.head(x), dim=-1), new_state
 
 
 @torch.no_grad()
-def stream_values(model: CharRNN, modules: list[nn.Module], inputs: list, dtype: torch.dtype = torch.float32,
+def stream_values(model: CharRNN, modules: list[Layer], inputs: list, dtype: torch.dtype = torch.float32,
           keep: set | None = None) -> dict:
     """Every stream {(layer, s): [B, L, units]} of ``forward``'s ``inputs``, computed in
     float32 for all steps at once from x_t and h_{t-1} with the layer's weights, as PyTorch
@@ -80,8 +69,11 @@ def stream_values(model: CharRNN, modules: list[nn.Module], inputs: list, dtype:
         # 2-D matrix products ([B*L, in] x [in, nH]): twice as fast as batched 3-D ones here
         x2 = x.reshape(B * L, -1)
         h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1).reshape(B * L, H)
-        w_ih, w_hh, b_ih, b_hh = (module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0)
-        if model.cell == "gru":
+        w_ih, w_hh = module.w_ih, module.w_hh
+        zero = torch.zeros(w_ih.shape[0])  # a layer without biases
+        b_ih = zero if module.b_ih is None else module.b_ih
+        b_hh = zero if module.b_hh is None else module.b_hh
+        if module.cell == "gru":
             gi = torch.addmm(b_ih, x2, w_ih.T)  # [B*L, 3H] in PyTorch's order r z n
             gh = torch.addmm(b_hh, h_prev, w_hh.T)
             r = torch.sigmoid(gi[:, :H] + gh[:, :H])
@@ -107,7 +99,7 @@ def stream_values(model: CharRNN, modules: list[nn.Module], inputs: list, dtype:
 
 
 def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
-        modules: list[nn.Module] | None = None, dtype: torch.dtype = torch.float32,
+        modules: list[Layer] | None = None, dtype: torch.dtype = torch.float32,
         ) -> tuple[dict, torch.Tensor, list]:
     """``forward`` then ``stream_values``: (streams {(layer, s): [B, L, units]}, logp [B, L, V],
     final state per layer)."""

@@ -5,8 +5,10 @@ Computed on demand, when a button is pressed, never on a change of selection: a 
 cell or window only drops the old result (a change of overlay feature recomputes the
 summary from the kept losses), so switching cells costs what it did without this tab.
 
-Ablation and clamping (``probe.causal.intervene``) are written for LSTM models: on a recording of
-another kind the tab says so and its buttons do nothing.
+Ablation and clamping (``probe.causal.intervene``, hooks on ``probe.lm.recurrence``) work on
+LSTM, GRU and RNN models alike: the unit's c is pinned when the selected stream is an LSTM's
+c, its h otherwise (a gate's unit is edited through the state it feeds). A derived stream
+(a read-out of many cells) has no unit to pin: the tab says so and its buttons do nothing.
 """
 from __future__ import annotations
 
@@ -75,16 +77,12 @@ def pinned_stream(stream: str) -> str:
     return "c" if stream == "c" else "h"
 
 
-def not_lstm(rec, stream: str | None = None) -> str | None:
-    """Why this cell cannot be edited here (not an LSTM's, or a derived stream's), or None."""
+def cannot_edit(rec, stream: str | None = None) -> str | None:
+    """Why this cell cannot be edited here (a derived stream's), or None."""
     if rec is not None and stream is not None and (rec.layer_ids and any(s == stream for _, s in rec.derived)):
         return (f"{stream} is a derived stream (a read-out of many cells), not a cell the model has: "
                 "pick a recorded stream to ablate or steer a unit")
-    kind = rec.model_config.get("cell", "lstm") if rec is not None else "lstm"
-    if kind == "lstm":
-        return None
-    return (f"ablation and steering are written for LSTM models; this one is a {kind}, so there is "
-            "nothing to zero or clamp here")
+    return None
 
 
 def random_units(units: int, unit: int, k: int = RANDOM_UNITS, seed: int = SEED) -> list[int]:
@@ -96,7 +94,7 @@ def random_units(units: int, unit: int, k: int = RANDOM_UNITS, seed: int = SEED)
 
 def zeroed(model, text: str, layer: int, unit: int, on: str, controls: list[int], bar=None) -> np.ndarray:
     """Δbits [1 + len(controls), n]: row 0 the unit, then each control unit, all zeroed in one
-    batched pass. Column t is the change in the cost of character t + 1 (predicted from the
+    pass of ``probe.lm.recurrence``. Column t is the change in the cost of character t + 1 (predicted from the
     state after reading t); the last column is NaN (no next character)."""
     edits = [Edit(layer, on, u, "zero") for u in [unit, *controls]]
     bits = intervene.losses(model, text, edits, bar=bar)  # [1 + E, n]: row 0 unedited
@@ -191,8 +189,8 @@ def build(session: Session) -> View:
     asked = None     # the window the queued or running zeroing is for
 
     def idle_note(sel: Selection) -> str:
-        if not_lstm(session.rec, session.sel.stream):
-            return note_html(not_lstm(session.rec, session.sel.stream))
+        if cannot_edit(session.rec, session.sel.stream):
+            return note_html(cannot_edit(session.rec, session.sel.stream))
         if sel.recording in missing:
             return message_html([missing[sel.recording]])
         w = window_of(session, sel)
@@ -246,7 +244,7 @@ def build(session: Session) -> View:
     def on_show() -> None:
         """Load the recording's model in a worker, to say at once if it has none."""
         name = session.sel.recording
-        if session.rec is None or result is not None or session.jobs.busy(TAB) or not_lstm(session.rec, session.sel.stream):
+        if session.rec is None or result is not None or session.jobs.busy(TAB) or cannot_edit(session.rec, session.sel.stream):
             return
 
         def found(_) -> None:
@@ -271,7 +269,7 @@ def build(session: Session) -> View:
         nonlocal asked
         if session.jobs.busy(TAB) or session.rec is None:
             return
-        if not_lstm(session.rec, session.sel.stream):
+        if cannot_edit(session.rec, session.sel.stream):
             drop()
             note.text = idle_note(session.sel)
             return
@@ -282,7 +280,7 @@ def build(session: Session) -> View:
         text = session.rec.text[w.start:w.stop]
         what = f"zeroing layer {w.layer} unit {w.unit} and {RANDOM_UNITS} random units on {len(text):,} characters"
 
-        def work(job: Job) -> dict:  # in a worker: the model's load and the batched pass
+        def work(job: Job) -> dict:  # in a worker: the model's load and one hooked pass
             model, model_note = session.store.model(w.recording)
             controls = random_units(model.units, w.unit)
             began = time.perf_counter()
@@ -310,9 +308,9 @@ def build(session: Session) -> View:
     def on_sample() -> None:
         if session.jobs.busy(STEER) or session.rec is None:
             return
-        if not_lstm(session.rec, session.sel.stream):
+        if cannot_edit(session.rec, session.sel.stream):
             free.text = clamped.text = ""
-            steer_note.text = note_html(not_lstm(session.rec, session.sel.stream))
+            steer_note.text = note_html(cannot_edit(session.rec, session.sel.stream))
             return
         if said_missing(steer_note):
             free.text = clamped.text = ""
