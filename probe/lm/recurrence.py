@@ -196,12 +196,17 @@ def hook_table(hooks) -> dict[Point, list[Hook]]:
     return table
 
 
+def layer_of(stack: list[Layer], layer: int) -> Layer:
+    """``stack[layer]``, or one line saying the model has no such layer."""
+    if not 0 <= layer < len(stack):
+        raise ProbeError(f"no layer {layer} in the model (layers are 0..{len(stack) - 1})")
+    return stack[layer]
+
+
 def check_points(stack: list[Layer], table: Mapping[Point, list]) -> None:
     """One line for the first hook point the model does not have."""
     for layer, stream in table:
-        if not 0 <= layer < len(stack):
-            raise ProbeError(f"no layer {layer} in the model (layers are 0..{len(stack) - 1})")
-        cell = stack[layer].cell
+        cell = layer_of(stack, layer).cell
         if stream not in STREAMS[cell]:
             raise ProbeError(f"no stream {stream!r} in layer {layer}: {cell} layers have "
                              f"{' '.join(STREAMS[cell])}")
@@ -346,9 +351,7 @@ def check_cells(model, cells: Iterable) -> None:
     can pin: h of every layer, and c of an LSTM's."""
     stack = layers(model)
     for layer, stream, unit in cells:
-        if not 0 <= layer < len(stack):
-            raise ProbeError(f"no layer {layer} in the model (layers are 0..{len(stack) - 1})")
-        cell = stack[layer].cell
+        cell = layer_of(stack, layer).cell
         if stream not in PINNABLE[cell]:
             raise ProbeError(f"{layer}:{stream}:{unit}: a cell to pin is a state of its layer "
                              f"({' or '.join(PINNABLE[cell])} in {cell.upper()} layers), not {stream!r}")
