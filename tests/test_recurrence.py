@@ -273,3 +273,8 @@ def test_the_readme_examples():
                                     lambda layer, stream, t, h: seen2.append(h[0].clone())]})
     np.testing.assert_allclose(torch.stack(seen2).numpy(), want[(1, "h")], atol=ATOL)
     assert np.abs(want[(1, "h")] @ v.numpy()).max() < 1e-5  # nothing left along v
+
+
+def test_the_stream_names_are_the_recordings():
+    from probe.recording import h5format  # the reader's copy: reading a recording needs no torch
+    assert recurrence.STREAMS == h5format.STREAMS
