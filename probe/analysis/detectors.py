@@ -32,7 +32,14 @@ import pandas as pd
 
 from probe.analysis import progress as progress_mod
 from probe.analysis.featureset import FeatureSet
-from probe.analysis.loops import AUC_BINS, COMPILED, bin_table, count_bins, count_bins_numpy, shifted
+from probe.analysis.loops import (
+    AUC_BINS,
+    COMPILED,
+    bin_table,
+    count_bins,
+    count_bins_numpy,
+    shifted,
+)
 from probe.analysis.metrics import auc_exact
 from probe.analysis.ranking import BEST_COLUMNS, best, check_top, strength, wide_table
 from probe.analysis.stats import (

@@ -23,7 +23,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from probe.cli import ablate, analyze, gradients, info, match, ngram, output, readout, record, train
+from probe.cli import (
+    ablate,
+    analyze,
+    gradients,
+    info,
+    match,
+    ngram,
+    output,
+    readout,
+    record,
+    train,
+)
 from probe.cli.common import Handler
 from probe.errors import ProbeError
 

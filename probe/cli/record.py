@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 
-from probe.cli.common import Renamed, cluster_flags, command, names, numbers, source_flags
+from probe.cli.common import (
+    Renamed,
+    cluster_flags,
+    command,
+    names,
+    numbers,
+    source_flags,
+)
 from probe.errors import ProbeError
 from probe.files import check_target
 from probe.lm.model import load_model

@@ -43,100 +43,22 @@ the tests hold this module equal to it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-import weakref
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import PackedSequence
 
 from probe.errors import ProbeError
 from probe.lm.model import LOG2E
+from probe.lm.parts import STREAMS, Layer, embedded, layers, logits, widths  # noqa: F401 (the API)
 
 BLOCK = 256  # positions per block: memory is BLOCK x rows x units per layer
 FUSED_MIN = 8  # fewer positions than this are stepped even without a hook: PyTorch's fused loop
 # costs ~0.1 ms a call to set up, a Python step ~0.03 ms (one character at a time: sampling)
-STREAMS: dict[str, tuple[str, ...]] = {"lstm": ("i", "f", "g", "o", "c", "h"), "gru": ("r", "z", "n", "h"),
-                                       "rnn": ("h",)}
 PINNABLE: dict[str, tuple[str, ...]] = {"lstm": ("c", "h"), "gru": ("h",), "rnn": ("h",)}  # a state to pin
 
 Hook = Callable[[int, str, int, torch.Tensor], "torch.Tensor | None"]  # (layer, stream, position, value)
 Point = tuple[int, str]
 State = list  # per layer (h [rows, units], c [rows, units] or None)
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One recurrent layer's weights, as PyTorch names them (biases None without bias)."""
-
-    cell: str                       # lstm, gru or rnn
-    w_ih: torch.Tensor              # [gates x units, inputs]
-    w_hh: torch.Tensor              # [gates x units, units]
-    b_ih: torch.Tensor | None
-    b_hh: torch.Tensor | None
-    relu: bool = False              # an RNN with relu instead of tanh
-    w_hh_t: torch.Tensor = field(init=False, repr=False)   # W_hh transposed, contiguous: a step's product
-    b_x: torch.Tensor | None = field(init=False, repr=False)  # the biases added to W_ih x
-
-    def __post_init__(self):
-        # a contiguous transpose makes the small per-step product up to twice as fast
-        object.__setattr__(self, "w_hh_t", self.w_hh.T.contiguous())
-        bias = self.b_ih
-        if self.b_hh is not None and self.cell != "gru":  # a GRU's r scales b_hn: it stays apart
-            bias = self.b_hh if bias is None else bias + self.b_hh
-        object.__setattr__(self, "b_x", bias)
-
-    @property
-    def units(self) -> int:
-        return self.w_hh.shape[1]
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """The input's share of every step at once, x [L, B, in] → [L, B, gates x units]:
-        W_ih x + b_ih, plus b_hh where it is added unscaled (LSTM, RNN; a GRU's r scales it)."""
-        L, B, _ = x.shape
-        x2 = x.reshape(L * B, -1)
-        out = x2 @ self.w_ih.T if self.b_x is None else torch.addmm(self.b_x, x2, self.w_ih.T)
-        return out.reshape(L, B, -1)
-
-    def fused(self, x, h: torch.Tensor, c: torch.Tensor | None, batch_first: bool = False) -> tuple:
-        """PyTorch's own loop over x [L, B, in] ([B, L, in] if ``batch_first``, or a
-        ``PackedSequence``) from (h, c) [B, units]: (out, h, c) with out shaped as x."""
-        params = [self.w_ih, self.w_hh] + ([self.b_ih, self.b_hh] if self.b_ih is not None else [])
-        bias = self.b_ih is not None
-        lstm = self.cell == "lstm"
-        fn = torch.lstm if lstm else torch.gru if self.cell == "gru" else torch.rnn_relu if self.relu \
-            else torch.rnn_tanh
-        hx = (h[None], c[None]) if lstm else h[None]
-        if isinstance(x, PackedSequence):
-            if x.sorted_indices is not None:  # the state in the packed order, as nn.LSTM does
-                hx = tuple(t.index_select(1, x.sorted_indices) for t in hx) if lstm else \
-                    hx.index_select(1, x.sorted_indices)
-            out = fn(x.data, x.batch_sizes, hx, params, bias, 1, 0.0, False, False)
-            packed = PackedSequence(out[0], x.batch_sizes, x.sorted_indices, x.unsorted_indices)
-            last = [t[0].index_select(0, x.unsorted_indices) if x.unsorted_indices is not None else t[0]
-                    for t in out[1:]]
-            return packed, last[0], last[1] if lstm else None
-        out = fn(x, hx, params, bias, 1, 0.0, False, False, batch_first)
-        return out[0], out[1][0], out[2][0] if lstm else None
-
-
-_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its weights' versions, layers)
-
-
-def layers(model) -> list[Layer]:
-    """The model's recurrent layers (``model.rnn``, one stacked ``nn.LSTM`` / ``GRU`` / ``RNN``),
-    kept per model until a weight changes (sampling asks once per character)."""
-    rnn, cell = model.rnn, getattr(model, "cell", "lstm")
-    names = [[f"{n}_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")] for k in range(rnn.num_layers)]
-    weights = [[getattr(rnn, n, None) for n in row] for row in names]
-    version = tuple((id(t), t._version) for row in weights for t in row if t is not None)
-    kept = _LAYERS.get(model)
-    if kept is not None and kept[0] == version:
-        return kept[1]
-    relu = getattr(rnn, "nonlinearity", "tanh") == "relu"
-    out = [Layer(cell, *(None if t is None else t.detach() for t in row), relu=relu) for row in weights]
-    _LAYERS[model] = (version, out)
-    return out
 
 
 def lstm_step(zx: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w: Layer, at) -> tuple:
@@ -147,7 +69,8 @@ def lstm_step(zx: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w: Layer, at) 
     g = at("g", torch.tanh(zg))
     o = at("o", torch.sigmoid(zo))
     c = at("c", torch.addcmul(f * c, i, g))
-    h = at("h", o * torch.tanh(c))
+    m = o * torch.tanh(c)
+    h = at("h", m if w.w_hr is None else m @ w.w_hr.T)  # with proj_size: h = W_hr (o · tanh(c))
     return h, c
 
 
@@ -238,10 +161,10 @@ def _inputs(model, ids) -> torch.Tensor:
     if ids.dim() != 2 or ids.shape[1] == 0:
         raise ProbeError(f"ids must be [positions] or [batch, positions] and not empty, got {tuple(ids.shape)}")
     ids = ids.long()
-    vocab = model.embed.weight.shape[0]
+    vocab = len(model.vocab)
     if int(ids.min()) < 0 or int(ids.max()) >= vocab:
         raise ProbeError(f"ids must be character indices 0..{vocab - 1}, got {int(ids.min())}..{int(ids.max())}")
-    return model.embed.weight.detach()[ids.T]
+    return embedded(model, ids.T)
 
 
 def blocks(model, ids, hooks=None, *, state: State | None = None, rows: int | None = None, start: int = 0,
@@ -266,7 +189,7 @@ def blocks(model, ids, hooks=None, *, state: State | None = None, rows: int | No
     hi = max((k for k, _ in table), default=-1)
     here = [{s: fns for (k, s), fns in table.items() if k == layer} for layer in range(len(stack))]
     if state is None:
-        state = [(torch.zeros(x.shape[1] if k < lo else rows, w.units),
+        state = [(torch.zeros(x.shape[1] if k < lo else rows, w.out),
                   torch.zeros(x.shape[1] if k < lo else rows, w.units) if w.cell == "lstm" else None)
                  for k, w in enumerate(stack)]
     state = list(state)
@@ -291,14 +214,6 @@ def blocks(model, ids, hooks=None, *, state: State | None = None, rows: int | No
         if inp.shape[1] < rows:
             inp = inp.expand(-1, rows, -1)
         yield a, b, inp, state
-
-
-def logits(model, top: torch.Tensor) -> torch.Tensor:
-    """The model's head on the top layer's h [..., units] → [..., vocab], its weights constants."""
-    lin = model.head
-    if isinstance(lin, torch.nn.Linear):
-        return torch.nn.functional.linear(top, lin.weight.detach(), None if lin.bias is None else lin.bias.detach())
-    return lin(top)
 
 
 def run(model, ids, hooks=None, *, state: State | None = None, rows: int | None = None, start: int = 0,

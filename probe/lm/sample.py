@@ -6,8 +6,8 @@ import math
 import torch
 
 from probe.errors import ProbeError
-from probe.lm.model import CharRNN
 from probe.lm import recurrence
+from probe.lm.model import CharRNN
 from probe.text import corpus as corpora
 
 

@@ -41,7 +41,6 @@ from probe.lm.recurrence import Hook
 from probe.text import corpus as corpora
 
 
-
 def _namer(edit: Hook | None, position: int, layer: int, out: dict):
     """named(stream, value): passes each value through the edit hook (if any) and keeps the
     result in ``out``; what is computed next uses the returned value."""

@@ -58,7 +58,9 @@ from probe.readout.autoencoder import (
     new_state,
     params_of,
 )
-from probe.readout.autoencoder import step as _step  # train looks it up here: a test wraps it
+from probe.readout.autoencoder import (
+    step as _step,  # train looks it up here: a test wraps it
+)
 from probe.readout.rows import gather, split_positions
 from probe.recording import derived, transforms
 from probe.recording.transforms import decode, dictionary_params, encode

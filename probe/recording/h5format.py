@@ -21,7 +21,9 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the Zstd filter, and others, with this process's HDF5)
 import numpy as np
 
-from probe.compiled import kernels as _kernels  # None where not built: numpy does the same
+from probe.compiled import (
+    kernels as _kernels,  # None where not built: numpy does the same
+)
 from probe.errors import ProbeError
 from probe.files import atomic
 

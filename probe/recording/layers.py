@@ -15,9 +15,9 @@ import torch
 
 from probe.compiled import kernels
 from probe.errors import ProbeError
+from probe.lm.model import LOG2E, CharRNN
 from probe.lm.recurrence import Layer
 from probe.lm.recurrence import layers as model_layers
-from probe.lm.model import LOG2E, CharRNN
 from probe.recording import h5format
 from probe.text import corpus as corpora
 

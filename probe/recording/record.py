@@ -24,8 +24,22 @@ from probe.lm.model import CharRNN
 from probe.recording import blocks as feed
 from probe.recording import h5format
 from probe.recording.blocks import PIECE
-from probe.recording.chunks import COMPRESSION_LEVEL, ChunkWriter, Int8Spill, encode_chunk, shuffle
-from probe.recording.layers import activations, forward, layer_modules, recurrence, recurrence_numpy, run, stream_values
+from probe.recording.chunks import (
+    COMPRESSION_LEVEL,
+    ChunkWriter,
+    Int8Spill,
+    encode_chunk,
+    shuffle,
+)
+from probe.recording.layers import (
+    activations,
+    forward,
+    layer_modules,
+    recurrence,
+    recurrence_numpy,
+    run,
+    stream_values,
+)
 from probe.text import corpus as corpora
 
 __all__ = ["record", "selection", "BLOCK", "PIECE", "COMPRESSION_LEVEL", "ChunkWriter", "Int8Spill",
