@@ -50,7 +50,7 @@ def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, sp
     stack, B = recurrence.layers(model), len(starts)
     state = []
     for k, w in enumerate(stack):  # the state the real text left just before each window
-        h0 = torch.zeros(B, w.units)
+        h0 = torch.zeros(B, w.out)
         c0 = torch.zeros(B, w.units) if w.cell == "lstm" else None
         for b, st in enumerate(before):
             if st is not None:
@@ -68,7 +68,7 @@ def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, sp
     top, _ = recurrence.run(model, window, hooks, state=state, grad=True, head=False, block=span + 1)
     with torch.enable_grad():
         target = torch.from_numpy(ids[starts + span + 1])
-        logits = top[:, -1] @ model.head.weight.detach().T + model.head.bias.detach()  # [B, V]
+        logits = recurrence.logits(model, top[:, -1])  # [B, V], the head's weights constants
         torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
     norms = {key: torch.stack([t.grad.norm(dim=1) for t in ts], 1).numpy() for key, ts in kept.items()}
     sizes = {key: torch.stack([t.grad.abs().sum(0) for t in ts]).numpy() for key, ts in kept.items()}
@@ -126,10 +126,10 @@ def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tup
         raise ProbeError(f"window must be >= 1, got {window}")
     start = max(0, position + 1 - window)
     model = model.eval()
-    x = model.embed.weight[torch.from_numpy(ids[start:position + 1])].detach().requires_grad_()  # [n, E]
+    x = recurrence.embedded(model, torch.from_numpy(ids[start:position + 1])).requires_grad_()  # [n, in]
     top, _ = recurrence.run(model, x[None], grad=True, head=False)  # the recurrence, fused
     with torch.enable_grad():
-        logits = model.head(top[0, -1])
+        logits = recurrence.logits(model, top[0, -1])
         loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])]))
         (grad,) = torch.autograd.grad(loss, x)
     return start, (grad * x).sum(dim=1).detach().numpy(), loss.item() * LOG2E

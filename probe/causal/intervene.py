@@ -223,17 +223,19 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
         raise ProbeError("empty text: nothing to ablate")
     if (cells is None) == (layer is None):
         raise ProbeError("give cells or a layer to sweep, not both")
-    units = model.units
+    width = recurrence.widths(model)  # {(layer, stream): units}: layers may differ
     if layer is not None:
         check(model, [Edit(layer, stream, 0)])
-        cells = [(layer, stream, u) for u in range(units)]
+        cells = [(layer, stream, u) for u in range(width[(layer, stream)])]
     cells = list(dict.fromkeys(cells))
     check(model, [Edit(k, s, u) for k, s, u in cells])
-    if random < 0 or random > units:
-        raise ProbeError(f"--random must be between 0 and the layer's {units} units, got {random}")
+    points = sorted({(k, s) for k, s, _ in cells})
+    fewest = min(width[p] for p in points)
+    if random < 0 or random > fewest:
+        raise ProbeError(f"--random must be between 0 and the layer's {fewest} units, got {random}")
     rng = np.random.default_rng(seed)
-    controls = {ks: sorted(rng.choice(units, random, replace=False).tolist())
-                for ks in sorted({(k, s) for k, s, _ in cells})}  # random units of the same layer and stream
+    controls = {ks: sorted(rng.choice(width[ks], random, replace=False).tolist())
+                for ks in points}  # random units of the same layer and stream
     todo = list(dict.fromkeys(cells + [(k, s, u) for (k, s), us in controls.items() for u in us]))
     texts = [t for _, t in documents]
     spans = np.cumsum([0] + [len(t) for t in texts])
@@ -261,7 +263,7 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
             rand = np.median(np.abs([inside[row[(k, s, r)]] for r in controls[(k, s)]])) if random else np.nan
             pct = np.nan
             if layer is not None:
-                mine = np.abs(inside[[row[(layer, stream, v)] for v in range(units)]])
+                mine = np.abs(inside[[row[(layer, stream, v)] for v in range(width[(layer, stream)])]])
                 pct = 100.0 * np.mean(mine <= abs(inside[j]))
             out.append({"layer": k, "stream": s, "unit": u, "feature": name, "delta_bits": float(inside[j]),
                         "delta_bits_elsewhere": float(outside[j]), "random_median": float(rand),

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from probe.errors import ProbeError
 from probe.files import atomic
+from probe.lm import imported
 
 FORMAT = "probe-model"
 VERSION = 1
@@ -147,9 +148,12 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") ->
     that does not fit its config."""
     cfg = ckpt["config"]
     try:
-        model = CharRNN(cfg["vocab"], int(cfg["layers"]), int(cfg["units"]), int(cfg["embedding"]),
-                        cfg.get("dropout", 0.0),  # checkpoints from before dropout was stored had none
-                        cfg.get("cell", "lstm"))
+        if cfg.get("kind") == imported.KIND:  # a user's model, brought in by probe import
+            model = imported.build(cfg)
+        else:
+            model = CharRNN(cfg["vocab"], int(cfg["layers"]), int(cfg["units"]), int(cfg["embedding"]),
+                            cfg.get("dropout", 0.0),  # checkpoints from before dropout was stored had none
+                            cfg.get("cell", "lstm"))
     except ProbeError as e:
         raise ProbeError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -165,6 +169,8 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") ->
             raise ProbeError(f"{path}: tensor {name} has shape {shape}, but the config "
                              f"(layers {cfg['layers']}, units {cfg['units']}, embedding {cfg['embedding']}, "
                              f"{len(cfg['vocab'])} characters) needs {tuple(want[name].shape)}")
+    if cfg.get("tied") and "head.weight" in got and "embed.weight" in got:
+        got = {**got, "head.weight": got["embed.weight"]}  # one tensor, as the model shares it
     model.load_state_dict(got)
     model.corpus = cfg.get("corpus", {})
     model.metrics = ckpt.get("metrics", {})

@@ -8,6 +8,7 @@ width, ``proj_size``, with or without biases, an embedding or one-hot input) giv
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -89,7 +90,9 @@ class Layer:
             last = [t[0].index_select(0, x.unsorted_indices) if x.unsorted_indices is not None else t[0]
                     for t in out[1:]]
             return packed, last[0], last[1] if lstm else None
-        out = fn(x, hx, params, bias, 1, 0.0, False, False, batch_first)
+        with warnings.catch_warnings():  # "LSTM with projections is not supported with oneDNN": it falls back
+            warnings.simplefilter("ignore", UserWarning)
+            out = fn(x, hx, params, bias, 1, 0.0, False, False, batch_first)
         return out[0], out[1][0], out[2][0] if lstm else None
 
 

@@ -37,6 +37,7 @@ import torch
 
 from probe.errors import ProbeError
 from probe.lm.model import LOG2E, CharRNN
+from probe.lm.parts import Layer, layers
 from probe.lm.recurrence import Hook
 from probe.text import corpus as corpora
 
@@ -56,9 +57,10 @@ def _namer(edit: Hook | None, position: int, layer: int, out: dict):
 
 def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
               edit: Hook | None = None, position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
-    """One LSTM step: x [in], h and c [units] → {"i", "f", "g", "o", "c", "h"}, each [units]."""
-    w_ih, w_hh, b_ih, b_hh = weights
-    H = h.shape[0]
+    """One LSTM step: x [in], h and c → {"i", "f", "g", "o", "c", "h"}, each [units] (h [proj]
+    under ``proj_size``: h = W_hr (o · tanh(c)))."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    H = c.shape[0]
     z = w_ih @ x + b_ih + w_hh @ h + b_hh  # [4 units], PyTorch's order i f g o
     out: dict[str, torch.Tensor] = {}
     named = _namer(edit, position, layer, out)
@@ -67,7 +69,8 @@ def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weights: tuple,
     g = named("g", torch.tanh(z[2 * H:3 * H]))
     o = named("o", torch.sigmoid(z[3 * H:]))
     c = named("c", f * c + i * g)
-    named("h", o * torch.tanh(c))
+    m = o * torch.tanh(c)
+    named("h", m if w_hr is None else w_hr @ m)
     return out
 
 
@@ -80,7 +83,7 @@ def gru_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Hook | None
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn))       # candidate
         h' = (1 - z) * n + z * h
     """
-    w_ih, w_hh, b_ih, b_hh = weights
+    w_ih, w_hh, b_ih, b_hh, _ = weights
     H = h.shape[0]
     gi, gh = w_ih @ x + b_ih, w_hh @ h + b_hh  # [3 units] each, PyTorch's order r z n
     out: dict[str, torch.Tensor] = {}
@@ -95,17 +98,21 @@ def gru_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Hook | None
 
 def rnn_step(x: torch.Tensor, h: torch.Tensor, weights: tuple, edit: Hook | None = None,
              position: int = 0, layer: int = 0) -> dict[str, torch.Tensor]:
-    """One vanilla (tanh) RNN step: {"h": tanh(W_ih x + b_ih + W_hh h + b_hh)}."""
-    w_ih, w_hh, b_ih, b_hh = weights
+    """One vanilla RNN step: {"h": tanh(W_ih x + b_ih + W_hh h + b_hh)} (relu for a relu RNN)."""
+    w_ih, w_hh, b_ih, b_hh, relu = weights
     out: dict[str, torch.Tensor] = {}
-    _namer(edit, position, layer, out)("h", torch.tanh(w_ih @ x + b_ih + w_hh @ h + b_hh))
+    z = w_ih @ x + b_ih + w_hh @ h + b_hh
+    _namer(edit, position, layer, out)("h", torch.relu(z) if relu else torch.tanh(z))
     return out
 
 
-def _raw_weights(model: CharRNN, layer: int) -> tuple:
-    """(W_ih, W_hh, b_ih, b_hh): a GRU keeps its two biases apart (r scales only W_hn h + b_hn)."""
-    return tuple(getattr(model.rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh",
-                                                                     "bias_ih", "bias_hh"))
+def _raw_weights(w: Layer) -> tuple:
+    """(W_ih, W_hh, b_ih, b_hh, W_hr or relu): biases as zeros when the layer has none; a GRU
+    keeps its two biases apart (r scales only W_hn h + b_hn)."""
+    zero = torch.zeros(w.w_hh.shape[0])
+    b_ih = zero if w.b_ih is None else w.b_ih
+    b_hh = zero if w.b_hh is None else w.b_hh
+    return w.w_ih, w.w_hh, b_ih, b_hh, (w.relu if w.cell == "rnn" else w.w_hr)
 
 
 @torch.no_grad()
@@ -119,15 +126,16 @@ def stepwise(model: CharRNN, text: str, edit: Hook | None = None) -> tuple[dict,
     if len(ids) == 0:
         raise ProbeError("empty text")
     model = model.eval()
-    cell = getattr(model, "cell", "lstm")
-    weights = [_raw_weights(model, k) for k in range(model.layers)]
-    H = model.units
-    h = [torch.zeros(H) for _ in weights]
-    c = [torch.zeros(H) for _ in weights]
+    stack = layers(model)  # each layer's weights, however the model names its modules
+    cell = stack[0].cell
+    weights = [_raw_weights(w) for w in stack]
+    h = [torch.zeros(w.out) for w in stack]
+    c = [torch.zeros(w.units) for w in stack]
     rows: dict[tuple[int, str], list] = {}
     loss = np.full(len(ids), np.nan, dtype=np.float32)
     for t, char in enumerate(ids.tolist()):
-        x = model.embed.weight[char]  # [embedding]
+        # [in]: the embedding's row, or the one-hot vector of a model without one
+        x = model.embed.weight[char] if model.embed is not None else torch.eye(len(model.vocab))[char]
         for k, w in enumerate(weights):
             if cell == "lstm":
                 values = lstm_step(x, h[k], c[k], w, edit, t, k)

@@ -119,14 +119,14 @@ def check_model(model, spec: dict) -> None:
                       stacklevel=3)
 
 
-def stacked(rows: list[Direction], B: int, H: int) -> dict:
-    """{(layer, stream): (V [B, H], μ [B])}: row 0 (unedited) and rows without an edit of a
-    block have v = 0, which leaves the state exactly as it is."""
+def stacked(rows: list[Direction], B: int) -> dict:
+    """{(layer, stream): (V [B, width], μ [B])}: row 0 (unedited) and rows without an edit of
+    a block have v = 0, which leaves the state exactly as it is."""
     out = {}
     for j, row in enumerate(rows, 1):
         for key, (v, mu) in row.items():
             if key not in out:
-                out[key] = (torch.zeros(B, H), torch.zeros(B))
+                out[key] = (torch.zeros(B, len(v)), torch.zeros(B))
             out[key][0][j] = v
             out[key][1][j] = mu
     return out
@@ -145,7 +145,7 @@ def losses(model, text: str, rows: list[Direction]) -> np.ndarray:
     ids, _ = corpora.encode(text, model.vocab)
     if len(ids) == 0:
         raise ProbeError("empty text")
-    hooks = {key: remover(V, mu) for key, (V, mu) in stacked(rows, 1 + len(rows), model.units).items()}
+    hooks = {key: remover(V, mu) for key, (V, mu) in stacked(rows, 1 + len(rows)).items()}
     with one_torch_thread():  # a step is a few small products: more threads only wait
         return recurrence.bits(model, ids, hooks, rows=1 + len(rows))
 

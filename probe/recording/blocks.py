@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from probe.lm.model import LOG2E, CharRNN
+from probe.lm.parts import embedded, logits
 from probe.recording import h5format
 from probe.recording.layers import forward, stream_values
 
@@ -93,13 +94,13 @@ def warm_up(model: CharRNN, modules: list, seqs: list[np.ndarray]) -> tuple[list
     x = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
     for j, s in enumerate(seqs):
         x[j, :len(s)] = torch.from_numpy(s)
-    packed = nn.utils.rnn.pack_padded_sequence(model.embed(x), lengths, batch_first=True, enforce_sorted=False)
+    packed = nn.utils.rnn.pack_padded_sequence(embedded(model, x), lengths, batch_first=True, enforce_sorted=False)
     state = []
     for w in modules:  # ``recurrence.Layer``s, PyTorch's fused loop
-        zero = torch.zeros(len(seqs), w.units)
-        packed, h, c = w.fused(packed, zero, zero if w.cell == "lstm" else None)
+        packed, h, c = w.fused(packed, torch.zeros(len(seqs), w.out),
+                               torch.zeros(len(seqs), w.units) if w.cell == "lstm" else None)
         state.append((h, c))
-    return state, torch.log_softmax(model.head(state[-1][0]), dim=-1)
+    return state, torch.log_softmax(logits(model, state[-1][0]), dim=-1)
 
 
 def batched(model, ids, documents, modules, batch, burn_in, dtype, pool, keep=None):
@@ -113,9 +114,9 @@ def batched(model, ids, documents, modules, batch, burn_in, dtype, pool, keep=No
     def blocks():
         for g0 in range(0, len(cut), batch):
             group = cut[g0:g0 + batch]
-            n, H = len(group), model.units
-            state = [(torch.zeros(n, H), torch.zeros(n, H) if lstm else None) for _ in modules]
-            before = torch.full((n, model.head.out_features), float("nan"))  # logp before each piece
+            n = len(group)
+            state = [(torch.zeros(n, w.out), torch.zeros(n, w.units) if lstm else None) for w in modules]
+            before = torch.full((n, len(model.vocab)), float("nan"))  # logp before each piece
             warm = [j for j, (w, s0, _) in enumerate(group) if s0 > w]  # not at a document start
             if warm:
                 ws, wlogp = warm_up(model, modules, [ids[group[j][0]:group[j][1]] for j in warm])

@@ -16,8 +16,8 @@ import torch
 from probe.compiled import kernels
 from probe.errors import ProbeError
 from probe.lm.model import LOG2E, CharRNN
-from probe.lm.recurrence import Layer
-from probe.lm.recurrence import layers as model_layers
+from probe.lm.parts import Layer, embedded, logits
+from probe.lm.parts import layers as model_layers
 from probe.recording import h5format
 from probe.text import corpus as corpora
 
@@ -39,15 +39,15 @@ def forward(model: CharRNN, ids: torch.Tensor, state: list | None = None,
     """
     modules = modules or layer_modules(model)
     B = ids.shape[0]
-    x = model.embed(ids)  # [B, L, E]
+    x = embedded(model, ids)  # [B, L, E]: the embedding's rows, or one-hot vectors
     inputs, new_state = [], []
     for k, w in enumerate(modules):
-        h0, c0 = state[k] if state else (x.new_zeros(B, w.units), x.new_zeros(B, w.units) if w.cell == "lstm" else None)
+        h0, c0 = state[k] if state else (x.new_zeros(B, w.out), x.new_zeros(B, w.units) if w.cell == "lstm" else None)
         h, hT, cT = w.fused(x, h0.contiguous(), None if c0 is None else c0.contiguous(), batch_first=True)
         new_state.append((hT, cT))
         inputs.append((x, h, h0, c0))
         x = h
-    return inputs, torch.log_softmax(model.head(x), dim=-1), new_state
+    return inputs, torch.log_softmax(logits(model, x), dim=-1), new_state
 
 
 @torch.no_grad()
@@ -61,14 +61,15 @@ def stream_values(model: CharRNN, modules: list[Layer], inputs: list, dtype: tor
     (layer, stream)) limits the work and the result to those streams."""
     streams = {}
     for k, (module, (x, h, h0, c0)) in enumerate(zip(modules, inputs)):
-        B, L, H = h.shape
+        B, L, P = h.shape  # h is P wide: the units H, or an LSTM's proj_size
+        H = module.units
         wanted = {s for kk, s in keep if kk == k} if keep is not None else set(h5format.STREAMS[model.cell])
         if not wanted - {"h"}:  # h is the layer's output: no gate to recompute
             streams.update({(k, "h"): h.to(dtype)} if wanted else {})
             continue
         # 2-D matrix products ([B*L, in] x [in, nH]): twice as fast as batched 3-D ones here
         x2 = x.reshape(B * L, -1)
-        h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1).reshape(B * L, H)
+        h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1).reshape(B * L, P)
         w_ih, w_hh = module.w_ih, module.w_hh
         zero = torch.zeros(w_ih.shape[0])  # a layer without biases
         b_ih = zero if module.b_ih is None else module.b_ih

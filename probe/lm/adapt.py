@@ -1,0 +1,311 @@
+"""Bring your own model: find the parts of a PyTorch recurrent language model by their types,
+copy them into a probe model, and prove it computes what the user's model computes.
+
+    model = probe.adapt(module, list(string.printable), forward=lambda ids: my_scores(ids))
+
+The parts, found by type (the names ``embed``, ``rnn``, ``head`` say which module when the
+type leaves it open):
+
+- the input map: an ``nn.Embedding``, or one-hot vectors when there is none and the first
+  recurrent layer reads as many inputs as the vocabulary has tokens;
+- the recurrent modules, bottom to top: ``nn.LSTM`` (``proj_size`` too), ``nn.GRU``, ``nn.RNN``
+  (tanh or relu), stacked in one module or one module per layer of its own width,
+  ``batch_first`` either way, with or without biases (dropout between them is off in eval);
+- the head: the ``nn.Linear`` onto the vocabulary, possibly tied to the embedding.
+
+Parity: the adapted model's log-probabilities must equal the user's within 1e-5 on random
+ids and on a text of the vocabulary's own tokens. ``forward(ids [B, T]) → scores [B, T, V]``
+runs the user's model their own way (logits or log-probabilities; compared after
+log-softmax); without it, the found parts composed in order are the reference. A mismatch
+is one line saying where the two part ways, read from hooks on the user's modules.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from probe.errors import ProbeError
+from probe.lm import imported
+from probe.lm.parts import cell_of
+
+TOLERANCE = 1e-5  # max |log p| difference, float32
+RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
+CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+SAMPLE = '''def fetch(url, retries=3):
+    """Get a page; try again on errors."""
+    for attempt in range(retries):  # count from 0
+        try:
+            return open(url).read()
+        except OSError as e:
+            print("retry", attempt, e)
+    return None
+'''
+
+
+def tokens(vocab) -> str:
+    """The vocabulary as probe holds it: one string, a character per token, in index order."""
+    items = list(vocab) if not isinstance(vocab, str) else list(vocab)
+    bad = [t for t in items if not isinstance(t, str) or len(t) != 1]
+    if bad:
+        raise ProbeError(f"the vocabulary must be single characters in index order (word-level models "
+                         f"come with issue 28); got {bad[0]!r}")
+    if len(set(items)) != len(items):
+        dup = next(t for t in items if items.count(t) > 1)
+        raise ProbeError(f"the vocabulary lists {dup!r} twice")
+    return "".join(items)
+
+
+def _named(module: nn.Module, name: str, kinds: tuple, what: str) -> tuple[str, nn.Module]:
+    found = dict(module.named_modules()).get(name)
+    if found is None:
+        raise ProbeError(f"{what}={name!r}: the model has no module of that name")
+    if not isinstance(found, kinds):
+        raise ProbeError(f"{what}={name!r} is a {type(found).__name__}, not {' or '.join(k.__name__ for k in kinds)}")
+    return name, found
+
+
+def find_parts(module: nn.Module, V: int, embed: str | None = None, rnn=None,
+               head: str | None = None) -> tuple:
+    """((name, nn.Embedding) or None, [(name, recurrent module)], (name, nn.Linear)), by type."""
+    mods = [(n, m) for n, m in module.named_modules() if n]
+    if rnn is not None:
+        names = [rnn] if isinstance(rnn, str) else list(rnn)
+        recurrent = [_named(module, n, RECURRENT, "rnn") for n in names]
+    else:
+        recurrent = [(n, m) for n, m in mods if isinstance(m, RECURRENT)]
+        if isinstance(module, RECURRENT):
+            recurrent = [("", module)]
+    if not recurrent:
+        cells = [n for n, m in mods if isinstance(m, CELLS)]
+        if cells:
+            raise ProbeError(f"{cells[0]} is an {type(dict(mods)[cells[0]]).__name__} stepped by the model's own "
+                             "loop: probe reads whole nn.LSTM / nn.GRU / nn.RNN modules (an nn.LSTM of one "
+                             "layer holds the same weights under weight_ih_l0, weight_hh_l0, …)")
+        raise ProbeError("the model has no recurrent module (nn.LSTM, nn.GRU or nn.RNN)")
+    for n, m in recurrent:
+        if m.bidirectional:
+            raise ProbeError(f"{n or 'the model'} is bidirectional: not a left-to-right language model")
+    kinds = {cell_of(m) for _, m in recurrent}
+    if len(kinds) > 1:
+        raise ProbeError(f"the recurrent modules mix {' and '.join(sorted(kinds))} layers; probe runs one "
+                         "cell type per model")
+    if embed is not None:
+        emb = _named(module, embed, (nn.Embedding,), "embed")
+    else:
+        embs = [(n, m) for n, m in mods if isinstance(m, nn.Embedding)]
+        if len(embs) > 1:
+            raise ProbeError(f"the model has {len(embs)} embeddings ({', '.join(n for n, _ in embs)}): "
+                             "name the input's with embed=")
+        emb = embs[0] if embs else None
+    if head is not None:
+        out = _named(module, head, (nn.Linear,), "head")
+    else:
+        heads = [(n, m) for n, m in mods if isinstance(m, nn.Linear) and m.out_features == V]
+        if not heads:
+            raise ProbeError(f"the model has no nn.Linear onto the {V} tokens of the vocabulary (the head); "
+                             "a vocabulary of the wrong size?")
+        if len(heads) > 1:
+            raise ProbeError(f"{', '.join(n for n, _ in heads)} all map onto {V} outputs: name the head with head=")
+        out = heads[0]
+    return emb, recurrent, out
+
+
+def check_shapes(emb, recurrent, head, V: int) -> None:
+    """One line for the first part that does not fit the next: the vocabulary, the widths."""
+    first = recurrent[0][1]
+    if emb is not None:
+        n, e = emb
+        if e.num_embeddings != V:
+            raise ProbeError(f"the vocabulary has {V} tokens but the embedding {n} has {e.num_embeddings} rows")
+        if e.embedding_dim != first.input_size:
+            raise ProbeError(f"the embedding {n} gives {e.embedding_dim} values; {recurrent[0][0]} reads "
+                             f"{first.input_size}")
+    elif first.input_size != V:
+        raise ProbeError(f"no nn.Embedding, and {recurrent[0][0]} reads {first.input_size} inputs, not one per "
+                         f"token ({V}): probe cannot tell how the model reads a token")
+    for (n0, a), (n1, b) in zip(recurrent, recurrent[1:]):
+        width = a.proj_size if getattr(a, "proj_size", 0) else a.hidden_size
+        if b.input_size != width:
+            raise ProbeError(f"{n0} gives {width} values; {n1} reads {b.input_size}: not stacked as found")
+    top_n, top = recurrent[-1]
+    width = top.proj_size if getattr(top, "proj_size", 0) else top.hidden_size
+    if head[1].in_features != width:
+        raise ProbeError(f"{top_n} gives {width} values; the head {head[0]} reads {head[1].in_features}: the "
+                         "model's forward does something between them that probe does not see")
+
+
+def config_of(vocab: str, emb, recurrent, head, source: dict) -> dict:
+    """The imported model's config (``probe.lm.imported``) for the found parts."""
+    stack = [{"inputs": m.input_size, "units": m.hidden_size, "proj": int(getattr(m, "proj_size", 0) or 0),
+              "bias": bool(m.bias), "nonlinearity": getattr(m, "nonlinearity", "tanh"), "layers": m.num_layers,
+              "name": n} for n, m in recurrent]
+    tied = emb is not None and head[1].weight is emb[1].weight
+    return {"kind": imported.KIND, "vocab": vocab, "cell": cell_of(recurrent[0][1]),
+            "layers": sum(m.num_layers for _, m in recurrent), "units": max(m.hidden_size for _, m in recurrent),
+            "embedding": emb[1].embedding_dim if emb is not None else 0, "dropout": 0.0, "tied": tied,
+            "head_bias": head[1].bias is not None, "stack": stack,
+            "parts": {"embed": emb[0] if emb else None, "rnn": [n for n, _ in recurrent], "head": head[0]},
+            "source": source}
+
+
+@torch.no_grad()
+def copy_weights(model: imported.RecurrentLM, emb, recurrent, head) -> None:
+    """The user's weights into the probe model, on the CPU, float32."""
+    if emb is not None:
+        model.embed.weight.copy_(emb[1].weight.detach().float().cpu())
+    for mine, (_, theirs) in zip(model.stack, recurrent):
+        for name, p in mine.named_parameters():
+            p.copy_(getattr(theirs, name).detach().float().cpu())
+    if not model.config.get("tied"):
+        model.head.weight.copy_(head[1].weight.detach().float().cpu())
+    if head[1].bias is not None:
+        model.head.bias.copy_(head[1].bias.detach().float().cpu())
+
+
+def device_of(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def composed(emb, recurrent, head, V: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The found parts run in order, each as the user's own module: the reference when the
+    user gives no ``forward``."""
+    def run(ids: torch.Tensor) -> torch.Tensor:
+        x = emb[1](ids) if emb is not None else nn.functional.one_hot(ids, V).float()
+        for _, m in recurrent:
+            x = m(x if m.batch_first else x.transpose(0, 1))[0]
+            x = x if m.batch_first else x.transpose(0, 1)
+        return head[1](x)
+    return run
+
+
+def _scores(forward, ids: torch.Tensor, device, V: int) -> torch.Tensor:
+    """log-probabilities [B, T, V] of the user's forward on ids, on the CPU."""
+    try:
+        out = forward(ids.to(device))
+    except ProbeError:
+        raise
+    except Exception as e:  # the user's code: any failure is theirs to read, in one line
+        raise ProbeError(f"the model's forward failed on ids {tuple(ids.shape)}: {type(e).__name__}: {e}") from None
+    if isinstance(out, tuple):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (*ids.shape, V):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ProbeError(f"forward must return scores [batch, positions, vocabulary] = {(*ids.shape, V)}; got "
+                         f"{shape} (reshape a flattened [T·B, V], transpose a seq-first [T, B, V])")
+    return torch.log_softmax(out.detach().float().cpu(), -1)
+
+
+def _watch(module: nn.Module, names: Sequence[str]) -> tuple[dict, list]:
+    """Forward hooks keeping the first output of each named module (and the head's input)."""
+    seen, handles = {}, []
+    mods = dict(module.named_modules())
+    for n in names:
+        def keep(m, inp, out, n=n):
+            seen.setdefault(n, (inp[0] if inp else None, out[0] if isinstance(out, tuple) else out))
+        handles.append(mods[n].register_forward_hook(keep))
+    return seen, handles
+
+
+def where_it_differs(module, emb, recurrent, head, model, forward, ids, V) -> str:
+    """Where the user's forward and probe's part ways, from hooks on the user's modules."""
+    from probe.lm import recurrence
+    seen, handles = _watch(module, [n for n, _ in recurrent[-1:]] + [head[0]])
+    try:
+        theirs = _scores(forward, ids, device_of(module), V)
+    finally:
+        for h in handles:
+            h.remove()
+    top, _ = recurrence.run(model, ids, head=False)  # [B, T, out]
+    rnn_name, rnn_mod = recurrent[-1]
+    if rnn_name not in seen:
+        return (f"the model's forward never calls {rnn_name}: it computes its scores another way "
+                "(an nn.LSTMCell loop? give rnn= the module it uses)")
+    got = seen[rnn_name][1].detach().float().cpu()
+    got = got if rnn_mod.batch_first else got.transpose(0, 1)
+    if got.shape != top.shape:
+        return (f"{rnn_name} returned {tuple(got.shape)} for ids {tuple(ids.shape)}; probe expected "
+                f"{tuple(top.shape)}: the forward feeds it something else (another layout, or only part of the text)")
+    d = float((got - top).abs().max())
+    if d > TOLERANCE:
+        return (f"the recurrent layers' output differs by {d:.3g}: the model's forward feeds {rnn_name} something "
+                "other than the input map of the ids from a zero state (a learned initial state? another input?)")
+    if head[0] not in seen:
+        return f"the model's forward never calls the head {head[0]}"
+    hin = seen[head[0]][0].detach().float().cpu().reshape(top.shape[0] * top.shape[1], -1) \
+        if seen[head[0]][0] is not None else None
+    if hin is not None and hin.shape == (top.shape[0] * top.shape[1], top.shape[2]):
+        flat = [top.reshape(-1, top.shape[2]), top.transpose(0, 1).reshape(-1, top.shape[2])]
+        d = min(float((hin - f).abs().max()) for f in flat)
+        if d > TOLERANCE:
+            return (f"logits differ after the recurrent layers: what {head[0]} reads differs from {rnn_name}'s "
+                    f"output by {d:.3g}: the model's forward does something between {rnn_name} and {head[0]} "
+                    "that probe does not see")
+    return (f"the logits differ after the head {head[0]}: the model's forward changes its output "
+            "(a temperature, a mask, another bias?) in a way probe does not see")
+
+
+def parity(module, model, forward, emb, recurrent, head, reference: str = "forward", seed: int = 0) -> dict:
+    """The largest |log p| difference between the user's scores and the adapted model's, on
+    random ids and on a text of the vocabulary's tokens; one line if over the tolerance."""
+    from probe.lm import recurrence
+    V = len(model.vocab)
+    gen = torch.Generator().manual_seed(seed)
+    known = [model.vocab.index(ch) for ch in SAMPLE if ch in model.vocab]
+    text = torch.tensor(known if len(known) >= 16 else torch.randint(V, (64,), generator=gen).tolist())
+    checks = {"random ids": torch.randint(V, (2, 64), generator=gen), "a text": text[None]}
+    worst = {}
+    device = device_of(module)
+    for what, ids in checks.items():
+        theirs = _scores(forward, ids, device, V)
+        with torch.no_grad():
+            mine = torch.log_softmax(recurrence.run(model, ids)[0], -1)
+        d = float((mine - theirs).abs().max())
+        worst[what] = d
+        if not d <= TOLERANCE:
+            why = where_it_differs(module, emb, recurrent, head, model, forward, ids, V)
+            raise ProbeError(f"log-probabilities differ by {d:.3g} on {what} (tolerance {TOLERANCE:g}): {why}")
+    return {"max_abs_diff": max(worst.values()), "tolerance": TOLERANCE, "checked": worst,
+            "reference": reference}
+
+
+def adapt(module: nn.Module, vocab, *, forward: Callable | None = None, embed: str | None = None,
+          rnn=None, head: str | None = None, source: dict | None = None) -> imported.RecurrentLM:
+    """A probe model computing what ``module`` computes, proven on random ids and a text.
+
+    ``vocab``: the tokens in index order (single characters: a string or a list).
+    ``forward``: ids [B, T] → the user's scores [B, T, V], their own way (default: the found
+    parts composed in order). ``embed``, ``rnn`` (a name or a list), ``head``: module names,
+    when the types leave the parts open. Every API and command takes the result."""
+    if not isinstance(module, nn.Module):
+        raise ProbeError(f"adapt takes an nn.Module, got {type(module).__name__}")
+    vocab = tokens(vocab)
+    V = len(vocab)
+    emb, recurrent, out = find_parts(module, V, embed, rnn, head)
+    check_shapes(emb, recurrent, out, V)
+    model = imported.build(config_of(vocab, emb, recurrent, out, source or {}))
+    copy_weights(model, emb, recurrent, out)
+    model.eval()
+    was_training = module.training
+    module.eval()  # dropout off, as probe runs it
+    try:
+        ref = forward if forward is not None else composed(emb, recurrent, out, V)
+        model.config["parity"] = parity(module, model, ref, emb, recurrent, out,
+                                        "forward" if forward is not None else "parts")
+    finally:
+        module.train(was_training)
+    return model
+
+
+def vocab_json(path, text: str) -> list:
+    """The tokens of a ``--vocab`` JSON list, or a one-line error naming the file."""
+    import json
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProbeError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(items, list):
+        raise ProbeError(f"{path}: a vocabulary is a JSON list of tokens in index order, not a {type(items).__name__}")
+    return items
+
