@@ -6,6 +6,7 @@ opens the files, calls the library and prints what the library's ``report`` give
 library takes open objects (a ``Recording``, a model); paths are the command line's.
 
     train.py      probe train, probe sample            the model
+    importer.py   probe import                         your own model, adapted and proven
     record.py     probe record                         its gates and states, to HDF5
     info.py       probe info                           what a file is
     analyze.py    probe analyze                        cells against features
@@ -27,6 +28,7 @@ from probe.cli import (
     ablate,
     analyze,
     gradients,
+    importer,
     info,
     match,
     ngram,
@@ -38,7 +40,7 @@ from probe.cli import (
 from probe.cli.common import Handler
 from probe.errors import ProbeError
 
-MODULES = (train, info, record, analyze, ablate, match, gradients, output, readout, ngram)
+MODULES = (train, importer, info, record, analyze, ablate, match, gradients, output, readout, ngram)
 
 
 def parser() -> argparse.ArgumentParser:

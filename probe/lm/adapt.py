@@ -99,6 +99,8 @@ def find_parts(module: nn.Module, V: int, embed: str | None = None, rnn=None,
             raise ProbeError(f"the model has {len(embs)} embeddings ({', '.join(n for n, _ in embs)}): "
                              "name the input's with embed=")
         emb = embs[0] if embs else None
+    if emb is not None and emb[1].num_embeddings != V:
+        raise ProbeError(f"the vocabulary has {V} tokens but the embedding {emb[0]} has {emb[1].num_embeddings} rows")
     if head is not None:
         out = _named(module, head, (nn.Linear,), "head")
     else:
