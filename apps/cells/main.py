@@ -63,7 +63,7 @@ def show(sel):
     with session.quietly():
         controls["layer"].options = [str(k) for k in rec.layer_ids]  # the open recording's, first
         controls["stream"].options = [(s, f"{s} · {describe(rec, sel.layer, s)}") for s in rec.streams_of(sel.layer)]
-        controls["unit"].high = rec.units_of(sel.layer, sel.stream) - 1
+        controls["unit"].high = rec.width(sel.layer, sel.stream) - 1
         for key, widget in controls.items():
             widget.value = getattr(sel, key) if isinstance(widget, Spinner) else str(getattr(sel, key))
     url_state.text = sel.query()

@@ -189,9 +189,9 @@ def fit(sel: Selection, rec: Recording) -> list[str]:
         where = f"layer {sel.layer} of {rec.path.name}" if rec.derived else rec.path.name
         problems.append(f"no stream {sel.stream} in {where} (streams are {' '.join(streams)}); showing {shown}")
         sel.stream = shown
-    units = rec.units_of(sel.layer, sel.stream)
+    units = rec.width(sel.layer, sel.stream)
     if not 0 <= sel.unit < units:
-        where = f"{sel.stream} of {rec.path.name}" if rec.derived else rec.path.name
+        where = f"{sel.stream} of {rec.path.name}" if rec.derived or not rec.uniform else rec.path.name
         problems.append(f"no unit {sel.unit} in {where} (units are 0..{units - 1}); showing unit 0")
         sel.unit = 0
     T = len(rec)

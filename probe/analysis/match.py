@@ -144,7 +144,7 @@ def _read_index(side: Path, key: str) -> np.ndarray | None:
 
 
 def _build(rec: Recording, layer: int, stream: str, threshold: float) -> np.ndarray:
-    T, U = len(rec), rec.units_of(layer, stream)
+    T, U = len(rec), rec.width(layer, stream)
     words = -(-U // 64)
     bits = np.zeros((T, words), dtype=np.uint64)
     ds = rec.stream(layer, stream)

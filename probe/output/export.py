@@ -1,10 +1,10 @@
 """Export a recording to the files LSTMVis loads (Strobelt et al. 2017).
 
 LSTMVis reads a project folder holding ``lstm.yml``, a states HDF5 file with one
-[T, units] dataset per layer and state, a word-id HDF5 file and a ``.dict`` file with one
-``token id`` pair per line. Its parser splits dictionary lines on whitespace, so
-whitespace and other invisible characters get names such as ``<space>``, ``<nl>``,
-``<tab>`` and ``<U+00A0>``. It has one flat time axis: documents are concatenated.
+[T, width] dataset per layer and state (each at its own width), a word-id HDF5 file and a
+``.dict`` file with one ``token id`` pair per line. Its parser splits dictionary lines on
+whitespace, so whitespace and other invisible characters get names such as ``<space>``,
+``<nl>``, ``<tab>`` and ``<U+00A0>``. It has one flat time axis: documents are concatenated.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def export_lstmvis(rec, outdir: str | os.PathLike, streams=("c", "h"), force: bo
                        desc="exporting")
             for k, s in jobs:
                 name = f"layer{k + 1}_{s}"
-                U = rec.units_of(k, s)
+                U = rec.width(k, s)
                 d = f.create_dataset(name, (T, U), np.float32, chunks=(min(T, 4096), min(U, 64)))
                 src = rec.stream(k, s)
                 for a in range(0, T, chunk):
@@ -72,7 +72,7 @@ def export_lstmvis(rec, outdir: str | os.PathLike, streams=("c", "h"), force: bo
             bar.close()
         name = rec.path.stem
         desc = (f"probe recording {rec.path.name}: {len(rec)} characters, "
-                f"{rec.layers} layers x {rec.units} units")
+                f"{rec.layers} layers x {'' if rec.uniform else 'up to '}{rec.units} units")
         (tmp / "lstm.yml").write_text("\n".join([
             f"name: {_yaml_str(name)}",
             f"description: {_yaml_str(desc)}",

@@ -217,7 +217,7 @@ def train(rec, layer: int, stream: str, *, features: int = FEATURES, k: int = K,
         save_state()  # the training is done: an interrupted scoring resumes straight to it
 
     spec = {"format": derived.FORMAT, "version": derived.VERSION, "kind": "dictionary", "stream": name,
-            "layer": int(layer), "inputs": inputs, "unit_names": [f"f{j}" for j in range(features)],
+            "layer": int(layer), "inputs": inputs, "widths": [D], "unit_names": [f"f{j}" for j in range(features)],
             "model_sha256": rec.model_sha256, "fitted_on": fitted_on, "mean": mean, "scale": scale,
             "params": params_of(state, k), "metrics": {}, "config": cfg}
     spec["metrics"] = held_out_metrics(spec, rec, model)

@@ -250,7 +250,7 @@ def fit(rec, feats: pd.DataFrame | None = None, *, features: list[str] | None = 
 
     spec = {
         "format": derived.FORMAT, "version": derived.VERSION, "kind": "directions", "stream": name,
-        "layer": max(int(k) for k, _ in inputs), "inputs": inputs, "unit_names": list(names),
+        "layer": max(int(k) for k, _ in inputs), "inputs": inputs, "widths": list(widths), "unit_names": list(names),
         "model_sha256": str(rec.model_sha256 or ""),
         "fitted_on": {"path": str(rec.path), "length": int(T), "created": str(rec.created)},
         "mean": tensor(mean), "scale": tensor(scale),

@@ -63,10 +63,7 @@ def apply(spec: dict, rec, start: int = 0, stop: int | None = None, chunk: int =
     """``transform`` of a recording's rows [start, stop): float32 [n, F]. One line if the
     recording lacks an input stream of the spec or its streams have other widths."""
     check_spec(spec)
-    sizes = derived.width(rec, spec["inputs"])
-    if sum(sizes) != len(spec["mean"]):
-        raise ProbeError(f"{rec.path}: the spec reads {len(spec['mean'])} columns of "
-                         f"{' '.join(f'{k}/{s}' for k, s in spec['inputs'])}; the recording has {sum(sizes)}")
+    derived.check_widths(spec, derived.width(rec, spec["inputs"]), rec.path)
     start, stop, _ = slice(start, stop).indices(len(rec))
     parts = [transform(spec, derived.read_inputs(rec, spec["inputs"], a, min(a + chunk, stop)))
              for a in range(start, stop, chunk)]

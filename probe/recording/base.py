@@ -79,7 +79,7 @@ def file_attr(name: str, kind: type, default, doc: str) -> property:
 
 class Reader:
     """What a recording offers that is computed from its other parts, shared by ``Recording``
-    and ``shards.ShardedRecording`` (each provides ``streams``, ``derived``, ``units``,
+    and ``shards.ShardedRecording`` (each provides ``streams``, ``derived``, ``units``, ``widths``,
     ``layer_ids``, ``codepoints``, ``documents``, ``loss``, ``stream`` and ``close``)."""
 
     def streams_of(self, layer: int) -> tuple[str, ...]:
@@ -91,10 +91,21 @@ class Reader:
         """Every (layer, stream) of the recording, derived streams included, in order."""
         return [(k, s) for k in self.layer_ids for s in self.streams_of(k)]
 
-    def units_of(self, layer: int, stream: str) -> int:
-        """Units of one stream: ``units`` for a recorded stream, a derived one's own count."""
+    def width(self, layer: int, stream: str) -> int:
+        """Units of one (layer, stream): a recorded stream's own width (``widths``; layers and
+        streams can differ, h narrower than c under an LSTM's projection), a derived one's count."""
         info = self.derived.get((int(layer), stream))
-        return self.units if info is None else len(info["unit_names"])
+        if info is not None:
+            return len(info["unit_names"])
+        self.check(layer, stream)
+        return self.widths[(int(layer), stream)]
+
+    units_of = width  # its old name
+
+    @property
+    def uniform(self) -> bool:
+        """Every recorded stream is ``units`` wide (all of a version-1 file's are)."""
+        return all(w == self.units for w in self.widths.values())
 
     def unit_names(self, layer: int, stream: str) -> list[str] | None:
         """What each unit of a derived stream is (a feature's name, f17…); None for the
@@ -125,9 +136,11 @@ class Reader:
         streams = self.streams_of(layer)
         if stream not in streams:
             raise ProbeError(f"{self.path}: no stream {stream!r} (streams are {' '.join(streams)})")
-        U = self.units_of(layer, stream)
-        if unit is not None and (not isinstance(unit, (int, np.integer)) or not 0 <= unit < U):
-            which = f"units of {stream}" if (int(layer), stream) in self.derived else "units"
+        if unit is None:
+            return
+        U = self.width(layer, stream)
+        if not isinstance(unit, (int, np.integer)) or not 0 <= unit < U:
+            which = f"units of {stream}" if (int(layer), stream) in self.derived or not self.uniform else "units"
             raise ProbeError(f"{self.path}: no unit {unit!r} ({which} are 0..{U - 1})")
 
     def unit(self, layer: int, stream: str, unit: int, start: int | None = None,
@@ -137,7 +150,7 @@ class Reader:
         return self.stream(layer, stream)[start:stop, unit].astype(np.float32)
 
     def window(self, layer: int, stream: str, start: int, stop: int) -> np.ndarray:
-        """All units over [start, stop) as float32 [n, units]."""
+        """All units over [start, stop) as float32 [n, width]."""
         self.check(layer, stream)
         return self.stream(layer, stream)[start:stop].astype(np.float32)
 
@@ -152,7 +165,7 @@ class Reader:
         self.check(layer, stream)
         T = len(self)
         start, stop, _ = slice(start, stop).indices(T)
-        units = list(range(self.units_of(layer, stream))) if units is None else [int(u) for u in np.atleast_1d(units)]
+        units = list(range(self.width(layer, stream))) if units is None else [int(u) for u in np.atleast_1d(units)]
         for u in units:
             self.check(layer, stream, u)
         cps = self.codepoints

@@ -13,6 +13,8 @@ plain values and tensors (loadable with ``weights_only=True``)::
                  been computed once that layer has read character t)
     inputs       [[layer, stream], …]: what it reads, concatenated in this order; a stream
                  whose values are unbounded (``c``) is read through tanh first
+    widths       (optional; specs made before it lack it) [units, …] of each input as fitted:
+                 streams can differ in width (h narrower than c under an LSTM's projection)
     unit_names   one name per derived unit (feature names; f0 … fN for a dictionary)
     model_sha256 the checkpoint of the recordings it was fitted on ('' if unknown)
     fitted_on    {"path", "length", "created"} of that recording
@@ -85,15 +87,28 @@ def check(spec, where: object) -> None:
         raise ProbeError(f"{where}: mean and scale must be vectors of one length")
     if not spec["unit_names"]:
         raise ProbeError(f"{where}: no units")
+    widths = spec.get("widths")
+    if widths is not None and (len(widths) != len(spec["inputs"]) or sum(int(w) for w in widths) != len(mean)):
+        raise ProbeError(f"{where}: widths {list(widths)} do not fit its {len(spec['inputs'])} inputs of "
+                         f"{len(mean)} values")
 
 
 def width(rec, inputs) -> list[int]:
-    """Units of each input stream of ``rec`` (checked to exist)."""
-    out = []
-    for layer, stream in inputs:
-        rec.check(int(layer), str(stream))
-        out.append(rec.stream(int(layer), str(stream)).shape[1])
-    return out
+    """Units of each input stream of ``rec`` (checked to exist): each (layer, stream) its own."""
+    return [rec.width(int(layer), str(stream)) for layer, stream in inputs]
+
+
+def check_widths(spec: dict, widths: list[int], where: object) -> None:
+    """A one-line error naming ``where`` unless input streams of these ``widths`` fit the spec:
+    as many values per character as it was fitted on, and each input as wide as it was
+    (``widths`` in the spec; older specs only say the total)."""
+    names = " ".join(f"{k}/{s}" for k, s in spec["inputs"])
+    if sum(widths) != len(spec["mean"]):
+        raise ProbeError(f"{where}: the spec reads {len(spec['mean'])} values per character; {names} have "
+                         f"{sum(widths)}")
+    fitted = [int(w) for w in spec.get("widths") or widths]
+    if fitted != list(widths):
+        raise ProbeError(f"{where}: the spec was fitted on {names} of widths {fitted}; here they are {list(widths)}")
 
 
 def read_inputs(rec, inputs, start: int, stop: int) -> np.ndarray:
@@ -159,9 +174,7 @@ def _check_fits(spec: dict, rec, spec_path: Path, force: bool) -> None:
         widths = width(rec, spec["inputs"])
     except ProbeError as e:
         raise ProbeError(f"{spec_path}: reads a stream {rec.path.name} lacks ({e})") from None
-    if sum(widths) != len(spec["mean"]):
-        raise ProbeError(f"{spec_path}: reads {len(spec['mean'])} values per character; "
-                         f"{rec.path.name}'s {' '.join(f'{k}/{s}' for k, s in spec['inputs'])} have {sum(widths)}")
+    check_widths(spec, widths, f"{spec_path} on {rec.path.name}")
     check_target(rec, layer, name, force)
 
 

@@ -1,6 +1,6 @@
 """``Recording``: one probe recording file (HDF5), opened, checked and read lazily.
 
-Its metadata are properties (``layers``, ``units``, ``streams``, ``model_config``…), its
+Its metadata are properties (``layers``, ``units``, ``widths``, ``streams``, ``model_config``…), its
 per-character data cached arrays (``codepoints``, ``loss``, ``documents``), its streams
 lazy ``Dataset`` views; ``writable`` opens it for writing while a derived stream is added.
 ``probe.recording.reader.open_recording`` opens a file or a folder of shards.
@@ -48,7 +48,7 @@ class Recording(Reader):
 
     # ---- metadata: everything the analysis and the app need, so none reads attributes ----
     layers = file_attr("layers", int, None, "model layers")
-    units = file_attr("units", int, None, "units per layer")
+    units = file_attr("units", int, None, "units of the widest stream (of every stream in a version-1 file)")
     version = file_attr("version", int, None, "format version")
     dtype = file_attr("dtype", str, "float16", "stored precision of the streams")
     compression = file_attr("compression", str, "gzip", "filter of the streams: zstd, gzip or none")
@@ -61,6 +61,11 @@ class Recording(Reader):
     @property
     def streams(self) -> tuple[str, ...]:
         return tuple(str(self.file.attrs["streams"]).split())
+
+    @cached_property
+    def widths(self) -> dict[tuple[int, str], int]:
+        """{(layer, stream): units} of every recorded stream (``width`` also knows the derived)."""
+        return h5format.read_widths(self.file.attrs, self.path)
 
     @cached_property
     def derived(self) -> dict[tuple[int, str], dict]:
@@ -126,7 +131,7 @@ class Recording(Reader):
 
     # ---- streams ---------------------------------------------------------------------------
     def stream(self, layer: int, stream: str) -> Dataset:
-        """Lazy [T, units] array: slicing reads only what is asked for."""
+        """Lazy [T, width] array: slicing reads only what is asked for."""
         self.check(layer, stream)
         return self.dataset(h5format.path(layer, stream))
 
@@ -156,5 +161,6 @@ class Recording(Reader):
         self.file.close()
 
     def __repr__(self) -> str:
-        return (f"Recording({str(self.path)!r}, {len(self)} chars, {self.layers} layers × "
-                f"{self.units} units, streams {' '.join(self.streams)})")
+        units = f"{self.units} units" if self.uniform else f"up to {self.units} units"
+        return (f"Recording({str(self.path)!r}, {len(self)} chars, {self.layers} layers × {units}, "
+                f"streams {' '.join(self.streams)})")

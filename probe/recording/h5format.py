@@ -6,7 +6,7 @@ The recorder (``probe.recording.record``) writes through these functions, the re
 recordings with ``write``. Nothing here imports torch, so reading a recording never does.
 
     from probe.recording import h5format
-    h5format.write("tiny.h5", "ab\\n", {(0, "h"): values}, streams=("h",))   # [T, units] each
+    h5format.write("tiny.h5", "ab\\n", {(0, "h"): values}, streams=("h",))   # [T, width] each
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from probe.errors import ProbeError
 from probe.files import atomic
 
 FORMAT = "probe-recording"
-VERSION = 1
+VERSION = 2             # 2: ``widths``, a width per (layer, stream); 1: every stream ``units`` wide
+READS = (1, 2)          # the versions this probe reads
 CHUNK_T = 4096          # chunk rows (time); measured in docs/recording-format.md
 CHUNK_UNITS = 32        # chunk columns (units)
 TEXT_CHUNK = 65536      # chunk length of ``text`` and ``loss``
@@ -57,8 +58,8 @@ RANGE: dict[str, tuple[float, float] | None] = {
     "i": (0.0, 1.0), "f": (0.0, 1.0), "g": (-1.0, 1.0), "o": (0.0, 1.0), "c": None, "h": (-1.0, 1.0),
     "r": (0.0, 1.0), "z": (0.0, 1.0), "n": (-1.0, 1.0)}
 TABLES = ("text", "loss", "documents/name", "documents/start", "documents/stop")
-ATTRIBUTES = ("format", "version", "model", "model_sha256", "model_path", "model_metrics", "source",
-              "created", "streams", "layers", "layer_ids", "units", "length", "dtype", "compression", "mode",
+ATTRIBUTES = ("format", "version", "model", "model_sha256", "model_path", "model_metrics", "source", "created",
+              "streams", "layers", "layer_ids", "units", "widths", "length", "dtype", "compression", "mode",
               "unknown_chars", "checksums", "complete", "digest")  # every root attribute a recording has
 
 
@@ -133,15 +134,18 @@ def chunks(T: int, units: int) -> tuple[int, int] | None:
 
 # ---- writing ------------------------------------------------------------------------------
 
-def write_header(f: h5py.File, *, model: dict, layers: int, units: int, length: int,
-                 streams: tuple[str, ...], dtype: str, compression: str = "none",
+def write_header(f: h5py.File, *, model: dict, layers: int, length: int, streams: tuple[str, ...],
+                 dtype: str, units: int | None = None, widths: dict | None = None, compression: str = "none",
                  batch: int = 1, burn_in: int = 0, source: dict | None = None,
                  model_sha256: str = "", model_path: str = "", model_metrics: dict | None = None,
                  unknown_chars: int = 0, checksums: bool = True, layer_ids: tuple[int, ...] | None = None,
                  ) -> None:
     """The root attributes of a recording (all but ``complete`` and ``digest``, written last
     by ``finish``). ``layers`` is the model's layer count; ``layer_ids`` the layers recorded
-    (default all)."""
+    (default all); ``widths`` {(layer, stream): width} of every recorded stream (default:
+    each ``units`` wide); ``units`` is stored as the widest, for tools that know only it."""
+    ids = tuple(range(layers) if layer_ids is None else layer_ids)
+    widths = {(k, s): int(units if widths is None else widths[(k, s)]) for k in ids for s in streams}
     a = f.attrs
     a["format"], a["version"] = FORMAT, VERSION
     a["model"] = json.dumps(model)
@@ -151,8 +155,9 @@ def write_header(f: h5py.File, *, model: dict, layers: int, units: int, length: 
     a["source"] = json.dumps(source or {})
     a["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     a["streams"] = " ".join(streams)
-    a["layers"], a["units"], a["length"] = layers, units, length
-    a["layer_ids"] = " ".join(str(k) for k in (range(layers) if layer_ids is None else layer_ids))
+    a["layers"], a["units"], a["length"] = layers, max(widths.values()), length
+    a["widths"] = json.dumps({f"{k}:{s}": int(w) for (k, s), w in widths.items()})
+    a["layer_ids"] = " ".join(str(k) for k in ids)
     a["dtype"], a["compression"] = dtype, compression
     a["mode"] = json.dumps({"batch": batch, "burn_in": burn_in if batch > 1 else 0})
     a["unknown_chars"] = unknown_chars
@@ -261,7 +266,8 @@ def finish(f: h5py.File) -> None:
 def write(out: str | os.PathLike, text: str, values: dict, *, documents=None, loss=None,
           streams: tuple[str, ...] | None = None, model: dict | None = None,
           source: dict | None = None, dtype: str = "float32") -> Path:
-    """A whole small recording in one call: ``values[(layer, stream)]`` = [T, units].
+    """A whole small recording in one call: ``values[(layer, stream)]`` = [T, width], each
+    stream as wide as its values.
 
     For tests and tools that make recordings without a model. ``documents`` is a list of
     (name, start, stop) (default: one document); ``loss`` defaults to zeros.
@@ -269,19 +275,20 @@ def write(out: str | os.PathLike, text: str, values: dict, *, documents=None, lo
     out = Path(out)
     T = len(text)
     layers = 1 + max(k for k, _ in values)
-    units = next(iter(values.values())).shape[1]
     streams = streams or tuple(dict.fromkeys(s for _, s in values))
+    widths = {(k, s): int(np.shape(values[(k, s)])[1]) for k in range(layers) for s in streams}
+    units = max(widths.values())
     documents = documents or [("text", 0, T)]
     cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int32)
     with atomic(out) as tmp, create(tmp) as f:
-        write_header(f, model=model or {"layers": layers, "units": units}, layers=layers, units=units,
+        write_header(f, model=model or {"layers": layers, "units": units}, layers=layers, widths=widths,
                      length=T, streams=streams, dtype=dtype, source=source or {"kind": "synthetic"})
         dloss = write_text(f, cps, [n for n, _, _ in documents], [s for _, s, _ in documents],
                            [e for _, _, e in documents])
         dloss[:] = np.zeros(T, np.float32) if loss is None else loss
         for k in range(layers):
             for s in streams:
-                ds = create_stream(f, k, s, T, units, dtype, "none")
+                ds = create_stream(f, k, s, T, widths[(k, s)], dtype, "none")
                 ds[:] = np.asarray(values[(k, s)], dtype=dtype)
         finish(f)
     return out
@@ -297,20 +304,21 @@ def validate(f: h5py.File, where: object) -> None:
     if fmt != FORMAT:
         raise ProbeError(f"{where}: not a probe recording (attribute format={fmt!r}, expected {FORMAT!r})")
     v = int(a.get("version", -1))
-    if v != VERSION:
-        raise ProbeError(f"{where}: probe recording version {v} is not supported (this probe reads {VERSION})")
+    if v not in READS:
+        raise ProbeError(f"{where}: probe recording version {v} is not supported (this probe reads 1 to {VERSION})")
     if not a.get("complete", False):
         raise ProbeError(f"{where}: recording is incomplete (it was interrupted while being written)")
     if "digest" in a and a["digest"] != digest(f):  # files from before the digest have none
         raise ProbeError(f"{where}: damaged metadata (the attributes or document names do not match "
                          "their digest)")
-    for key in ("layers", "units", "streams"):
+    for key in ("layers", "units", "streams") + (("widths",) if v >= 2 else ()):
         if key not in a:
             raise ProbeError(f"{where}: recording lacks the attribute {key!r}")
-    layers, units, streams = int(a["layers"]), int(a["units"]), str(a["streams"]).split()
+    layers, streams = int(a["layers"]), str(a["streams"]).split()
     ids = layer_ids(a)
     if not ids or any(not 0 <= k < layers for k in ids):
         raise ProbeError(f"{where}: attribute layer_ids={a.get('layer_ids')!r} does not fit {layers} layers")
+    widths = read_widths(a, where)
     names = list(TABLES) + [path(k, s) for k in ids for s in streams]
     for name in names:
         if name not in f:
@@ -319,8 +327,8 @@ def validate(f: h5py.File, where: object) -> None:
     for k in ids:
         for s in streams:
             ds = f[path(k, s)]
-            if ds.shape != (T, units):
-                raise ProbeError(f"{where}: dataset {path(k, s)} has shape {ds.shape}, expected {(T, units)}")
+            if ds.shape != (T, widths[(k, s)]):
+                raise ProbeError(f"{where}: dataset {path(k, s)} has shape {ds.shape}, expected {(T, widths[k, s])}")
             check_filters(ds, where)
 
 
@@ -365,6 +373,21 @@ def layer_ids(attrs) -> tuple[int, ...]:
         return tuple(int(k) for k in str(attrs["layer_ids"]).split())
     except ValueError:
         return ()
+
+
+def read_widths(attrs, where: object = "recording") -> dict[tuple[int, str], int]:
+    """{(layer, stream): width} of every recorded stream: the ``widths`` attribute (version 2,
+    JSON {"0:c": 512, …}), else ``units`` each (version 1). A one-line error naming ``where``
+    unless every recorded stream has a width >= 1."""
+    keys = [f"{k}:{s}" for k in layer_ids(attrs) for s in str(attrs["streams"]).split()]
+    try:
+        found = json.loads(attrs["widths"]) if "widths" in attrs else dict.fromkeys(keys, int(attrs["units"]))
+        out = {(int(key.split(":")[0]), key.split(":")[1]): int(found[key]) for key in keys}
+    except (ValueError, TypeError, KeyError):
+        out = {}
+    if len(out) != len(keys) or min(out.values(), default=1) < 1:
+        raise ProbeError(f"{where}: attribute widths does not give each of {' '.join(keys)} a width >= 1")
+    return out
 
 
 def read_mode(attrs) -> dict:

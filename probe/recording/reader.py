@@ -1,7 +1,7 @@
-"""Read probe recordings lazily: text, documents, loss and [T, units] streams per layer.
+"""Read probe recordings lazily: text, documents, loss and [T, width] streams per layer.
 
     with probe.open_recording("recordings/stdlib-test.h5") as rec:
-        c = rec.stream(1, "c")          # lazy [T, units], h5py-backed
+        c = rec.stream(1, "c")          # lazy [T, rec.width(1, "c")], h5py-backed
         quote = rec.unit(0, "c", 89)    # numpy [T]: the shipped model's quote cell
         df = rec.frame(0, "c", units=[89], start=0, stop=1000)             # wide: unit_89
         long = rec.frame(0, "c", units=[88, 89], stop=1000, tidy=True)    # tidy: unit, value
@@ -48,6 +48,7 @@ def summary(rec: Reader) -> dict:
         "documents": len(rec.documents), "length": len(rec), "layers": rec.layers,
         **({"layer_ids": " ".join(map(str, rec.layer_ids))} if len(rec.layer_ids) != rec.layers else {}),
         "streams": " ".join(rec.streams), "units": rec.units,
+        **({} if rec.uniform else {"widths": {f"{k}:{s}": w for (k, s), w in rec.widths.items()}}),
         **({"derived": {f"{k}/{s}": f"{info['kind']}, {len(info['unit_names'])} units, from "
                         f"{info.get('spec_name', '?')}" for (k, s), info in rec.derived.items()}}
            if rec.derived else {}),

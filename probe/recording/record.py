@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from probe.errors import ProbeError
 from probe.files import atomic, check_target, interrupts
+from probe.lm import parts
 from probe.lm.model import CharRNN
 from probe.recording import blocks as feed
 from probe.recording import h5format
@@ -95,26 +96,31 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
     if not text:
         raise ProbeError("empty text: nothing to record")
     ids, n_unknown = corpora.encode(text, model.vocab)
-    T, H = len(ids), model.units
+    T = len(ids)
     offsets = np.cumsum([0] + [len(t) for _, t in documents])
     spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
     model = model.eval()
     modules = layer_modules(model)
     keys = [(k, s) for k in layer_ids for s in streams]
+    widths = {key: w for key, w in parts.widths(model).items() if key in keys}  # h narrower under proj_size
+    by_width = {w: [key for key in keys if widths[key] == w] for w in sorted(set(widths.values()))}
 
     with interrupts() as stop, atomic(out) as tmp, h5format.create(tmp) as f:
         h5format.write_header(
-            f, model=dict(model.config), layers=model.layers, units=H, length=T, streams=streams,
+            f, model=dict(model.config), layers=model.layers, widths=widths, length=T, streams=streams,
             dtype=dtype, compression=compression, batch=batch, burn_in=burn_in, source=source,
             model_sha256=getattr(model, "sha256", ""), model_path=getattr(model, "path", ""),
             model_metrics=getattr(model, "metrics", {}), unknown_chars=n_unknown, checksums=checksums,
             layer_ids=layer_ids)
         dloss = h5format.write_text(f, corpora.codepoints(text), [n for n, _ in documents],
                                     offsets[:-1], offsets[1:], checksums)
-        dsets = {(k, s): h5format.create_stream(f, k, s, T, H, dtype, compression, COMPRESSION_LEVEL, checksums)
-                 for k, s in keys}
-        writer = ChunkWriter(dsets, dtype, compression, checksum=checksums)
-        spill = Int8Spill(Path(tmp).parent, keys, T, H) if dtype == "int8" else None
+        dsets = {(k, s): h5format.create_stream(f, k, s, T, widths[k, s], dtype, compression, COMPRESSION_LEVEL,
+                                                checksums) for k, s in keys}
+        # a writer (and an int8 spill) per width: each takes datasets of one width
+        writers = [ChunkWriter({key: dsets[key] for key in group}, dtype, compression, checksum=checksums)
+                   for group in by_width.values()]
+        spills = ([Int8Spill(Path(tmp).parent, group, T, w) for w, group in by_width.items()]
+                  if dtype == "int8" else [])
         tdtype = torch.float16 if dtype == "int8" else getattr(torch, dtype)
         pool = ThreadPoolExecutor(1)  # the gates of one block while the next runs forward
         blocks = (feed.sequential(model, ids, spans, modules, tdtype, pool, BLOCK, set(keys)) if batch == 1
@@ -125,20 +131,23 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
                 if stop.is_set():
                     raise KeyboardInterrupt
                 n = len(loss)
-                (spill or writer).append({key: v.numpy() for key, v in vals.items()})
+                for j, group in enumerate(by_width.values()):
+                    (spills[j] if spills else writers[j]).append({key: vals[key].numpy() for key in group})
                 dloss[start:start + n] = loss.numpy()
                 bar.update(n)
             bar.close()
-            if spill is not None:
+            for spill, writer in zip(spills, writers):
                 spill.write(writer, dsets, progress, stop, BLOCK)
-            writer.close()
+            for writer in writers:
+                writer.close()
         except BaseException:
-            writer.abort()
+            for writer in writers:
+                writer.abort()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
-            if spill is not None:
+            for spill in spills:
                 spill.close()
         if stop.is_set():
             raise KeyboardInterrupt

@@ -160,6 +160,7 @@ _SAME = (("model (sha256 of the checkpoint)", lambda r: r.model_sha256),
          ("format version", lambda r: r.version),
          ("layers", lambda r: (r.layers, tuple(r.layer_ids))),
          ("units", lambda r: r.units),
+         ("widths", lambda r: r.widths),
          ("streams", lambda r: " ".join(r.streams)),
          ("dtype", lambda r: r.dtype),
          ("compression", lambda r: r.compression),
@@ -272,7 +273,8 @@ class ShardedRecording(Reader):
 
     # ---- metadata: the first shard's (they all agree) or the whole set's ----------------
     layers = _first("layers", "model layers")
-    units = _first("units", "units per layer")
+    units = _first("units", "units of the widest stream")
+    widths = _first("widths", "{(layer, stream): units} of every recorded stream")
     version = _first("version", "format version")
     dtype = _first("dtype", "stored precision of the streams")
     compression = _first("compression", "filter of the streams: zstd, gzip or none")
@@ -325,7 +327,7 @@ class ShardedRecording(Reader):
         return pd.concat(frames, ignore_index=True)
 
     def stream(self, layer: int, stream: str) -> ShardedDataset:
-        """Lazy [T, units] array over every shard: a slice reads only the shards it spans."""
+        """Lazy [T, width] array over every shard: a slice reads only the shards it spans."""
         self.check(layer, stream)
         return ShardedDataset([r.stream(layer, stream) for r in self.parts], self.path)
 
@@ -342,5 +344,6 @@ class ShardedRecording(Reader):
             r.close()
 
     def __repr__(self) -> str:
+        units = f"{self.units} units" if self.uniform else f"up to {self.units} units"
         return (f"ShardedRecording({str(self.path)!r}, {len(self.parts)} shards, {len(self)} chars, "
-                f"{self.layers} layers × {self.units} units, streams {' '.join(self.streams)})")
+                f"{self.layers} layers × {units}, streams {' '.join(self.streams)})")

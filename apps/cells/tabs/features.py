@@ -92,7 +92,7 @@ def rows(rec, scores: pd.DataFrame, summ: dict, layer: int, stream: str) -> dict
     """The table: per unit of (layer, stream) its name, best-matching feature (strength as
     ``detectors.best`` ranks: max(AUC, 1 − AUC) or |r|), top value and its context."""
     names = rec.unit_names(layer, stream) or []
-    U = rec.units_of(layer, stream)
+    U = rec.width(layer, stream)
     mine = scores[(scores["layer"] == layer) & (scores["stream"] == stream)]
     best = {}
     if not mine.empty:

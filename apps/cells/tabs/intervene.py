@@ -23,6 +23,7 @@ from bokeh.models import Button, Div, InlineStyleSheet, Spinner, TextInput
 from probe.causal import intervene
 from probe.causal.intervene import Edit
 from probe.errors import ProbeError
+from probe.lm import parts
 from probe.lm.sample import sample
 from probe.output import render
 
@@ -282,7 +283,7 @@ def build(session: Session) -> View:
 
         def work(job: Job) -> dict:  # in a worker: the model's load and one hooked pass
             model, model_note = session.store.model(w.recording)
-            controls = random_units(model.units, w.unit)
+            controls = random_units(parts.widths(model)[(w.layer, w.on)], w.unit)  # of the edited stream
             began = time.perf_counter()
             delta = zeroed(model, text, w.layer, w.unit, w.on, controls,
                            bar=Bar(job, len(text) * (1 + len(controls)), "zeroing"))

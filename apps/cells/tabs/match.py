@@ -175,12 +175,13 @@ def fit_threshold(threshold: float, sel: Selection, rec: Recording) -> tuple[flo
 def fit_cells(cells: tuple[Cell, ...], sel: Selection, rec: Recording) -> tuple[tuple[Cell, ...], list[str]]:
     """No cell the recording does not have."""
     unknown = [c for c in cells if not (c[0] in rec.layer_ids and c[1] in rec.streams_of(c[0])
-                                        and 0 <= c[2] < rec.units_of(c[0], c[1]))]
+                                        and 0 <= c[2] < rec.width(c[0], c[1]))]
     if not unknown:
         return cells, []
     return tuple(c for c in cells if c not in unknown), [
         f"no cell {cells_text(unknown).replace(',', ', ')} in {rec.path.name} (layers 0..{rec.layers - 1}, "
-        f"streams {' '.join(rec.streams)}, units 0..{rec.units - 1}); left out of the rows"]
+        f"streams {' '.join(rec.streams)}, units 0..{rec.units - 1}{'' if rec.uniform else ' in the widest'}); "
+        "left out of the rows"]
 
 
 PARAMS = (
