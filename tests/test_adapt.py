@@ -197,3 +197,34 @@ def test_the_users_module_keeps_its_training_mode():
     m.train()
     adapt(m, PRINTABLE, forward=lambda ids: word_lm_scores(m, ids))
     assert m.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_a_model_on_cuda_imports_and_runs_there():  # pragma: no cover - CPU-only machines skip it
+    m = TwoWidths(V).cuda().eval()
+    model = adapt(m, PRINTABLE, forward=m)  # the user's forward runs on their device
+    assert next(model.parameters()).device.type == "cpu"  # the checkpoint is saved from the CPU
+    model = model.cuda()
+    edit = intervene.Edit(1, "h", 3, 0.5)
+    bits = intervene.losses(model, TEXT, [edit])
+    cpu_bits = intervene.losses(model.cpu(), TEXT, [edit])
+    np.testing.assert_allclose(bits, cpu_bits, atol=1e-4, equal_nan=True)
+    model = model.cuda()
+    assert len(sample(model, "def ", 10, seed=0, clamp=[edit])) == 10
+    assert gradients.flow(model, TEXT, span=5, positions=3)["positions"] == 3
+    streams, _ = activations(model, TEXT)
+    assert streams[(0, "c")].shape == (len(TEXT), 40)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the refusal is for machines without")
+def test_a_device_that_is_not_there_is_one_line(capsys):
+    from probe.cli import main
+    for argv in (["sample", "--prime", "a", "--length", "3", "--device", "cuda"],
+                 ["ablate", "--cells", "0:c:1", "--limit", "200", "--device", "cuda:0"],
+                 ["gradients", "--limit", "300", "--span", "5", "--device", "cuda"],
+                 ["record", "--limit", "100", "--out", "never.h5", "--device", "cuda"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("probe: error: --device cuda") and "no CUDA device" in err and err.count("\n") == 1
+    assert main(["sample", "--prime", "a", "--length", "3", "--device", "tpu-9"]) == 1
+    assert "not a device" in capsys.readouterr().err

@@ -50,8 +50,8 @@ def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, sp
     stack, B = recurrence.layers(model), len(starts)
     state = []
     for k, w in enumerate(stack):  # the state the real text left just before each window
-        h0 = torch.zeros(B, w.out)
-        c0 = torch.zeros(B, w.units) if w.cell == "lstm" else None
+        h0 = torch.zeros(B, w.out, device=w.w_hh.device)
+        c0 = torch.zeros(B, w.units, device=w.w_hh.device) if w.cell == "lstm" else None
         for b, st in enumerate(before):
             if st is not None:
                 h0[b] = st[k][0][0]
@@ -67,11 +67,11 @@ def _norms(model: CharRNN, ids: np.ndarray, before: list, starts: np.ndarray, sp
     window = torch.from_numpy(np.stack([ids[s:s + span + 1] for s in starts]))  # [B, span + 1]
     top, _ = recurrence.run(model, window, hooks, state=state, grad=True, head=False, block=span + 1)
     with torch.enable_grad():
-        target = torch.from_numpy(ids[starts + span + 1])
+        target = torch.from_numpy(ids[starts + span + 1]).to(top.device)
         logits = recurrence.logits(model, top[:, -1])  # [B, V], the head's weights constants
         torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
-    norms = {key: torch.stack([t.grad.norm(dim=1) for t in ts], 1).numpy() for key, ts in kept.items()}
-    sizes = {key: torch.stack([t.grad.abs().sum(0) for t in ts]).numpy() for key, ts in kept.items()}
+    norms = {key: torch.stack([t.grad.norm(dim=1) for t in ts], 1).cpu().numpy() for key, ts in kept.items()}
+    sizes = {key: torch.stack([t.grad.abs().sum(0) for t in ts]).cpu().numpy() for key, ts in kept.items()}
     return norms, sizes
 
 
@@ -130,9 +130,10 @@ def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tup
     top, _ = recurrence.run(model, x[None], grad=True, head=False)  # the recurrence, fused
     with torch.enable_grad():
         logits = recurrence.logits(model, top[0, -1])
-        loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])]))
+        loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([int(ids[position + 1])],
+                                                                             device=logits.device))
         (grad,) = torch.autograd.grad(loss, x)
-    return start, (grad * x).sum(dim=1).detach().numpy(), loss.item() * LOG2E
+    return start, (grad * x).sum(dim=1).detach().cpu().numpy(), loss.item() * LOG2E
 
 
 def report(res: dict, model: str = "") -> str:

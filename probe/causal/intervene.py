@@ -158,7 +158,7 @@ def row_pins(rows: list[int], units: list[int], values: list[float]) -> Hook:
     rows_t, units_t, values_t = torch.tensor(rows), torch.tensor(units), torch.tensor(values)
 
     def pin(layer: int, stream: str, position: int, value: torch.Tensor) -> torch.Tensor:
-        value[rows_t, units_t] = values_t
+        value[rows_t.to(value.device), units_t.to(value.device)] = values_t.to(value.device)
         return value
     return pin
 

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from probe.causal import intervene
-from probe.cli.common import Renamed, command, source_flags
+from probe.cli.common import Renamed, command, device_flag, source_flags
 from probe.files import atomic, check_target
-from probe.lm.model import load_model
+from probe.lm.model import load_model, on_device
 from probe.readout import directions
 from probe.recording import derived
 from probe.text.corpus import load
@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
         "probe ablate --directions dirs.pt --feature in_short_string --stream h   # a probe direction"],
         note="a cell is LAYER:STREAM:UNIT, its stream h (the hidden output) or c (the cell state)")
     source_flags(ab, 20_000, "characters to read (default 20000)")
+    device_flag(ab)
     which = ab.add_mutually_exclusive_group(required=True)
     which.add_argument("--cells", metavar="L:S:U[,L:S:U...]", help="the cells to ablate, e.g. 0:c:89,1:h:158")
     which.add_argument("--layer", type=int, help="sweep every unit of this layer's --stream")
@@ -59,7 +60,7 @@ def run(a: argparse.Namespace) -> int:
     csv = check_target(a.csv, a.force) if a.csv else None
     if a.threads:
         torch.set_num_threads(max(1, a.threads))
-    model = load_model(a.model)
+    model = on_device(load_model(a.model), a.device)
     docs = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit).documents
     if a.directions:
         spec = derived.load(a.directions)

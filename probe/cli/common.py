@@ -44,6 +44,11 @@ def source_flags(p: argparse.ArgumentParser, limit: int | None, limit_help: str)
     p.add_argument("--limit", type=int, default=limit, help=limit_help)
 
 
+def device_flag(p: argparse.ArgumentParser) -> None:
+    """--device: where the model runs (its weights and every tensor made for it)."""
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps")
+
+
 def text_flags(p: argparse.ArgumentParser) -> None:
     """--corpus | --text, and --glob: where the text comes from."""
     src = p.add_mutually_exclusive_group()

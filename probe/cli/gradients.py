@@ -6,9 +6,9 @@ import argparse
 import json
 
 from probe.causal import gradients
-from probe.cli.common import command, source_flags
+from probe.cli.common import command, device_flag, source_flags
 from probe.files import atomic, check_target
-from probe.lm.model import load_model
+from probe.lm.model import load_model, on_device
 from probe.text.corpus import load
 
 
@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
         "probe gradients --limit 50000 --span 200",
         "probe gradients --model runs/gru.pt --text mycode/ --json --out gru-flow.json"])
     source_flags(gr, 50_000, "characters to sample positions from (default 50000)")
+    device_flag(gr)
     gr.add_argument("--span", type=int, default=200, help="steps back, K (default 200)")
     gr.add_argument("--positions", type=int, default=1000, help="positions sampled (default 1000)")
     gr.add_argument("--seed", type=int, default=0, help="seed of the sampled positions (default 0)")
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
 
 def run(a: argparse.Namespace) -> int:
     out = check_target(a.out, a.force) if a.out else None
-    model = load_model(a.model)
+    model = on_device(load_model(a.model), a.device)
     text = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit).text
     res = gradients.flow(model, text, span=a.span, positions=a.positions, seed=a.seed, progress=not a.quiet)
     doc = json.dumps(res)

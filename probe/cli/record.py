@@ -11,13 +11,14 @@ from probe.cli.common import (
     Renamed,
     cluster_flags,
     command,
+    device_flag,
     names,
     numbers,
     source_flags,
 )
 from probe.errors import ProbeError
 from probe.files import check_target
-from probe.lm.model import load_model
+from probe.lm.model import load_model, on_device
 from probe.recording import shards
 from probe.recording.h5format import COMPRESSIONS
 from probe.recording.record import record
@@ -31,6 +32,7 @@ def add_parser(sub) -> None:
         "probe record --corpus stdlib --split train --workers 4 --out recordings/stdlib-train   # 4 shards "
         "side by side"], note="the --out folder is created if missing")
     source_flags(r, None, "record at most N characters")
+    device_flag(r)
     r.add_argument("--out", required=True, help="recording to write (.h5); with --workers/--scheduler, "
                    "a folder of shards")
     r.add_argument("--dtype", default="float16", choices=["float16", "float32", "int8"],
@@ -69,7 +71,7 @@ def run(a: argparse.Namespace) -> int:
     out = check_target(a.out, a.force)  # fail before the slow part
     shard = shards.parse_spec(a.shard) if a.shard else None
     torch.set_num_threads(max(1, a.threads))
-    model = load_model(a.model)
+    model = on_device(load_model(a.model), a.device)
     c = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit)
     docs, source = shards.take(c.documents, c.source, *shard) if shard else (c.documents, c.source)
     record(model, docs, out, source=source, dtype=a.dtype, batch=a.batch, burn_in=a.burn_in,

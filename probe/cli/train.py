@@ -8,8 +8,8 @@ import sys
 import torch
 
 from probe.causal import intervene
-from probe.cli.common import Renamed, command, text_flags
-from probe.lm.model import load_model
+from probe.cli.common import Renamed, command, device_flag, text_flags
+from probe.lm.model import load_model, on_device
 from probe.lm.sample import sample
 from probe.lm.train import DEFAULT_STEPS, TrainConfig, train
 from probe.text.corpus import encode
@@ -76,6 +76,7 @@ def add_sample(sub) -> None:
     s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
     s.add_argument("--temperature", type=float, default=0.8, help="1 = model's distribution, 0 = greedy")
     s.add_argument("--seed", type=int, default=None, help="random seed (default: a different sample each run)")
+    device_flag(s)
     s.add_argument("--clamp", action="append", default=[], metavar="L:S:U=VALUE",
                    help="pin the cell L:S:U (layer, stream h or c, unit) to VALUE at every step, "
                         "e.g. 0:c:89=5; repeatable")
@@ -83,7 +84,7 @@ def add_sample(sub) -> None:
 
 def run_sample(a: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # one character per step: threads only add synchronisation
-    model = load_model(a.model)
+    model = on_device(load_model(a.model), a.device)
     clamp = [intervene.parse_clamp(c) for c in a.clamp]
     text = sample(model, a.prime, a.length, a.temperature, a.seed, clamp=clamp)
     unknown = encode(a.prime, model.vocab)[1]

@@ -198,6 +198,24 @@ def load_model(path: str | os.PathLike | None = None) -> CharRNN:
     return model.eval()
 
 
+def on_device(model: nn.Module, device: str | None) -> nn.Module:
+    """The model moved to ``device`` (``--device``: cpu, cuda, cuda:1, mps), or one line saying
+    the device is not there; every tensor probe makes for the model follows its weights."""
+    if device in (None, "", "cpu"):
+        return model
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ProbeError(f"--device {device!r}: not a device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ProbeError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ProbeError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ProbeError(f"--device {device}: MPS is not available here")
+    return model.to(dev)
+
+
 def summary(path: str | os.PathLike | None = None, history: bool = False) -> dict:
     """What ``probe info CKPT`` prints: the file, its sha256, the config, the parameter count
     and the training metrics (the learning curve ``history`` only when asked for). ``path``

@@ -133,12 +133,17 @@ def widths(model) -> dict[tuple[int, str], int]:
     return {(k, s): w.width(s) for k, w in enumerate(layers(model)) for s in STREAMS[w.cell]}
 
 
+def device_of(model) -> torch.device:
+    """Where the model's weights are: every tensor probe makes for it goes there."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def embedded(model, ids: torch.Tensor) -> torch.Tensor:
     """What the first layer reads for ids [...]: the embedding's row, or a one-hot vector
     when the model has no embedding (``model.embed`` None), as constants [..., in]."""
     if model.embed is None:
-        return torch.nn.functional.one_hot(ids.long(), len(model.vocab)).float()
-    return model.embed.weight.detach()[ids]
+        return torch.nn.functional.one_hot(ids.long().to(device_of(model)), len(model.vocab)).float()
+    return model.embed.weight.detach()[ids.to(model.embed.weight.device)]
 
 
 def logits(model, top: torch.Tensor) -> torch.Tensor:

@@ -189,8 +189,9 @@ def blocks(model, ids, hooks=None, *, state: State | None = None, rows: int | No
     hi = max((k for k, _ in table), default=-1)
     here = [{s: fns for (k, s), fns in table.items() if k == layer} for layer in range(len(stack))]
     if state is None:
-        state = [(torch.zeros(x.shape[1] if k < lo else rows, w.out),
-                  torch.zeros(x.shape[1] if k < lo else rows, w.units) if w.cell == "lstm" else None)
+        dev = x.device
+        state = [(torch.zeros(x.shape[1] if k < lo else rows, w.out, device=dev),
+                  torch.zeros(x.shape[1] if k < lo else rows, w.units, device=dev) if w.cell == "lstm" else None)
                  for k, w in enumerate(stack)]
     state = list(state)
     for a in range(0, T, block):
@@ -253,9 +254,9 @@ def bits(model, ids, hooks=None, *, rows: int | None = None, done: Callable[[int
             n = min(b, T - 1) - a  # positions of this block with a next character
             if n > 0:
                 logp = torch.log_softmax(logits(model, top[:n]), dim=-1)  # [n, rows, V]
-                nxt = ids.reshape(-1, T)[:, a + 1:a + 1 + n].T  # [n, 1 or rows]
+                nxt = ids.reshape(-1, T)[:, a + 1:a + 1 + n].T.to(logp.device)  # [n, 1 or rows]
                 got = logp.gather(2, nxt[:, :, None].expand(-1, logp.shape[1], 1))[..., 0]
-                out[:, a + 1:a + 1 + n] = (-got * LOG2E).T.numpy()
+                out[:, a + 1:a + 1 + n] = (-got * LOG2E).T.cpu().numpy()
             if done is not None:
                 done(b - a)
     return out
@@ -287,7 +288,7 @@ def pinning(cells: Iterable, values: Iterable) -> dict[Point, Hook]:
 
         def pin(layer: int, stream: str, position: int, value: torch.Tensor):
             if (layer, stream) == key:
-                value[..., units] = numbers
+                value[..., units.to(value.device)] = numbers.to(value.device)
                 return value
         return pin
     return {key: hook_for(key, pairs) for key, pairs in table.items()}

@@ -42,7 +42,8 @@ def sample(model: CharRNN, prime: str = "\n", length: int = 500, temperature: fl
             nxt = int(last.argmax())
         else:
             probs = torch.softmax(last / temperature, dim=-1)
-            probs[0] = 0.0  # never emit the unknown symbol
+            if model.vocab[0] == corpora.UNK:
+                probs[0] = 0.0  # never emit the unknown symbol (an imported vocabulary may have none)
             nxt = int(torch.multinomial(probs, 1, generator=gen))
         out.append(model.vocab[nxt])
         last = step(nxt)

@@ -152,7 +152,7 @@ def losses(model, text: str, rows: list[Direction]) -> np.ndarray:
 
 def remover(V: torch.Tensor, mu: torch.Tensor) -> recurrence.Hook:
     """The hook that removes row j's direction V[j] (to its mean mu[j]) from its stream."""
-    return lambda layer, stream, position, value: remove(value, V, mu, stream)
+    return lambda layer, stream, position, value: remove(value, V.to(value.device), mu.to(value.device), stream)
 
 
 def documents(text, chars: int) -> list[tuple[str, str]]:

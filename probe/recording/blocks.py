@@ -97,10 +97,11 @@ def warm_up(model: CharRNN, modules: list, seqs: list[np.ndarray]) -> tuple[list
     packed = nn.utils.rnn.pack_padded_sequence(embedded(model, x), lengths, batch_first=True, enforce_sorted=False)
     state = []
     for w in modules:  # ``recurrence.Layer``s, PyTorch's fused loop
-        packed, h, c = w.fused(packed, torch.zeros(len(seqs), w.out),
-                               torch.zeros(len(seqs), w.units) if w.cell == "lstm" else None)
+        dev = w.w_hh.device
+        packed, h, c = w.fused(packed, torch.zeros(len(seqs), w.out, device=dev),
+                               torch.zeros(len(seqs), w.units, device=dev) if w.cell == "lstm" else None)
         state.append((h, c))
-    return state, torch.log_softmax(logits(model, state[-1][0]), dim=-1)
+    return state, torch.log_softmax(logits(model, state[-1][0]), dim=-1).cpu()
 
 
 def batched(model, ids, documents, modules, batch, burn_in, dtype, pool, keep=None):
@@ -115,7 +116,9 @@ def batched(model, ids, documents, modules, batch, burn_in, dtype, pool, keep=No
         for g0 in range(0, len(cut), batch):
             group = cut[g0:g0 + batch]
             n = len(group)
-            state = [(torch.zeros(n, w.out), torch.zeros(n, w.units) if lstm else None) for w in modules]
+            dev = modules[0].w_hh.device
+            state = [(torch.zeros(n, w.out, device=dev), torch.zeros(n, w.units, device=dev) if lstm else None)
+                     for w in modules]
             before = torch.full((n, len(model.vocab)), float("nan"))  # logp before each piece
             warm = [j for j, (w, s0, _) in enumerate(group) if s0 > w]  # not at a document start
             if warm:

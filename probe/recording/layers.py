@@ -47,7 +47,7 @@ def forward(model: CharRNN, ids: torch.Tensor, state: list | None = None,
         new_state.append((hT, cT))
         inputs.append((x, h, h0, c0))
         x = h
-    return inputs, torch.log_softmax(logits(model, x), dim=-1), new_state
+    return inputs, torch.log_softmax(logits(model, x), dim=-1).cpu(), new_state
 
 
 @torch.no_grad()
@@ -71,7 +71,7 @@ def stream_values(model: CharRNN, modules: list[Layer], inputs: list, dtype: tor
         x2 = x.reshape(B * L, -1)
         h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1).reshape(B * L, P)
         w_ih, w_hh = module.w_ih, module.w_hh
-        zero = torch.zeros(w_ih.shape[0])  # a layer without biases
+        zero = torch.zeros(w_ih.shape[0], device=w_ih.device)  # a layer without biases
         b_ih = zero if module.b_ih is None else module.b_ih
         b_hh = zero if module.b_hh is None else module.b_hh
         if module.cell == "gru":
@@ -90,12 +90,12 @@ def stream_values(model: CharRNN, modules: list[Layer], inputs: list, dtype: tor
         streams.update({(k, s): v.to(dtype) for s, v in zip("ifgo", (i, f, g, o)) if s in wanted})
         del pre
         # c_t = f_t * c_{t-1} + i_t * g_t, time-major so each step is one contiguous row
-        f_t = f.transpose(0, 1).contiguous().numpy()  # [L, B, H]
-        c_t = (i * g).transpose(0, 1).contiguous().numpy()  # i * g, then c in place
-        recurrence(f_t.reshape(L, -1), c_t.reshape(L, -1), np.ascontiguousarray(c0.numpy()).reshape(-1))
-        streams[(k, "c")] = torch.from_numpy(c_t).transpose(0, 1).to(dtype)
+        f_t = f.transpose(0, 1).contiguous().cpu().numpy()  # [L, B, H]
+        c_t = (i * g).transpose(0, 1).contiguous().cpu().numpy()  # i * g, then c in place
+        recurrence(f_t.reshape(L, -1), c_t.reshape(L, -1), np.ascontiguousarray(c0.cpu().numpy()).reshape(-1))
+        streams[(k, "c")] = torch.from_numpy(c_t).transpose(0, 1).to(device=h.device, dtype=dtype)
         streams[(k, "h")] = h.to(dtype)
-    return {key: v for key, v in streams.items() if key[1] in h5format.STREAMS[model.cell]
+    return {key: v.cpu() for key, v in streams.items() if key[1] in h5format.STREAMS[model.cell]
             and (keep is None or key in keep)}
 
 
@@ -117,8 +117,8 @@ def activations(model: CharRNN, text: str) -> tuple[dict, np.ndarray]:
     streams, logp, _ = run(model.eval(), torch.from_numpy(ids)[None])
     loss = np.full(len(ids), np.nan, dtype=np.float32)
     nxt = torch.from_numpy(ids[1:])
-    loss[1:] = (-logp[0, :-1].gather(1, nxt[:, None])[:, 0] * LOG2E).numpy()
-    return {key: v[0].numpy() for key, v in streams.items()}, loss
+    loss[1:] = (-logp[0, :-1].gather(1, nxt[:, None].to(logp.device))[:, 0] * LOG2E).cpu().numpy()
+    return {key: v[0].cpu().numpy() for key, v in streams.items()}, loss
 
 
 def recurrence_numpy(f: np.ndarray, c: np.ndarray, c0: np.ndarray) -> None:

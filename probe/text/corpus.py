@@ -180,17 +180,20 @@ def codepoints(text: str) -> np.ndarray:
 
 
 def encode(text: str, vocab: str) -> tuple[np.ndarray, int]:
-    """Map text to vocabulary ids (int64 [T]); unknown characters become 0. Returns (ids, n_unknown)."""
+    """Map text to vocabulary ids (int64 [T]); characters outside it become 0 (probe's own
+    vocabularies hold the unknown symbol there; an imported one may not have one, and its
+    0 is then whatever token it lists first). Returns (ids, n_unknown)."""
     cps = codepoints(text)
     if cps.size == 0:
         return np.zeros(0, dtype=np.int64), 0
     vcp = codepoints(vocab)
     size = int(max(cps.max(), vcp.max())) + 1
-    table = np.zeros(size, dtype=np.int64)
+    table = np.full(size, -1, dtype=np.int64)
     table[vcp] = np.arange(len(vocab))
     ids = table[cps]
-    n_unknown = int(np.count_nonzero(ids == 0)) - int(np.count_nonzero(cps == ord(UNK)))
-    return ids, n_unknown
+    unknown = ids < 0
+    ids[unknown] = 0
+    return ids, int(np.count_nonzero(unknown))
 
 
 def decode(ids, vocab: str) -> str:
