@@ -19,7 +19,8 @@ import torch
 from probe.analysis.threads import one_torch_thread
 from probe.errors import ProbeError
 from probe.lm import recurrence
-from probe.readout.linear import blocks, check_spec, pick_names, widths
+from probe.readout.linear import blocks, check_spec, pick_names
+from probe.recording import derived
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
 
@@ -64,9 +65,8 @@ def direction(spec: dict, feature: str) -> Direction:
     W = spec["params"]["W"].numpy()[:, f].astype(np.float64)
     scale = spec["scale"].numpy().astype(np.float64)
     state = spec["mean"].numpy().astype(np.float64)  # of h and tanh(c), as read
-    n = len(spec["inputs"])
     raw = {}
-    for (layer, stream), sl in zip(spec["inputs"], blocks([len(W) // n] * n)):
+    for (layer, stream), sl in zip(spec["inputs"], blocks(input_widths(spec))):
         key = (int(layer), str(stream))
         w, m = W[sl] / scale[sl], state[sl]
         if key in raw:  # an input read twice: its weights add up
@@ -87,8 +87,7 @@ def random_directions(spec: dict, n: int, seed: int = 0) -> list[Direction]:
     check_spec(spec)
     rng = np.random.default_rng(seed)
     state = spec["mean"].numpy().astype(np.float64)  # of h and tanh(c), as read
-    k = len(spec["inputs"])
-    cols = blocks([len(state) // k] * k)
+    cols = blocks(input_widths(spec))
     out = []
     for _ in range(n):
         row = {}
@@ -98,6 +97,15 @@ def random_directions(spec: dict, n: int, seed: int = 0) -> list[Direction]:
             row[(int(layer), str(stream))] = (torch.from_numpy(v.astype(np.float32)), float(state[sl] @ v))
         out.append(row)
     return out
+
+
+def input_widths(spec: dict) -> list[int]:
+    """Columns of each input block: the spec's own ``widths``, or (specs made before layers
+    could differ) the inputs splitting the columns evenly."""
+    if spec.get("widths"):
+        return [int(w) for w in spec["widths"]]
+    n = len(spec["inputs"])
+    return [len(spec["mean"]) // n] * n
 
 
 def check_model(model, spec: dict) -> None:
@@ -112,7 +120,8 @@ def check_model(model, spec: dict) -> None:
         if stream not in allowed:
             raise ProbeError(f"the spec reads {stream} of layer {layer}: ablation removes directions from "
                              f"{' and '.join(allowed)} of {'an' if cell == 'lstm' else 'a'} {cell.upper()} model")
-    widths(spec, model.units)
+    have = recurrence.widths(model)
+    derived.check_widths(spec, [have[(int(k), str(s))] for k, s in spec["inputs"]], "the model")
     sha = getattr(model, "sha256", "")
     if spec["model_sha256"] and sha and sha != spec["model_sha256"]:
         warnings.warn("the spec was fitted on recordings of another checkpoint (model_sha256 differs)",
