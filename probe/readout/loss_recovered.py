@@ -81,9 +81,10 @@ def loss_recovered(spec: dict, rec, model, test: np.ndarray, chars: int) -> dict
     if stream not in h5format.STREAMS.get(cell, ()):
         raise ProbeError(f"loss_recovered replaces a stream of the model: {cell} layers have "
                          f"{' '.join(h5format.STREAMS.get(cell, ()))}, not {stream!r}")
-    if not 0 <= layer < model.layers or model.units != len(spec["mean"]):
-        raise ProbeError(f"the model ({model.layers} × {model.units}) does not fit a dictionary of "
-                         f"layer {layer} with {len(spec['mean'])} inputs")
+    width = recurrence.widths(model).get((layer, stream))
+    if width != len(spec["mean"]):
+        raise ProbeError(f"the model's layer {layer} {stream} ({width or 'none'} units; layers 0..{model.layers - 1}) "
+                         f"does not fit a dictionary with {len(spec['mean'])} inputs")
     model = model.eval()
     recon = recon_fn(spec, stream)
     text = rec.dataset("text")
