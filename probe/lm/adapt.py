@@ -21,6 +21,7 @@ is one line saying where the two part ways, read from hooks on the user's module
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -185,7 +186,9 @@ def composed(emb, recurrent, head, V: int) -> Callable[[torch.Tensor], torch.Ten
 def _scores(forward, ids: torch.Tensor, device, V: int) -> torch.Tensor:
     """log-probabilities [B, T, V] of the user's forward on ids, on the CPU."""
     try:
-        out = forward(ids.to(device))
+        with warnings.catch_warnings():  # PyTorch's note that oneDNN lacks projections: not the user's concern
+            warnings.filterwarnings("ignore", message="LSTM with projections")
+            out = forward(ids.to(device))
     except ProbeError:
         raise
     except Exception as e:  # the user's code: any failure is theirs to read, in one line
