@@ -181,12 +181,18 @@ def blocks(model, ids, hooks=None, *, state: State | None = None, rows: int | No
     rows = B if rows is None else int(rows)
     if rows < 1 or (B > 1 and rows != B):
         raise ProbeError(f"rows must be the batch of ids ({B}), or any number for one text; got {rows}")
+    lo = min((k for k, _ in table), default=len(stack))
+    hi = max((k for k, _ in table), default=-1)
     if state is not None:
         if len(state) != len(stack):
             raise ProbeError(f"the state has {len(state)} layers; the model has {len(stack)}")
-        x = x.expand(-1, rows, -1) if B < rows else x
-    lo = min((k for k, _ in table), default=len(stack))
-    hi = max((k for k, _ in table), default=-1)
+        # one row of state below the lowest hook is shared by every row (they cannot differ
+        # there); from it on, each row has its own
+        state = [(h, c) if k < lo or h.shape[0] == rows else
+                 (h.expand(rows, -1).contiguous(), None if c is None else c.expand(rows, -1).contiguous())
+                 for k, (h, c) in enumerate(state)]
+        if any(h.shape[0] != x.shape[1] for h, _ in state[:lo]):
+            x = x.expand(-1, rows, -1)  # rows of their own below the hooks too
     here = [{s: fns for (k, s), fns in table.items() if k == layer} for layer in range(len(stack))]
     if state is None:
         dev = x.device

@@ -1,0 +1,143 @@
+"""Counterfactual patching: pairs made from real text are minimal and aligned; a patch equals
+the step-by-step reference with the source's values pasted in; the summary's arithmetic;
+bad input is one line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from probe.causal import pairs as pairs_mod
+from probe.causal import patch
+from probe.causal.pairs import Pair
+from probe.errors import ProbeError
+from probe.lm.model import LOG2E, CharRNN
+from probe.lm.stepwise import stepwise
+from probe.text import corpus
+
+CODE = '''import os
+
+
+def greet(name, excited=False):
+    """Say hello to someone."""
+    message = "hello, " + name  # build the greeting
+    if excited:
+        message += '!' * (len(name) % 3 + 1)  # more for longer names
+    return [message, os.sep]
+
+
+class Point:
+    def __init__(self, x, y=[1, (2, 3)]):
+        self.x, self.y = x, y  # keep both
+'''
+DOCS = [("a.py", CODE), ("b.py", CODE.replace("greet", "welcome").replace("hello", "hi"))]
+
+
+def model_of(cell: str) -> CharRNN:
+    torch.manual_seed(0)
+    m = CharRNN(corpus.build_vocab(CODE + "_"), layers=2, units=8, embedding=4, cell=cell)
+    with torch.no_grad():
+        for p in m.rnn.parameters():
+            p.mul_(2.5)
+    return m.eval()
+
+
+@pytest.mark.parametrize("feature", pairs_mod.FEATURES)
+def test_pairs_are_minimal_aligned_and_end_at_their_target(feature):
+    made, report = pairs_mod.pairs(feature, DOCS, n=50, seed=0)
+    assert report["made"] == len(made) == min(50, report["offered"]) > 0
+    for p in made:
+        assert len(p.base) == len(p.source) == p.position + 1 and p.base[-1] == p.target
+        differ = [i for i, (a, b) in enumerate(zip(p.base, p.source)) if a != b]
+        assert differ and differ[-1] < p.position, p
+        if feature in ("in_short_string", "in_comment", "bracket_depth"):
+            assert len(differ) == 1 and p.source[differ[0]] == " "
+            assert p.base[differ[0]] in {"in_short_string": "'\"", "in_comment": "#", "bracket_depth": "([{"}[feature]
+
+
+def reference(model, pair, cell, steps_back=None) -> tuple[float, float, float]:
+    """log2 p(target): base, source, and base with the cell's source values pasted in, all
+    by the step-by-step reference."""
+    layer, stream, unit = cell
+    b, s = pair.base[:pair.position], pair.source[:pair.position]
+    first = next(i for i, (x, y) in enumerate(zip(b, s)) if x != y)
+    src, _ = stepwise(model, s)
+    last = len(b) - 1
+
+    def paste(k, st, t, value):
+        if (k, st) == (layer, stream) and first <= t <= last and (steps_back is None or t == last - steps_back):
+            value = value.clone()
+            value[unit] = float(src[(layer, stream)][t, unit])
+            return value
+
+    def bits(text, edit=None):
+        _, loss = stepwise(model, text + pair.target, edit=edit)
+        return -float(loss[-1])
+    return bits(b), bits(s), bits(b, paste)
+
+
+@pytest.mark.parametrize("cell_type", ["lstm", "gru", "rnn"])
+def test_a_patch_is_the_reference_with_the_source_pasted_in(cell_type):
+    model = model_of(cell_type)
+    made, _ = pairs_mod.pairs("in_short_string", DOCS, n=3, seed=1)
+    streams = ("c", "h") if cell_type == "lstm" else ("h",)
+    cells = [(k, s, u, None) for k in (0, 1) for s in streams for u in (1, 6)] + \
+        [(0, streams[0], 3, back) for back in (0, 1, 2, 5)]
+    res = patch.sweep(model, made, cells)
+    for i, pair in enumerate(made):
+        for j, (k, s, u, back) in enumerate(cells):
+            base, source, pasted = reference(model, pair, (k, s, u), back)
+            assert res["base"][i] == pytest.approx(base, abs=1e-4)
+            assert res["source"][i] == pytest.approx(source, abs=1e-4)
+            assert res["patched"][i, j] == pytest.approx(pasted, abs=1e-4), (pair.where, k, s, u, back)
+    assert np.abs(res["patched"] - res["base"][:, None]).max() > 1e-3  # the patches act
+
+
+def test_the_summary_arithmetic():
+    res = {"base": np.array([-1.0, -2.0, -3.0]), "source": np.array([-5.0, -2.0, -1.0]),
+           "patched": np.array([[-3.0, -1.0], [-2.5, -2.0], [-2.0, -3.0]])}
+    cells = [(0, "c", 0, None), (0, "c", 1, None)]
+    rows = patch.summarise(res, cells, {cells[0]: [1]})
+    # effects: unit 0: -2, -0.5, +1 -> mean -0.5; unit 1: 0, 0, 0 -> 0
+    assert rows[0]["effect_bits"] == pytest.approx(-0.5) and rows[1]["effect_bits"] == 0
+    # IIA over pairs 0 and 2 (pair 1's base and source agree): unit 0 moves 2/4 and 1/2 -> both >= 0.5
+    assert rows[0]["iia"] == 1.0 and rows[1]["iia"] == 0.0
+    assert np.isnan(rows[0]["ratio"])  # its control's median |effect| is 0
+
+
+def test_users_pairs_from_json_lines(tmp_path):
+    good = {"base": "x = 'ab'", "source": "x = _ab'", "position": 7, "target": "'"}
+    (tmp_path / "p.jsonl").write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "position": 6, "target": "b"}) + "\n")
+    made = pairs_mod.load(tmp_path / "p.jsonl")
+    assert made == [Pair("x = 'ab'", "x = _ab'", 7, "'"), Pair("x = 'ab'", "x = _ab'", 6, "b")]
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"base": "x = 'ab'", "source": "x = _ab'", "position": 9, "target": "'"}, "p.jsonl:1: position 9 is outside"),
+    ({"base": "x = 'ab'", "source": "x = 'ab'", "position": 7, "target": "'"}, "the same before position 7"),
+    ({"base": "x = 'ab'", "source": "x = _ab'", "position": 7, "target": "''"}, "target must be one character"),
+    ({"base": "x"}, "a pair needs base, source, position and target"),
+    ("not json", "p.jsonl:1: not JSON"),
+])
+def test_bad_pairs_are_one_line(tmp_path, line, message):
+    (tmp_path / "p.jsonl").write_text(line if isinstance(line, str) else json.dumps(line))
+    with pytest.raises(ProbeError, match=message):
+        pairs_mod.load(tmp_path / "p.jsonl")
+
+
+def test_bad_cells_features_and_targets_are_one_line():
+    model = model_of("gru")
+    made, _ = pairs_mod.pairs("in_short_string", DOCS, n=2, seed=0)
+    with pytest.raises(ProbeError, match="no unit 8 in layer 0"):
+        patch.sweep(model, made, [(0, "h", 8, None)])
+    with pytest.raises(ProbeError, match="0:c:1: a cell to pin is a state"):
+        patch.sweep(model, made, [(0, "c", 1, None)])
+    with pytest.raises(ProbeError, match="no pairs are made for 'line_length'"):
+        pairs_mod.pairs("line_length", DOCS)
+    with pytest.raises(ProbeError, match="the text offers no in_comment pairs"):
+        pairs_mod.pairs("in_comment", [("x.py", "x = 1\n")])
+    with pytest.raises(ProbeError, match="target '€' is not in the model's vocabulary"):
+        patch.sweep(model, [Pair("x = 'a€", "x = _a€", 6, "€")], [(0, "h", 1, None)])
+    assert LOG2E  # bits are log2
