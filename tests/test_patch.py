@@ -141,3 +141,104 @@ def test_bad_cells_features_and_targets_are_one_line():
     with pytest.raises(ProbeError, match="target '€' is not in the model's vocabulary"):
         patch.sweep(model, [Pair("x = 'a€", "x = _a€", 6, "€")], [(0, "h", 1, None)])
     assert LOG2E  # bits are log2
+
+
+def test_the_circuit_is_checked_by_intervention():
+    from probe.causal import circuit
+    model = model_of("lstm")
+    at = CODE.index("excited:") + 5
+    res = circuit.circuit(model, CODE, (1, "c", 2), at, steps=6, top=5, sets=8)
+    assert len(res["edges"]) == 5 and res["method"] == "gradient x activation"
+    weights = [abs(e["weight"]) for e in res["edges"]]
+    assert weights == sorted(weights, reverse=True)
+    assert all(0 <= e["from"]["steps_back"] <= 6 for e in res["edges"])
+    assert all((e["from"]["layer"], e["from"]["stream"], e["from"]["unit"], e["from"]["steps_back"]) != (1, "c", 2, 0)
+               for e in res["edges"])
+    c = res["check"]
+    assert c["k"] == 5 and c["random_sets"] == 8 and c["top_k_effect"] > 0
+
+    # the check's numbers are an independent run's: the top nodes zeroed by the reference
+    nodes = {(e["from"]["layer"], e["from"]["stream"], e["from"]["unit"], at - e["from"]["steps_back"])
+             for e in res["edges"]}
+
+    def zero(k, s, t, value):
+        hit = [u for (kk, ss, u, tt) in nodes if (kk, ss, tt) == (k, s, t)]
+        if hit:
+            value = value.clone()
+            value[hit] = 0
+            return value
+    clean, _ = stepwise(model, CODE[:at + 1])
+    zeroed, _ = stepwise(model, CODE[:at + 1], edit=zero)
+    assert c["top_k_effect"] == pytest.approx(abs(zeroed[(1, "c")][at, 2] - clean[(1, "c")][at, 2]), abs=1e-5)
+    assert res["target"]["value"] == pytest.approx(float(clean[(1, "c")][at, 2]), abs=1e-5)
+
+
+def test_gradient_times_activation_is_the_finite_difference_times_the_value():
+    """A node's weight is d cell / d node × node: checked for the strongest nodes by nudging
+    the node in the recurrence and reading the cell."""
+    from probe.causal import circuit
+    from probe.lm import recurrence
+    model = model_of("gru")
+    at = 60
+    ids = corpus.encode(CODE, model.vocab)[0][:at + 1]
+    _, nodes = circuit.attribution(model, ids, (1, "h", 3), steps=4)
+    for n in sorted(nodes, key=lambda n: -abs(n["weight"]))[:3]:
+        point, t_node = (n["layer"], n["stream"]), at - n["steps_back"]
+        seen = {}
+
+        def run(eps):
+            def hook(k, s, t, v):
+                if t == t_node:
+                    seen["node"] = float(v[0, n["unit"]])
+                    v = v.clone()
+                    v[:, n["unit"]] += eps
+                    return v
+
+            def read(k, s, t, v):
+                if t == at:
+                    seen["cell"] = float(v[0, 3])
+            recurrence.run(model, ids, [(point, hook), ((1, "h"), read)], head=False)
+            return seen["cell"]
+        grad = (run(1e-3) - run(-1e-3)) / 2e-3
+        assert n["weight"] == pytest.approx(grad * seen["node"], rel=1e-2, abs=1e-5), n
+
+
+def test_probe_patch_and_circuit_commands(tmp_path, capsys):
+    from probe.cli import main
+    from probe.lm.model import save_checkpoint
+    model = model_of("lstm")
+    save_checkpoint(tmp_path / "m.pt", model)
+    (tmp_path / "code.py").write_text(CODE * 3)
+    base = ["patch", "--model", str(tmp_path / "m.pt"), "--text", str(tmp_path / "code.py"), "--quiet"]
+    assert main([*base, "--feature", "in_short_string", "--layer", "0", "--stream", "c", "--random", "3",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["feature"] == "in_short_string" and doc["pairs"] > 0 and len(doc["rows"]) == 8
+    assert {"layer", "stream", "unit", "effect_bits", "random_median", "ratio", "iia"} <= set(doc["rows"][0])
+    assert 0.5 <= doc["readable"]["best_cell_auc"] <= 1
+    assert main([*base, "--feature", "bracket_depth", "--cells", "1:h:2,0:c:5", "--random", "3", "--csv",
+                 str(tmp_path / "o.csv")]) == 0
+    assert (tmp_path / "o.csv").read_text().startswith("layer,stream,unit,steps_back,effect_bits")
+    assert "beside: best single cell" in capsys.readouterr().out
+    (tmp_path / "p.jsonl").write_text(json.dumps({"base": "x = 'ab'", "source": "x = _ab'", "position": 7,
+                                                  "target": "'"}) + "\n")
+    assert main(["patch", "--model", str(tmp_path / "m.pt"), "--pairs", str(tmp_path / "p.jsonl"), "--cells",
+                 "0:h:1", "--random", "2", "--steps-back", "3", "--quiet"]) == 0
+    assert "0:h:1 by steps back:" in capsys.readouterr().out
+    # bad input: one line each
+    for argv, message in [
+        ([*base, "--feature", "in_comment", "--cells", "0:c:9"], "no unit 9 in layer 0"),
+        ([*base, "--feature", "nothing", "--cells", "0:c:1"], "no pairs are made for 'nothing'"),
+        ([*base, "--feature", "in_comment", "--cells", "0:c:1", "--png", str(tmp_path / "x.png")], "--steps-back"),
+        (["circuit", "0:c:1", "--model", str(tmp_path / "m.pt"), "--text", str(tmp_path / "code.py"), "--at",
+          "99999"], "--at 99999 is outside the text"),
+        (["circuit", "0:x:1", "--model", str(tmp_path / "m.pt"), "--text", str(tmp_path / "code.py"), "--at",
+          "50"], "no stream 'x' in layer 0"),
+    ]:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("probe: error: ") and message in err and err.count("\n") == 1, err
+    assert main(["circuit", "1:c:2", "--model", str(tmp_path / "m.pt"), "--text", str(tmp_path / "code.py"),
+                 "--at", "120", "--steps", "5", "--top", "4", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["edges"]) == 4 and {"top_k_effect", "random_effect", "ratio"} <= set(res["check"])

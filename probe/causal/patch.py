@@ -159,3 +159,91 @@ def summarise(res: dict, cells: list, controls: dict[tuple, list[int]]) -> list[
                      "random_median": med, "ratio": float(mean[j] / med) if med and np.isfinite(med) else float("nan"),
                      "iia": float(iia[j]), "pairs": int(len(effect))})
     return rows
+
+
+def effects(model, made: list, cells: list[tuple[int, str, int]] | None = None, *, layer: int | None = None,
+            stream: str = "h", random: int = 16, seed: int = 0, steps_back: int = 0, heat: int = 12,
+            progress: bool = False, done: Callable[[int], None] | None = None) -> dict:
+    """Patch each cell (``cells`` [(layer, stream, unit)], or every unit of ``layer``'s
+    ``stream``) over the whole span, beside ``random`` random cells of the same layer and
+    stream (drawn from the sweep when a layer is swept, seeded). With ``steps_back`` K > 0,
+    also patch the ``heat`` cells of largest |effect| one position at a time, 0..K−1 steps
+    back from the target. Returns {"rows", "heat": [{layer, stream, unit, effects [K]}],
+    "pairs", "base", "source"}."""
+    if (cells is None) == (layer is None):
+        raise ProbeError("give cells or a layer to sweep, not both")
+    width = recurrence.widths(model)
+    if layer is not None:
+        recurrence.check_cells(model, [(layer, stream, 0)])
+        cells = [(layer, stream, u) for u in range(width[(layer, stream)])]
+    cells = list(dict.fromkeys((int(k), str(s), int(u)) for k, s, u in cells))
+    recurrence.check_cells(model, cells)
+    points = sorted({(k, s) for k, s, _ in cells})
+    fewest = min(width[p] for p in points)
+    if isinstance(random, bool) or not 0 <= random <= fewest:
+        raise ProbeError(f"--random must be between 0 and the layer's {fewest} units, got {random}")
+    rng = np.random.default_rng(seed)
+    controls = {p: sorted(rng.choice(width[p], random, replace=False).tolist()) for p in points}
+    todo = list(dict.fromkeys(cells + [(k, s, u) for (k, s), us in controls.items() for u in us]))
+    col = {c: j for j, c in enumerate(todo)}
+    res = sweep(model, made, [(k, s, u, None) for k, s, u in todo], progress=progress, done=done)
+    ctl = {(k, s, u, None): [col[(k, s, v)] for v in controls[(k, s)]] for k, s, u in cells}
+    allrows = summarise(res, [(k, s, u, None) for k, s, u in todo], ctl)
+    rows = [allrows[col[c]] for c in cells]
+    out = {"rows": rows, "heat": [], "pairs": len(made), "base": res["base"].tolist(), "source": res["source"].tolist()}
+    if steps_back > 0:
+        top = sorted(rows, key=lambda r: -abs(r["effect_bits"]))[:heat]
+        at = [(r["layer"], r["stream"], r["unit"], b) for r in top for b in range(steps_back)]
+        got = sweep(model, made, at, progress=progress)
+        mean = (got["patched"] - got["base"][:, None]).mean(0).reshape(len(top), steps_back)
+        out["heat"] = [{"layer": r["layer"], "stream": r["stream"], "unit": r["unit"], "effects": m.tolist()}
+                       for r, m in zip(top, mean)]
+    return out
+
+
+def report(res: dict, feature: str = "", beside: dict | None = None, top: int = 20) -> str:
+    """What ``probe patch`` prints: the cells of largest |effect| with their random baseline
+    and IIA; beside them, how readable the feature is (``probe.readout.readable``)."""
+    lines = [f"patching {feature or 'the pairs'} ({res['pairs']} pairs): change of log2 p(target) in bits when "
+             "the cell takes the source's values (negative: the prediction moves toward the source's for "
+             "features whose target the source makes less likely)",
+             "  cell          effect_bits  random_median   ratio    iia"]
+    for r in sorted(res["rows"], key=lambda r: -abs(r["effect_bits"]))[:top]:
+        lines.append(f"  {r['layer']}:{r['stream']}:{r['unit']:<10} {r['effect_bits']:+11.4f}  {r['random_median']:13.4f}"
+                     f"  {r['ratio']:+6.1f}  {r['iia']:5.2f}")
+    base, source = np.array(res["base"]), np.array(res["source"])
+    lines.append(f"base log2 p(target) {base.mean():+.3f}, source {source.mean():+.3f} (mean over pairs)")
+    if beside:
+        lines.append(f"beside: best single cell {beside['best_cell']} reads {feature} with AUC "
+                     f"{beside['best_cell_auc']:.3f}; a linear read-out of every state, held out: AUC "
+                     f"{beside['direction_auc']:.3f} ({beside['positions']:,} positions)")
+    for h in res["heat"]:
+        lines.append(f"  {h['layer']}:{h['stream']}:{h['unit']} by steps back: "
+                     + " ".join(f"{v:+.2f}" for v in h["effects"]))
+    return "\n".join(lines)
+
+
+def figure(res: dict, title: str = ""):
+    """A Bokeh heatmap: the top cells (rows) × steps back (columns), the mean effect in bits."""
+    from bokeh.models import ColorBar, LinearColorMapper
+    from bokeh.palettes import RdBu11
+    from bokeh.plotting import figure as bfigure
+    if not res["heat"]:
+        raise ProbeError("--png draws cells by steps back: give --steps-back K")
+    names = [f"{h['layer']}:{h['stream']}:{h['unit']}" for h in res["heat"]]
+    K = len(res["heat"][0]["effects"])
+    xs, ys, vs = [], [], []
+    for name, h in zip(names, res["heat"]):
+        for b, v in enumerate(h["effects"]):
+            xs.append(b)
+            ys.append(name)
+            vs.append(v)
+    lim = max(1e-6, float(np.max(np.abs(vs))))
+    mapper = LinearColorMapper(palette=list(RdBu11), low=-lim, high=lim)
+    p = bfigure(y_range=names[::-1], x_range=(-0.5, K - 0.5), width=160 + 28 * K, height=80 + 24 * len(names),
+                toolbar_location=None, title=title or "patching one position: effect on the target (bits)",
+                x_axis_label="steps back from the target (0: the state that predicts it)")
+    p.rect(x="x", y="y", width=1, height=1, source={"x": xs, "y": ys, "v": vs},
+           fill_color={"field": "v", "transform": mapper}, line_color=None)
+    p.add_layout(ColorBar(color_mapper=mapper, width=10), "right")
+    return p

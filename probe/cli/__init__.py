@@ -12,6 +12,7 @@ library takes open objects (a ``Recording``, a model); paths are the command lin
     analyze.py    probe analyze                        cells against features
     match.py      probe match                          where else a span's cells are on
     ablate.py     probe ablate                         does the model use a cell?
+    patch.py      probe patch, probe circuit           what a cell carries, and what drives it
     gradients.py  probe gradients                      how far back the loss reaches
     readout.py    probe directions, dictionary, encode read-outs, stored as streams
     ngram.py      probe ngram, probe errors            the n-gram baseline
@@ -33,6 +34,7 @@ from probe.cli import (
     match,
     ngram,
     output,
+    patch,
     readout,
     record,
     train,
@@ -40,7 +42,7 @@ from probe.cli import (
 from probe.cli.common import Handler
 from probe.errors import ProbeError
 
-MODULES = (train, importer, info, record, analyze, ablate, match, gradients, output, readout, ngram)
+MODULES = (train, importer, info, record, analyze, ablate, patch, match, gradients, output, readout, ngram)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -65,7 +65,7 @@ class _Ridge:
         return _r2(yte, Xte @ w + self.mean_all)
 
 
-def _logistic_auc(Xtr, ytr, Xte, yte, l2: float = 1e-3, steps: int = 200) -> float:
+def logistic_auc(Xtr, ytr, Xte, yte, l2: float = 1e-3, steps: int = 200) -> float:
     """L2-regularised logistic regression (torch LBFGS, full batch), AUC on held-out rows."""
     import torch
     if len(np.unique(ytr)) < 2:
@@ -164,7 +164,7 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
     rows = []
     for k in ks:
         if binary:
-            score = _logistic_auc(Xtr[:, :k], ytr, Xte[:, :k], yte)
+            score = logistic_auc(Xtr[:, :k], ytr, Xte[:, :k], yte)
         else:
             score = ridge.r2(k, Xte[:, :k], yte)
         rows.append({"k": k, "score": score, "metric": "auc" if binary else "r2"})
