@@ -6,7 +6,7 @@ and one plain forward pass over the same characters, in one run.
 For each layer: the seconds of ``patch.effects`` over all its units (with 16 random
 controls drawn from the sweep) on ``--pairs`` pairs made from the stdlib test split, and
 the unit-characters per second it patched against the forward pass's characters per second
-(the model's own fused LSTM and head over the pairs' base texts). Goal: <= 120 s per layer
+(the model's own fused LSTM and head over the pairs' base texts, joined). Goal: <= 120 s per layer
 on 200 pairs. Run with nothing else busy.
 """
 from __future__ import annotations
@@ -33,10 +33,11 @@ def main() -> None:
     docs = corpus.stdlib("test").limited(a.chars).documents
     made, report = pairs.pairs(a.feature, docs, a.pairs, 0)
     chars = sum(pr.position for pr in made)
+    joined = torch.from_numpy(corpus.encode("".join(pr.base[:pr.position] for pr in made), model.vocab)[0])[None]
     with torch.no_grad():
+        model(joined[:, :256])  # warm up
         t0 = time.perf_counter()
-        for pr in made:
-            logits, _ = model(torch.from_numpy(corpus.encode(pr.base[:pr.position], model.vocab)[0])[None])
+        torch.log_softmax(model(joined)[0], -1)
         fwd = chars / (time.perf_counter() - t0)
     stream = "c" if model.cell == "lstm" else "h"
     print(f"{a.model} {model.layers}x{model.units}: {len(made)} {a.feature} pairs ({report['offered']} offered), "
