@@ -142,6 +142,17 @@ def test_the_api_pages_own_intervention_runs():
     assert abs(cost[u]) > 1e-3
 
 
+def test_the_api_pages_patching_example_runs():
+    doc = (ROOT / "docs" / "api.md").read_text()
+    code = doc.split("## Counterfactual patching and circuits", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    ns: dict = {}
+    exec(compile(code, "docs/api.md", "exec"), ns)
+    res, c = ns["res"], ns["c"]
+    assert [r["unit"] for r in res["rows"]] == [89, 158] and res["pairs"] == 20
+    assert len(res["heat"][0]["effects"]) == 6 and len(c["edges"]) == 8
+    assert c["check"]["top_k_effect"] > c["check"]["random_effect"]  # the attribution's top nodes matter more
+
+
 def test_the_readmes_hook_examples_run_and_do_what_they_say():
     """The README's three hooks on the shipped model: a read, a pin from position 100, a
     direction projected out."""
