@@ -26,7 +26,7 @@ from .store import store_for
 from .views import describe
 
 STREAM_WIDTH = 230  # the stream menu: wide enough for its longest label, "ngram · against n-grams (3)"
-TABS = ["card", "leaderboard", "match", "saturation", "live", "intervene", "saliency", "features", "ngrams"]  # modules in tabs/, in page order
+TABS = ["card", "leaderboard", "match", "saturation", "live", "intervene", "saliency", "circuit", "features", "ngrams"]  # modules in tabs/, in page order
 
 # ---- data -----------------------------------------------------------------------------------
 doc = curdoc()
