@@ -836,8 +836,8 @@ def test_a_new_tab_is_one_module_and_one_line_in_main(folder, tmp_path):
             tabs = p.doc.select_one({"type": Tabs})
             assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "select & match",
                                                     "gate saturation", "type your own text", "intervene",
-                                                    "explain a prediction", "derived features", "beyond n-grams",
-                                                    "dummy"]
+                                                    "explain a prediction", "circuit", "derived features",
+                                                    "beyond n-grams", "dummy"]
             assert tabs.tabs[-1].child is p["dummy"]
             assert p["dummy"].text.startswith("dummy tab: update 1 with recording=tiny.h5&layer=0&stream=c&unit=0")
             p.set("unit", value=5)
@@ -860,7 +860,7 @@ def test_the_match_tab_is_removed_with_one_line_in_main(folder, tmp_path):
             tabs = p.doc.select_one({"type": Tabs})
             assert [t.title for t in tabs.tabs] == ["cell card", "leaderboard", "gate saturation",
                                                     "type your own text", "intervene", "explain a prediction",
-                                                    "derived features", "beyond n-grams"]
+                                                    "circuit", "derived features", "beyond n-grams"]
             assert p["url-state"].text == "recording=tiny.h5&layer=1&stream=c&unit=7&start=0&window=2000&feature=in_string"
             assert p["match-span"] is None and 'class="sel ' not in p["text"].text
             p.wait_for(lambda: "@" in p["card"].text)  # the card's snippets come from a worker

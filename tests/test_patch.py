@@ -231,7 +231,7 @@ def test_probe_patch_and_circuit_commands(tmp_path, capsys):
         ([*base, "--feature", "nothing", "--cells", "0:c:1"], "no pairs are made for 'nothing'"),
         ([*base, "--feature", "in_comment", "--cells", "0:c:1", "--png", str(tmp_path / "x.png")], "--steps-back"),
         (["circuit", "0:c:1", "--model", str(tmp_path / "m.pt"), "--text", str(tmp_path / "code.py"), "--at",
-          "99999"], "--at 99999 is outside the text"),
+          "99999"], "position 99999 is outside the text"),
         (["circuit", "0:x:1", "--model", str(tmp_path / "m.pt"), "--text", str(tmp_path / "code.py"), "--at",
           "50"], "no stream 'x' in layer 0"),
     ]:
@@ -242,3 +242,12 @@ def test_probe_patch_and_circuit_commands(tmp_path, capsys):
                  "--at", "120", "--steps", "5", "--top", "4", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert len(res["edges"]) == 4 and {"top_k_effect", "random_effect", "ratio"} <= set(res["check"])
+
+
+def test_the_check_draws_its_random_nodes_from_the_others():
+    from probe.causal import circuit
+    model = model_of("rnn")
+    with pytest.raises(ProbeError, match="no upstream node to explain it"):
+        circuit.circuit(model, CODE, (0, "h", 1), 0)
+    few = circuit.circuit(model, CODE, (0, "h", 1), 1, steps=1, top=50)  # every node is in the top
+    assert few["check"]["random_sets"] == 0 and np.isnan(few["check"]["random_effect"])

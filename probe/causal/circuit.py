@@ -31,7 +31,7 @@ SETS = 20  # random draws of k nodes for the check
 def _ids(model, text: str, at: int) -> np.ndarray:
     ids, _ = corpora.encode(text, model.vocab)
     if not 0 <= at < len(ids):
-        raise ProbeError(f"--at {at} is outside the text (positions 0..{len(ids) - 1})")
+        raise ProbeError(f"position {at} is outside the text (positions 0..{len(ids) - 1})")
     return ids[:at + 1]
 
 
@@ -97,7 +97,11 @@ def check(model, ids: np.ndarray, cell: tuple[int, str, int], top_nodes: list[di
     at = len(ids) - 1
     rng = np.random.default_rng(seed)
     k = len(top_nodes)
-    draws = [[pool[i] for i in rng.choice(len(pool), k, replace=False)] for _ in range(sets)] if len(pool) >= k else []
+    chosen = {(n["layer"], n["stream"], n["unit"], n["steps_back"]) for n in top_nodes}
+    others = [n for n in pool if (n["layer"], n["stream"], n["unit"], n["steps_back"]) not in chosen]
+    # random draws from the nodes not chosen: with fewer than k of them there is nothing to compare
+    draws = [[others[i] for i in rng.choice(len(others), k, replace=False)] for _ in range(sets)] \
+        if k and len(others) >= k else []
     seen = {}
 
     def read(kk, s, t, value):
@@ -105,7 +109,7 @@ def check(model, ids: np.ndarray, cell: tuple[int, str, int], top_nodes: list[di
             seen["v"] = value[:, unit].clone()
     hooks = recurrence.hook_table(zeroing([top_nodes, *draws], at))
     hooks.setdefault((layer, stream), []).append(read)
-    lo = at - max(n["steps_back"] for n in pool)  # nothing is zeroed before: read once
+    lo = at - max((n["steps_back"] for n in pool), default=0)  # nothing is zeroed before: read once
     prefix = recurrence.run(model, ids[:lo], head=False)[1] if lo > 0 else None
     recurrence.run(model, ids[lo:], hooks, rows=2 + len(draws), head=False, state=prefix, start=lo)
     v = seen["v"].cpu().numpy()
@@ -130,6 +134,9 @@ def circuit(model, text: str, cell: tuple[int, str, int], at: int, *, steps: int
     model = model.eval()
     ids = _ids(model, text, at)
     value, nodes = attribution(model, ids, cell, min(steps, at))
+    if not nodes:
+        raise ProbeError(f"{layer}:{stream}:{unit} at position {at} has no upstream node to explain it "
+                         "(the first character of the text?)")
     nodes.sort(key=lambda n: -abs(n["weight"]))
     chosen = nodes[:top]
     k = len(chosen) if k is None else min(k, len(chosen))

@@ -181,7 +181,7 @@ def effects(model, made: list, cells: list[tuple[int, str, int]] | None = None, 
     points = sorted({(k, s) for k, s, _ in cells})
     fewest = min(width[p] for p in points)
     if isinstance(random, bool) or not 0 <= random <= fewest:
-        raise ProbeError(f"--random must be between 0 and the layer's {fewest} units, got {random}")
+        raise ProbeError(f"random controls must be between 0 and the layer's {fewest} units, got {random}")
     rng = np.random.default_rng(seed)
     controls = {p: sorted(rng.choice(width[p], random, replace=False).tolist()) for p in points}
     todo = list(dict.fromkeys(cells + [(k, s, u) for (k, s), us in controls.items() for u in us]))
