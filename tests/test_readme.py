@@ -181,7 +181,7 @@ def test_generated_files_are_never_tracked():
 
 def test_the_readme_is_short_and_links_every_docs_page():
     assert len(README.splitlines()) <= 250
-    for page in ("findings", "models", "dashboard", "cli", "api", "benchmarks", "scale"):
+    for page in ("findings", "models", "dashboard", "cli", "api", "benchmarks", "scale", "byom"):
         assert f"docs/{page}.md" in README, page
         assert (ROOT / "docs" / f"{page}.md").exists(), page
 
