@@ -228,3 +228,11 @@ def test_a_device_that_is_not_there_is_one_line(capsys):
         assert err.startswith("probe: error: --device cuda") and "no CUDA device" in err and err.count("\n") == 1
     assert main(["sample", "--prime", "a", "--length", "3", "--device", "tpu-9"]) == 1
     assert "not a device" in capsys.readouterr().err
+
+
+def test_a_step_by_step_models_mismatch_is_placed_right():
+    """A model calling its nn.GRU once per position: the hooks join the calls along time, so
+    a temperature is blamed on the head, not on the input's layout."""
+    m = MODELS["char-rnn gru, one step per call"]
+    with pytest.raises(ProbeError, match="after the head decoder: the model's forward changes its output"):
+        adapt(m, PRINTABLE, forward=lambda ids: char_rnn_scores(m, ids) / 0.7)
