@@ -24,9 +24,8 @@ from collections import Counter
 import numpy as np
 
 from probe import load_model
-from probe.analysis.metrics import column_aucs
 from probe.causal import circuit, pairs, patch
-from probe.readout.readable import readable, states
+from probe.readout.readable import readable
 from probe.text import corpus, features
 
 FEATURES = ("in_short_string", "in_comment", "bracket_depth")
@@ -36,14 +35,6 @@ STEPS_BACK = 24
 def held_out() -> str:
     import bokeh
     return os.path.dirname(bokeh.__file__)
-
-
-def cell_aucs(model, docs, feature, cells) -> dict:
-    X, y, names, _ = states(model, docs, feature)
-    idx = {n: j for j, n in enumerate(names)}
-    cols = [idx[c] for c in cells]
-    auc = column_aucs(X[:, cols].astype(np.float64), y[:, None].astype(np.float64))[:, 0]
-    return {c: float(max(a, 1 - a)) for c, a in zip(cells, auc)}
 
 
 def carried(heat: list[float]) -> int:
@@ -77,8 +68,8 @@ def main() -> None:
             for layer in range(model.layers):
                 rows += patch.effects(model, made, layer=layer, stream=stream, random=16)["rows"]
             top = sorted(rows, key=lambda r: -abs(r["effect_bits"]))[:3]
-            aucs = cell_aucs(model, docs, feature, [(r["layer"], r["stream"], r["unit"]) for r in top])
-            read = readable(model, docs, feature)
+            read = readable(model, docs, feature, cells=[(r["layer"], r["stream"], r["unit"]) for r in top])
+            aucs = read.pop("cells")
             entry = {"pairs": len(made), "offered": rep["offered"], "read": read,
                      "top": [{**r, "auc": aucs[(r["layer"], r["stream"], r["unit"])]} for r in top]}
             if feature == "in_short_string":

@@ -670,7 +670,8 @@ def test_steering_samples_with_and_without_the_clamp(page, folder):
     p.wait_for(lambda: "type a prime" in p["steer-note"].text)
 
 
-def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypatch):
+def orphan_recordings(tmp_path, monkeypatch) -> Path:
+    """recordings/orphan.h5, whose checkpoint is gone and the shipped model missing too."""
     monkeypatch.setattr("probe.lm.model.SHIPPED", tmp_path / "missing.pt")
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "gone.pt", CharRNN(corpus.build_vocab(TEXT), layers=1, units=4, embedding=4))
@@ -678,6 +679,11 @@ def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypat
     recs.mkdir()
     record(load_model(tmp_path / "gone.pt"), [("a.py", TEXT)], recs / "orphan.h5", progress=False)
     (tmp_path / "gone.pt").unlink()
+    return recs
+
+
+def test_intervene_says_when_the_recordings_model_is_missing(tmp_path, monkeypatch):
+    recs = orphan_recordings(tmp_path, monkeypatch)
     with serving(recs) as server:
         p = Page(server, recording="orphan.h5")
         try:

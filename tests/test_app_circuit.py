@@ -14,17 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_app import TEXT, Page, click, folder, kinds, open_tab, pages, serving  # noqa: F401 - fixtures
+from test_app import TEXT, Page, click, folder, kinds, open_tab, orphan_recordings, pages, serving  # noqa: F401 - fixtures
 from test_browser import COLOURED, WALK, chromium, served, wait  # noqa: F401 - fixtures
 
 from probe.causal import circuit, patch
 from probe.causal import pairs as pairs_mod
 from probe.errors import ProbeError
-from probe.lm.model import CharRNN, load_model, save_checkpoint
+from probe.lm.model import load_model
 from probe.output import browser
 from probe.recording.reader import open_recording
-from probe.recording.record import record
-from probe.text import corpus
 
 B_START = len(TEXT)  # tiny.h5's second document, b.py, starts here
 
@@ -270,13 +268,7 @@ def test_a_derived_stream_is_said(folder, tmp_path):  # noqa: F811
 
 
 def test_a_recording_without_its_model_is_said(tmp_path, monkeypatch):
-    monkeypatch.setattr("probe.lm.model.SHIPPED", tmp_path / "missing.pt")
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "gone.pt", CharRNN(corpus.build_vocab(TEXT), layers=1, units=4, embedding=4))
-    recs = tmp_path / "recordings"
-    recs.mkdir()
-    record(load_model(tmp_path / "gone.pt"), [("a.py", TEXT)], recs / "orphan.h5", progress=False)
-    (tmp_path / "gone.pt").unlink()
+    recs = orphan_recordings(tmp_path, monkeypatch)
     with serving(recs) as server:
         p = Page(server, recording="orphan.h5", feature="in_short_string")
         try:

@@ -101,6 +101,19 @@ def point_picker(gate, target) -> CustomJS:
     return CustomJS(args=dict(gate=gate, target=target), code=POINT_JS)
 
 
+def follow_clicks(clicked: Div, position, run) -> None:
+    """The server side of ``point_picker``: a clicked character ("N …" in ``clicked``) sets
+    ``position`` and calls ``run()``."""
+    def on_click(attr, old, new) -> None:
+        try:
+            at = int(new.split()[0])
+        except (ValueError, IndexError):
+            return
+        position.value = at
+        run()
+    clicked.on_change("text", on_click)
+
+
 def reason(e: BaseException) -> str:
     return str(e) if isinstance(e, ProbeError) else f"{type(e).__name__}: {e}"
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from probe.errors import ProbeError
+from probe.causal.patch import patch_hook
 from probe.lm import recurrence
 from probe.text import corpus as corpora
 
@@ -52,7 +53,8 @@ def attribution(model, ids: np.ndarray, cell: tuple[int, str, int], steps: int) 
         if (k, s, t) == (layer, stream, at):
             target["value"] = value
 
-    points = {(k, s) for k, w in enumerate(stack) for s in recurrence.PINNABLE[w.cell]} | {(layer, stream)}
+    states = {(k, s) for k, w in enumerate(stack) for s in recurrence.PINNABLE[w.cell]}
+    points = states | {(layer, stream)}
     # the text before the window is read once, fused and without a graph; the window with it
     prefix = recurrence.run(model, ids[:lo], head=False)[1] if lo > 0 else None
     recurrence.run(model, ids[lo:], {p: keep for p in points}, grad=True, head=False, state=prefix, start=lo)
@@ -60,7 +62,7 @@ def attribution(model, ids: np.ndarray, cell: tuple[int, str, int], steps: int) 
     value.backward()
     nodes = []
     for (k, s, t), v in kept.items():
-        if v.grad is None or (k, s) not in {(kk, ss) for kk, w in enumerate(stack) for ss in recurrence.PINNABLE[w.cell]}:
+        if v.grad is None or (k, s) not in states:
             continue
         share = (v.grad[0] * v.detach()[0]).cpu().numpy()
         for u in np.flatnonzero(share):
@@ -70,22 +72,17 @@ def attribution(model, ids: np.ndarray, cell: tuple[int, str, int], steps: int) 
 
 
 def zeroing(nodes_per_row: list[list[dict]], at: int) -> dict:
-    """Hooks zeroing each row's nodes (row j + 1 takes ``nodes_per_row[j]``) at their positions."""
+    """Hooks zeroing each row's nodes (row j + 1 takes ``nodes_per_row[j]``) at their positions:
+    ``patch.patch_hook`` with a source of zeros."""
     plan: dict = {}
     for j, nodes in enumerate(nodes_per_row, 1):
         for n in nodes:
-            plan.setdefault((n["layer"], n["stream"]), []).append((j, n["unit"], at - n["steps_back"]))
-    hooks = {}
-    for point, items in plan.items():
-        rows, units, ts = (np.array(x) for x in zip(*items))
-
-        def hook(k, s, t, value, rows=rows, units=units, ts=ts):
-            sel = ts == t
-            if sel.any():
-                value[torch.from_numpy(rows[sel]), torch.from_numpy(units[sel])] = 0.0
-                return value
-        hooks[point] = hook
-    return hooks
+            rows, units, ts = plan.setdefault((n["layer"], n["stream"]), ([], [], []))
+            rows.append(j)
+            units.append(n["unit"])
+            ts.append(at - n["steps_back"])
+    return {point: patch_hook(torch.zeros(at + 1, max(units) + 1), rows, units, ts, 0, at)
+            for point, (rows, units, ts) in plan.items()}
 
 
 @torch.no_grad()

@@ -120,16 +120,12 @@ def run_pair(model, pair, cells: list[tuple[int, str, int, int | None]], *, rows
     return base, source, out
 
 
-def check_cells(model, cells) -> None:
-    recurrence.check_cells(model, [(k, s, u) for k, s, u, _ in cells])
-
-
 def sweep(model, made: list, cells: list[tuple[int, str, int, int | None]], *, progress: bool = False,
           done: Callable[[int], None] | None = None) -> dict:
     """Per pair and cell: {"base" [P], "source" [P], "patched" [P, C]} in log2 p(target)."""
     if not made:
         raise ProbeError("no pairs to patch")
-    check_cells(model, cells)
+    recurrence.check_cells(model, [(k, s, u) for k, s, u, _ in cells])
     model = model.eval()
     base, source, patched = [], [], []
     for pair in tqdm(made, desc="patching", unit="pair", disable=not progress):

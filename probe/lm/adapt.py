@@ -21,6 +21,7 @@ is one line saying where the two part ways, read from hooks on the user's module
 """
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from probe.errors import ProbeError
-from probe.lm import imported
+from probe.lm import imported, recurrence
 from probe.lm.parts import cell_of
 
 TOLERANCE = 1e-5  # |log p| difference allowed, float32 ...
@@ -220,10 +221,9 @@ def _watch(module: nn.Module, names: Sequence[str]) -> tuple[dict, list]:
 
 def where_it_differs(module, emb, recurrent, head, model, forward, ids, V) -> str:
     """Where the user's forward and probe's part ways, from hooks on the user's modules."""
-    from probe.lm import recurrence
     seen, handles = _watch(module, [n for n, _ in recurrent[-1:]] + [head[0]])
     try:
-        theirs = _scores(forward, ids, device_of(module), V)
+        _scores(forward, ids, device_of(module), V)  # run for what the hooks keep
     finally:
         for h in handles:
             h.remove()
@@ -260,7 +260,6 @@ def where_it_differs(module, emb, recurrent, head, model, forward, ids, V) -> st
 def parity(module, model, forward, emb, recurrent, head, reference: str = "forward", seed: int = 0) -> dict:
     """The largest |log p| difference between the user's scores and the adapted model's, on
     random ids and on a text of the vocabulary's tokens; one line if over the tolerance."""
-    from probe.lm import recurrence
     V = len(model.vocab)
     gen = torch.Generator().manual_seed(seed)
     known = [model.vocab.index(ch) for ch in SAMPLE if ch in model.vocab]
@@ -313,7 +312,6 @@ def adapt(module: nn.Module, vocab, *, forward: Callable | None = None, embed: s
 
 def vocab_json(path, text: str) -> list:
     """The tokens of a ``--vocab`` JSON list, or a one-line error naming the file."""
-    import json
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:

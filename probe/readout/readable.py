@@ -39,9 +39,10 @@ def states(model, documents: list[tuple[str, str]], feature: str) -> tuple[np.nd
     return np.concatenate(xs), np.concatenate(ys), names, np.concatenate(docs)
 
 
-def readable(model, documents: list[tuple[str, str]], feature: str, seed: int = 0) -> dict:
-    """{"best_cell": "L:S:U", "best_cell_auc", "direction_auc", "positions"}: AUCs are taken
-    as max(AUC, 1 − AUC) for the single cell (a cell may read the feature with either sign)."""
+def readable(model, documents: list[tuple[str, str]], feature: str, seed: int = 0, cells=()) -> dict:
+    """{"best_cell": "L:S:U", "best_cell_auc", "direction_auc", "positions", "cells": {cell:
+    AUC} for each (layer, stream, unit) of ``cells``}: a single cell's AUC is taken as
+    max(AUC, 1 − AUC) (a cell may read the feature with either sign)."""
     X, y, names, doc = states(model, documents, feature)
     rng = np.random.default_rng(seed)
     if len(y) > MAX_ROWS:
@@ -49,7 +50,7 @@ def readable(model, documents: list[tuple[str, str]], feature: str, seed: int = 
         X, y, doc = X[keep], y[keep], doc[keep]
     if y.all() or not y.any():
         return {"best_cell": None, "best_cell_auc": float("nan"), "direction_auc": float("nan"),
-                "positions": int(len(y))}
+                "positions": int(len(y)), "cells": {c: float("nan") for c in cells}}
     auc = column_aucs(X.astype(np.float64), y[:, None].astype(np.float64))[:, 0]
     folded = np.maximum(auc, 1 - auc)
     best = int(np.nanargmax(folded))
@@ -60,4 +61,4 @@ def readable(model, documents: list[tuple[str, str]], feature: str, seed: int = 
     direction = logistic_auc((X[train] - mean) / scale, y[train], (X[~train] - mean) / scale, y[~train])
     k, s, u = names[best]
     return {"best_cell": f"{k}:{s}:{u}", "best_cell_auc": float(folded[best]), "direction_auc": float(direction),
-            "positions": int(len(y))}
+            "positions": int(len(y)), "cells": {c: float(folded[names.index(c)]) for c in cells}}

@@ -2,7 +2,7 @@
 
 ``torch.nn.LSTM`` returns only the top layer's h per step. To record everything exactly,
 each layer is run on its own with PyTorch's fused loop (``probe.lm.recurrence.Layer``, the
-layers every tool runs: ``layer_modules``, ``forward``: that layer's h at every step), then the gates are recomputed for all steps at
+layers every tool runs, ``probe.lm.parts.layers``; ``forward``: that layer's h at every step), then the gates are recomputed for all steps at
 once from x_t and h_{t-1} with the same weights, and an LSTM's c is rebuilt with the
 recurrence c_t = f_t * c_{t-1} + i_t * g_t (``stream_values``; the recurrence in C when it
 was built). Streams, in PyTorch's gate order: LSTM i f g o c h; GRU r z n h; vanilla RNN h
@@ -22,11 +22,6 @@ from probe.recording import h5format
 from probe.text import corpus as corpora
 
 
-def layer_modules(model: CharRNN) -> list[Layer]:
-    """The model's layers as ``probe.lm.recurrence`` holds them (weights, PyTorch's fused loop)."""
-    return model_layers(model)
-
-
 @torch.no_grad()
 def forward(model: CharRNN, ids: torch.Tensor, state: list | None = None,
             modules: list[Layer] | None = None) -> tuple[list, torch.Tensor, list]:
@@ -37,7 +32,7 @@ def forward(model: CharRNN, ids: torch.Tensor, state: list | None = None,
     output [B, L, units], initial state); ``logp`` [B, L, V] (log-probabilities of the next
     character after each position); and the final state per layer.
     """
-    modules = modules or layer_modules(model)
+    modules = modules or model_layers(model)
     B = ids.shape[0]
     x = embedded(model, ids)  # [B, L, E]: the embedding's rows, or one-hot vectors
     inputs, new_state = [], []
@@ -104,7 +99,7 @@ def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
         ) -> tuple[dict, torch.Tensor, list]:
     """``forward`` then ``stream_values``: (streams {(layer, s): [B, L, units]}, logp [B, L, V],
     final state per layer)."""
-    modules = modules or layer_modules(model)
+    modules = modules or model_layers(model)
     inputs, logp, state = forward(model, ids, state, modules)
     return stream_values(model, modules, inputs, dtype), logp, state
 

@@ -35,7 +35,6 @@ from probe.recording.chunks import (
 from probe.recording.layers import (
     activations,
     forward,
-    layer_modules,
     recurrence,
     recurrence_numpy,
     run,
@@ -44,7 +43,7 @@ from probe.recording.layers import (
 from probe.text import corpus as corpora
 
 __all__ = ["record", "selection", "BLOCK", "PIECE", "COMPRESSION_LEVEL", "ChunkWriter", "Int8Spill",
-           "encode_chunk", "shuffle", "activations", "forward", "layer_modules", "recurrence", "recurrence_numpy",
+           "encode_chunk", "shuffle", "activations", "forward", "recurrence", "recurrence_numpy",
            "run", "stream_values"]
 
 BLOCK = 8192          # characters per processing block (a multiple of h5format.CHUNK_T)
@@ -100,7 +99,7 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
     offsets = np.cumsum([0] + [len(t) for _, t in documents])
     spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
     model = model.eval()
-    modules = layer_modules(model)
+    modules = parts.layers(model)
     keys = [(k, s) for k in layer_ids for s in streams]
     widths = {key: w for key, w in parts.widths(model).items() if key in keys}  # h narrower under proj_size
     by_width = {w: [key for key in keys if widths[key] == w] for w in sorted(set(widths.values()))}

@@ -46,7 +46,7 @@ from probe.lm import recurrence
 from ..jobs import Bar, Job, working
 from ..selection import Selection
 from ..session import Session, View
-from ..views import TEXT_CSS, message_html, note_div, note_html, point_picker, reason
+from ..views import TEXT_CSS, follow_clicks, message_html, note_div, note_html, point_picker, reason
 
 TITLE = "circuit"
 TAB, PATCH, MODEL = "circuit", "circuit-patch", "circuit-model"  # the tab's jobs, one of each at a time
@@ -560,14 +560,6 @@ def build(session: Session) -> View:
         drop_sweep()
         session.jobs.submit(PATCH, work, done, failed, status=working(patch_note, patch_run, what))
 
-    def on_click(attr, old, new) -> None:
-        try:
-            at = int(new.split()[0])
-        except (ValueError, IndexError):
-            return
-        position.value = at
-        on_run()
-
     def on_node(attr, old, new) -> None:
         """A node was clicked: open its cell, the position set to the node's."""
         if not new or session.quiet:
@@ -584,7 +576,7 @@ def build(session: Session) -> View:
 
     run.on_click(on_run)
     patch_run.on_click(on_patch)
-    clicked.on_change("text", on_click)
+    follow_clicks(clicked, position, on_run)
     nodes.selected.on_change("indices", on_node)
     bars.selected.on_change("indices", on_bar)
     side = column(check, row(patch_run, patch_note), bar_plot, width=520)

@@ -20,7 +20,7 @@ from probe.output import render
 from ..jobs import Job, working
 from ..selection import Selection
 from ..session import Session, View
-from ..views import message_html, note_div, note_html, point_picker, reason, text_div
+from ..views import follow_clicks, message_html, note_div, note_html, point_picker, reason, text_div
 
 TAB = "saliency"  # its job: one at a time per session, a newer click supersedes
 TITLE = "explain a prediction"
@@ -154,15 +154,7 @@ def build(session: Session) -> View:
         session.jobs.submit(TAB, work, done, failed,
                             status=working(note, run, f"computing the saliency of character {at:,}"))
 
-    def on_click(attr, old, new) -> None:
-        try:
-            at = int(new.split()[0])
-        except (ValueError, IndexError):
-            return
-        position.value = at
-        on_run()
-
     run.on_click(on_run)
-    clicked.on_change("text", on_click)
+    follow_clicks(clicked, position, on_run)
     layout = column(row(position, window, run), clicked, note, out, sizing_mode="stretch_width")
     return View(layout, update, clear)
