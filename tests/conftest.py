@@ -97,3 +97,42 @@ def synthetic(tmp_path):
     data[(0, "h")][:, 2] = np.tanh(feats["column"] / 40 + rng.normal(0, 0.1, T))  # planted, continuous
     data[(0, "g")][:, 4] = 0.25                                                # constant unit
     return write_recording(tmp_path / "syn.h5", text, data), data, feats
+
+
+# ---- word-level: positions are tokens (issue 28) ------------------------------------------
+
+PROSE = '''The cat sat on the mat, and the dog ran to the door.
+  Indented words stay where they were; "quoted words" and (bracketed ones) too.
+# a comment line with the cat in it
+The dog sat on the mat and the cat ran.
+'''
+
+
+@pytest.fixture
+def word_model():
+    """A tiny 2-layer word-level LSTM: whitespace words, <eos> at each line end, <unk>."""
+    from probe.text import tokens
+    torch.manual_seed(0)
+    model = CharRNN(tokens.word_vocab([PROSE], 24), layers=2, units=8, embedding=4, tokens="words")
+    with torch.no_grad():
+        for p in model.rnn.parameters():
+            p.mul_(3)
+    return model.eval()
+
+
+@pytest.fixture
+def word_model_path(word_model, tmp_path):
+    path = tmp_path / "words.pt"
+    save_checkpoint(path, word_model, {"kind": "text", "fingerprint": corpus.fingerprint(PROSE)})
+    return path
+
+
+@pytest.fixture
+def word_recording_path(word_model_path, tmp_path):
+    """A float32 recording of the word model over two documents (a .txt and a .py)."""
+    from probe.lm.model import load_model
+    from probe.recording.record import record
+    out = tmp_path / "words.h5"
+    docs = [("a.txt", PROSE), ("b.py", CODE + PROSE.replace("cat", "bird"))]
+    record(load_model(word_model_path), docs, out, dtype="float32", progress=False)
+    return out

@@ -3,6 +3,8 @@ the metadata a digest, and a read of damaged data is a one-line ProbeError namin
 file, the dataset and the rows. A byte-flip fuzz test holds the reader to it."""
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pytest
 from conftest import TEXT
@@ -46,28 +48,52 @@ def small(request, model_path, tmp_path):
     return out
 
 
+def read_in_child(path, original, timeout: float = 10.0) -> str:
+    """``everything(path)`` in a forked child: "same", "refused" (a one-line ProbeError naming
+    the file), "different" or "hung" (HDF5's C code can loop on damaged metadata, and nothing
+    in Python interrupts it)."""
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+
+    def child():
+        try:
+            got = everything(path)
+        except ProbeError as e:
+            q.put("refused" if "\n" not in str(e) and str(path) in str(e) else f"bad message: {e}")
+            return
+        q.put("same" if same(got, original) else "different")
+    p = ctx.Process(target=child)
+    p.start()
+    p.join(timeout)
+    if p.is_alive():
+        p.kill()
+        p.join()
+        return "hung"
+    return q.get(timeout=5) if p.exitcode == 0 else f"crashed ({p.exitcode})"
+
+
 def test_flipped_bytes_give_the_original_values_or_a_probe_error(small, tmp_path):
     original = everything(small)
     data = bytearray(small.read_bytes())
     rng = np.random.default_rng(0)
-    damaged = tmp_path / "damaged.h5"
-    outcomes = {"same": 0, "refused": 0}
+    outcomes: dict[str, int] = {}
     for trial in range(300):
         bad = bytearray(data)
         # half the trials anywhere, half in the first 4 KB where HDF5 keeps most metadata
         span = len(bad) if trial % 2 else min(len(bad), 4096)
         for pos in rng.integers(0, span, size=int(rng.integers(1, 4))):
             bad[pos] ^= int(rng.integers(1, 256))
+        damaged = tmp_path / f"damaged-{trial}.h5"
         damaged.write_bytes(bad)
-        try:
-            got = everything(damaged)
-        except ProbeError as e:
-            assert "\n" not in str(e) and str(damaged) in str(e), str(e)
-            outcomes["refused"] += 1
-            continue
-        assert same(got, original), f"trial {trial}: damaged data read back as different values"
-        outcomes["same"] += 1
-    assert outcomes["refused"] > 50 and outcomes["same"] > 10, outcomes  # both outcomes happen
+        got = read_in_child(damaged, original)
+        outcomes[got] = outcomes.get(got, 0) + 1
+        damaged.unlink()
+    # never a wrong value, a traceback or a crash; both outcomes happen
+    assert set(outcomes) <= {"same", "refused", "hung"}, outcomes
+    assert outcomes.get("refused", 0) > 50 and outcomes.get("same", 0) > 10, outcomes
+    # HDF5 itself (2.0) loops forever on a few flips in its attribute heap; probe cannot stop
+    # it (docs/recording-format.md, "Damage"). Rare, and counted here rather than hidden.
+    assert outcomes.get("hung", 0) <= 3, outcomes
 
 
 def chunk_offset(path, name: str, index: tuple) -> int:

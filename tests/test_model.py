@@ -189,7 +189,7 @@ def test_weights_that_do_not_fit_the_config_are_named(model_path, capsys):
         assert main(argv) == 1
         assert capsys.readouterr().err == (
             f"probe: error: {model_path}: tensor rnn.weight_hh_l1 has shape (32, 4), but the config "
-            "(layers 2, units 8, embedding 4, 48 characters) needs (32, 8)\n")
+            "(layers 2, units 8, embedding 4, 48 tokens) needs (32, 8)\n")
 
 
 @pytest.mark.parametrize("content, message", [

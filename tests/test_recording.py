@@ -27,7 +27,7 @@ def test_probe_record_writes_a_self_describing_file(model_path, tmp_path, text, 
                  "--out", str(out), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {out}: {len(text) + 32:,} characters, 2 documents")
     with h5py.File(out) as f:  # plain h5py, no probe: the file describes itself
-        assert f.attrs["format"] == "probe-recording" and f.attrs["version"] == 2
+        assert f.attrs["format"] == "probe-recording" and f.attrs["version"] == 3
         assert json.loads(f.attrs["model"])["units"] == 8
         assert json.loads(f.attrs["widths"]) == {f"{k}:{s}": 8 for k in range(2) for s in "ifgoch"}
         assert json.loads(f.attrs["source"])["kind"] == "text"

@@ -76,7 +76,7 @@ def reseal(path, **attrs) -> None:
 def test_each_stream_reads_back_at_its_own_width(wide):
     path, text, values = wide
     with h5py.File(path) as f:  # plain h5py: the file says every width
-        assert f.attrs["version"] == 2 == h5format.VERSION and f.attrs["units"] == 6  # the widest
+        assert f.attrs["version"] == 3 == h5format.VERSION and f.attrs["units"] == 6  # the widest
         assert json.loads(f.attrs["widths"]) == {f"{k}:{s}": w for (k, s), w in WIDTHS.items()}
         assert f["layers/0/h"].shape == (len(text), 4) and f["layers/0/c"].shape == (len(text), 6)
     with open_recording(path) as rec:
@@ -138,8 +138,8 @@ def test_a_version_1_file_still_reads(tmp_path):
     reseal(path, units=4)  # a version-1 file's streams must all be ``units`` wide
     with pytest.raises(ProbeError, match=r"v1.h5: dataset layers/0/c has shape .*, expected \(\d+, 4\)"):
         open_recording(path)
-    reseal(path, units=3, version=3)
-    with pytest.raises(ProbeError, match="version 3 is not supported"):
+    reseal(path, units=3, version=4)
+    with pytest.raises(ProbeError, match="version 4 is not supported"):
         open_recording(path)
 
 
@@ -147,7 +147,7 @@ def test_info_shows_the_widths_and_verify_reads_every_chunk(wide, tmp_path, caps
     path, text, _ = wide
     assert main(["info", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["format"] == "probe-recording v2" and info["units"] == 6
+    assert info["format"] == "probe-recording v3" and info["units"] == 6
     assert info["widths"] == {f"{k}:{s}": w for (k, s), w in WIDTHS.items()}
     assert main(["info", str(path), "--verify"]) == 0
     assert "verified" in capsys.readouterr().out

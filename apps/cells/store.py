@@ -24,7 +24,6 @@ from probe.errors import ProbeError
 from probe.lm.model import for_recording
 from probe.recording import shards
 from probe.recording.reader import Recording, open_recording
-from probe.text import features
 
 from .lru import LRU
 
@@ -259,7 +258,7 @@ class Store:
         """One per-character feature over the whole recording: [T]."""
         def compute() -> np.ndarray:
             rec = self.recording(name)
-            df = features.compute(rec.text, [feature], documents=rec.document_spans)
+            df = rec.features([feature])
             return df[feature].to_numpy(dtype=np.float32)
         return self._kept(self._features, (name, feature), compute)
 
@@ -273,7 +272,7 @@ class Store:
         """Every feature over the whole recording, one DataFrame [T, features]."""
         def compute():
             rec = self.recording(name)
-            return features.compute(rec.text, documents=rec.document_spans)
+            return rec.features()
         return self._kept(self._frames, name, compute)
 
     def background(self, key: tuple, work: Callable[..., object], *args) -> Future:

@@ -62,7 +62,6 @@ from probe.analysis.threads import check_threads, one_torch_thread
 from probe.errors import ProbeError
 from probe.recording import h5format
 from probe.recording.reader import Recording
-from probe.text import features as features_mod
 
 __all__ = [  # the entry points, and the pieces callers have long reached through this module
     "Scan", "scan_all", "scores", "scores_and_saturation", "saturation", "saturation_summary", "prepare",
@@ -97,8 +96,7 @@ def length(rec: Recording) -> int:
 def default_features(rec: Recording, regex: dict[str, str] | None = None) -> pd.DataFrame:
     """The built-in features (plus ``regex`` ones) of the recording's text, per document."""
     length(rec)
-    return features_mod.compute(rec.text, documents=rec.document_spans,
-                                document_names=rec.documents["name"].tolist(), regex=regex)
+    return rec.features(regex=regex)
 
 
 def gate_streams(streams) -> list[str]:

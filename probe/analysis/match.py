@@ -40,7 +40,6 @@ from probe.errors import ProbeError
 from probe.files import atomic
 from probe.recording import h5format, shards
 from probe.recording.reader import Recording
-from probe.text import features as features_mod
 
 CHUNK = 32768            # rows per read while building an index
 MODES = ("lstmvis", "jaccard")
@@ -286,7 +285,7 @@ def explain(rec: Recording, matches: pd.DataFrame, feats: pd.DataFrame | None = 
     over the recording. Columns feature, matched, overall, enrichment (matched / overall),
     sorted by enrichment."""
     if feats is None:
-        feats = features_mod.compute(rec.text, documents=rec.document_spans, regex=regex)
+        feats = rec.features(regex=regex)
     inside = np.zeros(len(rec), dtype=bool)
     for a, b in zip(matches["start"].tolist(), matches["stop"].tolist()):
         inside[a:b] = True

@@ -24,13 +24,13 @@ import torch
 from probe.errors import ProbeError
 from probe.causal.patch import patch_hook
 from probe.lm import recurrence
-from probe.text import corpus as corpora
+from probe.text import tokens as toks
 
 SETS = 20  # random draws of k nodes for the check
 
 
 def _ids(model, text: str, at: int) -> np.ndarray:
-    ids, _ = corpora.encode(text, model.vocab)
+    ids, _ = toks.encode(model, text)
     if not 0 <= at < len(ids):
         raise ProbeError(f"position {at} is outside the text (positions 0..{len(ids) - 1})")
     return ids[:at + 1]

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from probe.errors import ProbeError
 from probe.lm import recurrence
 from probe.lm.model import LOG2E, CharRNN
-from probe.text import corpus as corpora
+from probe.text import tokens as toks
 
 BATCH = 250  # positions per backward pass
 
@@ -82,7 +82,7 @@ def flow(model: CharRNN, text: str, span: int = 200, positions: int = 1000, seed
     "memory_span": [{layer, stream, units: [k per unit]}]} — a unit's memory span is the
     first k at which its mean |gradient| falls below 1 % of its value at k = 0."""
     model = model.eval()
-    ids, _ = corpora.encode(text, model.vocab)
+    ids, _ = toks.encode(model, text)
     if span < 1 or positions < 1:
         raise ProbeError(f"--span and --positions must be >= 1, got {span} and {positions}")
     if len(ids) < span + 2:
@@ -118,7 +118,7 @@ def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tup
     embedding; positive: the character made the prediction worse). The window is read from
     a zero state. Returns (first position of the window, values [n], the cost in bits of
     the character predicted)."""
-    ids, _ = corpora.encode(text, model.vocab)
+    ids, _ = toks.encode(model, text)
     if not 0 <= position < len(ids) - 1:
         raise ProbeError(f"position {position} has no next character to explain "
                          f"(positions are 0..{len(ids) - 2})")

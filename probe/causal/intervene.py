@@ -34,7 +34,7 @@ from probe.lm import recurrence
 from probe.lm.model import CharRNN
 from probe.lm.recurrence import Hook
 from probe.recording.layers import activations
-from probe.text import corpus as corpora
+from probe.text import tokens as toks
 from probe.text import features as features_mod
 
 BATCH = 128       # edits per batched pass
@@ -170,7 +170,7 @@ def losses(model: CharRNN, text: str, edits: list[Edit], *, batch: int = BATCH,
 
     Edits on the same layer run ``batch`` at a time as rows of one recurrent pass."""
     model = model.eval()
-    ids, _ = corpora.encode(text, model.vocab)
+    ids, _ = toks.encode(model, text)
     if len(ids) == 0:
         raise ProbeError("empty text")
     edits = resolve(model, [text], list(edits))

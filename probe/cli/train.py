@@ -12,7 +12,7 @@ from probe.cli.common import Renamed, command, device_flag, text_flags
 from probe.lm.model import load_model, on_device
 from probe.lm.sample import sample
 from probe.lm.train import DEFAULT_STEPS, TrainConfig, train
-from probe.text.corpus import encode
+from probe.text import tokens as toks
 
 # help for probe train's flags, one per numeric TrainConfig field (the defaults come from the field)
 TRAIN_HELP = {
@@ -87,9 +87,9 @@ def run_sample(a: argparse.Namespace) -> int:
     model = on_device(load_model(a.model), a.device)
     clamp = [intervene.parse_clamp(c) for c in a.clamp]
     text = sample(model, a.prime, a.length, a.temperature, a.seed, clamp=clamp)
-    unknown = encode(a.prime, model.vocab)[1]
+    unknown = toks.encode(model, a.prime)[1]
     if unknown:
-        print(f"probe: {unknown} character(s) of --prime are outside the model's vocabulary; "
+        print(f"probe: {unknown} {toks.of(model).unit}(s) of --prime are outside the model's vocabulary; "
               "read as the unknown symbol", file=sys.stderr)
     print(a.prime + text)
     return 0

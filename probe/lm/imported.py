@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from probe.errors import ProbeError
+from probe.text import tokens as toks
 
 KIND = "imported"
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -30,6 +31,7 @@ class RecurrentLM(nn.Module):
         super().__init__()
         self.config = dict(config)
         self.vocab = config["vocab"]
+        self.tokenizer = toks.Tokenizer(config.get("tokens", "chars"), tuple(self.vocab))
         self.cell = config["cell"]
         V = len(self.vocab)
         size = int(config["embedding"])

@@ -26,6 +26,7 @@ import torch.nn as nn
 from probe.errors import ProbeError
 from probe.files import atomic
 from probe.lm import imported
+from probe.text import tokens as toks
 
 FORMAT = "probe-model"
 VERSION = 1
@@ -42,17 +43,23 @@ LOG2E = 1.4426950408889634  # bits per nat: every loss is in bits per character,
 
 class CharRNN(nn.Module):
     """Embedding → recurrent layers (``cell``: lstm, gru or rnn; layers × units) → Linear
-    over the vocabulary."""
+    over the vocabulary. ``tokens`` says what a position is (``probe.text.tokens``): a
+    character (the default; ``vocab`` a string), a word or a longest-match piece (``vocab``
+    a list of tokens holding ``<unk>``, and ``<eos>`` for words)."""
 
-    def __init__(self, vocab: str, layers: int = LAYERS, units: int = UNITS,
-                 embedding: int = EMBEDDING, dropout: float = DROPOUT, cell: str = "lstm"):
+    def __init__(self, vocab, layers: int = LAYERS, units: int = UNITS,
+                 embedding: int = EMBEDDING, dropout: float = DROPOUT, cell: str = "lstm",
+                 tokens: str = "chars"):
         super().__init__()
         if cell not in CELLS:
             raise ProbeError(f"unknown cell type {cell!r}: choose {', '.join(CELLS)}")
-        self.vocab = vocab
+        self.tokenizer = toks.Tokenizer(tokens, tuple(vocab))
+        self.vocab = vocab if tokens == "chars" else tuple(vocab)
         self.cell = cell
-        self.config = dict(vocab=vocab, layers=layers, units=units, embedding=embedding,
-                           dropout=dropout, cell=cell)
+        self.config = dict(vocab=vocab if tokens == "chars" else list(vocab), layers=layers, units=units,
+                           embedding=embedding, dropout=dropout, cell=cell)
+        if tokens != "chars":  # character models' configs stay as they were
+            self.config["tokens"] = tokens
         self.embed = nn.Embedding(len(vocab), embedding)
         self.rnn = CELLS[cell](embedding, units, layers, batch_first=True,
                                dropout=dropout if layers > 1 else 0.0)
@@ -153,7 +160,7 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") ->
         else:
             model = CharRNN(cfg["vocab"], int(cfg["layers"]), int(cfg["units"]), int(cfg["embedding"]),
                             cfg.get("dropout", 0.0),  # checkpoints from before dropout was stored had none
-                            cfg.get("cell", "lstm"))
+                            cfg.get("cell", "lstm"), cfg.get("tokens", "chars"))
     except ProbeError as e:
         raise ProbeError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -168,7 +175,7 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") ->
             shape = tuple(got[name].shape) if isinstance(got[name], torch.Tensor) else type(got[name]).__name__
             raise ProbeError(f"{path}: tensor {name} has shape {shape}, but the config "
                              f"(layers {cfg['layers']}, units {cfg['units']}, embedding {cfg['embedding']}, "
-                             f"{len(cfg['vocab'])} characters) needs {tuple(want[name].shape)}")
+                             f"{len(cfg['vocab'])} tokens) needs {tuple(want[name].shape)}")
     if cfg.get("tied") and "head.weight" in got and "embed.weight" in got:
         got = {**got, "head.weight": got["embed.weight"]}  # one tensor, as the model shares it
     model.load_state_dict(got)
@@ -283,8 +290,8 @@ def for_recording(rec) -> tuple[CharRNN, str]:
             model = load_model(path)
         except ProbeError:
             continue
-        if (model.vocab, model.layers, model.units, model.cell) != (
-                cfg.get("vocab"), cfg.get("layers"), cfg.get("units"), cfg.get("cell", "lstm")):
+        if (model.config["vocab"], model.config.get("tokens", "chars"), model.layers, model.units, model.cell) != (
+                cfg.get("vocab"), cfg.get("tokens", "chars"), cfg.get("layers"), cfg.get("units"), cfg.get("cell", "lstm")):
             continue
         note, own_name = "", Path(own).name
         if path is None and own:

@@ -149,8 +149,8 @@ def _namer(here: dict[str, list[Hook]], layer: int, position: int):
 def _inputs(model, ids) -> torch.Tensor:
     """Time-major inputs [T, B, in]: a text, ids [T] or [B, T] (embedded), or embeddings [B, T, in]."""
     if isinstance(ids, str):
-        from probe.text import corpus
-        ids = corpus.encode(ids, model.vocab)[0]
+        from probe.text import tokens
+        ids = tokens.encode(model, ids)[0]
     ids = torch.as_tensor(ids)
     if ids.is_floating_point():
         if ids.dim() != 3:
@@ -248,8 +248,8 @@ def bits(model, ids, hooks=None, *, rows: int | None = None, done: Callable[[int
     state with ``hooks`` on (loss[t] is the cost of character t, −log2 p; NaN at 0), block by
     block, never holding more than a block's logits. ``done(n)`` after each block of n."""
     if isinstance(ids, str):
-        from probe.text import corpus
-        ids = corpus.encode(ids, model.vocab)[0]
+        from probe.text import tokens
+        ids = tokens.encode(model, ids)[0]
     ids = torch.as_tensor(np.asarray(ids)).long()
     T = ids.shape[-1]
     out = None

@@ -9,6 +9,7 @@ from probe.errors import ProbeError
 from probe.lm import recurrence
 from probe.lm.model import CharRNN
 from probe.text import corpus as corpora
+from probe.text import tokens as toks
 
 
 @torch.no_grad()
@@ -31,7 +32,11 @@ def sample(model: CharRNN, prime: str = "\n", length: int = 500, temperature: fl
         raise ProbeError("--prime must not be empty")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     model.eval()
-    ids = corpora.encode(prime, model.vocab)[0].tolist()
+    tok = toks.of(model)
+    ids = tok.encode(prime)[0].tolist()
+    if not ids:
+        raise ProbeError(f"--prime {prime!r} holds no {tok.unit} the model reads")
+    unk = 0 if model.vocab[0] == corpora.UNK else tok.index.get(toks.UNK)
     step = stepper(model, list(clamp))
     for char in ids[:-1]:
         step(char)
@@ -42,12 +47,13 @@ def sample(model: CharRNN, prime: str = "\n", length: int = 500, temperature: fl
             nxt = int(last.argmax())
         else:
             probs = torch.softmax(last / temperature, dim=-1)
-            if model.vocab[0] == corpora.UNK:
-                probs[0] = 0.0  # never emit the unknown symbol (an imported vocabulary may have none)
+            if unk is not None:
+                probs[unk] = 0.0  # never emit the unknown symbol (an imported vocabulary may have none)
             nxt = int(torch.multinomial(probs, 1, generator=gen))
-        out.append(model.vocab[nxt])
+        out.append(nxt)
         last = step(nxt)
-    return "".join(out)
+    text = tok.join(out)
+    return " " + text if text and tok.kind == "words" and not prime[-1].isspace() else text
 
 
 def stepper(model: CharRNN, clamp: list = ()):

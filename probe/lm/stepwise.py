@@ -39,7 +39,7 @@ from probe.errors import ProbeError
 from probe.lm.model import LOG2E, CharRNN
 from probe.lm.parts import Layer, layers
 from probe.lm.recurrence import Hook
-from probe.text import corpus as corpora
+from probe.text import tokens as toks
 
 
 def _namer(edit: Hook | None, position: int, layer: int, out: dict):
@@ -122,7 +122,7 @@ def stepwise(model: CharRNN, text: str, edit: Hook | None = None) -> tuple[dict,
     Returns ({(layer, stream): float32 [T, units]}, loss [T]): the same layout as
     ``probe.recording.record.activations``; loss[t] is −log2 p(char t | chars before it), NaN at 0.
     """
-    ids, _ = corpora.encode(text, model.vocab)
+    ids, _ = toks.encode(model, text)
     if len(ids) == 0:
         raise ProbeError("empty text")
     model = model.eval()

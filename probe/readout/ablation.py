@@ -21,7 +21,7 @@ from probe.errors import ProbeError
 from probe.lm import recurrence
 from probe.readout.linear import blocks, check_spec, pick_names
 from probe.recording import derived
-from probe.text import corpus as corpora
+from probe.text import tokens as toks
 from probe.text import features as features_mod
 
 EFFECT_COLUMNS = ["feature", "where", "delta_bits", "delta_bits_elsewhere", "random_median",
@@ -151,7 +151,7 @@ def losses(model, text: str, rows: list[Direction]) -> np.ndarray:
     with one row per direction, the layers above fused, as ``intervene.losses`` does. It
     equals ``probe.lm.stepwise`` with ``remove`` in its edit hook (tested)."""
     model = model.eval()
-    ids, _ = corpora.encode(text, model.vocab)
+    ids, _ = toks.encode(model, text)
     if len(ids) == 0:
         raise ProbeError("empty text")
     hooks = {key: remover(V, mu) for key, (V, mu) in stacked(rows, 1 + len(rows)).items()}

@@ -2,7 +2,8 @@
 
 ``Reader`` holds what is computed from a recording's other parts (the text, documents,
 one unit, a window, a pandas frame, the checks that make errors one line), shared by
-``h5file.Recording`` (one file) and ``shards.ShardedRecording`` (a folder read as one).
+``h5file.Recording`` (one file) and ``shards.ShardedRecording`` (a folder read as one). A
+position is a character, or a token with its ``spans`` in the text (format version 3).
 ``Dataset`` reads a stored array lazily, turning damage (a failed checksum) into one line.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 
 from probe.errors import ProbeError
 from probe.recording import h5format
+from probe.text import features as features_mod
 
 READ_ERRORS = (OSError, RuntimeError, KeyError)  # what h5py raises for data it cannot read
 
@@ -80,7 +82,8 @@ def file_attr(name: str, kind: type, default, doc: str) -> property:
 class Reader:
     """What a recording offers that is computed from its other parts, shared by ``Recording``
     and ``shards.ShardedRecording`` (each provides ``streams``, ``derived``, ``units``, ``widths``,
-    ``layer_ids``, ``codepoints``, ``documents``, ``loss``, ``stream`` and ``close``)."""
+    ``layer_ids``, ``codepoints``, ``spans``, ``ids``, ``tokenizer``, ``documents``, ``loss``,
+    ``stream`` and ``close``)."""
 
     def streams_of(self, layer: int) -> tuple[str, ...]:
         """Every stream of a layer: the recorded ones (``streams``), then its derived ones."""
@@ -115,13 +118,49 @@ class Reader:
 
     @cached_property
     def text(self) -> str:
+        """The whole text read, every character (``spans`` says where each position is in it)."""
         return self.codepoints.astype("<u4").tobytes().decode("utf-32-le")
+
+    @property
+    def char_level(self) -> bool:
+        """Every position one character (the model reads characters): ``text`` is indexed by
+        position. Else positions are tokens, each ``text[start:stop]`` of its span."""
+        return self.tokenizer["kind"] == "chars"
+
+    @property
+    def unit_name(self) -> str:
+        """What a position is, for messages and labels: character or token."""
+        return "character" if self.char_level else "token"
+
+    @cached_property
+    def tokens(self):
+        """Each position's text: ``text`` itself for a character-level recording (a string,
+        indexed and sliced by position), else a list of strings, one per token."""
+        if self.char_level:
+            return self.text
+        text = self.text
+        return [text[a:b] for a, b in self.spans.tolist()]
 
     @cached_property
     def document_spans(self) -> list[tuple[int, int]]:
-        """[start, stop) of each document, as plain ints (what ``features.compute`` takes)."""
+        """[start, stop) positions of each document, as plain ints."""
         d = self.documents
         return list(zip(d["start"].astype(int).tolist(), d["stop"].astype(int).tolist()))
+
+    @cached_property
+    def text_documents(self) -> list[tuple[int, int]]:
+        """[start, stop) characters of each document in ``text`` (``document_spans`` for a
+        character-level recording): what the per-character features are lexed over."""
+        d = self.documents
+        return list(zip(d["text_start"].astype(int).tolist(), d["text_stop"].astype(int).tolist()))
+
+    def features(self, names=None, **kw) -> pd.DataFrame:
+        """``probe.text.features.compute`` for this recording: one row per position. The text
+        is lexed per document by the rules its name picks, each feature read at a token's
+        last character (a regex marks every token its matches overlap)."""
+        kw.setdefault("document_names", list(self.documents["name"]))
+        return features_mod.compute(self.text, names, documents=self.text_documents,
+                                    spans=None if self.char_level else self.spans, **kw)
 
     def document_of(self, positions) -> np.ndarray:
         """Index into ``documents`` of each position."""
@@ -156,8 +195,9 @@ class Reader:
 
     def frame(self, layer: int, stream: str, units=None, start: int | None = None,
               stop: int | None = None, tidy: bool = False) -> pd.DataFrame:
-        """Positions [start, stop) as a pandas frame: position, char, document, line and
-        column (0-based, within its document), loss; then the values of ``units`` (default
+        """Positions [start, stop) as a pandas frame: position, char (``token`` when positions
+        are tokens), document, line and column (0-based, within its document; a token's are its
+        last character's), loss; then the values of ``units`` (default
         all). Wide by default: one row per position, one column ``unit_U`` per unit.
         ``tidy=True`` gives the long form instead (one row per position and unit, columns
         ``unit`` and ``value``; unit by unit, in the order given), what plotting libraries
@@ -169,17 +209,19 @@ class Reader:
         for u in units:
             self.check(layer, stream, u)
         cps = self.codepoints
-        newline = np.concatenate([[0], np.cumsum(cps == 10)[:-1]])  # newlines before each position
+        N = len(cps)
+        newline = np.concatenate([[0], np.cumsum(cps == 10)[:-1]])  # newlines before each character
         pos = np.arange(start, stop)
+        at = self.spans[start:stop, 1] - 1  # a token's line and column are its last character's
         doc = self.document_of(pos)
-        doc_start = self.documents["start"].to_numpy()[doc]
-        line = newline[pos] - newline[doc_start]
-        last_nl = np.maximum.accumulate(np.where(cps == 10, np.arange(T), -1))
-        prev_nl = np.concatenate([[-1], last_nl[:-1]])[pos]
-        column = pos - np.maximum(prev_nl + 1, doc_start)
+        doc_start = self.documents["text_start"].to_numpy()[doc]
+        line = newline[at] - newline[np.minimum(doc_start, max(N - 1, 0))]
+        last_nl = np.maximum.accumulate(np.where(cps == 10, np.arange(N), -1))
+        prev_nl = np.concatenate([[-1], last_nl[:-1]])[at]
+        column = at - np.maximum(prev_nl + 1, doc_start)
         vals = self.stream(layer, stream)[start:stop][:, units].astype(np.float32)
-        df = pd.DataFrame({"position": pos, "char": list(self.text[start:stop]), "document": doc,
-                           "line": line, "column": column, "loss": self.loss[start:stop]})
+        df = pd.DataFrame({"position": pos, "char" if self.char_level else "token": list(self.tokens[start:stop]),
+                           "document": doc, "line": line, "column": column, "loss": self.loss[start:stop]})
         if tidy:
             long = df.iloc[np.tile(np.arange(len(df)), len(units))].reset_index(drop=True)
             long["unit"] = np.repeat(np.asarray(units, dtype=np.int64), len(df))

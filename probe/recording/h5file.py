@@ -102,7 +102,15 @@ class Recording(Reader):
         return self.file[h5format.path(self.layer_ids[0], self.streams[0])].chunks
 
     def __len__(self) -> int:
-        return len(self.file["text"])
+        return h5format.length(self.file)
+
+    @cached_property
+    def tokenizer(self) -> dict:
+        """{"kind": chars | words | vocab, "vocab": [...]}: what a position is (``probe.text.tokens``);
+        characters of the model's vocabulary in files from before version 3."""
+        if "tokens" in self.file.attrs:
+            return json.loads(self.file.attrs["tokens"])
+        return {"kind": "chars", "vocab": list(self.model_config.get("vocab", ""))}
 
     # ---- per-character data --------------------------------------------------------------
     def dataset(self, name: str) -> Dataset:
@@ -114,7 +122,20 @@ class Recording(Reader):
 
     @cached_property
     def codepoints(self) -> np.ndarray:
-        return self.dataset("text")[:]  # int32 [T]
+        return self.dataset("text")[:]  # int32 [characters]
+
+    @cached_property
+    def spans(self) -> np.ndarray:
+        """[start, stop) of each position in ``text``, int64 [T, 2] (one character each before
+        version 3)."""
+        if "spans" in self.file:
+            return self.dataset("spans")[:].astype(np.int64)
+        return np.stack([np.arange(len(self)), np.arange(1, len(self) + 1)], 1).astype(np.int64)
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """Each position's input id, int32 [T] (the code point before version 3)."""
+        return self.dataset("ids")[:] if "ids" in self.file else self.codepoints
 
     @cached_property
     def loss(self) -> np.ndarray:
@@ -126,8 +147,11 @@ class Recording(Reader):
             names = self.file["documents/name"].asstr()[:]
         except READ_ERRORS + (UnicodeDecodeError,):
             raise damaged(self.path, "documents/name") from None
-        return pd.DataFrame({"name": names, "start": self.dataset("documents/start")[:],
-                             "stop": self.dataset("documents/stop")[:]})
+        start, stop = self.dataset("documents/start")[:], self.dataset("documents/stop")[:]
+        chars = "documents/text_start" in self.file  # before version 3 positions were characters
+        return pd.DataFrame({"name": names, "start": start, "stop": stop,
+                             "text_start": self.dataset("documents/text_start")[:] if chars else start,
+                             "text_stop": self.dataset("documents/text_stop")[:] if chars else stop})
 
     # ---- streams ---------------------------------------------------------------------------
     def stream(self, layer: int, stream: str) -> Dataset:
@@ -162,5 +186,5 @@ class Recording(Reader):
 
     def __repr__(self) -> str:
         units = f"{self.units} units" if self.uniform else f"up to {self.units} units"
-        return (f"Recording({str(self.path)!r}, {len(self)} chars, {self.layers} layers × {units}, "
+        return (f"Recording({str(self.path)!r}, {len(self)} {self.unit_name}s, {self.layers} layers × {units}, "
                 f"streams {' '.join(self.streams)})")

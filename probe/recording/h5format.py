@@ -14,22 +14,21 @@ import hashlib
 import json
 import os
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the Zstd filter, and others, with this process's HDF5)
 import numpy as np
 
-from probe.compiled import (
-    kernels as _kernels,  # None where not built: numpy does the same
-)
 from probe.errors import ProbeError
 from probe.files import atomic
+from probe.recording.int8 import INT8_LEVELS, INT8_OFFSET, codebook, decode, encode  # noqa: F401
+from probe.recording.fletcher import fletcher32, fletcher32_numpy  # noqa: F401
 
 FORMAT = "probe-recording"
-VERSION = 2             # 2: ``widths``, a width per (layer, stream); 1: every stream ``units`` wide
-READS = (1, 2)          # the versions this probe reads
+VERSION = 3             # 3: positions are tokens (``spans``, ``ids``, ``tokens``); 2: ``widths``, a
+#                         width per (layer, stream); 1: every stream ``units`` wide, a position a character
+READS = (1, 2, 3)       # the versions this probe reads
 CHUNK_T = 4096          # chunk rows (time); measured in docs/recording-format.md
 CHUNK_UNITS = 32        # chunk columns (units)
 TEXT_CHUNK = 65536      # chunk length of ``text`` and ``loss``
@@ -38,9 +37,7 @@ ZSTD = 32015            # HDF5's registered id of the Zstandard filter (hdf5plug
 FILTER_NAMES = {ZSTD: "zstd (pip install hdf5plugin; then import hdf5plugin before reading with h5py)"}
 DTYPES = ("float16", "float32", "int8")
 # int8 streams: per unit, a code (-128..127) indexes a codebook of 256 values, the
-# dataset's float32 attribute ``codebook`` [units, 256]; bins of equal count (``codebook``)
-INT8_LEVELS = 256
-INT8_OFFSET = 128  # code + 128 = the column of the codebook
+# dataset's float32 attribute ``codebook`` [units, 256] (``probe.recording.int8``)
 # HDF5 1.10's formats: object headers, B-trees and the superblock carry checksums, so
 # damaged metadata is refused on open; readable by any HDF5 from 1.10 (2016) on
 LIBVER = ("v110", "v110")
@@ -58,9 +55,12 @@ RANGE: dict[str, tuple[float, float] | None] = {
     "i": (0.0, 1.0), "f": (0.0, 1.0), "g": (-1.0, 1.0), "o": (0.0, 1.0), "c": None, "h": (-1.0, 1.0),
     "r": (0.0, 1.0), "z": (0.0, 1.0), "n": (-1.0, 1.0)}
 TABLES = ("text", "loss", "documents/name", "documents/start", "documents/stop")
+# version 3: each position's [start, stop) in the text and its input id; each document's
+# characters (its positions are documents/start and stop)
+TOKEN_TABLES = ("spans", "ids", "documents/text_start", "documents/text_stop")
 ATTRIBUTES = ("format", "version", "model", "model_sha256", "model_path", "model_metrics", "source", "created",
-              "streams", "layers", "layer_ids", "units", "widths", "length", "dtype", "compression", "mode",
-              "unknown_chars", "checksums", "complete", "digest")  # every root attribute a recording has
+              "streams", "layers", "layer_ids", "units", "widths", "length", "tokens", "dtype", "compression",
+              "mode", "unknown_chars", "checksums", "complete", "digest")  # every root attribute a recording has
 
 
 def kind_of(config: dict) -> str:
@@ -91,42 +91,6 @@ def path(layer: int, stream: str) -> str:
     return f"layers/{layer}/{stream}"
 
 
-def fletcher32(data: bytes) -> int:
-    """HDF5's Fletcher-32 checksum of a filtered chunk (H5_checksum_fletcher32, exactly):
-    16-bit big-endian words, both sums folded mod 65535 with a positive sum never 0.
-    The recorder writes its own chunks (``write_direct_chunk``), so it appends this itself;
-    HDF5 checks it on every read."""
-    if _kernels is not None:  # the same sums in C (probe/_kernels.c), ~5x faster
-        return _kernels.fletcher32(data)
-    return fletcher32_numpy(data)
-
-
-def fletcher32_numpy(data: bytes) -> int:
-    """``fletcher32`` in numpy: the reference (and the fallback without the C loops)."""
-    n = len(data)
-    words = np.frombuffer(data, dtype=">u2", count=n // 2)
-    if len(words) <= 1 << 20:  # float64 sums of integers below 2**53 are exact
-        w = words.astype(np.float64)
-        s1 = int(w.sum())
-        s2 = int(np.multiply(w, _weights(len(w)), out=w).sum())  # not a BLAS dot: no threads
-    else:
-        w = words.astype(np.int64)
-        s1, s2 = int(w.sum()), int(np.dot(w, np.arange(len(w), 0, -1, dtype=np.int64)))
-    if n % 2:
-        s1 += data[-1] << 8
-        s2 += s1
-
-    def fold(s: int) -> int:
-        return 0 if s == 0 else (s - 1) % 65535 + 1
-    return (fold(s2) << 16) | fold(s1)
-
-
-@lru_cache(maxsize=8)
-def _weights(m: int) -> np.ndarray:
-    """m, m-1, …, 1: word i is in m - i of the running sums that make the second sum."""
-    return np.arange(m, 0, -1, dtype=np.float64)
-
-
 def chunks(T: int, units: int) -> tuple[int, int] | None:
     """The chunk shape of a [T, units] stream (None for an empty one: HDF5 cannot chunk it)."""
     return (min(T, CHUNK_T), min(units, CHUNK_UNITS)) if T else None
@@ -139,11 +103,13 @@ def write_header(f: h5py.File, *, model: dict, layers: int, length: int, streams
                  batch: int = 1, burn_in: int = 0, source: dict | None = None,
                  model_sha256: str = "", model_path: str = "", model_metrics: dict | None = None,
                  unknown_chars: int = 0, checksums: bool = True, layer_ids: tuple[int, ...] | None = None,
-                 ) -> None:
+                 tokens: dict | None = None) -> None:
     """The root attributes of a recording (all but ``complete`` and ``digest``, written last
     by ``finish``). ``layers`` is the model's layer count; ``layer_ids`` the layers recorded
     (default all); ``widths`` {(layer, stream): width} of every recorded stream (default:
-    each ``units`` wide); ``units`` is stored as the widest, for tools that know only it."""
+    each ``units`` wide); ``units`` is stored as the widest, for tools that know only it;
+    ``tokens`` the tokenizer ({"kind", "vocab"}; default: characters of the model's vocab);
+    ``length`` the number of positions."""
     ids = tuple(range(layers) if layer_ids is None else layer_ids)
     widths = {(k, s): int(units if widths is None else widths[(k, s)]) for k in ids for s in streams}
     a = f.attrs
@@ -161,6 +127,7 @@ def write_header(f: h5py.File, *, model: dict, layers: int, length: int, streams
     a["dtype"], a["compression"] = dtype, compression
     a["mode"] = json.dumps({"batch": batch, "burn_in": burn_in if batch > 1 else 0})
     a["unknown_chars"] = unknown_chars
+    a["tokens"] = json.dumps(tokens or {"kind": "chars", "vocab": list(model.get("vocab", ""))})
     a["checksums"] = "fletcher32" if checksums else "none"
 
 
@@ -170,15 +137,29 @@ def create(path: str | os.PathLike) -> h5py.File:
 
 
 def write_text(f: h5py.File, codepoints: np.ndarray, names: list[str], starts, stops,
-               checksums: bool = True) -> h5py.Dataset:
-    """``text``, ``documents/*`` and an empty ``loss`` (returned, to be filled); chunked with
-    Fletcher-32 checksums (the names, variable-length strings, are covered by ``digest``)."""
-    T = len(codepoints)
-    opts = dict(chunks=(min(T, TEXT_CHUNK),), compression="gzip", fletcher32=checksums) if T else {}
-    f.create_dataset("text", data=codepoints, **opts)
-    loss = f.create_dataset("loss", (T,), np.float32, **opts)
+               checksums: bool = True, spans: np.ndarray | None = None, ids: np.ndarray | None = None,
+               text_starts=None, text_stops=None) -> h5py.Dataset:
+    """``text`` (code points of every character), ``spans`` ([start, stop) of each position in
+    it; default one character each), ``ids`` (each position's input id; default its code
+    point), ``documents/*`` (start, stop: positions; text_start, text_stop: characters) and an
+    empty ``loss`` (returned, to be filled); chunked with Fletcher-32 checksums (the names,
+    variable-length strings, are covered by ``digest``)."""
+    N = len(codepoints)
+    spans = np.stack([np.arange(N), np.arange(1, N + 1)], 1) if spans is None else spans
+    T = len(spans)
+    ids = codepoints if ids is None else ids
+
+    def opts(n: int, shape: tuple = ()) -> dict:
+        return dict(chunks=(min(n, TEXT_CHUNK),) + shape, compression="gzip", fletcher32=checksums) if n else {}
+    f.create_dataset("text", data=np.asarray(codepoints, np.int32), **opts(N))
+    f.create_dataset("spans", data=np.asarray(spans, np.int64).reshape(T, 2), **opts(T, (2,)))
+    f.create_dataset("ids", data=np.asarray(ids, np.int32), **opts(T))
+    loss = f.create_dataset("loss", (T,), np.float32, **opts(T))
     f.create_dataset("documents/name", data=list(names), dtype=h5py.string_dtype())
-    for key, values in (("start", starts), ("stop", stops)):
+    spans = np.asarray(spans, np.int64).reshape(T, 2)
+    if text_starts is None:  # one character per position: the same offsets
+        text_starts, text_stops = starts, stops
+    for key, values in (("start", starts), ("stop", stops), ("text_start", text_starts), ("text_stop", text_stops)):
         values = np.asarray(values, dtype=np.int64)
         f.create_dataset(f"documents/{key}", data=values, chunks=(max(1, len(values)),),
                          fletcher32=checksums)
@@ -193,55 +174,6 @@ def create_stream(f: h5py.File, layer: int, stream: str, T: int, units: int, dty
              "gzip": dict(compression="gzip", compression_opts=level)}.get(compression) if T else None
     return f.create_dataset(path(layer, stream), (T, units), dtype, chunks=chunks(T, units),
                             shuffle=codec is not None, **(codec or {}), fletcher32=checksums and T > 0)
-
-
-def codebook(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per unit, from a float16 sample [n, units] of its values: ``lut`` [units, 65536] (int8),
-    the code of every float16 bit pattern, and ``values`` [units, 256] (float32), what the
-    reader returns for a code: the mean of the sample values in its bin (an empty bin: its
-    lower edge). The 255 cuts between bins are the union of 127 cuts into equal counts and
-    128 into equal widths, so no bin holds more than 1/128 of a unit's values (their order,
-    what AUC reads, is kept where they crowd) nor spans more than 1/129 of its range (what
-    correlations read, in the tails)."""
-    sample = np.asarray(sample, np.float16)
-    s = np.sort(sample.astype(np.float64), axis=0)
-    n, U = s.shape
-    half = INT8_LEVELS // 2
-    by_count = s[(np.arange(1, half) * n) // half].T  # [U, 127]
-    lo, hi = s[0], s[-1]
-    by_width = lo[:, None] + (hi - lo)[:, None] * (np.arange(1, half + 1) / (half + 1))  # [U, 128]
-    edges = np.sort(np.concatenate([by_count, by_width], axis=1), axis=1)  # [U, 255]
-    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float64)  # all bit patterns
-    every = np.where(np.isnan(every), 0.0, every)  # NaN is never recorded; code it as 0 would be
-    order = np.argsort(every, kind="stable")
-    lut = np.empty((U, 1 << 16), np.int8)
-    for u in range(U):  # sorted queries: fast
-        lut[u, order] = np.searchsorted(edges[u], every[order], side="right") - INT8_OFFSET
-    idx = encode(sample, lut).astype(np.int64) + INT8_OFFSET + np.arange(U) * INT8_LEVELS
-    vals = sample.astype(np.float64).ravel()
-    sums = np.bincount(idx.ravel(), weights=vals, minlength=U * INT8_LEVELS).reshape(U, INT8_LEVELS)
-    counts = np.bincount(idx.ravel(), minlength=U * INT8_LEVELS).reshape(U, INT8_LEVELS)
-    lower = np.concatenate([lo[:, None], edges], axis=1)  # [U, 256]
-    values = np.where(counts > 0, sums / np.maximum(counts, 1), lower)
-    return lut, values.astype(np.float32)
-
-
-def encode(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """int8 codes [n, units] of float16 values: each looked up in its unit's row of ``lut``
-    (values beyond the sample's range fall in the outer bins)."""
-    idx = np.ascontiguousarray(values, dtype=np.float16).view(np.uint16).astype(np.int32)
-    idx += np.arange(lut.shape[0], dtype=np.int32) << 16  # row u of the flat table
-    return np.take(lut.reshape(-1), idx)
-
-
-def decode(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """float32 values of int8 codes; ``values`` is the codebook of the codes' units,
-    [units, 256] for codes [n, units], or [256] for one unit's codes [n]."""
-    idx = codes.astype(np.int64) + INT8_OFFSET
-    if values.ndim == 1:
-        return values[idx]
-    return values[np.arange(values.shape[0]), idx] if idx.ndim == 1 else \
-        np.take_along_axis(values.T, idx, axis=0)
 
 
 def digest(f: h5py.File) -> str:
@@ -265,15 +197,19 @@ def finish(f: h5py.File) -> None:
 
 def write(out: str | os.PathLike, text: str, values: dict, *, documents=None, loss=None,
           streams: tuple[str, ...] | None = None, model: dict | None = None,
-          source: dict | None = None, dtype: str = "float32") -> Path:
+          source: dict | None = None, dtype: str = "float32", spans=None, ids=None,
+          tokens: dict | None = None, text_documents=None) -> Path:
     """A whole small recording in one call: ``values[(layer, stream)]`` = [T, width], each
     stream as wide as its values.
 
     For tests and tools that make recordings without a model. ``documents`` is a list of
-    (name, start, stop) (default: one document); ``loss`` defaults to zeros.
+    (name, start, stop) positions (default: one document); ``loss`` defaults to zeros.
+    Positions are characters unless ``spans`` [T, 2] says where each is in ``text``
+    (then ``ids``, ``tokens`` {"kind", "vocab"} and ``text_documents`` [(start, stop)] of
+    characters, default the documents' spans, describe them).
     """
     out = Path(out)
-    T = len(text)
+    T = len(text) if spans is None else len(spans)
     layers = 1 + max(k for k, _ in values)
     streams = streams or tuple(dict.fromkeys(s for _, s in values))
     widths = {(k, s): int(np.shape(values[(k, s)])[1]) for k in range(layers) for s in streams}
@@ -282,9 +218,16 @@ def write(out: str | os.PathLike, text: str, values: dict, *, documents=None, lo
     cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int32)
     with atomic(out) as tmp, create(tmp) as f:
         write_header(f, model=model or {"layers": layers, "units": units}, layers=layers, widths=widths,
-                     length=T, streams=streams, dtype=dtype, source=source or {"kind": "synthetic"})
+                     length=T, streams=streams, dtype=dtype, source=source or {"kind": "synthetic"},
+                     tokens=tokens)
+        spans = None if spans is None else np.asarray(spans, np.int64).reshape(-1, 2)
+        if text_documents is None and spans is not None:
+            text_documents = [(int(spans[a, 0]) if a < T else len(text), int(spans[b - 1, 1]) if b else 0)
+                              for _, a, b in documents]
         dloss = write_text(f, cps, [n for n, _, _ in documents], [s for _, s, _ in documents],
-                           [e for _, _, e in documents])
+                           [e for _, _, e in documents], spans=spans, ids=ids,
+                           text_starts=None if text_documents is None else [a for a, _ in text_documents],
+                           text_stops=None if text_documents is None else [b for _, b in text_documents])
         dloss[:] = np.zeros(T, np.float32) if loss is None else loss
         for k in range(layers):
             for s in streams:
@@ -319,11 +262,19 @@ def validate(f: h5py.File, where: object) -> None:
     if not ids or any(not 0 <= k < layers for k in ids):
         raise ProbeError(f"{where}: attribute layer_ids={a.get('layer_ids')!r} does not fit {layers} layers")
     widths = read_widths(a, where)
-    names = list(TABLES) + [path(k, s) for k in ids for s in streams]
+    names = list(TABLES) + list(TOKEN_TABLES if v >= 3 else ()) + [path(k, s) for k in ids for s in streams]
     for name in names:
         if name not in f:
             raise ProbeError(f"{where}: recording is missing dataset {name!r}")
-    T = len(f["text"])
+    T = length(f)
+    if v >= 3:
+        if "tokens" not in a:
+            raise ProbeError(f"{where}: recording lacks the attribute 'tokens'")
+        for name, shape in (("spans", (T, 2)), ("ids", (T,))):
+            if f[name].shape != shape:
+                raise ProbeError(f"{where}: dataset {name} has shape {f[name].shape}, expected {shape}")
+    elif len(f["text"]) != T:
+        raise ProbeError(f"{where}: dataset text has {len(f['text'])} characters but loss {T} positions")
     for k in ids:
         for s in streams:
             ds = f[path(k, s)]
@@ -360,9 +311,14 @@ def derived_streams(f: h5py.File, layers, streams) -> dict[tuple[int, str], dict
             ds = group[name]
             if isinstance(ds, h5py.Dataset) and "derived" in ds.attrs:
                 info = json.loads(ds.attrs["derived"])
-                if ds.shape[1:] == (len(info.get("unit_names", ())),) and ds.shape[0] == len(f["text"]):
+                if ds.shape[1:] == (len(info.get("unit_names", ())),) and ds.shape[0] == length(f):
                     out[(int(k), name)] = info
     return out
+
+
+def length(f: h5py.File) -> int:
+    """Positions of a recording (characters before version 3, tokens from it on)."""
+    return len(f["loss"])
 
 
 def layer_ids(attrs) -> tuple[int, ...]:

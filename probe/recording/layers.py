@@ -19,7 +19,7 @@ from probe.lm.model import LOG2E, CharRNN
 from probe.lm.parts import Layer, embedded, logits
 from probe.lm.parts import layers as model_layers
 from probe.recording import h5format
-from probe.text import corpus as corpora
+from probe.text import tokens as toks
 
 
 @torch.no_grad()
@@ -106,7 +106,7 @@ def run(model: CharRNN, ids: torch.Tensor, state: list | None = None,
 
 def activations(model: CharRNN, text: str) -> tuple[dict, np.ndarray]:
     """In memory, for short texts (the dashboard's live box): {(layer, s): [T, units]}, loss [T]."""
-    ids, _ = corpora.encode(text, model.vocab)
+    ids, _ = toks.encode(model, text)
     if len(ids) == 0:
         raise ProbeError("empty text")
     streams, logp, _ = run(model.eval(), torch.from_numpy(ids)[None])

@@ -1,4 +1,4 @@
-"""Record every layer's gates and states, per character, into an HDF5 recording.
+"""Record every layer's gates and states, per position (a character or a token), into an HDF5 recording.
 
     record(model, documents, "recordings/mine.h5", source={...})   # -> the file's path
 
@@ -41,6 +41,7 @@ from probe.recording.layers import (
     stream_values,
 )
 from probe.text import corpus as corpora
+from probe.text import tokens as toks
 
 __all__ = ["record", "selection", "BLOCK", "PIECE", "COMPRESSION_LEVEL", "ChunkWriter", "Int8Spill",
            "encode_chunk", "shuffle", "activations", "forward", "recurrence", "recurrence_numpy",
@@ -63,6 +64,21 @@ def selection(model: CharRNN, keep, layers) -> tuple[tuple[str, ...], tuple[int,
         raise ProbeError(f"--layers: the model has layers 0..{model.layers - 1}; "
                          f"got {','.join(map(str, layers)) or 'none'}")
     return tuple(s for s in kind if s in keep), tuple(sorted(set(int(k) for k in layers)))
+
+
+def tokenize(tokenizer: toks.Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ids [T], spans [T, 2] in the joined text, unknown tokens) of documents read one after
+    another, each tokenized on its own (no token crosses a document's end)."""
+    if tokenizer.kind == "chars":  # one pass, no copies per document
+        return tokenizer.encode("".join(texts))
+    ids, spans, unknown, at = [], [], 0, 0
+    for t in texts:
+        i, s, u = tokenizer.encode(t)
+        ids.append(i)
+        spans.append(s + at)
+        unknown += u
+        at += len(t)
+    return np.concatenate(ids), np.concatenate(spans).reshape(-1, 2), unknown
 
 
 def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathLike,
@@ -94,10 +110,14 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
     text = "".join(t for _, t in documents)
     if not text:
         raise ProbeError("empty text: nothing to record")
-    ids, n_unknown = corpora.encode(text, model.vocab)
+    tokenizer = toks.of(model)
+    ids, token_spans, n_unknown = tokenize(tokenizer, [t for _, t in documents])
     T = len(ids)
-    offsets = np.cumsum([0] + [len(t) for _, t in documents])
-    spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+    if not T:
+        raise ProbeError(f"the text holds no {tokenizer.unit} the model reads: nothing to record")
+    chars = np.cumsum([0] + [len(t) for _, t in documents])
+    offsets = np.searchsorted(token_spans[:, 0], chars[:-1]).tolist() + [T]  # each document's first position
+    spans = list(zip(offsets[:-1], offsets[1:]))
     model = model.eval()
     modules = parts.layers(model)
     keys = [(k, s) for k in layer_ids for s in streams]
@@ -110,9 +130,10 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
             dtype=dtype, compression=compression, batch=batch, burn_in=burn_in, source=source,
             model_sha256=getattr(model, "sha256", ""), model_path=getattr(model, "path", ""),
             model_metrics=getattr(model, "metrics", {}), unknown_chars=n_unknown, checksums=checksums,
-            layer_ids=layer_ids)
+            layer_ids=layer_ids, tokens=tokenizer.config())
         dloss = h5format.write_text(f, corpora.codepoints(text), [n for n, _ in documents],
-                                    offsets[:-1], offsets[1:], checksums)
+                                    offsets[:-1], offsets[1:], checksums, spans=token_spans, ids=ids,
+                                    text_starts=chars[:-1], text_stops=chars[1:])
         dsets = {(k, s): h5format.create_stream(f, k, s, T, widths[k, s], dtype, compression, COMPRESSION_LEVEL,
                                                 checksums) for k, s in keys}
         # a writer (and an int8 spill) per width: each takes datasets of one width

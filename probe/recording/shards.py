@@ -269,7 +269,8 @@ class ShardedRecording(Reader):
                 r.close()
             raise
         self.files = [r.path for r in self.parts]
-        self.offsets = np.cumsum([0] + [len(r) for r in self.parts])  # first character of each shard
+        self.offsets = np.cumsum([0] + [len(r) for r in self.parts])  # first position of each shard
+        self.text_offsets = np.cumsum([0] + [len(r.codepoints) for r in self.parts])  # first character
 
     # ---- metadata: the first shard's (they all agree) or the whole set's ----------------
     layers = _first("layers", "model layers")
@@ -287,6 +288,7 @@ class ShardedRecording(Reader):
     model_metrics = _first("model_metrics", "the checkpoint's training metrics")
     mode = _first("mode", '{"batch": B, "burn_in": N}')
     chunks = _first("chunks", "chunk shape of the streams (of the first shard)")
+    tokenizer = _first("tokenizer", "what a position is: {kind, vocab}")
 
     @property
     def created(self) -> str:
@@ -321,9 +323,18 @@ class ShardedRecording(Reader):
         return self.dataset("loss")[:]
 
     @cached_property
+    def spans(self) -> np.ndarray:
+        return np.concatenate([r.spans + o for r, o in zip(self.parts, self.text_offsets.tolist())])
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        return np.concatenate([r.ids for r in self.parts])
+
+    @cached_property
     def documents(self) -> pd.DataFrame:
-        frames = [r.documents.assign(start=r.documents["start"] + o, stop=r.documents["stop"] + o)
-                  for r, o in zip(self.parts, self.offsets.tolist())]
+        frames = [r.documents.assign(start=r.documents["start"] + o, stop=r.documents["stop"] + o,
+                                     text_start=r.documents["text_start"] + c, text_stop=r.documents["text_stop"] + c)
+                  for r, o, c in zip(self.parts, self.offsets.tolist(), self.text_offsets.tolist())]
         return pd.concat(frames, ignore_index=True)
 
     def stream(self, layer: int, stream: str) -> ShardedDataset:
@@ -345,5 +356,5 @@ class ShardedRecording(Reader):
 
     def __repr__(self) -> str:
         units = f"{self.units} units" if self.uniform else f"up to {self.units} units"
-        return (f"ShardedRecording({str(self.path)!r}, {len(self.parts)} shards, {len(self)} chars, "
+        return (f"ShardedRecording({str(self.path)!r}, {len(self.parts)} shards, {len(self)} {self.unit_name}s, "
                 f"{self.layers} layers × {units}, streams {' '.join(self.streams)})")

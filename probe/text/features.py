@@ -77,6 +77,7 @@ import numpy as np
 import pandas as pd
 
 from probe.errors import ProbeError
+from probe.text import tokens
 from probe.text.builtin import lexical_features, line_features
 from probe.text.c_lexer import lex_c
 from probe.text.python_lexer import lex_plain, lex_python
@@ -175,8 +176,13 @@ def compute(text: str, names: list[str] | None = None, *,
             documents: list[tuple[int, int]] | None = None, python: bool | None = None,
             languages: list[str | None] | None = None, document_names: list[str] | None = None,
             regex: dict[str, str] | None = None,
-            custom: dict[str, Callable[[str], np.ndarray]] | None = None) -> pd.DataFrame:
+            custom: dict[str, Callable[[str], np.ndarray]] | None = None,
+            spans: np.ndarray | None = None) -> pd.DataFrame:
     """A DataFrame with one row per character (index 0..T-1) and one column per feature.
+
+    With ``spans`` ([start, stop) of each token in ``text``, ``probe.text.tokens``) one row
+    per token instead: every feature is read at the token's last character (the state after
+    reading the token), and a regex feature marks every token its matches overlap.
 
     ``names`` picks and orders the columns (default: the built-ins, then the ``regex``
     features, then the ``custom`` ones). ``documents`` are [start, stop) offsets covering
@@ -231,6 +237,11 @@ def compute(text: str, names: list[str] | None = None, *,
             values[name] = regex_feature(text, regex[name], name)
         elif name in custom:
             values[name] = custom_feature(text, name, custom[name])
+    if spans is not None:
+        spans = np.asarray(spans, np.int64).reshape(-1, 2)
+        values = {name: (tokens.overlapping(values[name], spans).astype(np.int8) if name in regex
+                         else tokens.at_tokens(values[name], spans)) for name in names}
+        n = len(spans)
     return pd.DataFrame({name: values[name] for name in names}, index=pd.RangeIndex(n))
 
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from probe.errors import ProbeError
+from probe.text import corpus as corpora
 
 UNK, EOS = "<unk>", "<eos>"
 KINDS = ("chars", "words", "vocab")
@@ -52,18 +54,17 @@ class Tokenizer:
         if self.kind == "words" and EOS not in self.vocab:
             raise ProbeError(f"a words vocabulary needs an {EOS} token for line ends")
 
-    @property
+    @cached_property
     def index(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.vocab)}
 
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray, int]:
         """(ids int64 [N], spans int64 [N, 2] of [start, stop) in ``text``, unknown tokens)."""
+        if self.kind == "chars":  # numpy, no Python loop; unknown characters are id 0
+            ids, unknown = corpora.encode(text, "".join(self.vocab))
+            return ids, identity(len(text)), unknown
         index = self.index
-        if self.kind == "chars":
-            spans = np.stack([np.arange(len(text)), np.arange(1, len(text) + 1)], 1).astype(np.int64)
-            unk = index.get(UNK, 0)
-            ids = [index.get(ch, -1) for ch in text]
-        elif self.kind == "words":
+        if self.kind == "words":
             found = [(m.start(), m.end(), EOS if m.group() == "\n" else m.group()) for m in WORD.finditer(text)]
             spans = np.array([(a, b) for a, b, _ in found], dtype=np.int64).reshape(-1, 2)
             unk = index[UNK]
@@ -94,6 +95,21 @@ class Tokenizer:
     def decode(self, ids) -> list[str]:
         return [self.vocab[int(i)] for i in ids]
 
+    def join(self, ids) -> str:
+        """Tokens as text: words with a space between them and ``<eos>`` as a line end;
+        characters and longest-match pieces as they are."""
+        if self.kind != "words":
+            return "".join(self.decode(ids))
+        out = []
+        for t in self.decode(ids):
+            out.append("\n" if t == EOS else t if not out or out[-1] == "\n" else " " + t)
+        return "".join(out)
+
+    @property
+    def unit(self) -> str:
+        """What a position is, for messages and labels: character or token."""
+        return "character" if self.kind == "chars" else "token"
+
     def config(self) -> dict:
         """What a checkpoint and a recording keep: plain values."""
         return {"kind": self.kind, "vocab": list(self.vocab)}
@@ -104,6 +120,28 @@ def from_config(config: dict) -> Tokenizer:
         return Tokenizer(str(config["kind"]), tuple(str(t) for t in config["vocab"]))
     except (KeyError, TypeError) as e:
         raise ProbeError(f"a tokenizer config needs kind and vocab ({e})") from None
+
+
+def identity(n: int) -> np.ndarray:
+    """The spans of ``n`` characters read one per position: [[0, 1], [1, 2], …]."""
+    return np.stack([np.arange(n), np.arange(1, n + 1)], 1).astype(np.int64)
+
+
+def of(model) -> Tokenizer:
+    """A model's tokenizer: its config's ``tokens`` kind (``chars`` when absent, every
+    model from before word-level ones) over its ``vocab``."""
+    tok = getattr(model, "tokenizer", None)
+    if isinstance(tok, Tokenizer):
+        return tok
+    config = getattr(model, "config", None) or {}
+    kind = config.get("tokens", "chars") if isinstance(config, dict) else "chars"
+    return Tokenizer(kind, tuple(model.vocab))
+
+
+def encode(model, text: str) -> tuple[np.ndarray, int]:
+    """``text`` as a model's input ids (int64 [N]) and the count of unknown tokens."""
+    ids, _, unknown = of(model).encode(text)
+    return ids, unknown
 
 
 def chars(vocab: str) -> Tokenizer:
