@@ -442,18 +442,16 @@ def test_language_of_and_bad_language_lists():
     assert df.in_comment.tolist() == [1, 1, 1]
 
 
-def test_default_features_of_a_recording_use_its_document_names():
-    class Rec:  # what default_features reads of a Recording
-        text = "/* c */\n# py\n"
-        document_spans = [(0, 8), (8, 13)]
-        documents = {"name": pd.Series(["k/a.c", "s/b.py"])}
-        path = "rec.h5"
-
-        def __len__(self):
-            return len(self.text)
-
+def test_default_features_of_a_recording_use_its_document_names(tmp_path):
+    from probe import open_recording
     from probe.analysis import detectors
-    df = detectors.default_features(Rec())
+    from probe.recording import h5format
+    text = "/* c */\n# py\n"
+    values = {(0, "h"): np.zeros((len(text), 2))}
+    path = h5format.write(tmp_path / "rec.h5", text, values, streams=("h",),
+                          documents=[("k/a.c", 0, 8), ("s/b.py", 8, 13)])
+    with open_recording(path) as rec:
+        df = detectors.default_features(rec)
     assert "".join(".1"[v] for v in df.in_comment) == "111111.." + "1111."
     assert df.preprocessor.sum() == 0
 
