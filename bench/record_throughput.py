@@ -8,6 +8,14 @@ without checksums, each as a ratio to (a) (goal: zstd >= 0.8) with its bytes on 
 character; peak RSS of `probe record` subprocesses on N and
 2N characters (bounded memory: it should not double); and read times for one unit over
 all T and one 5,000-character window of all units.
+
+    python bench/record_throughput.py --words [--vocab-size 10000]
+
+Instead compares a word-level model with the character model: each one's `probe record`
+(zstd, sequential) against its own bare forward pass over the same text, tokens/s and the
+ratio (goal: the word model's ratio the same as the character model's). The word model has
+the shipped model's shape (layers, units, embedding) and a vocabulary of the text's most
+frequent words; its weights are untrained, which costs the same.
 """
 from __future__ import annotations
 
@@ -23,8 +31,9 @@ import numpy as np
 import torch
 
 from probe import load_model, open_recording
+from probe.lm.model import CharRNN
 from probe.recording.record import BLOCK, PIECE, record
-from probe.text import corpus
+from probe.text import corpus, tokens
 
 
 def bare_forward(model, ids: torch.Tensor) -> float:
@@ -47,14 +56,48 @@ def child_peak_rss_mb(args: list[str]) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
+def ratio(model, text: str, out: Path) -> tuple[int, float, float]:
+    """(positions, bare forward s, probe record s) of ``model`` over ``text``."""
+    ids = torch.from_numpy(tokens.encode(model, text)[0])
+    bare_forward(model, ids[:BLOCK])  # warm up
+    t_a = min(bare_forward(model, ids) for _ in range(2))
+    t0 = time.perf_counter()
+    record(model, [("bench", text)], out, progress=False)
+    return len(ids), t_a, time.perf_counter() - t0
+
+
+def words(a) -> None:
+    chars = load_model(a.model)
+    text = corpus.stdlib("test").text[: a.chars]
+    cfg = chars.config
+    torch.manual_seed(0)
+    word = CharRNN(tokens.word_vocab([text], a.vocab_size), cfg["layers"], cfg["units"], cfg["embedding"],
+                   0.0, chars.cell, tokens="words").eval()
+    print(f"{len(text):,} chars of stdlib test, {a.threads} thread(s); both {cfg['layers']}x{cfg['units']} "
+          f"{chars.cell}; word vocabulary {len(word.vocab):,}")
+    print(f"{'model':10s} {'positions':>10s} {'bare /s':>10s} {'record /s':>10s} {'ratio':>6s}")
+    with tempfile.TemporaryDirectory(dir="recordings") as tmp:
+        found = {}
+        for name, model in (("chars", chars), ("words", word)):
+            n, t_a, t_r = ratio(model, text, Path(tmp) / f"{name}.h5")
+            found[name] = t_a / t_r
+            print(f"{name:10s} {n:10,} {n / t_a:10,.0f} {n / t_r:10,.0f} {t_a / t_r:6.2f}")
+    print(f"word / char ratio: {found['words'] / found['chars']:.2f} (goal: about 1)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model")
     p.add_argument("--chars", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=16, help="pieces side by side in batched mode")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--words", action="store_true", help="compare a word-level model's ratio with the char model's")
+    p.add_argument("--vocab-size", type=int, default=10_000)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    Path("recordings").mkdir(exist_ok=True)
+    if a.words:
+        return words(a)
     model = load_model(a.model)
     text = corpus.stdlib("test").text[: a.chars]
     ids = torch.from_numpy(corpus.encode(text, model.vocab)[0])
