@@ -140,3 +140,44 @@ def trained_a_little(model: nn.Module, scores, vocab_size: int, steps: int = 30,
         loss.backward()
         opt.step()
     return model.eval()
+
+
+class Dictionary:
+    """The shape of word_language_model's ``Dictionary``: ``word2idx`` and ``idx2word``, a
+    word's id the order it was first seen in."""
+
+    def __init__(self):
+        self.word2idx: dict[str, int] = {}
+        self.idx2word: list[str] = []
+
+    def add_word(self, word: str) -> int:
+        if word not in self.word2idx:
+            self.word2idx[word] = len(self.idx2word)
+            self.idx2word.append(word)
+        return self.word2idx[word]
+
+    def __len__(self) -> int:
+        return len(self.idx2word)
+
+
+# A little PTB-style prose: lower case, rare words already <unk>, one sentence a line.
+WORDS_TRAIN = """the cat sat on the mat and the dog sat by the door .
+a dog ran to the cat and the cat ran to the <unk> .
+the man said that the dog was on the mat , not the cat .
+she said the <unk> was by the door and the man sat down .
+the cat and the dog and the man ran , and then they sat on the mat .
+"""
+
+
+def word_corpus(text: str, dictionary: Dictionary, grow: bool = True) -> torch.Tensor:
+    """A text as word ids the way word_language_model's ``Corpus`` reads a file: each line
+    split on whitespace with <eos> after it; a word the dictionary lacks is added (training)
+    or read as <unk> (``grow=False``)."""
+    ids = []
+    for line in text.splitlines():
+        for word in line.split() + ["<eos>"]:
+            if grow:
+                ids.append(dictionary.add_word(word))
+            else:
+                ids.append(dictionary.word2idx.get(word, dictionary.word2idx["<unk>"]))
+    return torch.tensor(ids, dtype=torch.int64)

@@ -21,7 +21,7 @@ is one line saying where the two part ways, read from hooks on the user's module
 """
 from __future__ import annotations
 
-import json
+import re
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -31,6 +31,7 @@ import torch.nn as nn
 from probe.errors import ProbeError
 from probe.lm import imported, recurrence
 from probe.lm.parts import cell_of
+from probe.text import tokens as toks
 
 TOLERANCE = 1e-5  # |log p| difference allowed, float32 ...
 RELATIVE = 1e-6   # ... plus this much of |log p|: float32 rounds log p ~ -20 to a few 1e-6 (a model's own
@@ -48,17 +49,54 @@ SAMPLE = '''def fetch(url, retries=3):
 '''
 
 
-def tokens(vocab) -> str:
-    """The vocabulary as probe holds it: one string, a character per token, in index order."""
-    items = list(vocab) if not isinstance(vocab, str) else list(vocab)
-    bad = [t for t in items if not isinstance(t, str) or len(t) != 1]
-    if bad:
-        raise ProbeError(f"the vocabulary must be single characters in index order (word-level models "
-                         f"come with issue 28); got {bad[0]!r}")
-    if len(set(items)) != len(items):
-        dup = next(t for t in items if items.count(t) > 1)
-        raise ProbeError(f"the vocabulary lists {dup!r} twice")
-    return "".join(items)
+def vocabulary(vocab, kind: str = "chars") -> toks.Tokenizer:
+    """The vocabulary as probe holds it, with its tokenizer (``probe.text.tokens``): for
+    ``chars`` single characters in index order (a string or a list); for ``words`` and
+    ``vocab`` a list of tokens in index order (or a PyTorch word-LM ``Dictionary``, read
+    through its ``idx2word``), holding ``<unk>``, and ``<eos>`` for words. One line if not."""
+    if kind not in toks.KINDS:
+        raise ProbeError(f"unknown tokens {kind!r}: choose {', '.join(toks.KINDS)}")
+    vocab = getattr(vocab, "idx2word", vocab)  # word_language_model's Dictionary
+    if isinstance(vocab, dict):
+        raise ProbeError("give the vocabulary as its tokens in index order (a list), not a dict")
+    items = list(vocab)
+    odd = [t for t in items if not isinstance(t, str) or not t]
+    if odd:
+        raise ProbeError(f"a vocabulary's tokens are non-empty strings; got {odd[0]!r}")
+    if kind == "chars" and any(len(t) != 1 for t in items):
+        bad = next(t for t in items if len(t) != 1)
+        raise ProbeError(f"a chars vocabulary must be single characters in index order; got {bad!r} (a word or "
+                         "subword vocabulary: tokens='words' or 'vocab', probe import --tokens)")
+    seen: dict[str, int] = {}
+    for i, t in enumerate(items):
+        if t in seen:
+            raise ProbeError(f"the vocabulary lists {t!r} twice (ids {seen[t]} and {i})")
+        seen[t] = i
+    if kind == "words":
+        spaced = next((t for t in items if re.search(r"\s", t)), None)
+        if spaced is not None:
+            raise ProbeError(f"the words vocabulary holds {spaced!r}, which has whitespace: words are split on "
+                             "whitespace, so no text reads as it")
+        if toks.EOS not in seen:
+            raise ProbeError(f"a words vocabulary needs {toks.EOS}, read at every line end (PyTorch's word LM "
+                             f"corpus adds it to each line)")
+    if kind != "chars" and toks.UNK not in seen:
+        raise ProbeError(f"a {kind} vocabulary needs {toks.UNK}, read for every word it does not hold, and the "
+                         f"model has no row named so: rename the token such words should read as (a rare one) to "
+                         f"{toks.UNK} in the vocabulary")
+    return toks.Tokenizer(kind, tuple(items))
+
+
+def sample_ids(tokenizer: toks.Tokenizer) -> list[int]:
+    """The ids of the parity check's text: for characters the Python snippet ``SAMPLE``, its
+    characters the vocabulary holds; otherwise the vocabulary's own tokens in index order
+    (repeated to at least 64) joined the tokenizer's way (words with spaces, ``<eos>`` a line
+    end) and read back by it, so the check runs on what the tokenizer makes of a text."""
+    if tokenizer.kind == "chars":
+        return [tokenizer.index[ch] for ch in SAMPLE if ch in tokenizer.index]
+    V = len(tokenizer.vocab)
+    text = tokenizer.join([i % V for i in range(max(64, min(V, 256)))])
+    return tokenizer.encode(text)[0].tolist()
 
 
 def _named(module: nn.Module, name: str, kinds: tuple, what: str) -> tuple[str, nn.Module]:
@@ -142,13 +180,16 @@ def check_shapes(emb, recurrent, head, V: int) -> None:
                          "model's forward does something between them that probe does not see")
 
 
-def config_of(vocab: str, emb, recurrent, head, source: dict) -> dict:
-    """The imported model's config (``probe.lm.imported``) for the found parts."""
+def config_of(tokenizer: toks.Tokenizer, emb, recurrent, head, source: dict) -> dict:
+    """The imported model's config (``probe.lm.imported``) for the found parts; the
+    vocabulary a string for characters (as before), else a list, with its tokenizer's kind."""
     stack = [{"inputs": m.input_size, "units": m.hidden_size, "proj": int(getattr(m, "proj_size", 0) or 0),
               "bias": bool(m.bias), "nonlinearity": getattr(m, "nonlinearity", "tanh"), "layers": m.num_layers,
               "name": n} for n, m in recurrent]
     tied = emb is not None and head[1].weight is emb[1].weight
-    return {"kind": imported.KIND, "vocab": vocab, "cell": cell_of(recurrent[0][1]),
+    vocab = "".join(tokenizer.vocab) if tokenizer.kind == "chars" else list(tokenizer.vocab)
+    kind = {} if tokenizer.kind == "chars" else {"tokens": tokenizer.kind}
+    return {"kind": imported.KIND, "vocab": vocab, **kind, "cell": cell_of(recurrent[0][1]),
             "layers": sum(m.num_layers for _, m in recurrent), "units": max(m.hidden_size for _, m in recurrent),
             "embedding": emb[1].embedding_dim if emb is not None else 0, "dropout": 0.0, "tied": tied,
             "head_bias": head[1].bias is not None, "stack": stack,
@@ -262,7 +303,7 @@ def parity(module, model, forward, emb, recurrent, head, reference: str = "forwa
     random ids and on a text of the vocabulary's tokens; one line if over the tolerance."""
     V = len(model.vocab)
     gen = torch.Generator().manual_seed(seed)
-    known = [model.vocab.index(ch) for ch in SAMPLE if ch in model.vocab]
+    known = sample_ids(model.tokenizer)
     text = torch.tensor(known if len(known) >= 16 else torch.randint(V, (64,), generator=gen).tolist())
     checks = {"random ids": torch.randint(V, (2, 64), generator=gen), "a text": text[None]}
     worst = {}
@@ -283,20 +324,28 @@ def parity(module, model, forward, emb, recurrent, head, reference: str = "forwa
 
 
 def adapt(module: nn.Module, vocab, *, forward: Callable | None = None, embed: str | None = None,
-          rnn=None, head: str | None = None, source: dict | None = None) -> imported.RecurrentLM:
+          rnn=None, head: str | None = None, source: dict | None = None,
+          tokens: str = "chars") -> imported.RecurrentLM:
     """A probe model computing what ``module`` computes, proven on random ids and a text.
 
-    ``vocab``: the tokens in index order (single characters: a string or a list).
+    ``vocab``: the tokens in index order: single characters (a string or a list) for
+    ``tokens="chars"``; words (``"words"``: whitespace split, ``<eos>`` at line ends) or
+    longest-match pieces (``"vocab"``) as a list or a word-LM ``Dictionary``, with ``<unk>``.
+    The model keeps the tokenizer, so every command reads text as the model was trained.
     ``forward``: ids [B, T] → the user's scores [B, T, V], their own way (default: the found
     parts composed in order). ``embed``, ``rnn`` (a name or a list), ``head``: module names,
     when the types leave the parts open. Every API and command takes the result."""
     if not isinstance(module, nn.Module):
         raise ProbeError(f"adapt takes an nn.Module, got {type(module).__name__}")
-    vocab = tokens(vocab)
-    V = len(vocab)
-    emb, recurrent, out = find_parts(module, V, embed, rnn, head)
-    check_shapes(emb, recurrent, out, V)
-    model = imported.build(config_of(vocab, emb, recurrent, out, source or {}))
+    label = (source or {}).get("vocab")  # the vocabulary's file, named in its errors
+    try:
+        tokenizer = vocabulary(vocab, tokens)
+        V = len(tokenizer.vocab)
+        emb, recurrent, out = find_parts(module, V, embed, rnn, head)
+        check_shapes(emb, recurrent, out, V)
+    except ProbeError as e:
+        raise ProbeError(f"{label}: {e}" if label and "vocabulary" in str(e) else str(e)) from None
+    model = imported.build(config_of(tokenizer, emb, recurrent, out, source or {}))
     copy_weights(model, emb, recurrent, out)
     model.eval()
     was_training = module.training
@@ -308,15 +357,3 @@ def adapt(module: nn.Module, vocab, *, forward: Callable | None = None, embed: s
     finally:
         module.train(was_training)
     return model
-
-
-def vocab_json(path, text: str) -> list:
-    """The tokens of a ``--vocab`` JSON list, or a one-line error naming the file."""
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ProbeError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(items, list):
-        raise ProbeError(f"{path}: a vocabulary is a JSON list of tokens in index order, not a {type(items).__name__}")
-    return items
-

@@ -4,7 +4,8 @@ vectors), recurrent layers each with its own shape, and a linear head over the v
 ``probe.lm.adapt`` builds one from a user's module and proves it computes the same; this
 module only knows the shape, so a checkpoint of it is data (its config says every size)::
 
-    {"kind": "imported", "vocab": "...", "cell": "lstm", "layers": 2, "units": 512,
+    {"kind": "imported", "vocab": "..." (characters; a list of tokens with "tokens": "words" or
+     "vocab", the tokenizer probe.text.tokens reads text with), "cell": "lstm", "layers": 2, "units": 512,
      "embedding": 64 (0: one-hot), "tied": false, "head_bias": true,
      "stack": [{"inputs": 64, "units": 512, "proj": 0, "bias": true, "nonlinearity": "tanh",
                 "layers": 1}, ...], "parity": {...}, "source": {...}}
@@ -30,8 +31,9 @@ class RecurrentLM(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         self.config = dict(config)
-        self.vocab = config["vocab"]
-        self.tokenizer = toks.Tokenizer(config.get("tokens", "chars"), tuple(self.vocab))
+        kind = config.get("tokens", "chars")
+        self.vocab = config["vocab"] if kind == "chars" else tuple(config["vocab"])  # as CharRNN holds it
+        self.tokenizer = toks.Tokenizer(kind, tuple(self.vocab))
         self.cell = config["cell"]
         V = len(self.vocab)
         size = int(config["embedding"])
