@@ -16,7 +16,8 @@ library takes open objects (a ``Recording``, a model); paths are the command lin
     gradients.py  probe gradients                      how far back the loss reaches
     readout.py    probe directions, dictionary, encode read-outs, stored as streams
     ngram.py      probe ngram, probe errors            the n-gram baseline
-    output.py     probe render, probe export-lstmvis   pages and LSTMVis projects
+    output.py     probe render, export-lstmvis,        pages and LSTMVis projects
+                  import-lstmvis
 
 ``python -m probe.cli.reference`` writes docs/cli.md from these parsers.
 """

@@ -1,5 +1,6 @@
-"""``probe render`` and ``probe export-lstmvis``: a recording written out for a browser, as
-one cell's coloured text or as an LSTMVis project."""
+"""``probe render``, ``probe export-lstmvis`` and ``probe import-lstmvis``: a recording
+written out for a browser, as one cell's coloured text or as an LSTMVis project, and an
+LSTMVis project read in as a recording."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,8 @@ from probe.cli.common import command, names
 from probe.files import atomic, check_target
 from probe.output.export import export_lstmvis
 from probe.output.render import render_recording
+from probe.recording import h5format
+from probe.recording.lstmvis import KINDS, import_lstmvis
 from probe.recording.reader import open_recording
 
 
@@ -42,7 +45,8 @@ def add_export(sub) -> None:
         "probe export-lstmvis recordings/stdlib-test.h5 lstmvis/stdlib-test --streams c,h"],
         note="the folder (and its parents) is created if missing")
     x.add_argument("recording", help="a probe recording (.h5), or a folder of shards")
-    x.add_argument("outdir", help="folder to write (lstm.yml, states.hdf5, chars.hdf5, chars.dict)")
+    x.add_argument("outdir", help="folder to write (lstm.yml, states.hdf5, chars.hdf5, chars.dict; "
+                   "words.hdf5 and words.dict for a token recording)")
     x.add_argument("--streams", default="c,h", metavar="S,S", help="streams to export (default c,h)")
     x.add_argument("--force", action="store_true", help="replace a non-empty folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,10 +56,39 @@ def run_export(a: argparse.Namespace) -> int:
     streams = tuple(names(a.streams, "--streams"))
     with open_recording(a.recording) as rec:
         out = export_lstmvis(rec, a.outdir, streams, force=a.force, progress=not a.quiet)
-    print(f"wrote {out}/ (lstm.yml, states.hdf5, chars.hdf5, chars.dict)")
+        stem = "chars" if rec.char_level else "words"
+    print(f"wrote {out}/ (lstm.yml, states.hdf5, {stem}.hdf5, {stem}.dict)")
+    return 0
+
+
+def add_import(sub) -> None:
+    m = command(sub, "import-lstmvis", "read an LSTMVis project folder into a recording (no model)",
+                run_import, [
+                    "probe import-lstmvis lstmvis/ptb --out recordings/ptb.h5",
+                    "probe import-lstmvis lstmvis/stdlib-test --out back.h5 --force"],
+                note="see docs/lstmvis.md for what maps to what")
+    m.add_argument("folder", help="the project folder, holding lstm.yml")
+    m.add_argument("--out", required=True, help="recording to write (.h5)")
+    m.add_argument("--tokens", choices=KINDS, default=None,
+                   help="what a position is: words (joined by spaces, <eos> and </s> as line ends), chars "
+                   "or vocab (concatenated); default the project's word_sequence.tokens, else words")
+    m.add_argument("--compression", choices=h5format.COMPRESSIONS, default=h5format.COMPRESSIONS[0],
+                   help=f"filter of the streams (default {h5format.COMPRESSIONS[0]})")
+    m.add_argument("--force", action="store_true", help="overwrite an existing recording")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_import(a: argparse.Namespace) -> int:
+    out = import_lstmvis(a.folder, a.out, force=a.force, tokens=a.tokens, compression=a.compression,
+                         progress=not a.quiet)
+    with open_recording(out) as rec:
+        derived = f", {len(rec.derived)} derived" if rec.derived else ""
+        print(f"wrote {out}: {len(rec):,} {rec.unit_name}s, layers {' '.join(str(k) for k in rec.layer_ids)}, "
+              f"streams {' '.join(rec.streams)}{derived}")
     return 0
 
 
 def add_parser(sub) -> None:
     add_render(sub)
     add_export(sub)
+    add_import(sub)
