@@ -13,7 +13,7 @@ import pytest
 from probe import ProbeError
 from probe.cli import main
 from probe.output.export import export_lstmvis
-from probe.recording import lstmvis
+from probe.recording import h5format, lstmvis
 from probe.recording.reader import open_recording
 from probe.text import tokens
 
@@ -109,6 +109,9 @@ def test_the_tools_that_need_no_model_work_on_an_imported_project(tmp_path, caps
     with open_recording(out) as rec:
         on = np.tanh(rec.unit(1, "h", 0)) >= 0.1
         assert found and all(on[m["start"]:m["stop"]].all() for m in found)
+    page = tmp_path / "c.html"
+    assert main(["render", str(out), "--layer", "0", "--stream", "c", "--unit", "5", "--out", str(page)]) == 0
+    assert "mat" in page.read_text(encoding="utf-8")
 
 
 def test_the_dashboard_opens_an_imported_project(tmp_path):
@@ -158,6 +161,38 @@ def test_a_character_recording_comes_back_with_its_text(recording_path, tmp_path
     # the same project read as words: the named characters stay words, joined by spaces
     with open_recording(lstmvis.import_lstmvis(vis, tmp_path / "w.h5", tokens="words", progress=False)) as got:
         assert not got.char_level and "<space>" in got.tokens
+
+
+def test_a_longest_match_recording_comes_back_with_tokens_holding_whitespace(tmp_path):
+    tok = tokens.longest_match(("ab", " ", "cd\n", "a", "\u00a0", tokens.UNK))
+    text = "ab cd\nab\u00a0a cd\n"
+    ids, spans, unknown = tok.encode(text)
+    assert unknown == 0
+    rng = np.random.default_rng(1)
+    values = {(0, "h"): rng.standard_normal((len(ids), 3)), (1, "h"): rng.standard_normal((len(ids), 2))}
+    rec_path = h5format.write(tmp_path / "v.h5", text, values, spans=spans, ids=ids, tokens=tok.config())
+    with open_recording(rec_path) as rec:
+        vis = export_lstmvis(rec, tmp_path / "vis", streams=("h",), progress=False)
+    assert "<space> 2" in (vis / "words.dict").read_text() and "cd<nl> 3" in (vis / "words.dict").read_text()
+    with open_recording(lstmvis.import_lstmvis(vis, tmp_path / "back.h5", progress=False)) as got:
+        assert got.tokenizer == tok.config() and got.text == text
+        np.testing.assert_array_equal(got.spans, spans)
+        np.testing.assert_array_equal(got.stream(1, "h")[:], values[(1, "h")].astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int64, np.uint16])
+def test_word_ids_of_any_number_type_read_and_a_fraction_is_refused(tmp_path, dtype):
+    folder, ids, _ = project(tmp_path / "p")
+    with h5py.File(folder / "train.hdf5", "a") as f:
+        del f["word_ids"]
+        f["word_ids"] = ids.astype(dtype)[:, None]  # [T, 1] as some writers leave it
+    with open_recording(lstmvis.import_lstmvis(folder, tmp_path / "p.h5", progress=False)) as rec:
+        assert rec.tokens[:3] == ["the", "cat", "sat"]
+    if dtype is np.float64:
+        with h5py.File(folder / "train.hdf5", "a") as f:
+            f["word_ids"][3, 0] = 1.5
+        with pytest.raises(ProbeError, match=r"train.hdf5: dataset word_ids holds 1.5 at position 3, not a word id"):
+            lstmvis.import_lstmvis(folder, tmp_path / "q.h5", progress=False)
 
 
 def test_states_are_copied_in_blocks_to_the_same_file(tmp_path):

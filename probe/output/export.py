@@ -68,8 +68,7 @@ def export_lstmvis(rec, outdir: str | os.PathLike, streams=("c", "h"), force: bo
     stem, words, ids = dictionary(rec)
     with atomic(outdir, folder=True) as tmp:
         with open(tmp / f"{stem}.dict", "w", encoding="utf-8", newline="\n") as f:
-            for i, w in enumerate(words):
-                f.write(f"{w} {i + 1}\n")  # ids start at 1, as in LSTMVis's data
+            f.writelines(f"{w} {i + 1}\n" for i, w in enumerate(words))  # ids from 1, as in LSTMVis's data
         with h5py.File(tmp / f"{stem}.hdf5", "w") as f:
             if ids is not None:
                 f.create_dataset("words", data=(ids + 1).astype(np.int32))

@@ -231,9 +231,16 @@ def read_ids(p: Project, words: dict[int, str]) -> np.ndarray:
         if len(shape) != 1:
             raise ProbeError(f"{p.words_file}: dataset {p.words_path} has shape {ds.shape}; word ids are one "
                              "per position, [T]")
-        if ds.dtype.kind not in "iu":
-            raise ProbeError(f"{p.words_file}: dataset {p.words_path} holds {ds.dtype}, not integer word ids")
-        raw = ds[:].reshape(-1).astype(np.int64)
+        if ds.dtype.kind not in "iuf":
+            raise ProbeError(f"{p.words_file}: dataset {p.words_path} holds {ds.dtype}, not word ids")
+        raw = ds[:].reshape(-1)
+    if raw.dtype.kind == "f":  # Lua Torch wrote doubles: whole numbers are ids
+        whole = np.isfinite(raw) & (raw == np.round(raw))
+        if not whole.all():
+            t = int(np.flatnonzero(~whole)[0])
+            raise ProbeError(f"{p.words_file}: dataset {p.words_path} holds {float(raw[t])} at position {t}, "
+                             "not a word id")
+    raw = raw.astype(np.int64)
     if not len(raw):
         raise ProbeError(f"{p.words_file}: dataset {p.words_path} holds no words")
     keys = np.array(sorted(words), dtype=np.int64)
@@ -336,8 +343,7 @@ def write(p: Project, out: Path, x: np.ndarray, vocab: list[str], cps: np.ndarra
                          "needs at least one stream that every layer has")
     widths = {key: int(ds.shape[1]) for key, (ds, _) in sources.items()}
     T = len(x)
-    model = {"layers": layer_ids[-1] + 1, "units": max(widths.values()), "tokens": p.tokens,
-             "lstmvis": p.name}
+    model = {"layers": layer_ids[-1] + 1, "units": max(widths.values()), "tokens": p.tokens}
     source = {"kind": "lstmvis", "path": str(p.folder.resolve()), "name": p.name,
               "description": p.description}
     bar = tqdm(total=T * len(sources), unit="value", unit_scale=True, disable=not progress, desc="importing")
