@@ -3,7 +3,9 @@
 A corpus is a list of documents ``(name, text)``. The built-in ``stdlib`` corpus is the
 ``.py`` source of the running interpreter's standard library (test suites excluded),
 split by file into train/validation/test with a hash of each file's relative path, so the
-split is deterministic and no file straddles two splits.
+split is deterministic and no file straddles two splits. ``stdlib-prose`` is the prose of
+the same files, split the same way: their docstrings and comments (``probe.text.prose``),
+the offline corpus word-level models train on.
 """
 from __future__ import annotations
 
@@ -19,10 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from probe.errors import ProbeError
+from probe.text import prose
 
 SPLITS = ("train", "val", "test")
 SPLIT_PERCENT = {"train": 90, "val": 5, "test": 5}
 UNK = "\ufffd"  # shown for characters outside the vocabulary; always index 0
+BUILTIN = ("stdlib", "stdlib-prose", "linux")  # the corpora load() knows by name
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__", "dist-packages"}
 
 
@@ -99,6 +103,28 @@ def stdlib(split: str = "train") -> Corpus:
     return c
 
 
+def stdlib_prose(split: str = "train", limit: int | None = None) -> Corpus:
+    """The docstrings and comments of the stdlib corpus's files, one split of it (the same
+    files as ``stdlib(split)``, so a held-out file is held out in both); one paragraph per
+    line, files without prose left out. With ``limit``, files are read only until that many
+    characters are in (parsing every file takes seconds)."""
+    _check_split(split)
+    docs, n = [], 0
+    for name, path in stdlib_files():
+        if limit is not None and n >= limit:
+            break
+        if split_of(name) == split:
+            text = prose.prose(path.read_bytes().decode("utf-8", errors="replace"))
+            if text:
+                docs.append((name, text))
+                n += len(text)
+    src = {"kind": "stdlib-prose", "split": split, "root": sysconfig.get_paths()["stdlib"],
+           "documents": len(docs)}
+    c = Corpus(docs, src)
+    src["fingerprint"] = fingerprint(c.text)
+    return c
+
+
 def read_text_file(path: Path) -> str:
     """Read one UTF-8 text file, or raise a one-line error naming the file and byte offset."""
     try:
@@ -154,16 +180,19 @@ def linux(split: str = "train") -> Corpus:
 
 
 def load(corpus: str | None = None, split: str = "train", text: str | None = None,
-         glob: str = "**/*") -> Corpus:
-    """Pick a corpus by CLI-style arguments: ``text`` path wins, else a built-in name."""
+         glob: str = "**/*", limit: int | None = None) -> Corpus:
+    """Pick a corpus by CLI-style arguments: ``text`` path wins, else a built-in name;
+    ``limit``: its first characters only (``Corpus.limited``)."""
     if text is not None:
-        return text_files(text, glob)
+        return text_files(text, glob).limited(limit)
     name = corpus or "stdlib"
     if name == "stdlib":
-        return stdlib(split)
+        return stdlib(split).limited(limit)
+    if name == "stdlib-prose":
+        return stdlib_prose(split, limit).limited(limit)
     if name == "linux":
-        return linux(split)
-    raise ProbeError(f"unknown corpus {name!r}: choose stdlib, linux, or give --text PATH")
+        return linux(split).limited(limit)
+    raise ProbeError(f"unknown corpus {name!r}: choose {', '.join(BUILTIN)}, or give --text PATH")
 
 
 # ---- vocabulary ---------------------------------------------------------------------------
