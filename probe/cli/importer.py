@@ -15,6 +15,7 @@ from probe.errors import ProbeError
 from probe.files import check_target
 from probe.lm.adapt import adapt
 from probe.lm.model import save_checkpoint
+from probe.text import tokens as toks
 
 
 def add_parser(sub) -> None:
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
 
 
-TOKENS = ("chars", "words", "vocab")
+TOKENS = toks.KINDS  # chars, words, vocab
 
 
 def read_vocab(path: str) -> list[str]:
