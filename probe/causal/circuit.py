@@ -29,11 +29,13 @@ from probe.text import tokens as toks
 SETS = 20  # random draws of k nodes for the check
 
 
-def _ids(model, text: str, at: int) -> np.ndarray:
-    ids, _ = toks.encode(model, text)
+def _ids(model, text: str, at: int) -> tuple[np.ndarray, str]:
+    """The ids read up to position ``at`` (a character, or a word model's token) and its text."""
+    tok = toks.of(model)
+    ids, spans, _ = tok.encode(text)
     if not 0 <= at < len(ids):
-        raise ProbeError(f"position {at} is outside the text (positions 0..{len(ids) - 1})")
-    return ids[:at + 1]
+        raise ProbeError(f"position {at} is outside the text ({tok.unit} positions 0..{len(ids) - 1})")
+    return ids[:at + 1], text[spans[at, 0]:spans[at, 1]]
 
 
 def attribution(model, ids: np.ndarray, cell: tuple[int, str, int], steps: int) -> tuple[float, list[dict]]:
@@ -120,7 +122,10 @@ def circuit(model, text: str, cell: tuple[int, str, int], at: int, *, steps: int
             k: int | None = None, sets: int = SETS, seed: int = 0) -> dict:
     """The top ``top`` upstream nodes of ``cell`` (layer, stream, unit) at position ``at`` of
     ``text`` over ``steps`` steps back, by gradient × activation, and the check: the top
-    ``k`` (default: all ``top``) zeroed against ``k`` random upstream nodes."""
+    ``k`` (default: all ``top``) zeroed against ``k`` random upstream nodes. A position is a
+    character, or a word model's token (``at`` a token index, steps back counted in tokens);
+    the target's ``char`` is that position's text (the token's, for a word model) and
+    ``position_unit`` says which."""
     layer, stream, unit = cell
     stack = recurrence.layers(model)
     recurrence.check_points(stack, {(layer, stream): []})
@@ -129,18 +134,20 @@ def circuit(model, text: str, cell: tuple[int, str, int], at: int, *, steps: int
     if steps < 1 or top < 1:
         raise ProbeError(f"--steps and --top must be >= 1, got {steps} and {top}")
     model = model.eval()
-    ids = _ids(model, text, at)
+    ids, shown = _ids(model, text, at)
     value, nodes = attribution(model, ids, cell, min(steps, at))
     if not nodes:
         raise ProbeError(f"{layer}:{stream}:{unit} at position {at} has no upstream node to explain it "
-                         "(the first character of the text?)")
+                         f"(the first {toks.of(model).unit} of the text?)")
     nodes.sort(key=lambda n: -abs(n["weight"]))
     chosen = nodes[:top]
     k = len(chosen) if k is None else min(k, len(chosen))
     to = {"layer": layer, "stream": stream, "unit": unit, "steps_back": 0}
     edges = [{"from": {key: n[key] for key in ("layer", "stream", "unit", "steps_back")}, "to": to,
               "weight": n["weight"]} for n in chosen]
-    return {"target": {**to, "position": at, "value": value, "char": text[at]}, "steps": min(steps, at),
+    return {"target": {**to, "position": at, "value": value, "char": shown,
+                       "position_unit": toks.of(model).unit},
+            "steps": min(steps, at),
             "method": "gradient x activation", "nodes": len(nodes), "edges": edges,
             "check": check(model, ids, cell, chosen[:k], nodes, sets, seed)}
 
@@ -148,7 +155,8 @@ def circuit(model, text: str, cell: tuple[int, str, int], at: int, *, steps: int
 def report(res: dict) -> str:
     """What ``probe circuit`` prints: the target, the edges, the check."""
     t = res["target"]
-    lines = [f"circuit of {t['layer']}:{t['stream']}:{t['unit']} at position {t['position']} ({t['char']!r}), "
+    what = "token " if t.get("position_unit") == "token" else ""
+    lines = [f"circuit of {t['layer']}:{t['stream']}:{t['unit']} at position {t['position']} ({what}{t['char']!r}), "
              f"value {t['value']:+.3f}; {res['method']} over {res['steps']} steps back, "
              f"top {len(res['edges'])} of {res['nodes']:,} upstream nodes",
              "  from            steps back      weight"]

@@ -8,7 +8,8 @@ LSTM's cell state carries it further ("a gradient highway")::
     flow = gradients.flow(model, text, span=200, positions=1000)
     flow["layers"][0]["mean"]   # ‖∂loss_t/∂h_{t-k}‖ for k = 0..span, averaged over positions
 
-For each sampled position t, the model reads the ``span`` characters before it, starting
+For each sampled position t (a character, or a word model's token: k counts positions),
+the model reads the ``span`` positions before it, starting
 from the state the real text left there (the recurrence run fused up to it, detached), one
 step at a time through ``probe.lm.recurrence`` with a hook on every state that keeps its
 gradient; one backward pass through all sampled positions at once (a batch) gives
@@ -86,7 +87,8 @@ def flow(model: CharRNN, text: str, span: int = 200, positions: int = 1000, seed
     if span < 1 or positions < 1:
         raise ProbeError(f"--span and --positions must be >= 1, got {span} and {positions}")
     if len(ids) < span + 2:
-        raise ProbeError(f"--span {span} needs a text of at least {span + 2} characters, got {len(ids)}")
+        unit = toks.of(model).unit
+        raise ProbeError(f"--span {span} needs a text of at least {span + 2} {unit}s, got {len(ids)}")
     rng = np.random.default_rng(seed)
     starts = np.sort(rng.choice(len(ids) - span - 1, size=min(positions, len(ids) - span - 1), replace=False))
     before = _states_before(model, ids, starts)
@@ -112,15 +114,16 @@ def flow(model: CharRNN, text: str, span: int = 200, positions: int = 1000, seed
 
 
 def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tuple[int, np.ndarray, float]:
-    """How much each of the ``window`` characters up to ``position`` (inclusive) moved the
-    prediction of the character after it: gradient × input (the gradient of the log-loss
-    of character position + 1 with respect to each character's embedding, dotted with the
-    embedding; positive: the character made the prediction worse). The window is read from
-    a zero state. Returns (first position of the window, values [n], the cost in bits of
-    the character predicted)."""
+    """How much each of the ``window`` positions up to ``position`` (inclusive) moved the
+    prediction of the position after it: gradient × input (the gradient of the log-loss
+    of position + 1 with respect to each position's embedding, dotted with the embedding;
+    positive: it made the prediction worse). A position is a character, or a word model's
+    token (``salient`` gives each its text and span). The window is read from a zero state.
+    Returns (first position of the window, values [n], the cost in bits of the position
+    predicted)."""
     ids, _ = toks.encode(model, text)
     if not 0 <= position < len(ids) - 1:
-        raise ProbeError(f"position {position} has no next character to explain "
+        raise ProbeError(f"position {position} has no next {toks.of(model).unit} to explain "
                          f"(positions are 0..{len(ids) - 2})")
     if window < 1:
         raise ProbeError(f"window must be >= 1, got {window}")
@@ -134,6 +137,21 @@ def saliency(model: CharRNN, text: str, position: int, window: int = 200) -> tup
                                                                              device=logits.device))
         (grad,) = torch.autograd.grad(loss, x)
     return start, (grad * x).sum(dim=1).detach().cpu().numpy(), loss.item() * LOG2E
+
+
+def salient(model: CharRNN, text: str, position: int, window: int = 200, top: int = 10) -> dict:
+    """``saliency`` with its positions as the model's tokens (characters for a character
+    model): {"start", "values" [n], "bits", "spans" [n, 2] (each position's [start, stop) in
+    ``text``), "tokens" [n] (their text), "predicted" (the text of position + 1), "top":
+    [(position, token, value)] of the ``top`` largest |value|} — which earlier tokens matter."""
+    start, values, bits = saliency(model, text, position, window)
+    _, spans, _ = toks.of(model).encode(text)
+    mine = spans[start:position + 1]
+    words = [text[a:b] for a, b in mine.tolist()]
+    order = np.argsort(-np.abs(values), kind="stable")[:top]
+    a, b = spans[position + 1]
+    return {"start": start, "values": values, "bits": bits, "spans": mine, "tokens": words,
+            "predicted": text[a:b], "top": [(start + int(j), words[j], float(values[j])) for j in order]}
 
 
 def report(res: dict, model: str = "") -> str:

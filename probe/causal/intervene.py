@@ -132,10 +132,15 @@ def resolve(model: CharRNN, texts: list[str], edits: list[Edit]) -> list[Edit]:
             streams, _ = activations(model, text)
             for key, v in streams.items():
                 sums[key] = sums.get(key, 0.0) + v.astype(np.float64).sum(axis=0)
-            n += len(text)
+            n += len(next(iter(streams.values())))  # positions: characters, or a word model's tokens
         means = {key: s / max(n, 1) for key, s in sums.items()}
     return [Edit(e.layer, e.stream, e.unit, 0.0 if e.how == "zero" else float(means[(e.layer, e.stream)][e.unit])
                  if e.how == "mean" else float(e.how)) for e in edits]
+
+
+def bar_unit(model) -> str:
+    """A progress bar's unit: cells times positions read (characters, or a word model's tokens)."""
+    return "unit-char" if toks.of(model).kind == "chars" else "unit-token"
 
 
 def _batch_losses(model: CharRNN, ids: np.ndarray, layer: int, edits: list[Edit],
@@ -165,8 +170,9 @@ def row_pins(rows: list[int], units: list[int], values: list[float]) -> Hook:
 
 def losses(model: CharRNN, text: str, edits: list[Edit], *, batch: int = BATCH,
            progress: bool = False, bar=None) -> np.ndarray:
-    """Bits per character [1 + len(edits), T] of ``text`` read from a zero state: row 0
-    unedited, then one row per edit (loss[t] is the cost of character t; NaN at 0).
+    """Bits per position [1 + len(edits), T] of ``text`` read from a zero state: row 0
+    unedited, then one row per edit (loss[t] is the cost of position t, a character or a
+    word model's token; NaN at 0).
 
     Edits on the same layer run ``batch`` at a time as rows of one recurrent pass."""
     model = model.eval()
@@ -177,7 +183,8 @@ def losses(model: CharRNN, text: str, edits: list[Edit], *, batch: int = BATCH,
     out = np.full((1 + len(edits), len(ids)), np.nan, dtype=np.float32)
     own_bar = bar is None  # effects passes one bar for all its documents
     if own_bar:
-        bar = tqdm(total=len(ids) * len(edits), unit="unit-char", unit_scale=True, disable=not progress,
+        bar = tqdm(total=len(ids) * len(edits), unit=bar_unit(model), unit_scale=True,
+                   disable=not progress,
                    desc="ablating")
     try:
         if not edits:
@@ -206,12 +213,13 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
             *, layer: int | None = None, feature_names: list[str] | None = None, how: str | float = "zero",
             stream: str = "h", random: int = 32, seed: int = 0, batch: int = BATCH,
             progress: bool = False) -> pd.DataFrame:
-    """The causal effect of each cell on predicting the next character, per feature.
+    """The causal effect of each cell on predicting the next position, per feature.
 
     ``cells`` [(layer, stream, unit)], or ``layer`` to sweep all units of its ``stream``
     ("h" or "c"); each is pinned (``how``) on every document (``[(name, text)]``, each read from a zero state). For a
-    position t, the effect is the change in the cost of character t+1 (bits): the state
-    after reading t is what predicts it, and features describe that state. Per (layer,
+    position t (a character, or a word model's token), the effect is the change in the cost
+    of position t+1 (bits): the state after reading t is what predicts it, and features
+    describe that state (``position_features``: a token's at its last character). Per (layer,
     stream, unit, feature): ``delta_bits`` (mean over positions where the feature holds),
     ``delta_bits_elsewhere``, ``random_median`` (median |delta_bits| of ``random`` random
     units of the same layer, seeded; drawn from the sweep when a layer is swept),
@@ -238,15 +246,13 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
                 for ks in points}  # random units of the same layer and stream
     todo = list(dict.fromkeys(cells + [(k, s, u) for (k, s), us in controls.items() for u in us]))
     texts = [t for _, t in documents]
-    spans = np.cumsum([0] + [len(t) for t in texts])
-    feats = features_mod.compute("".join(texts), feature_names,
-                                 documents=list(zip(spans[:-1].tolist(), spans[1:].tolist())))
+    feats = position_features(model, texts, feature_names)
     names = feature_names or [n for n in feats.columns  # every binary feature that holds somewhere
                               if features_mod.is_binary(n, feats[n].to_numpy()) and feats[n].any()]
     edits = resolve(model, texts, [Edit(k, s, u, how) for k, s, u in todo])
 
     # bits [1 + E, T] over all documents; delta at position t is the change at t + 1
-    with tqdm(total=sum(map(len, texts)) * len(edits), unit="unit-char", unit_scale=True,
+    with tqdm(total=len(feats) * len(edits), unit=bar_unit(model), unit_scale=True,
               disable=not progress, desc="ablating") as bar:
         parts = [losses(model, t, edits, batch=batch, bar=bar) for t in texts]
     bits = np.concatenate(parts, axis=1)
@@ -272,12 +278,29 @@ def effects(model: CharRNN, documents: list[tuple[str, str]], cells: list[tuple[
     return pd.DataFrame(out, columns=EFFECT_COLUMNS)
 
 
-def report(df: pd.DataFrame, how: str = "zero") -> str:
+def position_features(model, texts: list[str], names: list[str] | None = None, *,
+                      document_names: list[str] | None = None, regex: dict | None = None) -> pd.DataFrame:
+    """Features of the documents ``texts`` (each lexed on its own), one row per position the
+    model reads, the documents one after another: per character for a character model; per
+    token for a word model, every feature read at the token's last character (the state
+    after reading it) and a regex marking the tokens its matches overlap
+    (``features.compute(..., spans=)``), the spans from the model's own tokenizer."""
+    tok = toks.of(model)
+    edges = np.cumsum([0] + [len(t) for t in texts])
+    spans = None
+    if tok.kind != "chars":
+        spans = np.concatenate([tok.encode(t)[1] + a for t, a in zip(texts, edges[:-1].tolist())])
+    return features_mod.compute("".join(texts), names, documents=list(zip(edges[:-1].tolist(), edges[1:].tolist())),
+                                document_names=document_names, regex=regex, spans=spans)
+
+
+def report(df: pd.DataFrame, how: str = "zero", unit: str = "character") -> str:
     """What ``probe ablate`` prints: per feature, each cell's effect beside random units'.
 
-    The percentile column (rank among the layer's units) is shown for a sweep only."""
+    The percentile column (rank among the layer's units) is shown for a sweep only; ``unit``
+    is what a position is (the model's tokenizer's ``unit``: character or token)."""
     sweep = df["percentile"].notna().any()
-    lines = [f"pinning to {how}: change in bits per next character (positive: the model needs the cell)"]
+    lines = [f"pinning to {how}: change in bits per next {unit} (positive: the model needs the cell)"]
     for feature, g in df.groupby("feature", sort=False):
         lines += ["", f"{feature}  ({int(g['positions'].iloc[0]):,} positions)",
                   "  cell          delta_bits  elsewhere  random_median   ratio" + ("  percentile" if sweep else "")]

@@ -23,17 +23,22 @@ position), so every edit replaces characters, never inserts:
 Each text starts at a line start at least ``CONTEXT`` characters before the edit (or at its
 document's start) and ends with the target. Users give their own pairs as JSON lines
 (``load``): ``{"base": "...", "source": "...", "position": p, "target": "'"}``.
+
+For a word model positions are tokens: ``position`` stays a character offset, mapped to the
+token whose span contains it, and ``target`` is that model's token (``token_targets`` makes
+the built-in pairs' targets the base's token there; see ``load`` and ``probe.causal.patch``).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from probe.errors import ProbeError
 from probe.text import features as features_mod
+from probe.text import tokens
 from probe.text.python_lexer import spans_python
 
 CONTEXT = 120     # characters of context before an edit, at least (back to a line start)
@@ -50,12 +55,16 @@ class Pair:
     target: str
     where: str = ""  # document and offset of the edit, for the report
 
-    def check(self, n: int | None = None) -> None:
-        """One line naming the pair (``n``: its line in a file) if it cannot be patched."""
+    def check(self, n: int | None = None, tokenizer: tokens.Tokenizer | None = None) -> None:
+        """One line naming the pair (``n``: its line in a file) if it cannot be patched; for a
+        token model (``tokenizer`` not chars) the target is a token of its vocabulary."""
         name = f"pair {n}" if n is not None else "a pair"
         if not isinstance(self.position, int) or not 0 < self.position < min(len(self.base), len(self.source)):
             raise ProbeError(f"{name}: position {self.position} is outside the texts (1..{min(len(self.base), len(self.source)) - 1})")
-        if len(self.target) != 1:
+        if tokenizer is not None and tokenizer.kind != "chars":
+            if self.target not in tokenizer.index:
+                raise ProbeError(f"{name}: target {self.target!r} is not a token of the model's vocabulary")
+        elif len(self.target) != 1:
             raise ProbeError(f"{name}: target must be one character, got {self.target!r}")
         if self.base[:self.position] == self.source[:self.position]:
             raise ProbeError(f"{name}: base and source are the same before position {self.position}: nothing to patch")
@@ -133,10 +142,27 @@ MAKERS = {"in_short_string": _strings, "in_comment": _comments, "bracket_depth":
           "indent": _indents, "column": _indents}
 
 
-def pairs(feature: str, documents: list[tuple[str, str]], n: int = 200, seed: int = 0) -> tuple[list[Pair], dict]:
+def token_targets(made: list[Pair], tokenizer: tokens.Tokenizer) -> list[Pair]:
+    """The pairs with their target made a token model's: the base's token at character
+    ``position`` (the token whose span contains it, as ``probe.causal.patch`` reads it; its
+    vocabulary entry, ``<unk>`` for a word outside it). Character tokenizers: as they are."""
+    if tokenizer.kind == "chars":
+        return list(made)
+    out = []
+    for p in made:
+        ids, spans, _ = tokenizer.encode(p.base)
+        at = int(np.searchsorted(spans[:, 1], p.position, side="right"))
+        out.append(replace(p, target=tokenizer.vocab[int(ids[at])]) if at < len(ids) else p)
+    return out
+
+
+def pairs(feature: str, documents: list[tuple[str, str]], n: int = 200, seed: int = 0,
+          tokenizer: tokens.Tokenizer | None = None) -> tuple[list[Pair], dict]:
     """Up to ``n`` minimal pairs for a built-in feature from ``documents`` [(name, text)],
     drawn at random (``seed``) from every one the text offers; and a report: how many it
-    offered, how many were made."""
+    offered, how many were made. With a token model's ``tokenizer`` each target is the token
+    there (``token_targets``); the edits still replace characters, so a pair whose texts
+    tokenize differently before the target is dropped when patched (``patch.sweep``)."""
     if feature not in MAKERS:
         raise ProbeError(f"no pairs are made for {feature!r}: choose {', '.join(FEATURES)}, or give your own "
                          "(--pairs FILE.jsonl)")
@@ -147,11 +173,21 @@ def pairs(feature: str, documents: list[tuple[str, str]], n: int = 200, seed: in
         raise ProbeError(f"the text offers no {feature} pairs (none of what the pairs need: see probe.causal.pairs)")
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(found), min(n, len(found)), replace=False).tolist())
-    return [found[j] for j in pick], {"feature": feature, "offered": len(found), "made": len(pick)}
+    made = [found[j] for j in pick]
+    if tokenizer is not None:
+        made = token_targets(made, tokenizer)
+    return made, {"feature": feature, "offered": len(found), "made": len(pick)}
 
 
-def load(path: str | Path) -> list[Pair]:
-    """Pairs from a JSON-lines file, each checked: one line naming the file and line if not."""
+def load(path: str | Path, tokenizer: tokens.Tokenizer | None = None) -> list[Pair]:
+    """Pairs from a JSON-lines file, each checked: one line naming the file and line if not.
+
+    ``position`` is a character offset in the texts: for a character model the model reads
+    the characters before it and predicts ``target``, one character; for a token model
+    (``tokenizer``: a word model's) it reads the tokens before the token whose span contains
+    that character and predicts ``target``, a token of its vocabulary (``"<eos>"`` for a line
+    end); a pair whose base and source tokenize to different numbers of tokens before it is
+    dropped and counted when patched."""
     p = Path(path)
     if not p.is_file():
         raise ProbeError(f"{p}: no such file")
@@ -167,7 +203,7 @@ def load(path: str | Path) -> list[Pair]:
         except (KeyError, TypeError) as e:
             raise ProbeError(f"{p}:{n}: a pair needs base, source, position and target ({e})") from None
         try:
-            pair.check(n)
+            pair.check(n, tokenizer)
         except ProbeError as e:
             raise ProbeError(f"{p}:{n}: {str(e).split(': ', 1)[1]}") from None
         out.append(pair)

@@ -15,6 +15,11 @@ the prediction at least halfway from the base's to the source's (pairs whose bas
 source predictions are equal are left out of it). A unit sweep is one batched base run per
 pair, one row per unit, as the ablation sweep is; a steps-back sweep patches one unit at one
 position per row ("when is it carried?").
+
+For a word model positions are tokens: a pair's ``position`` is still a character offset in
+its texts, mapped to the token whose span contains it (``encoded``); a pair whose base and
+source do not tokenize to as many tokens before it cannot be patched position by position,
+and ``sweep`` drops and counts it. Character models are as before.
 """
 from __future__ import annotations
 
@@ -28,23 +33,62 @@ from probe.errors import ProbeError
 from probe.lm import recurrence
 from probe.lm.model import LOG2E
 from probe.text import corpus as corpora
+from probe.text import tokens as toks
 
 ROWS = 160        # rows (patched variants) per batched base run
 SAME = 1e-3       # bits: a pair whose base and source predictions differ by less is left out of the IIA
 COLUMNS = ["layer", "stream", "unit", "steps_back", "effect_bits", "random_median", "ratio", "iia", "pairs"]
 
 
+class Misaligned(ProbeError):
+    """A pair a token model cannot patch position by position: its base and source tokenize
+    to different numbers of tokens before the target, or read the same tokens there.
+    ``sweep`` drops (and counts) such pairs; ``reason`` says which."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where or 'a pair'}: {reason}")
+        self.reason = reason
+
+
+def target_token(tok: toks.Tokenizer, text: str, position: int) -> tuple[np.ndarray, int]:
+    """(ids of ``text``, the index of the token at character ``position``): the token whose
+    span contains it, or the first one after it when it falls between tokens (a space a
+    word tokenizer skips); len(ids) when no token is at or after it."""
+    ids, spans, _ = tok.encode(text)
+    return ids, int(np.searchsorted(spans[:, 1], position, side="right"))
+
+
 def encoded(model, pair) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(base ids, source ids) up to the target, the first position they differ, the target's id."""
-    vocab = model.vocab
-    if pair.target not in vocab:
-        raise ProbeError(f"target {pair.target!r} is not in the model's vocabulary")
-    b = corpora.encode(pair.base[:pair.position], vocab)[0]
-    s = corpora.encode(pair.source[:pair.position], vocab)[0]
-    diff = np.flatnonzero(b != s)
+    """(base ids, source ids) up to the target, the first position they differ, the target's id.
+
+    A character model reads each text's characters before ``pair.position``. A token model
+    (a word model) reads the tokens before the one at character ``pair.position`` (the token
+    whose span contains it, ``target_token``) and ``pair.target`` is a token of its
+    vocabulary; the pair is ``Misaligned`` unless base and source have that token at the
+    same index and differ before it."""
+    tok = toks.of(model)
+    if tok.kind == "chars":
+        vocab = model.vocab
+        if pair.target not in vocab:
+            raise ProbeError(f"target {pair.target!r} is not in the model's vocabulary")
+        b = corpora.encode(pair.base[:pair.position], vocab)[0]
+        s = corpora.encode(pair.source[:pair.position], vocab)[0]
+        diff = np.flatnonzero(b != s)
+        if len(diff) == 0:
+            raise ProbeError(f"{pair.where or 'a pair'}: base and source read the same before the target")
+        return b, s, int(diff[0]), vocab.index(pair.target)
+    if pair.target not in tok.index:
+        raise ProbeError(f"target {pair.target!r} is not a token of the model's vocabulary")
+    b, at = target_token(tok, pair.base, pair.position)
+    s, at_source = target_token(tok, pair.source, pair.position)
+    if at >= len(b) or at_source >= len(s):
+        raise Misaligned(pair.where, f"no token at character {pair.position}")
+    if at != at_source:
+        raise Misaligned(pair.where, "base and source tokenize to different numbers of tokens before the target")
+    diff = np.flatnonzero(b[:at] != s[:at])
     if len(diff) == 0:
-        raise ProbeError(f"{pair.where or 'a pair'}: base and source read the same before the target")
-    return b, s, int(diff[0]), vocab.index(pair.target)
+        raise Misaligned(pair.where, "base and source read the same tokens before the target")
+    return b[:at], s[:at], int(diff[0]), tok.index[pair.target]
 
 
 def capture(model, ids: np.ndarray, points: set, state=None, start: int = 0) -> tuple[dict, torch.Tensor]:
@@ -122,20 +166,31 @@ def run_pair(model, pair, cells: list[tuple[int, str, int, int | None]], *, rows
 
 def sweep(model, made: list, cells: list[tuple[int, str, int, int | None]], *, progress: bool = False,
           done: Callable[[int], None] | None = None) -> dict:
-    """Per pair and cell: {"base" [P], "source" [P], "patched" [P, C]} in log2 p(target)."""
+    """Per pair and cell: {"base" [P], "source" [P], "patched" [P, C]} in log2 p(target),
+    over the pairs the model can patch: "kept" (their indices in ``made``) and "dropped"
+    ({reason: count}, the ``Misaligned`` pairs of a token model; empty for characters)."""
     if not made:
         raise ProbeError("no pairs to patch")
     recurrence.check_cells(model, [(k, s, u) for k, s, u, _ in cells])
     model = model.eval()
-    base, source, patched = [], [], []
-    for pair in tqdm(made, desc="patching", unit="pair", disable=not progress):
-        b, s, p = run_pair(model, pair, cells)
-        base.append(b)
-        source.append(s)
-        patched.append(p)
+    base, source, patched, kept, dropped = [], [], [], [], {}
+    for j, pair in enumerate(tqdm(made, desc="patching", unit="pair", disable=not progress)):
+        try:
+            b, s, p = run_pair(model, pair, cells)
+        except Misaligned as e:
+            dropped[e.reason] = dropped.get(e.reason, 0) + 1
+        else:
+            base.append(b)
+            source.append(s)
+            patched.append(p)
+            kept.append(j)
         if done is not None:
             done(1)
-    return {"base": np.array(base), "source": np.array(source), "patched": np.array(patched)}
+    if not kept:
+        raise ProbeError(f"none of the {len(made)} pairs can be patched at token level: "
+                         + "; ".join(f"{n} {why}" for why, n in dropped.items()))
+    return {"base": np.array(base), "source": np.array(source), "patched": np.array(patched).reshape(len(kept), -1),
+            "kept": kept, "dropped": dropped}
 
 
 def summarise(res: dict, cells: list, controls: dict[tuple, list[int]]) -> list[dict]:
@@ -165,7 +220,8 @@ def effects(model, made: list, cells: list[tuple[int, str, int]] | None = None, 
     stream (drawn from the sweep when a layer is swept, seeded). With ``steps_back`` K > 0,
     also patch the ``heat`` cells of largest |effect| one position at a time, 0..K−1 steps
     back from the target. Returns {"rows", "heat": [{layer, stream, unit, effects [K]}],
-    "pairs", "base", "source"}."""
+    "pairs" (those patched), "dropped" ({reason: count}: a token model's pairs whose
+    tokenizations do not align, see ``encoded``), "base", "source"}."""
     if (cells is None) == (layer is None):
         raise ProbeError("give cells or a layer to sweep, not both")
     width = recurrence.widths(model)
@@ -186,11 +242,12 @@ def effects(model, made: list, cells: list[tuple[int, str, int]] | None = None, 
     ctl = {(k, s, u, None): [col[(k, s, v)] for v in controls[(k, s)]] for k, s, u in cells}
     allrows = summarise(res, [(k, s, u, None) for k, s, u in todo], ctl)
     rows = [allrows[col[c]] for c in cells]
-    out = {"rows": rows, "heat": [], "pairs": len(made), "base": res["base"].tolist(), "source": res["source"].tolist()}
+    out = {"rows": rows, "heat": [], "pairs": len(res["kept"]), "dropped": res["dropped"],
+           "base": res["base"].tolist(), "source": res["source"].tolist()}
     if steps_back > 0:
         top = sorted(rows, key=lambda r: -abs(r["effect_bits"]))[:heat]
         at = [(r["layer"], r["stream"], r["unit"], b) for r in top for b in range(steps_back)]
-        got = sweep(model, made, at, progress=progress)
+        got = sweep(model, [made[j] for j in res["kept"]], at, progress=progress)
         mean = (got["patched"] - got["base"][:, None]).mean(0).reshape(len(top), steps_back)
         out["heat"] = [{"layer": r["layer"], "stream": r["stream"], "unit": r["unit"], "effects": m.tolist()}
                        for r, m in zip(top, mean)]
@@ -209,6 +266,10 @@ def report(res: dict, feature: str = "", beside: dict | None = None, top: int = 
                      f"  {r['ratio']:+6.1f}  {r['iia']:5.2f}")
     base, source = np.array(res["base"]), np.array(res["source"])
     lines.append(f"base log2 p(target) {base.mean():+.3f}, source {source.mean():+.3f} (mean over pairs)")
+    dropped = res.get("dropped") or {}
+    if dropped:
+        lines.append(f"dropped {sum(dropped.values())} pairs a token model cannot patch position by position: "
+                     + "; ".join(f"{n} {why}" for why, n in dropped.items()))
     if beside:
         lines.append(f"beside: best single cell {beside['best_cell']} reads {feature} with AUC "
                      f"{beside['best_cell_auc']:.3f}; a linear read-out of every state, held out: AUC "

@@ -16,6 +16,7 @@ from probe.files import atomic, check_target
 from probe.lm.model import load_model, on_device
 from probe.readout import directions
 from probe.recording import derived
+from probe.text import tokens as toks
 from probe.text.corpus import load
 
 
@@ -61,6 +62,7 @@ def run(a: argparse.Namespace) -> int:
     if a.threads:
         torch.set_num_threads(max(1, a.threads))
     model = on_device(load_model(a.model), a.device)
+    unit = toks.of(model).unit  # a position: a character, or a word model's token
     docs = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit).documents
     if a.directions:
         spec = derived.load(a.directions)
@@ -71,12 +73,12 @@ def run(a: argparse.Namespace) -> int:
                                    streams=(a.stream,) if a.stream else None, progress=not a.quiet)
         for w in said:
             print(f"probe: note: {a.directions}: {w.message}", file=sys.stderr)
-        report = directions.report(df)
+        report = directions.report(df, unit)
     else:
         df = intervene.effects(model, docs, cells, layer=a.layer, feature_names=a.feature or None, how=how,
                                stream=a.stream or "h", random=32 if a.random is None else a.random, seed=a.seed,
                                progress=not a.quiet)
-        report = intervene.report(df, how=str(how))
+        report = intervene.report(df, how=str(how), unit=unit)
     if csv is not None:
         with atomic(csv) as tmp:
             df.to_csv(tmp, index=False)

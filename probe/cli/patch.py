@@ -16,6 +16,7 @@ from probe.cli.ngram import draw_png
 from probe.errors import ProbeError
 from probe.files import atomic, check_target
 from probe.lm.model import load_model, on_device
+from probe.text import tokens as toks
 from probe.text.corpus import load
 
 
@@ -27,7 +28,10 @@ def add_patch(sub) -> None:
                     "probe patch --feature bracket_depth --layer 1 --stream h --steps-back 20 --png when.png",
                     "probe patch --pairs mypairs.jsonl --cells 0:c:89,1:h:158 --csv out.csv"],
                 note="pairs: each built-in feature's minimal edit (probe.causal.pairs), or your own JSON lines "
-                     '{"base": ..., "source": ..., "position": p, "target": "\'"}')
+                     '{"base": ..., "source": ..., "position": p, "target": "\'"}; p is a character offset in the '
+                     "texts: a word model reads the tokens before the one containing it and target is one of its "
+                     "tokens (pairs whose texts tokenize to different numbers of tokens before it are dropped "
+                     "and counted)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--feature", help="make pairs for this feature from the text: in_short_string, in_comment, "
                        "bracket_depth, indent, column")
@@ -58,19 +62,21 @@ def run_patch(a: argparse.Namespace) -> int:
     if png is not None and a.steps_back < 1:
         raise ProbeError("--png draws the top cells by steps back: give --steps-back K")
     model = on_device(load_model(a.model), a.device)
+    tok = toks.of(model)  # a word model's pairs: positions mapped to its tokens (probe.causal.patch)
     beside = None
     if a.pairs:
-        made, made_report = pairs_mod.load(a.pairs), {"feature": None, "offered": None}
+        made, made_report = pairs_mod.load(a.pairs, tok), {"feature": None, "offered": None}
     else:
         docs = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob).limited(a.limit).documents
-        made, made_report = pairs_mod.pairs(a.feature, docs, a.n, a.seed)
+        made, made_report = pairs_mod.pairs(a.feature, docs, a.n, a.seed, tok)
     cells = [(k, s, u) for k, s, u in intervene.parse_cells(a.cells)] if a.cells else None
     res = patch.effects(model, made, cells, layer=a.layer, stream=a.stream, random=a.random, seed=a.seed,
                         steps_back=a.steps_back, progress=not a.quiet)
     if a.feature:
         from probe.readout.readable import readable
         beside = readable(model, docs, a.feature, a.seed)
-    doc = {"feature": a.feature, "pairs": res["pairs"], "offered": made_report["offered"], "rows": res["rows"],
+    doc = {"feature": a.feature, "pairs": res["pairs"], "offered": made_report["offered"],
+           "dropped": res["dropped"], "rows": res["rows"],
            "heat": res["heat"], "readable": beside}
     if csv is not None:
         with atomic(csv) as tmp:
@@ -93,7 +99,8 @@ def add_circuit(sub) -> None:
                     "probe circuit 1:h:158 --text mycode.py --at 500 --steps 30 --top 20 --json"])
     c.add_argument("cell", metavar="L:S:U", help="the cell, e.g. 0:c:89")
     source_flags(c, 100_000, "characters of the text to read (default 100000)")
-    c.add_argument("--at", type=int, required=True, help="the position (character index) whose value to explain")
+    c.add_argument("--at", type=int, required=True,
+                   help="the position whose value to explain: a character index (a token index for a word-level model)")
     c.add_argument("--steps", type=int, default=20, help="steps back to look (default 20)")
     c.add_argument("--top", type=int, default=15, help="edges kept, the strongest (default 15)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random nodes of the check (default 0)")

@@ -163,7 +163,7 @@ def _inputs(model, ids) -> torch.Tensor:
     ids = ids.long()
     vocab = len(model.vocab)
     if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-        raise ProbeError(f"ids must be character indices 0..{vocab - 1}, got {int(ids.min())}..{int(ids.max())}")
+        raise ProbeError(f"ids must be the model's token ids 0..{vocab - 1}, got {int(ids.min())}..{int(ids.max())}")
     return embedded(model, ids.T)
 
 
@@ -227,8 +227,8 @@ def run(model, ids, hooks=None, *, state: State | None = None, rows: int | None 
         grad: bool = False, head: bool = True, block: int = BLOCK) -> tuple[torch.Tensor, State]:
     """Read ``ids`` (a text, ids [T] or [B, T], or embeddings [B, T, in]) with ``hooks`` on.
 
-    Returns (logits [rows, T, vocab] of the character after each position, or with
-    ``head=False`` the top layer's h [rows, T, units]; the state after the last position, per
+    Returns (logits [rows, T, vocab] of the position after each one (a character, or a word
+    model's token), or with ``head=False`` the top layer's h [rows, T, units]; the state after the last position, per
     layer (h, c or None), to pass back as ``state`` to go on). ``hooks``: {point: hook or
     [hooks]} or [(point, hook)], a point (layer, stream) or "L:S". ``rows``: copies of one
     text run side by side for per-row edits. ``start``: the position of ids[0], as hooks see
@@ -244,9 +244,9 @@ def run(model, ids, hooks=None, *, state: State | None = None, rows: int | None 
 
 def bits(model, ids, hooks=None, *, rows: int | None = None, done: Callable[[int], None] | None = None,
          block: int = BLOCK) -> np.ndarray:
-    """Bits per character float32 [rows, T] of a text (or its ids [T]) read from a zero
-    state with ``hooks`` on (loss[t] is the cost of character t, −log2 p; NaN at 0), block by
-    block, never holding more than a block's logits. ``done(n)`` after each block of n."""
+    """Bits per position float32 [rows, T] of a text (or its ids [T]) read from a zero
+    state with ``hooks`` on (loss[t] is the cost of position t, a character or a token:
+    −log2 p; NaN at 0), block by block, never holding more than a block's logits. ``done(n)`` after each block of n."""
     if isinstance(ids, str):
         from probe.text import tokens
         ids = tokens.encode(model, ids)[0]
@@ -257,7 +257,7 @@ def bits(model, ids, hooks=None, *, rows: int | None = None, done: Callable[[int
         for a, b, top, _ in blocks(model, ids, hooks, rows=rows, block=block):
             if out is None:
                 out = np.full((top.shape[1], T), np.nan, dtype=np.float32)
-            n = min(b, T - 1) - a  # positions of this block with a next character
+            n = min(b, T - 1) - a  # positions of this block with a next one
             if n > 0:
                 logp = torch.log_softmax(logits(model, top[:n]), dim=-1)  # [n, rows, V]
                 nxt = ids.reshape(-1, T)[:, a + 1:a + 1 + n].T.to(logp.device)  # [n, 1 or rows]

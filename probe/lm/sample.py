@@ -1,4 +1,5 @@
-"""Sample text from a model, character by character, with a temperature."""
+"""Sample text from a model, one position (a character, or a word model's token) at a time,
+with a temperature."""
 from __future__ import annotations
 
 import math
@@ -15,12 +16,16 @@ from probe.text import tokens as toks
 @torch.no_grad()
 def sample(model: CharRNN, prime: str = "\n", length: int = 500, temperature: float = 1.0,
            seed: int | None = None, clamp=()) -> str:
-    """Continue ``prime`` by ``length`` characters.
+    """Continue ``prime`` by ``length`` positions: characters, or a word model's tokens,
+    returned as the text that follows ``prime`` (words joined by its tokenizer: a space
+    between words, ``<eos>`` a line end, a space before the first word unless ``prime``
+    ends in whitespace).
 
     Logits are divided by ``temperature`` before the softmax: 1.0 samples the model's own
-    distribution, lower sharpens it, 0 picks the most likely character (greedy). Characters
-    of the prime outside the model's vocabulary are read as the unknown symbol, as
-    ``probe record`` reads them (``corpus.encode`` counts them). ``clamp``: edits
+    distribution, lower sharpens it, 0 picks the most likely one (greedy); the unknown
+    token is never sampled (greedy decoding may still pick it). The prime is read as
+    ``probe record`` reads text, through the model's tokenizer: what is outside the
+    vocabulary becomes the unknown symbol. ``clamp``: edits
     (``intervene.Edit`` with a number) pinned at every step, prime included: steering.
     Free or clamped, the model runs through ``probe.lm.recurrence`` (``stepper``).
     """
@@ -53,11 +58,12 @@ def sample(model: CharRNN, prime: str = "\n", length: int = 500, temperature: fl
         out.append(nxt)
         last = step(nxt)
     text = tok.join(out)
-    return " " + text if text and tok.kind == "words" and not prime[-1].isspace() else text
+    glued = not text or text[0] == "\n" or prime[-1].isspace()
+    return text if tok.kind != "words" or glued else " " + text
 
 
 def stepper(model: CharRNN, clamp: list = ()):
-    """step(char id) -> logits [V] of the next character, one character at a time through
+    """step(id) -> logits [V] of the next position, one position at a time through
     ``probe.lm.recurrence``, with the clamped cells (if any) pinned."""
     for e in clamp:
         if isinstance(e.how, str):

@@ -18,6 +18,7 @@ import torch
 
 from probe.analysis.threads import one_torch_thread
 from probe.errors import ProbeError
+from probe.causal.intervene import position_features
 from probe.lm import recurrence
 from probe.readout.linear import blocks, check_spec, pick_names
 from probe.recording import derived
@@ -142,9 +143,10 @@ def stacked(rows: list[Direction], B: int) -> dict:
 
 
 def losses(model, text: str, rows: list[Direction]) -> np.ndarray:
-    """Bits per character [1 + len(rows), T] of ``text`` read from a zero state: row 0
+    """Bits per position [1 + len(rows), T] of ``text`` read from a zero state: row 0
     unedited, then one row per direction removed (``remove`` at every step, in every
-    block it names; loss[t] is the cost of character t, NaN at 0).
+    block it names; loss[t] is the cost of position t — a character, or a word model's
+    token — NaN at 0).
 
     One batch (``probe.lm.recurrence.bits``, a hook on each edited stream): the layers below
     the lowest edited one run once (they cannot see the edit), the edited ones step by step
@@ -200,7 +202,8 @@ def ablate(model, text, spec: dict, features: list[str] | None = None, *, random
     every block the read-out reads; on the shipped model the c blocks cost the most).
 
     As in ``intervene.effects``, the effect at position t is the change in the cost of
-    character t + 1 (the state after reading t predicts it). One row per feature:
+    position t + 1 (the state after reading t predicts it); a position is a character, or a
+    word model's token, with the features read per token (``intervene.position_features``). One row per feature:
     ``delta_bits`` is its mean where a binary feature holds, or over all positions for a
     count (column, depth: its direction carries the value everywhere, so there is no
     "elsewhere"); ``delta_bits_elsewhere`` where a binary feature does not hold (NaN for
@@ -220,11 +223,8 @@ def ablate(model, text, spec: dict, features: list[str] | None = None, *, random
             raise ProbeError(f"feature {n!r} is neither built in nor a regex of the spec: ablate cannot tell "
                              "where it holds")
     texts = [t for _, t in docs]
-    spans = np.cumsum([0] + [len(t) for t in texts])
-    feats = features_mod.compute("".join(texts), names,
-                                 documents=list(zip(spans[:-1].tolist(), spans[1:].tolist())),
-                                 document_names=[n for n, _ in docs],
-                                 regex={k: v for k, v in regex.items() if k in names})
+    feats = position_features(model, texts, names, document_names=[n for n, _ in docs],
+                              regex={k: v for k, v in regex.items() if k in names})  # per position
     rows = [direction(spec, n) for n in names] + random_directions(spec, int(random), seed)
     if streams is not None:
         streams = [streams] if isinstance(streams, str) else list(streams)
@@ -260,10 +260,11 @@ def ablate(model, text, spec: dict, features: list[str] | None = None, *, random
     return pd.DataFrame(out, columns=EFFECT_COLUMNS)
 
 
-def report(df: pd.DataFrame) -> str:
-    """The ablation table as text: per feature its direction's effect beside random ones'."""
+def report(df: pd.DataFrame, unit: str = "character") -> str:
+    """The ablation table as text: per feature its direction's effect beside random ones'
+    (``unit``: what a position is, the model's tokenizer's ``unit``)."""
     lines = ["removing each feature's direction (its component held at its mean): change in bits per next "
-             "character", "  feature           positions   delta_bits  elsewhere  random_median  random_max"
+             f"{unit}", "  feature           positions   delta_bits  elsewhere  random_median  random_max"
              "   ratio  percentile"]
     for r in df.itertuples():
         lines.append(f"  {r.feature:<16} {r.positions:>10,}  {r.delta_bits:+11.4f}  {r.delta_bits_elsewhere:+9.4f}"

@@ -21,6 +21,7 @@ from probe.lm import recurrence
 from probe.recording import h5format
 from probe.recording.transforms import decode, dictionary_params, encode
 from probe.text import corpus as corpora
+from probe.text import tokens as toks
 
 EPS = 1e-6           # c = arctanh(clip(x̂, -1 + EPS, 1 - EPS)) for a stream read through tanh
 
@@ -50,7 +51,7 @@ def splice(recon: Callable[[torch.Tensor], torch.Tensor]) -> recurrence.Hook:
 
 def spliced_bits(model, ids: np.ndarray, layer: int, stream: str,
                  recon: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
-    """Bits [3, T − 1] of characters 1 … T − 1 of ids read from a zero state: row 0 clean,
+    """Bits [3, T − 1] of positions 1 … T − 1 of ids read from a zero state: row 0 clean,
     row 1 with ``layer``'s ``stream`` replaced by recon(it) at every step, row 2 with it
     zero. One ``probe.lm.recurrence`` pass of three rows with ``splice`` on the point: the
     layers below run once, fused; the edited layer one step at a time; the layers above fused."""
@@ -58,8 +59,9 @@ def spliced_bits(model, ids: np.ndarray, layer: int, stream: str,
 
 
 def pieces(rec, test: np.ndarray, chars: int) -> list[tuple[int, int]]:
-    """[start, stop) of up to ``chars`` held-out characters: the start of each held-out
-    segment (an equal share each), cut at document starts."""
+    """[start, stop) of up to ``chars`` held-out positions (characters, or a word-level
+    recording's tokens): the start of each held-out segment (an equal share each), cut at
+    document starts."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], test.astype(np.int8), [0]])))
     segments = list(zip(edges[::2].tolist(), edges[1::2].tolist()))
     share = max(2, chars // max(1, len(segments)))
@@ -72,8 +74,20 @@ def pieces(rec, test: np.ndarray, chars: int) -> list[tuple[int, int]]:
     return out
 
 
+def piece_ids(rec, model, a: int, b: int) -> np.ndarray:
+    """The model's ids of positions [a, b) of a recording: their code points for a character
+    recording; for a token one, the text from the first token's start to the last one's end,
+    tokenized by the model (its own tokens, the recording's when they share a tokenizer)."""
+    if rec.char_level:
+        text = rec.dataset("text")
+        return corpora.encode(np.asarray(text[a:b]).astype("<u4").tobytes().decode("utf-32-le"), model.vocab)[0]
+    spans = rec.spans
+    return toks.encode(model, rec.text[int(spans[a, 0]):int(spans[b - 1, 1])])[0]
+
+
 def loss_recovered(spec: dict, rec, model, test: np.ndarray, chars: int) -> dict:
-    """The model reads up to ``chars`` held-out characters (``pieces``) clean, with the
+    """The model reads up to ``chars`` held-out positions (``pieces``; a word model's
+    tokens, ``piece_ids``) clean, with the
     dictionary's stream replaced by its reconstruction, and with it zeroed (``spliced_bits``):
     loss_recovered = (L_zero − L_recon) / (L_zero − L_clean), and the three in bits."""
     layer, stream = int(spec["inputs"][0][0]), str(spec["inputs"][0][1])
@@ -87,11 +101,9 @@ def loss_recovered(spec: dict, rec, model, test: np.ndarray, chars: int) -> dict
                          f"does not fit a dictionary with {len(spec['mean'])} inputs")
     model = model.eval()
     recon = recon_fn(spec, stream)
-    text = rec.dataset("text")
     sums, n = np.zeros(3), 0
     for a, b in pieces(rec, test, chars):
-        ids, _ = corpora.encode(np.asarray(text[a:b]).astype("<u4").tobytes().decode("utf-32-le"), model.vocab)
-        bits = spliced_bits(model, ids, layer, stream, recon)
+        bits = spliced_bits(model, piece_ids(rec, model, a, b), layer, stream, recon)
         sums += bits.astype(np.float64).sum(1)
         n += bits.shape[1]
     clean, rec_bits, zero = sums / max(n, 1)
