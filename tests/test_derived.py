@@ -132,7 +132,7 @@ def test_encoding_twice_another_model_and_missing_inputs_are_refused(rec_path, t
     wide = spec_for(rec_path, stream="d4")
     wide["mean"], wide["scale"] = torch.zeros(UNITS + 1), torch.ones(UNITS + 1)
     wide["params"]["W"] = torch.zeros(UNITS + 1, 2)
-    with pytest.raises(ProbeError, match="reads 5 values per character"):
+    with pytest.raises(ProbeError, match="reads 5 values per position"):
         encode(rec_path, derived.save(wide, tmp_path / "wide.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not torch")
     with pytest.raises(ProbeError, match="junk.pt: not a probe directions/dictionary file"):

@@ -390,7 +390,7 @@ def test_bad_input_is_one_line(planted, planted_spec, models, tmp_path):
         directions.ablate(one_layer, TEXT, lstm_spec)
     one_line(e)
     wide = CharRNN(corpus.build_vocab(TEXT), layers=2, units=UNITS + 1, embedding=4)
-    with pytest.raises(ProbeError, match="the model: the spec reads 32 values per character; .* have 36") as e:
+    with pytest.raises(ProbeError, match="the model: the spec reads 32 values per position; .* have 36") as e:
         directions.ablate(wide, TEXT, lstm_spec)
     one_line(e)
     with open_recording(short) as rec, pytest.raises(ProbeError, match="no layer 1|no stream 'c'") as e:

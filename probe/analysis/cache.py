@@ -151,7 +151,7 @@ def analysis(rec: Recording, refresh: bool = False, progress=False, *,
     top=5, ``saturation``), computed once and cached in ``<recording>.analysis.npz``; with
     ``with_summaries`` also ``"summaries"`` (as ``summaries`` returns, from the same read of
     the cache). ``progress``: a terminal bar if true, or a function called with
-    (characters scanned, total) as the pass goes (the dashboard's notice).
+    (positions scanned, total) as the pass goes (the dashboard's notice).
 
     The cache is keyed by the recording's size, mtime_ns, ``created`` attribute and
     ANALYSIS_VERSION (and must cover the ``regex`` features asked for); ``refresh``
@@ -211,14 +211,14 @@ def causal(rec: Recording, best_df: pd.DataFrame, *, chars: int = 20_000, random
            seed: int = 0, progress: bool = False) -> pd.DataFrame:
     """``best_df``'s rows of binary features with the ablation effect of each cell beside
     its score: ``delta_bits``, ``random_median`` and ``ratio`` (see ``intervene.effects``),
-    measured on the open recording's first ``chars`` characters with its model.
+    measured on the open recording's first ``chars`` characters with its model (which reads
+    them as it was trained: characters or tokens).
     A ``c`` cell is ablated by pinning its cell state to 0, any other by pinning the
     unit's h (a gate's own value is not an edit the model can take)."""
     from probe.causal import intervene  # runs the model: torch only when asked for
     from probe.lm.model import for_recording
     model, _ = for_recording(rec)
-    docs = Corpus([(str(n), rec.text[a:b]) for n, a, b in rec.documents.itertuples(index=False)],
-                  rec.source).limited(chars).documents
+    docs = Corpus(document_texts(rec), rec.source).limited(chars).documents
     rows = best_df[best_df["metric"] == "auc"].copy()
     rows["on"] = np.where(rows["stream"] == "c", "c", "h")
     parts = []
@@ -241,7 +241,14 @@ def _fmt(metric: str, value: float) -> str:
     return f"r={value:+.3f}" if metric == "r" else f"auc={value:.3f}"
 
 
-def report_text(best_df: pd.DataFrame, sat_summary: pd.DataFrame, title: str = "") -> str:
+def document_texts(rec: Recording) -> list[tuple[str, str]]:
+    """[(name, text)] of the recording's documents, cut at their character offsets (positions
+    may be tokens): what a model reads again to measure an effect."""
+    names = rec.documents["name"].tolist()
+    return [(str(n), rec.text[a:b]) for n, (a, b) in zip(names, rec.text_documents)]
+
+
+def report_text(best_df: pd.DataFrame, sat_summary: pd.DataFrame, title: str = "", unit: str = "character") -> str:
     """Per feature a table of its top cells, then the mean saturation per layer and gate."""
     lines = [title] if title else []
     for feature, g in best_df.groupby("feature", sort=False):
@@ -258,7 +265,7 @@ def report_text(best_df: pd.DataFrame, sat_summary: pd.DataFrame, title: str = "
     if best_df.empty:
         lines += ["", "no feature varies in this recording: nothing to rank"]
     if not sat_summary.empty:
-        lines += ["", "saturation: mean fraction of characters with gate < 0.1 (left) / > 0.9 (right)",
+        lines += ["", f"saturation: mean fraction of {unit}s with gate < 0.1 (left) / > 0.9 (right)",
                   "  layer  stream   left  right"]
         for row in sat_summary.itertuples():
             lines.append(f"  {row.layer:>5}  {row.stream:<6}  {row.left:5.3f}  {row.right:5.3f}")

@@ -10,7 +10,8 @@ What the dashboard's cell card and the README figures show for a selected cell: 
 ``probe.analysis.detectors``, which scans every cell of a recording, these take one cell's values
 over the recording and the documents' bounds (a frame with ``start`` and ``stop``
 columns, as ``Recording.documents``), and return small DataFrames of positions and their
-context windows, clipped to the document. Plain arrays in, so a caller that already holds
+context windows, clipped to the document. Positions are characters, or a word-level
+recording's tokens (``Recording.tokens`` gives each one's text). Plain arrays in, so a caller that already holds
 the values (the dashboard) does not read them again.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _values(values, documents: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np
     """values as float32 [T] and the documents' start and stop, checked against each other."""
     v = np.asarray(values).reshape(-1)
     if v.size == 0:
-        raise ProbeError("no values: the recording is empty (0 characters)")
+        raise ProbeError("no values: the recording is empty (0 positions)")
     starts = np.asarray(documents["start"], dtype=np.int64)
     stops = np.asarray(documents["stop"], dtype=np.int64)
     if len(starts) == 0 or starts[0] != 0 or stops[-1] != v.size:
@@ -45,14 +46,14 @@ def _values(values, documents: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np
 
 def _contexts(starts: np.ndarray, stops: np.ndarray, positions: np.ndarray,
               width: int) -> tuple[np.ndarray, np.ndarray]:
-    """[start, stop) of ``width`` characters either side, clipped to the document."""
+    """[start, stop) of ``width`` positions either side, clipped to the document."""
     positions = np.asarray(positions, dtype=np.int64)
     d = np.searchsorted(starts, positions, side="right") - 1
     return np.maximum(starts[d], positions - width), np.minimum(stops[d], positions + width + 1)
 
 
 def context_bounds(documents: pd.DataFrame, positions, width: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """[start, stop) of ``width`` characters either side of each position, clipped to its
+    """[start, stop) of ``width`` positions either side of each position, clipped to its
     document (``Recording.documents``): the context windows of ``top_contexts``."""
     starts = np.asarray(documents["start"], dtype=np.int64)
     stops = np.asarray(documents["stop"], dtype=np.int64)
@@ -85,9 +86,9 @@ def smallest_first(s: np.ndarray, n: int) -> np.ndarray:
 
 def top_contexts(values, documents: pd.DataFrame, k: int = 10, width: int = 40) -> pd.DataFrame:
     """The ``k`` highest (kind "top", highest first) and lowest ("bottom", lowest first)
-    positions of a cell's ``values`` [T], none within ``width`` characters of another of
+    positions of a cell's ``values`` [T], none within ``width`` positions of another of
     its kind (earlier positions win ties). Columns kind, position, value, start, stop: the
-    context is ``width`` characters either side, clipped to the position's document."""
+    context is ``width`` positions either side, clipped to the position's document."""
     if k < 1 or width < 0:
         raise ProbeError(f"k must be >= 1 and width >= 0, got k={k}, width={width}")
     v, starts, stops = _values(values, documents)

@@ -6,8 +6,9 @@
         detectors.best(sc, top=3)       # per feature, the top cells by |r| or AUC
         detectors.saturation(rec)       # per gate unit (i f o), the fraction < 0.1 / > 0.9
 
-The entry points. Every (layer, stream, unit) is scored against every per-character
-feature of ``probe.text.features`` in one streaming pass over each stream, in row chunks,
+The entry points. Every (layer, stream, unit) is scored against every per-position
+feature of ``probe.text.features`` (``Recording.features``: for a word-level recording
+each feature read at a token's last character, one row per token) in one streaming pass over each stream, in row chunks,
 so memory does not grow with the text: Pearson r from running sums and, for binary
 features, ROC AUC from per-unit histograms. ``scan_all`` is the pass; it returns a
 ``Scan`` (scores, saturation, per-unit summaries); ``scores`` and ``saturation`` are its
@@ -89,7 +90,7 @@ def length(rec: Recording) -> int:
     """T, the recording's length; a one-line error if it is empty (nothing to score)."""
     T = len(rec)
     if T == 0:
-        raise ProbeError(f"{rec.path}: empty recording (0 characters)")
+        raise ProbeError(f"{rec.path}: empty recording (0 {rec.unit_name}s)")
     return T
 
 
@@ -131,7 +132,7 @@ def prepare(rec: Recording, feats: pd.DataFrame | None, layers=None, streams=Non
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ProbeError(f"chunk must be a positive number of rows, got {chunk}")
     pairs = layer_streams(rec, layers, streams)
-    fx = FeatureSet(default_features(rec) if feats is None else feats, T, rec.path)
+    fx = FeatureSet(default_features(rec) if feats is None else feats, T, rec.path, rec.unit_name)
     parts = parts_of(rec)
     edges = np.cumsum([0] + [len(p) for p in parts]).tolist()
     return pairs, fx, parts, [fx.part(a, b) for a, b in zip(edges[:-1], edges[1:])]
@@ -211,7 +212,7 @@ def scores_and_saturation(rec: Recording, feats: pd.DataFrame | None, *, layers=
 # ---- saturation -----------------------------------------------------------------------
 
 def saturation(rec: Recording, low: float = 0.1, high: float = 0.9, chunk: int = CHUNK) -> pd.DataFrame:
-    """Per layer, gate stream (values in [0, 1]: i f o) and unit: fraction of characters
+    """Per layer, gate stream (values in [0, 1]: i f o) and unit: fraction of positions
     with the gate < ``low`` (``left``) and > ``high`` (``right``). Streaming."""
     length(rec)
     streams = gate_streams(rec.streams)

@@ -19,11 +19,11 @@ MAX_COMBOS = 8            # distinct 0/1 patterns of binary features histogramme
 class FeatureSet:
     """Features as centred columns, plus the binary ones packed into pattern codes."""
 
-    def __init__(self, feats: pd.DataFrame, T: int, where: object):
+    def __init__(self, feats: pd.DataFrame, T: int, where: object, unit: str = "character"):
         if not isinstance(feats, pd.DataFrame):
-            raise ProbeError("features must be a DataFrame with one row per character")
+            raise ProbeError(f"features must be a DataFrame with one row per {unit}")
         if len(feats) != T:
-            raise ProbeError(f"{where}: features have {len(feats)} rows but the recording has {T} characters")
+            raise ProbeError(f"{where}: features have {len(feats)} rows but the recording has {T} {unit}s")
         if feats.shape[1] == 0:
             raise ProbeError("no features to score")
         self.names = [str(c) for c in feats.columns]

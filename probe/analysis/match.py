@@ -7,20 +7,21 @@ and find where else those cells are on together — over the whole recording.
         hits = match.search(rec, 1, "c", units)                  # start, stop, n_on, jaccard, text
         match.explain(rec, hits)                                 # what the matched spans share
 
-A unit is *on* at a character when its value is >= ``threshold``: ``tanh(c)`` for the cell
+A unit is *on* at a position (a character, or a token of a word-level model) when its value is >= ``threshold``: ``tanh(c)`` for the cell
 state (the colour the dashboard shows), the raw value for gates and ``h``. The search reads
-a bit-packed index of on/off per character and unit, built once per (layer, stream,
+a bit-packed index of on/off per position and unit, built once per (layer, stream,
 threshold) in one chunked pass and cached beside the recording (``REC.h5.match-…npy``,
-rebuilt when the recording changes), so a query touches 1 bit per unit and character.
+rebuilt when the recording changes), so a query touches 1 bit per unit and position. A match's ``text`` is its positions'
+text: a word-level recording's tokens with the spacing between them.
 
 ``mode="lstmvis"`` applies LSTMVis's rule (Strobelt et al. 2017, ``query_similar_activations``
 in its ``lstmdata/data_handler.py``; written anew here): candidate spans are the maximal
-runs of at least two characters where at least m of the selected units are on, for m from
+runs of at least two positions where at least m of the selected units are on, for m from
 all of them down to 1; each candidate is scored by which units of the whole layer are on
 throughout it (and off just before / after, when asked); matches rank by most selected
 units on throughout, then fewest units on in all (the union with the selection), then the
 longest span. Unlike LSTMVis it scores every candidate of the whole recording: its fast
-mode reads only the first 500,000 characters and its precise mode keeps only the 10,000
+mode reads only the first 500,000 positions and its precise mode keeps only the 10,000
 candidates it generates first. ``mode="jaccard"`` ranks the same candidates by the Jaccard
 index of the selected units and the units on throughout (how well the selection explains
 what is on there), then by length: it prefers spans where the selected cells are on and
@@ -71,7 +72,7 @@ def _check_span(rec: Recording, start: int, stop: int) -> None:
 
 def select(rec: Recording, layer: int, stream: str, start: int, stop: int, threshold: float = 0.3,
            off_before: bool = True, off_after: bool = False) -> list[int]:
-    """The units on (value >= threshold) at every character of [start, stop) — and off at
+    """The units on (value >= threshold) at every position of [start, stop) — and off at
     start - 1 (``off_before``) and at ``stop`` (``off_after``) where those exist: the cells
     that turn on for exactly this span (LSTMVis's selection rule and defaults)."""
     rec.check(layer, stream)
@@ -87,7 +88,7 @@ def select(rec: Recording, layer: int, stream: str, start: int, stop: int, thres
     units = np.flatnonzero(keep).tolist()
     if not units:
         raise ProbeError(f"{rec.path.name}: no unit of layer {layer} {stream} is >= {threshold:g} on "
-                         f"every character of {start}:{stop}"
+                         f"every {rec.unit_name} of {start}:{stop}"
                          + (" and off just before it" if off_before and start > 0 else "")
                          + "; try a lower --threshold or a shorter span")
     return units
@@ -105,7 +106,7 @@ def _key(rec: Recording) -> str:
 
 
 def index(rec: Recording, layer: int, stream: str, threshold: float = 0.3) -> np.ndarray:
-    """On/off of every unit at every character, bit-packed: uint64 [T, ceil(units / 64)]
+    """On/off of every unit at every position, bit-packed: uint64 [T, ceil(units / 64)]
     (unit u is bit u % 64 of word u // 64). Built in one chunked pass, kept in memory and
     cached beside the recording; rebuilt when the recording changes."""
     rec.check(layer, stream)
@@ -187,7 +188,7 @@ def count_on(bits: np.ndarray, units: list[int]) -> np.ndarray:
 # ---- search -------------------------------------------------------------------------------
 
 def _runs(count: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """(start, length) of the maximal runs of at least 2 characters where count >= m."""
+    """(start, length) of the maximal runs of at least 2 positions where count >= m."""
     on = np.concatenate([[False], count >= m, [False]])
     edges = np.flatnonzero(on[1:] != on[:-1])
     starts, stops = edges[0::2], edges[1::2]
@@ -216,7 +217,7 @@ def search(rec: Recording, layer: int, stream: str, units: list[int], threshold:
     bits = index(rec, layer, stream, threshold)  # [T, W]
     T, n = len(bits), len(units)
     sel = _mask(units, bits.shape[1])
-    count = count_on(bits, units)  # [T] selected units on at each character
+    count = count_on(bits, units)  # [T] selected units on at each position
 
     starts, lengths, on_counts, union_counts = [], [], [], []
     kept = 0  # candidates so far with at least m selected units on throughout
@@ -224,7 +225,7 @@ def search(rec: Recording, layer: int, stream: str, units: list[int], threshold:
         s, ln = _runs(count, m)
         ok = (s >= 1) & (s + ln + 1 <= T)  # as LSTMVis: a neighbour on each side
         s, ln = s[ok], ln[ok]
-        if m < n and len(s):  # a run whose every character has more than m on is the same
+        if m < n and len(s):  # a run whose every position has more than m on is the same
             low = np.minimum.reduceat(count, np.stack([s, s + ln], 1).ravel())[0::2]  # run at m + 1
             s, ln = s[low == m], ln[low == m]
         if len(s):
@@ -271,17 +272,27 @@ def _and_over(bits: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.nda
 
 def _frame(rec, start, length, n_on, n_union, jaccard) -> pd.DataFrame:
     start, length = np.asarray(start, dtype=np.int64), np.asarray(length, dtype=np.int64)
-    text = rec.text
     return pd.DataFrame({"start": start, "stop": start + length, "length": length,
                          "n_on": np.asarray(n_on, dtype=np.int64), "n_union": np.asarray(n_union, dtype=np.int64),
                          "jaccard": np.asarray(jaccard, dtype=np.float64),
-                         "text": [text[a:a + ln][:80] for a, ln in zip(start.tolist(), length.tolist())]})
+                         "text": span_text(rec, start, start + length)})
+
+
+def span_text(rec, start: np.ndarray, stop: np.ndarray, limit: int = 80) -> list[str]:
+    """The text of positions [start, stop): for tokens, from the first token's first character
+    to the last one's last (the spacing between them kept), at most ``limit`` characters."""
+    text = rec.text
+    if rec.char_level:
+        return [text[a:b][:limit] for a, b in zip(start.tolist(), stop.tolist())]
+    spans = rec.spans
+    return [text[spans[a, 0]:spans[b - 1, 1]][:limit] for a, b in zip(start.tolist(), stop.tolist())]
 
 
 def explain(rec: Recording, matches: pd.DataFrame, feats: pd.DataFrame | None = None,
             regex: dict[str, str] | None = None) -> pd.DataFrame:
     """What the matched spans share: for each feature (binary ones: where it holds; counts:
-    where it is above 0), the fraction of matched characters with it against its base rate
+    where it is above 0; at a token's last character for a word-level recording), the
+    fraction of matched positions with it against its base rate
     over the recording. Columns feature, matched, overall, enrichment (matched / overall),
     sorted by enrichment."""
     if feats is None:
@@ -319,14 +330,14 @@ def parse_units(spec: str) -> list[int]:
 
 
 def report(units: list[int], hits: pd.DataFrame, why: pd.DataFrame, layer: int, stream: str,
-           threshold: float, mode: str = "lstmvis") -> str:
+           threshold: float, mode: str = "lstmvis", unit: str = "character") -> str:
     """What ``probe match`` prints: the selected units, the matches (``search``) and what
     they share (``explain``, its first six features)."""
     lines = [f"{len(units)} units of layer {layer} {stream} on (>= {threshold:g}): {' '.join(map(str, units))}",
              "", f"top {len(hits)} matches ({mode}):", "  start   stop  n_on  union  jaccard  text"]
     for r in hits.itertuples():
         lines.append(f"  {r.start:>6} {r.stop:>6}  {r.n_on:>4}  {r.n_union:>5}  {r.jaccard:7.3f}  {r.text!r}")
-    lines += ["", "what the matches share (fraction of matched characters vs the whole recording):"]
+    lines += ["", f"what the matches share (fraction of matched {unit}s vs the whole recording):"]
     for r in why.head(6).itertuples():
         lines.append(f"  {r.feature:<16} {r.matched:6.1%} vs {r.overall:6.1%}  ({r.enrichment:.1f}x)")
     return "\n".join(lines)

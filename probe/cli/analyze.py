@@ -26,9 +26,11 @@ def add_parser(sub) -> None:
     an.add_argument("--causal", action="store_true", help="also ablate the ranked cells of binary features "
                     "(with the recording's model) and show the effect beside each score")
     an.add_argument("--causal-chars", type=int, default=20_000, metavar="N",
-                    help="positions the ablation reads (default 20000, from the recording's start)")
+                    help="characters of text the ablation reads (default 20000, from the recording's start; "
+                         "a word-level model reads them as tokens)")
     an.add_argument("--feature", action="append", default=[], metavar="NAME=REGEX",
-                    help="extra binary feature: 1 inside matches of REGEX (repeatable)")
+                    help="extra binary feature: 1 inside matches of REGEX (repeatable; on a word-level "
+                    "recording, 1 on every token a match overlaps)")
     cluster_flags(an, "score the shards (and streams) side by side; the same scores, bit for bit, "
                   "and the same cache (docs/scale.md)")
 
@@ -46,13 +48,15 @@ def run(a: argparse.Namespace) -> int:
     with open_recording(a.recording) as rec:
         res = analysis.analysis(rec, refresh=a.refresh, progress=progress, regex=regex, client=client)
         top = detectors.best(res["scores"], a.top)
+        unit = rec.unit_name
         if a.causal:
             effect = analysis.causal(rec, top, chars=a.causal_chars, progress=progress)
             top = top.merge(effect[["feature", "rank", "delta_bits", "random_median", "ratio"]],
                             on=["feature", "rank"], how="left")
     sat = detectors.saturation_summary(res["saturation"])
     if a.json:
-        print(analysis.report_json(top, sat, recording=str(a.recording)))
+        print(analysis.report_json(top, sat, recording=str(a.recording), positions=unit + "s"))
     else:
-        print(analysis.report_text(top, sat, title=f"{a.recording}: top {a.top} cells per feature"))
+        print(analysis.report_text(top, sat, title=f"{a.recording}: top {a.top} cells per feature",
+                                     unit=unit))
     return 0

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from probe.cli.common import command
 from probe.errors import ProbeError
 from probe.lm import model
@@ -36,7 +38,7 @@ def run(a: argparse.Namespace) -> int:
         return verify(a.path)
     if is_recording(a.path):
         with reader.open_recording(a.path) as rec:
-            info = reader.summary(rec)
+            info = describe(rec)
     elif a.path and a.path.endswith(".npz"):  # an n-gram model (probe ngram train)
         info = ngram.summary(a.path)
     elif a.path and derived.is_spec(a.path):  # from probe directions / probe dictionary
@@ -48,6 +50,33 @@ def run(a: argparse.Namespace) -> int:
     else:
         print("\n".join(tree(info)))
     return 0
+
+
+def describe(rec) -> dict:
+    """``reader.summary`` of an open recording, said in its own positions: a word-level
+    recording's bits, bytes and unknowns are per token, with the perplexity (2 ** mean bits
+    per token, what word-level language models report), its tokenizer and its text's
+    length in characters."""
+    info = reader.summary(rec)
+    if rec.char_level:
+        return info
+    out = {}
+    for k, v in info.items():
+        if k == "length":
+            out["length"] = f"{v:,} tokens"
+            out["characters"] = f"{len(rec.codepoints):,}"
+            out["tokens"] = {"kind": rec.tokenizer["kind"], "vocab_size": len(rec.tokenizer["vocab"])}
+        elif k == "size_on_disk":
+            size = sum(f.stat().st_size for f in getattr(rec, "files", None) or [rec.path])
+            out[k] = f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes/token)"
+        elif k == "mean_bits_per_char":
+            out["mean_bits_per_token"] = v
+            out["perplexity"] = None if v is None else round(float(2.0 ** float(np.nanmean(rec.loss))), 2)
+        elif k == "unknown_chars":
+            out["unknown_tokens"] = v
+        else:
+            out[k] = v
+    return out
 
 
 def verify(path: str | None) -> int:

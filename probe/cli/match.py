@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
     mt.add_argument("--stream", required=True, help="one of i f g o c h (c is compared as tanh(c)), or a "
                     "derived stream")
     what = mt.add_mutually_exclusive_group(required=True)
-    what.add_argument("--span", metavar="START:STOP", help="select the units on over these positions")
+    what.add_argument("--span", metavar="START:STOP", help="select the units on over these positions "
+                      "(characters, or tokens of a word-level recording)")
     what.add_argument("--units", metavar="U,U,...", help="search for these units of the stream")
     mt.add_argument("--threshold", type=float, default=0.3, help="a unit is on at >= this (default 0.3)")
     mt.add_argument("--top", type=int, default=50, help="matches to show (default 50)")
@@ -41,10 +42,11 @@ def run(a: argparse.Namespace) -> int:
             units = match.parse_units(a.units)
         hits = match.search(rec, a.layer, a.stream, units, a.threshold, a.top, a.mode)
         why = match.explain(rec, hits)
+        unit = rec.unit_name
     if a.json:
         print(json.dumps({"units": units,
                           "matches": hits.drop(columns="text").to_dict("records"),
                           "explain": why.replace({np.nan: None}).to_dict("records")}, indent=2, default=float))
     else:
-        print(match.report(units, hits, why, a.layer, a.stream, a.threshold, a.mode))
+        print(match.report(units, hits, why, a.layer, a.stream, a.threshold, a.mode, unit))
     return 0

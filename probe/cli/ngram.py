@@ -19,11 +19,12 @@ from probe.text.corpus import load
 
 
 def add_ngram(sub) -> None:
-    ng = command(sub, "ngram", "train a character n-gram model (interpolated Kneser-Ney), the baseline", run_ngram, [
+    ng = command(sub, "ngram", "train a character (or token) n-gram model (interpolated Kneser-Ney), the baseline",
+                 run_ngram, [
         "probe ngram train --corpus stdlib --order 10 --out stdlib-10.ngram.npz",
         "probe ngram train --text mycode/ --glob '**/*.py' --model runs/my.pt --out my.ngram.npz"],
         note="characters are read with --model's vocabulary (default the shipped LSTM's), so the n-grams "
-             "and the model score the same symbols")
+             "and the model score the same symbols; a word-level --model's tokens are read with its tokenizer")
     ng.add_argument("action", choices=["train"], help="train: count and save")
     source_flags(ng, None, "train on at most N characters (default all)")
     ng.set_defaults(split="train")
@@ -40,10 +41,11 @@ def run_ngram(a: argparse.Namespace) -> int:
     source = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
     if a.limit is not None:
         source = source.limited(a.limit)
-    ng = ngram.train(source.documents, model.vocab, a.order, progress=not a.quiet,
-                     info={**source.source, "model_sha256": model.sha256})
+    tokens = model.tokenizer.kind
+    ng = ngram.train(source.documents, model.vocab if tokens == "chars" else tuple(model.vocab), a.order,
+                     progress=not a.quiet, info={**source.source, "model_sha256": model.sha256}, tokens=tokens)
     ngram.save(ng, out)
-    print(f"wrote {out}: orders 1..{ng.order} over {ng.info['characters']:,} characters, "
+    print(f"wrote {out}: orders 1..{ng.order} over {ng.info[ng.unit + 's']:,} {ng.unit}s, "
           f"{ng.nbytes / 1e6:.0f} MB of counts")
     return 0
 
@@ -82,7 +84,8 @@ def run_errors(a: argparse.Namespace) -> int:
     if png is not None:
         draw_png(advantage.figure(res), png)
     if a.json:
-        print(json.dumps({"bpc": res["bpc"], "characters": res["characters"],
+        unit = res["unit"] + "s"
+        print(json.dumps({"bpc": res["bpc"], unit: res[unit],
                           "advantage_by_distance": res["by_distance"], "advantage_by_feature": res["by_feature"],
                           "wrong": res["wrong"], "errors": res["errors"],
                           **({"note": res["note"]} if res["note"] else {})}, indent=2))

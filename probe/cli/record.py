@@ -20,6 +20,7 @@ from probe.errors import ProbeError
 from probe.files import check_target
 from probe.lm.model import load_model, on_device
 from probe.recording import shards
+from probe.recording.reader import open_recording
 from probe.recording.h5format import COMPRESSIONS
 from probe.recording.record import record
 from probe.text.corpus import load
@@ -31,7 +32,7 @@ def add_parser(sub) -> None:
         "probe record --text mycode/ --glob '**/*.py' --out recordings/mycode.h5 --batch 16",
         "probe record --corpus stdlib --split train --workers 4 --out recordings/stdlib-train   # 4 shards "
         "side by side"], note="the --out folder is created if missing")
-    source_flags(r, None, "record at most N characters")
+    source_flags(r, None, "record at most N characters (of text, whatever the model reads)")
     device_flag(r)
     r.add_argument("--out", required=True, help="recording to write (.h5); with --workers/--scheduler, "
                    "a folder of shards")
@@ -48,7 +49,8 @@ def add_parser(sub) -> None:
                    help="batched mode: run B pieces of the text side by side (default 1: sequential, exact)")
     r.add_argument("--streams", dest="batch", type=int, action=Renamed, new="--batch")  # it was the batch size
     r.add_argument("--burn-in", type=int, default=256,
-                   help="warm-up characters before each piece in batched mode (default 256)")
+                   help="warm-up positions (characters, or a word model's tokens) before each piece in "
+                        "batched mode (default 256)")
     r.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: a character-at-a-time LSTM gains little from "
                         "more, and loses a lot when other programs share the cores)")
@@ -78,9 +80,18 @@ def run(a: argparse.Namespace) -> int:
            force=a.force, progress=not a.quiet, compression=a.compression,
            keep=names(a.keep, "--keep"), layers=numbers(a.layers, "--layers"))
     n = sum(len(t) for _, t in docs)
-    print(f"wrote {out}: {n:,} characters, {len(docs)} documents, "
+    print(f"wrote {out}: {length(out, n)}, {len(docs)} documents, "
           + (f"shard {shard[0]}/{shard[1]}, " if shard else "") + f"{out.stat().st_size / 1e6:.1f} MB")
     return 0
+
+
+def length(path, chars: int) -> str:
+    """What was recorded, as the line after it says: "N characters", or "T tokens (N
+    characters)" for a model that reads tokens (read back from the recording written)."""
+    with open_recording(path) as rec:
+        if rec.char_level:
+            return f"{chars:,} characters"
+        return f"{len(rec):,} tokens ({chars:,} characters)"
 
 
 def run_on_cluster(a: argparse.Namespace) -> int:
@@ -105,6 +116,6 @@ def run_on_cluster(a: argparse.Namespace) -> int:
             client, a.model, c.documents, c.source, out, shards=a.shards, force=a.force, progress=not a.quiet,
             threads=max(1, a.threads), dtype=a.dtype, batch=a.batch, burn_in=a.burn_in,
             compression=a.compression, keep=names(a.keep, "--keep"), layers=numbers(a.layers, "--layers"))
-    print(f"wrote {out}/: {len(done)} shards, {sum(d['chars'] for d in done):,} characters, "
+    print(f"wrote {out}/: {len(done)} shards, {length(out, sum(d['chars'] for d in done))}, "
           f"{sum(d['bytes'] for d in done) / 1e6:.1f} MB")
     return 0

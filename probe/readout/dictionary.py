@@ -127,7 +127,7 @@ def train(rec, layer: int, stream: str, *, features: int = FEATURES, k: int = K,
             raise ProbeError(f"{rpath}: not a resumable dictionary state ({type(e).__name__})") from None
         if [cfg["layer"], cfg["stream"]] != inputs[0] or saved["fitted_on"]["length"] != len(rec):
             raise ProbeError(f"{rpath}: was started on layer {cfg['layer']} {cfg['stream']} of a "
-                             f"{saved['fitted_on']['length']:,}-character recording, not this one")
+                             f"{saved['fitted_on']['length']:,}-position recording, not this one")
         if steps is not None and steps != cfg["steps"]:
             if steps <= saved["step"]:
                 raise ProbeError(f"{rpath}: already at step {saved['step']}; steps {steps} would not train further")
@@ -154,7 +154,7 @@ def train(rec, layer: int, stream: str, *, features: int = FEATURES, k: int = K,
     train_mask, _ = split(rec, held_out)
     n_train = int(train_mask.sum())
     if n_train < batch:
-        raise ProbeError(f"{rec.path}: {n_train:,} training characters (after holding out "
+        raise ProbeError(f"{rec.path}: {n_train:,} training {rec.unit_name}s (after holding out "
                          f"{held_out:.0%}), fewer than a batch of {batch:,}")
     fitted_on = {"path": str(rec.path), "length": len(rec), "created": rec.created}
 
@@ -289,7 +289,7 @@ def quality(spec: dict, rec, *, rows: int = 50_000, loss_chars: int = 20_000, mo
     if whole:
         test = np.ones(len(rec), bool)
     if not test.any():
-        raise ProbeError(f"{rec.path}: no held-out characters to score on")
+        raise ProbeError(f"{rec.path}: no held-out {rec.unit_name}s to score on")
     x = gather(rec, spec["inputs"], test, rows, np.random.default_rng(0))
     codes = transform(spec, x)
     z = derived.standardise(spec, x).astype(np.float64)

@@ -143,7 +143,7 @@ def fit(rec, feats: pd.DataFrame | None = None, *, features: list[str] | None = 
     elif regex:
         raise ProbeError("give feats or regex, not both (regex features are computed into feats)")
     if len(feats) != T:
-        raise ProbeError(f"{rec.path}: features have {len(feats)} rows but the recording has {T} characters")
+        raise ProbeError(f"{rec.path}: features have {len(feats)} rows but the recording has {T} {rec.unit_name}s")
     columns = [str(c) for c in feats.columns]
     names = pick_names(features, columns, "available are")
     constant = [n for n in names if feats[n].nunique() < 2]
@@ -167,7 +167,7 @@ def fit(rec, feats: pd.DataFrame | None = None, *, features: list[str] | None = 
 
     train_part, test_part = split_positions(T, held_out, seed=seed)
     if train_part.sum() < MIN_TRAIN or test_part.sum() < MIN_HELD:
-        raise ProbeError(f"{rec.path}: too short ({T:,} characters) to fit directions with {held_out:.0%} "
+        raise ProbeError(f"{rec.path}: too short ({T:,} {rec.unit_name}s) to fit directions with {held_out:.0%} "
                          f"held out (needs {MIN_TRAIN} training and {MIN_HELD} held-out positions)")
     rng = np.random.default_rng(seed)
     tr = sample_from(train_part, int(sample), rng)

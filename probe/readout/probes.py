@@ -98,7 +98,7 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
     a continuous feature, L2 logistic regression (AUC on held-out) for a binary one. The
     held-out part is ``held_out`` of the recording's segments (see ``split_positions``):
     long contiguous pieces spread over the whole text, so it looks like the rest, with
-    no leakage through neighbouring characters. Cells are ranked on the training part only,
+    no leakage through neighbouring positions (characters, or a word-level recording's tokens). Cells are ranked on the training part only,
     unless ``scores_df`` is given (which must then come from training positions only, or
     the curve leaks). Up to ``max_rows`` training rows and half as many held-out rows are
     sampled. ``ks`` defaults to 1, 2, 4, ... and all cells. Columns k, score, metric.
@@ -108,7 +108,7 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
     if feature not in feats.columns:
         raise ProbeError(f"unknown feature {feature!r}: available are {', '.join(map(str, feats.columns))}")
     if len(feats) != T:
-        raise ProbeError(f"{rec.path}: features have {len(feats)} rows but the recording has {T} characters")
+        raise ProbeError(f"{rec.path}: features have {len(feats)} rows but the recording has {T} {rec.unit_name}s")
     if not 0 < held_out < 1:
         raise ProbeError(f"held_out must be a fraction between 0 and 1, got {held_out}")
     y_all = feats[feature].to_numpy()
@@ -116,7 +116,7 @@ def probe_curve(rec: Recording, feats: pd.DataFrame | None, feature: str,
     rng = np.random.default_rng(seed)
     train_part, test_part = split_positions(T, held_out, seed=seed)
     if train_part.sum() < 2 or test_part.sum() < 2:
-        raise ProbeError(f"{rec.path}: too short ({T} characters) to hold out {held_out:.0%} for a probe")
+        raise ProbeError(f"{rec.path}: too short ({T} {rec.unit_name}s) to hold out {held_out:.0%} for a probe")
     tr = sample_from(train_part, max_rows, rng)
     te = sample_from(test_part, max(1, max_rows // 2), rng)
     pairs = layer_streams(rec, layers, streams)

@@ -5,7 +5,8 @@ the best single cell's AUC and a linear read-out's held-out AUC.
 cell the model does not use, and used through cells no single one of which reads it well.
 Both are measured on the same documents the pairs came from, every state the model has (h,
 an LSTM's c through tanh) at every position, the feature as ``probe.text.features`` labels
-it (a count feature: its value > 0). The read-out is a logistic regression over all the
+it (a count feature: its value > 0; a word-level model's positions are its tokens, each
+labelled at its last character, the state after reading it). The read-out is a logistic regression over all the
 states, fitted on every other document and scored on the rest.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from probe.errors import ProbeError
 from probe.readout.probes import logistic_auc
 from probe.recording.layers import activations
 from probe.text import features as features_mod
+from probe.text import tokens as tokens_mod
 
 MAX_ROWS = 20_000  # positions the read-out is fitted and scored on, at most
 
@@ -25,15 +27,18 @@ def states(model, documents: list[tuple[str, str]], feature: str) -> tuple[np.nd
     """(X [n, D] every state at every position, y [n] 0/1, the cell of each column, the
     document index of each row)."""
     xs, ys, docs, names = [], [], [], None
+    tok = tokens_mod.of(model)
     for j, (_, text) in enumerate(documents):
-        if len(text) < 2:
+        _, spans, _ = tok.encode(text)
+        if len(spans) < 2:
             continue
         streams, _ = activations(model, text)
         keys = sorted(k for k in streams if k[1] in ("h", "c"))
         names = names or [(k, s, u) for k, s in keys for u in range(streams[(k, s)].shape[1])]
         xs.append(np.concatenate([np.tanh(streams[k]) if k[1] == "c" else streams[k] for k in keys], axis=1))
-        ys.append(features_mod.compute(text, [feature])[feature].to_numpy() > 0)
-        docs.append(np.full(len(text), j))
+        ys.append(features_mod.compute(text, [feature], spans=None if tok.kind == "chars" else spans)
+                  [feature].to_numpy() > 0)
+        docs.append(np.full(len(spans), j))
     if not xs:
         raise ProbeError("no text to read the feature from")
     return np.concatenate(xs), np.concatenate(ys), names, np.concatenate(docs)

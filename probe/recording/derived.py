@@ -10,7 +10,8 @@ plain values and tensors (loadable with ``weights_only=True``)::
     kind         "directions" | "dictionary": the module whose ``transform`` applies it
     stream       the derived stream's name ("dir", "dict", …)
     layer        the layer it is stored with: the highest layer it reads (all it reads has
-                 been computed once that layer has read character t)
+                 been computed once that layer has read position t: a character, or
+                 a word-level model's token)
     inputs       [[layer, stream], …]: what it reads, concatenated in this order; a stream
                  whose values are unbounded (``c``) is read through tanh first
     widths       (optional; specs made before it lack it) [units, …] of each input as fitted:
@@ -100,11 +101,11 @@ def width(rec, inputs) -> list[int]:
 
 def check_widths(spec: dict, widths: list[int], where: object) -> None:
     """A one-line error naming ``where`` unless input streams of these ``widths`` fit the spec:
-    as many values per character as it was fitted on, and each input as wide as it was
+    as many values per position as it was fitted on, and each input as wide as it was
     (``widths`` in the spec; older specs only say the total)."""
     names = " ".join(f"{k}/{s}" for k, s in spec["inputs"])
     if sum(widths) != len(spec["mean"]):
-        raise ProbeError(f"{where}: the spec reads {len(spec['mean'])} values per character; {names} have "
+        raise ProbeError(f"{where}: the spec reads {len(spec['mean'])} values per position; {names} have "
                          f"{sum(widths)}")
     fitted = [int(w) for w in spec.get("widths") or widths]
     if fitted != list(widths):

@@ -232,7 +232,7 @@ def _check_set(folder: Path, parts: list[Recording]) -> tuple[list[Recording], l
             kind = "a gap" if info["start"] > end or info["documents"][0] > doc else "an overlap"
             raise ProbeError(f"{folder}: {kind} {where}: {rec.path.name} starts at character "
                              f"{info['start']:,}, document {info['documents'][0]}")
-        end, doc, prev = end + len(rec), info["documents"][1], rec
+        end, doc, prev = end + len(rec.codepoints), info["documents"][1], rec  # characters, as the shards say
     if end != a["length"] or doc != a["total_documents"]:
         raise ProbeError(f"{folder}: the shards end at character {end:,} (document {doc}) but the text has "
                          f"{a['length']:,} characters ({a['total_documents']} documents): "

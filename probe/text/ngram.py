@@ -1,5 +1,5 @@
-"""Character n-gram language models: the baseline the LSTM is measured against (Karpathy,
-Johnson & Fei-Fei 2015, Table 2 and Fig. 4).
+"""Character (or token) n-gram language models: the baseline the LSTM is measured against
+(Karpathy, Johnson & Fei-Fei 2015, Table 2 and Fig. 4).
 
     from probe.text import ngram
     ng = ngram.train(corpus.stdlib("train").documents, vocab, order=10, progress=True)
@@ -29,6 +29,14 @@ strings of one order is improbable (~10^-5). Scoring is a binary search per orde
 position, vectorised. ``bits`` follows the recorded ``loss`` convention: bits of
 character t given the characters of its document before it, NaN at each document's first
 character.
+
+**Tokens.** For a word-level model (``probe.text.tokens``: ``words`` or ``vocab``) the
+symbols are the model's tokens instead: ``train(…, tokens="words")`` reads every document
+with the model's tokenizer over its vocabulary (``<unk>`` for a word outside it, ``<eos>``
+at each line end), so the n-gram model and the recorded model score the same symbols, one
+per recorded position, and "n-gram bits − model bits" compares like with like. Everything
+above holds with "character" read as "token"; ``identifiers`` then counts each token's text
+in the training documents (the rare-token oracle of ``probe.analysis.advantage``).
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ import numpy as np
 
 from probe.errors import ProbeError
 from probe.text import corpus as corpora
+from probe.text import tokens as toks
 
 FORMAT = "probe-ngram"
 VERSION = 1
@@ -55,7 +64,7 @@ class NGram:
     with raw and continuation counts, and of its contexts (``ctx_keys``) with their totals
     and the number of distinct characters that follow them; ``discounts`` [order + 1]."""
 
-    vocab: str
+    vocab: str | tuple
     order: int
     discounts: np.ndarray
     keys: list = field(default_factory=list)
@@ -68,6 +77,12 @@ class NGram:
     info: dict = field(default_factory=dict)
     identifiers: np.ndarray = field(default_factory=lambda: np.zeros(0, str))  # sorted, of the training text
     identifier_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    tokens: str = "chars"  # what a symbol is: a character of ``vocab`` (a str), or a token of it (a tuple)
+
+    @property
+    def unit(self) -> str:
+        """What a symbol is, for messages: character or token."""
+        return "character" if self.tokens == "chars" else "token"
 
     def identifier_count(self, names) -> np.ndarray:
         """How often each name occurred as an identifier in the training text (0: never)."""
@@ -90,18 +105,28 @@ def check_order(order) -> int:
     return int(order)
 
 
-def _sequence(documents, vocab: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(symbols uint16 [L]: a start symbol V before each document, then its characters' ids;
-    avail int64 [L]: symbols of its document before each position, the start symbol
-    included; target bool [L]: a character, not a start symbol)."""
+def encode(text: str, vocab, tokens: str = "chars") -> np.ndarray:
+    """A document's symbols: its characters' ids in ``vocab`` (``corpus.encode``), or its
+    tokens' ids under the tokenizer ``tokens`` over ``vocab``."""
+    if tokens == "chars":
+        return corpora.encode(text, vocab)[0]
+    return toks.Tokenizer(tokens, tuple(vocab)).encode(text)[0]
+
+
+def _sequence(documents, vocab, tokens: str = "chars") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(symbols uint16 [L] (uint32 for vocabularies of 65,535 or more): a start symbol V
+    before each document, then its symbols' ids; avail int64 [L]: symbols of its document
+    before each position, the start symbol included; target bool [L]: a symbol, not a
+    start symbol)."""
     V = len(vocab)
+    kind = np.uint16 if V < np.iinfo(np.uint16).max else np.uint32
     parts, avail = [], []
     for _, text in documents:
-        ids, _ = corpora.encode(text, vocab)
-        parts.append(np.concatenate([[V], ids]).astype(np.uint16))
+        ids = encode(text, vocab, tokens)
+        parts.append(np.concatenate([[V], ids]).astype(kind))
         avail.append(np.arange(len(ids) + 1))
     if not parts:
-        return np.zeros(0, np.uint16), np.zeros(0, np.int64), np.zeros(0, bool)
+        return np.zeros(0, kind), np.zeros(0, np.int64), np.zeros(0, bool)
     seq = np.concatenate(parts)
     return seq, np.concatenate(avail), seq != V
 
@@ -140,10 +165,11 @@ def _discount(counts: np.ndarray) -> float:
     return n1 / (n1 + 2 * n2) if n1 > 0 else 0.5
 
 
-def train(documents, vocab: str, order: int = 10, *, discount: float | None = None,
-          progress: bool = False, info: dict | None = None) -> NGram:
+def train(documents, vocab, order: int = 10, *, discount: float | None = None,
+          progress: bool = False, info: dict | None = None, tokens: str = "chars") -> NGram:
     """An interpolated Kneser-Ney model of orders 1..``order`` over ``documents`` [(name, text)],
-    characters mapped to ``vocab`` ids as the LSTM sees them (``corpus.encode``).
+    characters mapped to ``vocab`` ids as the LSTM sees them (``corpus.encode``); with
+    ``tokens`` ("words" or "vocab") the tokens a word-level model reads, ``vocab`` its tokens.
     ``discount`` fixes every order's D (0: no discount, the maximum-likelihood estimate at
     the top order; an order-1 model is then the unigram frequencies); default per order
     n1 / (n1 + 2 n2)."""
@@ -153,13 +179,19 @@ def train(documents, vocab: str, order: int = 10, *, discount: float | None = No
     if discount is not None and not 0 <= discount < 1:
         raise ProbeError(f"ngram: discount must lie in [0, 1), got {discount}")
     from tqdm.auto import tqdm
-    seq, avail, target = _sequence(documents, vocab)
+    if tokens != "chars":
+        vocab = toks.Tokenizer(tokens, tuple(str(t) for t in vocab)).vocab  # checked: <unk>, <eos>
+    seq, avail, target = _sequence(documents, vocab, tokens)
+    ng = NGram(vocab=vocab, order=order, discounts=np.zeros(order + 1), info=dict(info or {}), tokens=tokens)
     if not target.any():
-        raise ProbeError("ngram: no characters to train on")
-    ng = NGram(vocab=vocab, order=order, discounts=np.zeros(order + 1), info=dict(info or {}))
-    ng.info.update(characters=int(target.sum()), documents=len(documents))
+        raise ProbeError(f"ngram: no {ng.unit}s to train on")
+    ng.info.update({f"{ng.unit}s": int(target.sum()), "documents": len(documents)})
     from collections import Counter
-    names = Counter(m.group() for _, text in documents for m in IDENTIFIER.finditer(text))
+    if tokens == "chars":
+        names = Counter(m.group() for _, text in documents for m in IDENTIFIER.finditer(text))
+    else:  # every token's own text, as the tokenizer cuts it (the rare-token oracle)
+        tok = toks.Tokenizer(tokens, tuple(vocab))
+        names = Counter(text[a:b] for _, text in documents for a, b in tok.encode(text)[1].tolist())
     if names:  # for the error analysis's rare-identifier oracle (``probe.analysis.advantage``)
         ng.identifiers = np.array(sorted(names), dtype=str)
         ng.identifier_counts = np.array([names[n] for n in ng.identifiers], np.int64)
@@ -204,12 +236,17 @@ def _level(ng: NGram, k: int, top: bool, g: np.ndarray, c: np.ndarray, lower: np
 
 
 def probabilities(ng: NGram, documents, order: int | None = None) -> np.ndarray:
-    """p(char_t | its document before t) of every character under the models of orders
-    1..``order`` (default the model's): float64 [order, T], T the documents' characters."""
+    """p(char_t | its document before t) of every character (token, for a token model)
+    under the models of orders 1..``order`` (default the model's): float64 [order, T], T the
+    documents' characters (tokens)."""
+    return _probabilities(ng, _sequence(documents, ng.vocab, ng.tokens), order)
+
+
+def _probabilities(ng: NGram, sequence: tuple, order: int | None) -> np.ndarray:
     order = ng.order if order is None else check_order(order)
     if order > ng.order:
         raise ProbeError(f"ngram: the model has orders 1..{ng.order}, not {order}")
-    seq, avail, target = _sequence(documents, ng.vocab)
+    seq, avail, target = sequence
     V = len(ng.vocab)
     out = np.empty((order, int(target.sum())))
     where = np.flatnonzero(target)
@@ -231,11 +268,10 @@ def probabilities(ng: NGram, documents, order: int | None = None) -> np.ndarray:
 def bits(ng: NGram, documents, order: int | None = None) -> np.ndarray:
     """−log2 p of every character, as ``probabilities``: float32 [order, T], NaN at each
     document's first character (the recorded ``loss`` convention)."""
-    p = probabilities(ng, documents, order)
-    out = (-np.log2(p)).astype(np.float32)
-    starts = np.cumsum([0] + [len(t) for _, t in documents])[:-1]
-    starts = starts[starts < out.shape[1]]
-    out[:, starts] = np.nan
+    sequence = _sequence(documents, ng.vocab, ng.tokens)
+    out = (-np.log2(_probabilities(ng, sequence, order))).astype(np.float32)
+    _, avail, target = sequence
+    out[:, avail[target] == 1] = np.nan  # each document's first symbol: only the start symbol before it
     return out
 
 
@@ -246,10 +282,12 @@ def save(ng: NGram, path: str | os.PathLike) -> Path:
     import json
 
     from probe.files import atomic
-    arrays = {"vocab": np.array(ng.vocab), "discounts": ng.discounts, "identifiers": ng.identifiers,
+    tokens = {} if ng.tokens == "chars" else {"tokens": ng.tokens}  # character models: as before
+    arrays = {"vocab": np.array(ng.vocab if ng.tokens == "chars" else list(ng.vocab), dtype=str),
+              "discounts": ng.discounts, "identifiers": ng.identifiers,
               "identifier_counts": ng.identifier_counts,
               "meta": np.array(json.dumps({"format": FORMAT, "version": VERSION, "order": ng.order,
-                                           "info": ng.info}))}
+                                           "info": ng.info, **tokens}))}
     for k in range(ng.order):
         for name in ("keys", "raw", "cont", "ctx_keys", "ctx_raw", "ctx_cont", "ctx_types"):
             arrays[f"{name}/{k + 1}"] = getattr(ng, name)[k]
@@ -271,8 +309,10 @@ def load(path: str | os.PathLike) -> NGram:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != FORMAT:
                 raise ValueError
-            ng = NGram(vocab=str(z["vocab"]), order=int(meta["order"]), discounts=z["discounts"],
-                       info=meta.get("info", {}))
+            tokens = str(meta.get("tokens", "chars"))
+            vocab = str(z["vocab"]) if tokens == "chars" else tuple(str(t) for t in z["vocab"].tolist())
+            ng = NGram(vocab=vocab, order=int(meta["order"]), discounts=z["discounts"],
+                       info=meta.get("info", {}), tokens=tokens)
             if "identifiers" in z:  # (files from before the error analysis have none)
                 ng.identifiers, ng.identifier_counts = z["identifiers"], z["identifier_counts"]
             for name in ("keys", "raw", "cont", "ctx_keys", "ctx_raw", "ctx_cont", "ctx_types"):
@@ -288,7 +328,8 @@ def summary(path: str | os.PathLike) -> dict:
     """What ``probe info NG.npz`` prints."""
     ng = load(path)
     return {"path": str(path), "format": f"{FORMAT} v{VERSION}", "order": ng.order,
-            "smoothing": "interpolated Kneser-Ney", "vocab_size": len(ng.vocab),
+            "smoothing": "interpolated Kneser-Ney", **({} if ng.tokens == "chars" else {"tokenizer": ng.tokens}),
+            "vocab_size": len(ng.vocab),
             "discounts": " ".join(f"{d:.3f}" for d in ng.discounts[1:]),
             "n_grams": " ".join(f"{len(k):,}" for k in ng.keys), "identifiers": len(ng.identifiers),
             "counts_mb": round(ng.nbytes / 1e6, 1), **{k: v for k, v in ng.info.items() if k != "root"}}
