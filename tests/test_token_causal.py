@@ -295,3 +295,27 @@ def test_loss_recovered_reads_a_word_recordings_tokens(word_recording_path, word
         assert cut and all(b <= len(rec) for _, b in cut)
         for a, b in cut:
             np.testing.assert_array_equal(piece_ids(rec, word_model, a, b), rec.ids[a:b])
+
+
+def test_removing_a_direction_from_a_word_model_is_summarised_per_token(word_model_path, tmp_path):
+    from probe.readout import directions
+    from probe.recording.reader import open_recording
+    from probe.recording.record import record
+    model = load_model(word_model_path)
+    record(model, [("a.txt", PROSE * 4), ("b.py", CODE * 4)], tmp_path / "long.h5", dtype="float32", progress=False)
+    with open_recording(tmp_path / "long.h5") as rec:
+        spec = directions.fit(rec, features=["in_string", "bracket_depth"])
+    docs = [("a.txt", PROSE), ("b.py", CODE)]
+    df = directions.ablate(model, docs, spec, random=2, chars=10_000)
+    rows = [directions.direction(spec, f) for f in spec["unit_names"]] + directions.random_directions(spec, 2)
+    bits = np.concatenate([directions.losses(model, t, rows) for _, t in docs], axis=1)
+    delta = np.full(bits.shape[1], np.nan)
+    delta[:-1] = bits[1, 1:] - bits[0, 1:]  # the first feature's direction
+    want = token_features(model, docs, ["in_string", "bracket_depth"])
+    assert bits.shape[1] == len(want["in_string"]) < len(PROSE + CODE) / 2
+    r = df[df.feature == "in_string"].iloc[0]
+    mask = want["in_string"] != 0
+    assert r.positions == int(mask.sum()) > 0
+    assert r.delta_bits == pytest.approx(np.nanmean(delta[mask]), abs=1e-6)
+    assert df[df.feature == "bracket_depth"].iloc[0].positions == len(mask)  # a count: every token
+    assert "per next token" in directions.report(df, "token")
