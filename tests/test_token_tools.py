@@ -79,6 +79,15 @@ def test_analysis_ranks_the_planted_token_cells_first(word_synthetic):
         assert summ["strip_edges"][-1] == len(rec)
 
 
+def test_the_causal_column_reads_a_word_recordings_documents(word_recording_path):
+    with open_recording(word_recording_path) as rec:
+        assert analysis.document_texts(rec) == [("a.txt", PROSE), ("b.py", CODE + PROSE.replace("cat", "bird"))]
+        top = detectors.best(analysis.analysis(rec)["scores"], 1)
+        eff = analysis.causal(rec, top, chars=len(rec.text), random=4)
+        binary = top[top["metric"] == "auc"]
+        assert len(eff) == len(binary) and np.isfinite(eff["delta_bits"]).all()
+
+
 def test_probe_analyze_speaks_of_tokens(word_synthetic, capsys):
     path, _, _ = word_synthetic
     assert main(["analyze", str(path), "--top", "1"]) == 0

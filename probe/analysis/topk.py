@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-K = 128              # top-k and bottom-k per unit (the card shows 10, 40 characters apart)
+K = 128              # top-k and bottom-k per unit (the card shows 10, 40 positions apart)
 
 
 def best(g: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
