@@ -197,8 +197,8 @@ def fit(sel: Selection, rec: Recording) -> list[str]:
     T = len(rec)
     start = clamp_start(sel.start, sel.window, T)
     if not 0 <= sel.start < T:
-        problems.append(f"start={sel.start} is outside {rec.path.name} ({T:,} characters); "
-                        f"showing characters {start:,}–{min(T, start + sel.window):,}")
+        problems.append(f"start={sel.start} is outside {rec.path.name} ({T:,} {rec.unit_name}s); "
+                        f"showing {rec.unit_name}s {start:,}–{min(T, start + sel.window):,}")
     sel.start = start
     for param in sel.params:
         sel.extra[param.key], said = param.fit(sel.extra[param.key], sel, rec)
@@ -221,11 +221,13 @@ OPENING_FEATURE = "in_short_string"  # a bare URL opens on this feature's best c
 OPENING_STRINGS = 10                 # … in the first window holding this many string literals
 
 
-def opening(best, strings: np.ndarray, text: str, window: int) -> dict | None:
+def opening(best, strings: np.ndarray, text, window: int) -> dict | None:
     """What a bare URL shows once the recording's analysis is known: the leaderboard's top
     cell for ``OPENING_FEATURE`` with that feature as overlay, in the first window (in steps
     of half a window, started at a line) holding ``OPENING_STRINGS`` one-line string literals
-    (or the most). ``strings``: the feature over the recording, [T]. None if it has no cell."""
+    (or the most). ``strings``: the feature over the recording, [T]; ``text``: each
+    position's text (``rec.tokens``: a string of characters, or a list of tokens). None if
+    it has no cell."""
     rows = best[best["feature"] == OPENING_FEATURE].sort_values("rank")
     if rows.empty:
         return None
@@ -237,7 +239,16 @@ def opening(best, strings: np.ndarray, text: str, window: int) -> dict | None:
         per_step = np.bincount(literals // step)
         per_window = per_step + np.concatenate([per_step[1:], [0]])  # [steps]: literals in a window
         start = int(np.argmax(per_window >= min(OPENING_STRINGS, per_window.max()))) * step
-        line = text.rfind("\n", max(0, start - 200), start)
-        start = line + 1 if line >= 0 else start  # from the start of its line
+        start = line_start(text, start)
     return dict(layer=int(top["layer"]), stream=str(top["stream"]), unit=int(top["unit"]),
                 feature=OPENING_FEATURE, start=clamp_start(start, window, len(text)))
+
+
+def line_start(tokens, at: int, back: int = 200) -> int:
+    """The first position of the line holding position ``at`` (the one after the last line
+    end at most ``back`` positions before it), or ``at`` if there is none that close.
+    ``tokens``: a string of characters or a list of tokens (``<eos>`` is a newline)."""
+    for t in range(at - 1, max(0, at - back) - 1, -1):
+        if tokens[t].endswith("\n"):
+            return t + 1
+    return at

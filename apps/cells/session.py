@@ -201,7 +201,7 @@ class Session:
         sel = self.sel
         try:
             view = opening(result["best"], self.store.feature(sel.recording, OPENING_FEATURE),
-                           self.rec.text, sel.window)
+                           self.rec.tokens, sel.window)
         except Exception:  # noqa: BLE001 - keep the plain first view
             log.exception("cells: no opening view for %s", sel.recording)
             return

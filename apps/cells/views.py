@@ -58,9 +58,27 @@ def note_div(**kw) -> Div:
     return Div(text="", disable_math=True, stylesheets=[InlineStyleSheet(css=TEXT_CSS)], **kw)
 
 
+def coloured(rec, a: int, b: int, values, stream: str, **kw) -> str:
+    """``render.colored_html`` of a recording's positions [a, b): characters, or tokens
+    drawn as spans of their own text (``render.position_text``)."""
+    text, spans = render.position_text(rec, a, b)
+    return render.colored_html(text, values, stream, start=a, spans=spans, **kw)
+
+
+def units(rec, n: int | None = None) -> str:
+    """What positions are, for labels: "characters" or "tokens" ("character" for one)."""
+    return rec.unit_name if n == 1 else rec.unit_name + "s"
+
+
+def position_label(token: str) -> str:
+    """A character or token as a plot's hover shows it (↵ a line end, ⇥ a tab, ␠ a space)."""
+    return {"\n": "↵", "\t": "⇥", " ": "␠"}.get(token, token)
+
+
 def mark_range(coloured: str, start: int, a: int, b: int, cls: str) -> str:
-    """Add the class ``cls`` to characters [a, b) of ``render.colored_html`` output whose first
-    character is at ``start`` (one ``<span class="…`` per character; text is escaped)."""
+    """Add the class ``cls`` to positions [a, b) of ``render.colored_html`` output whose first
+    position is ``start`` (one ``<span class="…`` per position; text between tokens is not in
+    a span and text is escaped)."""
     parts = coloured.split('<span class="')
     lo, hi = max(0, a - start), min(len(parts) - 1, b - start)
     for j in range(lo, hi):

@@ -1,7 +1,7 @@
 """The window onto the text, always shown: paging, the colour legend and where the window
 is, the whole recording as one strip, the coloured text, and the cell's trace beside a
 feature. Tabs may mark ranges of the text (``View.marks``); the text is ``pickable``: tabs
-pick characters in it with the mouse (as ``views.POINT_JS`` does)."""
+pick positions (characters or tokens) in it with the mouse (as ``views.POINT_JS`` does)."""
 from __future__ import annotations
 
 import html
@@ -25,7 +25,7 @@ from probe.output import render
 
 from .selection import Selection, clamp_start
 from .session import Session, View
-from .views import mark_range, note_div, text_div
+from .views import coloured, mark_range, note_div, position_label, text_div, units
 
 
 def build(session: Session) -> View:
@@ -54,8 +54,8 @@ def build(session: Session) -> View:
             shown = sel.cell
         a, b = session.span
         marks = [m for view in session.views for m in view.marks(sel)]
-        text.text = marked(render.colored_html(rec.text[a:b], values, sel.stream, start=a, scale=session.scale,
-                                               root_class="probe-text pickable"), a, marks)
+        text.text = marked(coloured(rec, a, b, values, sel.stream, scale=session.scale,
+                                    root_class="probe-text pickable"), a, marks)
         status.text = status_html(rec, a, b)
         box.left, box.right = a, b
         column = session.store.feature_if_kept(sel.recording, sel.feature)
@@ -68,7 +68,7 @@ def build(session: Session) -> View:
         else:
             feat = column[a:b]  # [n]
         trace_src.data = dict(position=np.arange(a, b), value=values, feature=feat,
-                              char=[char_label(ch) for ch in rec.text[a:b]])
+                              char=[char_label(ch) for ch in rec.tokens[a:b]])
         trace.x_range.start, trace.x_range.end = a, b
         # two scales: the cell's on the left, the feature's (a count: up to the line's length) on the right
         trace.y_range.start, trace.y_range.end = padded(values)
@@ -104,7 +104,7 @@ FEATURE_JOB = "feature"  # the overlay feature's column, computed in a worker
 
 
 def marked(coloured: str, start: int, marks: list[tuple[int, int, str]]) -> str:
-    """Coloured text starting at ``start`` with each mark's characters [a, b) given its class."""
+    """Coloured text starting at ``start`` with each mark's positions [a, b) given its class."""
     for a, b, cls in marks:
         coloured = mark_range(coloured, start, a, b, cls)
     return coloured
@@ -131,16 +131,15 @@ def padded(values: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
     return lo - pad * (hi - lo), hi + pad * (hi - lo)
 
 
-def char_label(ch: str) -> str:
-    return {"\n": "↵", "\t": "⇥", " ": "␠"}.get(ch, ch)
+char_label = position_label  # its old name
 
 
 def status_html(rec, start: int, stop: int) -> str:
-    """Where the window is: characters, and the document it starts in."""
+    """Where the window is: characters (or tokens), and the document it starts in."""
     docs = rec.documents
     d = int(rec.document_of([start])[0])
     name = docs["name"].iloc[d] if 0 <= d < len(docs) else "?"
-    return (f'<div class="note">{html.escape(rec.path.name)} · characters {start:,}–{stop:,} of '
+    return (f'<div class="note">{html.escape(rec.path.name)} · {units(rec)} {start:,}–{stop:,} of '
             f'{len(rec):,} · document {html.escape(str(name))} ({d + 1} of {len(docs)})</div>')
 
 

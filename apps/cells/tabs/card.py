@@ -2,7 +2,8 @@
 quantile bin, as coloured one-line snippets; beside it the histogram of its values.
 
 All from the cell's summaries (``probe.analysis.summaries``: histogram, top/bottom 128, the strip's
-samples), so a cell switch reads no whole unit: only each snippet's few characters."""
+samples), so a cell switch reads no whole unit: only each snippet's few positions (characters,
+or tokens drawn as spans of their text)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,14 +14,13 @@ from bokeh.plotting import figure
 
 from probe.analysis import contexts
 from probe.analysis import summaries as summaries_mod
-from probe.output import render
-
 from ..selection import Selection
 from ..session import Session, View
-from ..views import note_html, text_div
+from ..views import coloured, note_html, text_div, units
 
 TITLE = "cell card"
 CONTEXT_WIDTH = 40  # characters either side of a context
+TOKEN_CONTEXT = 8   # tokens either side of a context (a word-level recording)
 TOP_ROWS = 10       # highest and lowest contexts shown, each
 
 
@@ -48,9 +48,9 @@ def build(session: Session) -> View:
         shown = sel.cell
         # the snippets read a few characters each from all over the recording: in a worker, so
         # the cell switch is answered without waiting for them
-        text, stream, scale, read = session.rec.text, sel.stream, session.scale, reader(session)
+        rec, stream, scale, read = session.rec, sel.stream, session.scale, reader(session)
         contexts = card_contexts(session)
-        session.jobs.submit(TAB, lambda job: card_html(text, stream, read, *contexts, scale=scale),
+        session.jobs.submit(TAB, lambda job: card_html(rec, stream, read, *contexts, scale=scale),
                             done=lambda html: setattr(card, "text", html))
 
     def clear() -> None:
@@ -95,6 +95,11 @@ def value_range(summary: dict) -> tuple[float, float]:
     return (float(lo.min()) if len(lo) else -np.inf), (float(hi.max()) if len(hi) else np.inf)
 
 
+def context_width(rec) -> int:
+    """Positions either side of a context: ``CONTEXT_WIDTH`` characters or ``TOKEN_CONTEXT`` tokens."""
+    return CONTEXT_WIDTH if rec.char_level else TOKEN_CONTEXT
+
+
 def spaced(positions: np.ndarray, k: int, width: int) -> np.ndarray:
     """Indices of the first ``k`` of ``positions`` (ignoring -1), skipping any within
     ``width`` of one taken: ``contexts.top_contexts``' rule, on the summaries' top 128."""
@@ -112,41 +117,47 @@ def card_contexts(session: Session) -> tuple:
     its summaries: the top/bottom ``TOP_ROWS`` at least ``CONTEXT_WIDTH`` apart among the
     summaries' top 128 (fewer when those crowd together: the note says so)."""
     u, docs = session.summary, session.rec.documents
+    width = context_width(session.rec)
     notes = []
     try:
         rows = []
         for kind in ("top", "bottom"):
             pos, val = np.asarray(u[f"{kind}_p"], dtype=np.int64), np.asarray(u[f"{kind}_v"], dtype=np.float64)
-            pick = spaced(pos, TOP_ROWS, CONTEXT_WIDTH)
+            pick = spaced(pos, TOP_ROWS, width)
             rows.append(pd.DataFrame({"kind": kind, "position": pos[pick], "value": val[pick]}))
             if 0 < len(pick) < TOP_ROWS:
                 label = "highest" if kind == "top" else "lowest"
                 notes.append(f"{len(pick)} {label} contexts: the {summaries_mod.K} {label} values "
-                             f"lie within fewer {CONTEXT_WIDTH}-character spans")
+                             f"lie within fewer {width}-{units(session.rec, 1)} spans")
         top = pd.concat(rows, ignore_index=True)
-        top["start"], top["stop"] = contexts.context_bounds(docs, top["position"].to_numpy(), CONTEXT_WIDTH)
+        top["start"], top["stop"] = contexts.context_bounds(docs, top["position"].to_numpy(), width)
         quantiles = pd.DataFrame(summaries_mod.quantile_samples(u, bins=5, per_bin=2),
                                  columns=["bin", "low", "high", "position", "value"])
         quantiles[["low", "high"]] = quantiles[["low", "high"]].clip(*value_range(u))  # c: no ±inf
         quantiles["start"], quantiles["stop"] = contexts.context_bounds(
-            docs, quantiles["position"].to_numpy(dtype=np.int64), CONTEXT_WIDTH)
+            docs, quantiles["position"].to_numpy(dtype=np.int64), width)
     except Exception as e:  # noqa: BLE001 - a failing card is shown on the page, not raised
         return None, None, f"contexts unavailable: {type(e).__name__}: {e}"
     return top, quantiles, "; ".join(notes)
 
 
-def card_html(text: str, stream: str, read, top, quantiles, note: str = "",
+def card_html(rec, stream: str, read, top, quantiles, note: str = "",
               scale: tuple[float, float] | None = None) -> str:
-    """Top and bottom contexts and quantile samples as coloured one-line snippets; each
-    snippet coloured from ``read(start, stop)``, the cell's values over its few characters."""
+    """Top and bottom contexts and quantile samples of the recording ``rec`` as coloured
+    one-line snippets; each snippet coloured from ``read(start, stop)``, the cell's values
+    over its few positions. The marked positions line up: each row is padded to the most
+    characters any row has before its mark (``CONTEXT_WIDTH`` at least)."""
     parts = ['<div class="card">'] + ([note_html(note)] if note else [])
+    spans = rec.spans
+    frames = [df for df in (top, quantiles) if df is not None]
+    before = [int(spans[p, 0] - spans[a, 0]) for df in frames for p, a in zip(df["position"], df["start"])]
+    reach = max([CONTEXT_WIDTH, *before])
 
     def rows(df):
         for r in df.itertuples():
-            snippet = render.colored_html(text[r.start:r.stop], read(int(r.start), int(r.stop)), stream,
-                                          start=r.start, mark=r.position, newlines="symbol",
-                                          titles=False, scale=scale)
-            pad = " " * max(0, CONTEXT_WIDTH - (r.position - r.start))  # marked characters line up
+            snippet = coloured(rec, int(r.start), int(r.stop), read(int(r.start), int(r.stop)), stream,
+                               mark=r.position, newlines="symbol", titles=False, scale=scale)
+            pad = " " * max(0, reach - int(spans[r.position, 0] - spans[r.start, 0]))  # marks line up
             parts.append(f'<div class="row"><span class="val">{r.value:+.3f}</span>'
                          f'<span class="pos">@{r.position}</span><span class="probe-text">{pad}</span>'
                          f'{snippet}</div>')

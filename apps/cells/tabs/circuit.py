@@ -42,6 +42,7 @@ from probe.causal import circuit, patch
 from probe.causal import pairs as pairs_mod
 from probe.errors import ProbeError
 from probe.lm import recurrence
+from probe.output import render
 
 from ..jobs import Bar, Job, working
 from ..selection import Selection
@@ -103,35 +104,39 @@ def checked_stream(model, layer: int, stream: str, what: str) -> None:
 
 def around(rec, at: int) -> tuple[int, int]:
     """(first, document start) of the text read for a circuit at ``at``: its document up to
-    it, at most ``BACK`` characters back. One line if there is nothing upstream of it."""
+    it, at most ``BACK`` positions (characters or tokens) back. One line if there is nothing
+    upstream of it."""
     if not 0 <= at < len(rec):
-        raise ProbeError(f"no character {at:,}: positions are 0..{len(rec) - 1:,}")
+        raise ProbeError(f"no {rec.unit_name} {at:,}: positions are 0..{len(rec) - 1:,}")
     d = int(rec.document_of([at])[0])
     docs = rec.documents
     lo = int(docs["start"].iloc[d]) if 0 <= d < len(docs) else 0
     if at <= lo:
         where = f"document {docs['name'].iloc[d]}" if 0 <= d < len(docs) else "the recording"
-        raise ProbeError(f"character {at:,} is the first of {where}, read from a zero state: nothing upstream "
+        raise ProbeError(f"{rec.unit_name} {at:,} is the first of {where}, read from a zero state: nothing upstream "
                          "drives it; pick a later one")
     return max(lo, at - BACK), lo
 
 
 def trace(model, rec, cell: tuple[int, str, int], at: int, steps: int, top: int) -> dict:
     """``circuit.circuit`` of ``cell`` at recording position ``at``, on the text of ``around``
-    (the position in that text is ``at - first``), with the recording's positions added."""
+    (the position in that text is ``at - first``), with the recording's positions added;
+    ``text``: the text of each position read, the last ``steps`` and ``at`` (a string of
+    characters, or a list of tokens)."""
     first, doc = around(rec, at)
-    text = rec.text[first:at + 1]
+    text = render.position_text(rec, first, at + 1)[0]
     res = circuit.circuit(model, text, cell, at - first, steps=steps, top=top, seed=SEED)
-    return {**res, "position": at, "first": first, "document_start": doc, "text": rec.text[at - res["steps"]:at + 1]}
+    return {**res, "position": at, "first": first, "document_start": doc, "unit": rec.unit_name,
+            "text": rec.tokens[at - res["steps"]:at + 1]}
 
 
 def documents(rec, limit: int = PAIR_CHARS) -> list[tuple[str, str]]:
     """The recording's documents [(name, text)] in order, ``limit`` characters in all."""
     out, left, text = [], limit, rec.text
-    for name, a, b in zip(rec.documents["name"], rec.documents["start"], rec.documents["stop"]):
+    for name, (a, b) in zip(rec.documents["name"], rec.text_documents):  # their characters
         if left <= 0:
             break
-        a, b = int(a), min(int(b), int(a) + left)
+        b = min(b, a + left)
         out.append((str(name), text[a:b]))
         left -= b - a
     return out
@@ -150,6 +155,11 @@ def sweep(model, rec, feature: str, layer: int, stream: str, done=None) -> dict:
 
 def char_label(ch: str) -> str:
     return {"\n": "↵", "\t": "⇥", " ": "␣"}.get(ch, ch)
+
+
+def short(label: str, most: int = 6) -> str:
+    """A token's label under the graph, one step wide: at most ``most`` characters."""
+    return label if len(label) <= most else label[:most - 1] + "…"
 
 
 def name(layer: int, stream: str, unit: int) -> str:
@@ -198,7 +208,7 @@ def graph_data(res: dict) -> tuple[dict, dict, dict, list[str]]:
                        ("cell", n), ("steps_back", back)):
             edges[key].append(v)
     chars = {"x": list(range(steps + 1)), "y": [-1] * (steps + 1),
-             "char": [char_label(text[steps - s]) for s in range(steps + 1)],
+             "char": [short(char_label(text[steps - s])) for s in range(steps + 1)],
              "position": [at - s for s in range(steps + 1)]}
     return nodes, edges, chars, names
 
@@ -250,10 +260,11 @@ def check_html(res: dict) -> str:
 
 def circuit_note(res: dict, took: float, model_note: str) -> str:
     t, at, first, doc = res["target"], res["position"], res["first"], res["document_start"]
+    unit = res.get("unit", "character")
     where = ("from the start of its document" if first == doc else
-             f"from character {first:,} ({at - first:,} back, from a zero state: the document starts at {doc:,}, "
+             f"from {unit} {first:,} ({at - first:,} back, from a zero state: the document starts at {doc:,}, "
              "so values may differ a little from the recording's)")
-    return note_html(f"{name(t['layer'], t['stream'], t['unit'])} at character {at:,} ({t['char']!r}): value "
+    return note_html(f"{name(t['layer'], t['stream'], t['unit'])} at {unit} {at:,} ({t['char']!r}): value "
                      f"{t['value']:+.3f}. The {len(res['edges'])} strongest of {res['nodes']:,} upstream nodes over "
                      f"{res['steps']} steps back, by {res['method']}; the text read {where}. "
                      f"Click a node to open that cell. {took:.1f} s. {model_note}".strip())
@@ -358,7 +369,7 @@ def build(session: Session) -> View:
             return note_html(said)
         if sel.recording in missing:
             return message_html([f"no circuit: {missing[sel.recording]}"])
-        return note_html(f"Click a character in the text above, or set a position and press draw: the cells "
+        return note_html(f"Click a {session.rec.unit_name} in the text above, or set a position and press draw: the cells "
                          f"that drive {name(sel.layer, sel.stream, sel.unit)} there, at their steps back, by "
                          "gradient × activation, checked by zeroing them against random upstream cells.")
 
@@ -399,6 +410,7 @@ def build(session: Session) -> View:
             target.data = {"x": [0], "y": [len(names) - 1]}
         steps_shown = res["steps"]
         graph.x_range.start, graph.x_range.end = steps_shown + 0.7, -0.7
+        graph.xaxis[0].axis_label = f"steps back from the position (the {res.get('unit', 'character')}s read below)"
         graph.x_range.reset_start, graph.x_range.reset_end = steps_shown + 0.7, -0.7
         graph.xaxis[0].ticker.ticks = list(range(0, steps_shown + 1, 1 if steps_shown <= 30 else 5))
         graph.y_range.start, graph.y_range.end = -1.6, len(names) - 1 + 1.3
@@ -435,6 +447,7 @@ def build(session: Session) -> View:
         if result is None and not session.jobs.busy(TAB):
             note.text = idle_note(sel)
         key = (sel.recording, sel.start, sel.window)
+        position.title = f"position (or click a {session.rec.unit_name})"
         if key != shown and session.rec is not None:
             shown = key
             position.high = len(session.rec) - 1
@@ -493,7 +506,7 @@ def build(session: Session) -> View:
             return
         cell = asked = (sel.recording, sel.layer, sel.stream, sel.unit)
         at, k, n = int(position.value), int(steps.value or STEPS), int(top.value or TOP)
-        what = f"tracing {name(sel.layer, sel.stream, sel.unit)} at character {at:,}"
+        what = f"tracing {name(sel.layer, sel.stream, sel.unit)} at {rec.unit_name} {at:,}"
 
         def work(job: Job) -> dict:  # the model's load, one pass with a backward, one checking pass
             model, model_note = session.store.model(cell[0])

@@ -105,7 +105,7 @@ def rows(rec, scores: pd.DataFrame, summ: dict, layer: int, stream: str) -> dict
         best = {int(t.unit): (float(t.strength), str(t.feature), str(t.metric), float(t.value))
                 for t in top.itertuples()}
     sm = summ.get((layer, stream))
-    text = rec.text
+    text, spans = rec.text, rec.spans  # a position's characters: [start, stop) in text
     out = {k: [] for k in COLUMNS}
     order = sorted(range(U), key=lambda u: -best.get(u, (-1,))[0])[:ROWS_SHOWN]
     for u in order:
@@ -114,8 +114,8 @@ def rows(rec, scores: pd.DataFrame, summ: dict, layer: int, stream: str) -> dict
         top_p = int(sm["top_p"][u, 0]) if sm is not None else -1
         context = ""
         if top_p >= 0:
-            a, b = max(0, top_p - CONTEXT), min(len(text), top_p + CONTEXT + 1)
-            context = (text[a:top_p] + "⟦" + text[top_p] + "⟧" + text[top_p + 1:b]).replace("\n", "↵")
+            s, e = (int(x) for x in spans[top_p])  # the character, or the token, bracketed
+            context = (text[max(0, s - CONTEXT):s] + "⟦" + text[s:e] + "⟧" + text[e:e + CONTEXT]).replace("\n", "↵")
         out["unit"].append(u)
         out["name"].append(names[u] if u < len(names) else str(u))
         out["match"].append(feature)
@@ -134,6 +134,6 @@ def features_table(source: ColumnDataSource) -> DataTable:
             TableColumn(field="metric", title="metric", width=50),
             TableColumn(field="score", title="score", formatter=fmt, width=60),
             TableColumn(field="top", title="top value", formatter=fmt, width=70),
-            TableColumn(field="context", title="its highest context (⟦character⟧)", width=520)]
+            TableColumn(field="context", title="its highest context (⟦character or token⟧)", width=520)]
     return DataTable(source=source, columns=cols, height=360, sizing_mode="stretch_width", index_position=None,
                      reorderable=False, name="features-table")  # the tab's width

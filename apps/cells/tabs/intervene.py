@@ -1,5 +1,5 @@
 """Intervene: zero the selected unit while the recording's model reads the visible window,
-and colour each character by what that costs; then steer the model by clamping the unit.
+and colour each character (or token) by what that costs; then steer the model by clamping the unit.
 
 Computed on demand, when a button is pressed, never on a change of selection: a change of
 cell or window only drops the old result (a change of overlay feature recomputes the
@@ -30,7 +30,7 @@ from probe.output import render
 from ..jobs import Bar, Job, working
 from ..selection import Selection
 from ..session import Session, View
-from ..views import TEXT_CSS, message_html, note_div, note_html, reason, text_div
+from ..views import TEXT_CSS, coloured, message_html, note_div, note_html, reason, text_div, units
 
 TITLE = "intervene"
 RANDOM_UNITS = 8       # units of the same layer zeroed beside the selected one, for scale
@@ -95,11 +95,12 @@ def random_units(units: int, unit: int, k: int = RANDOM_UNITS, seed: int = SEED)
 
 def zeroed(model, text: str, layer: int, unit: int, on: str, controls: list[int], bar=None) -> np.ndarray:
     """Δbits [1 + len(controls), n]: row 0 the unit, then each control unit, all zeroed in one
-    pass of ``probe.lm.recurrence``. Column t is the change in the cost of character t + 1 (predicted from the
-    state after reading t); the last column is NaN (no next character)."""
+    pass of ``probe.lm.recurrence``. Column t is the change in the cost of position t + 1 (a
+    character or a token; predicted from the state after reading t); the last column is NaN
+    (no next position). n: the positions of ``text`` as the model reads it."""
     edits = [Edit(layer, on, u, "zero") for u in [unit, *controls]]
     bits = intervene.losses(model, text, edits, bar=bar)  # [1 + E, n]: row 0 unedited
-    delta = np.full((len(edits), len(text)), np.nan, dtype=np.float32)
+    delta = np.full((len(edits), bits.shape[1]), np.nan, dtype=np.float32)
     delta[:, :-1] = bits[1:, 1:] - bits[0, 1:]
     return delta
 
@@ -128,7 +129,7 @@ def _num(x: float, fmt: str = "+.4f") -> str:
     return format(x, fmt) if np.isfinite(x) else "—"
 
 
-def summary_html(s: dict, feature: str, w: Window, controls: list[int]) -> str:
+def summary_html(s: dict, feature: str, w: Window, controls: list[int], unit: str = "character") -> str:
     """The summary as a small table; each number's cell has a class naming it."""
     def cells(*pairs) -> str:  # (class, text) per cell
         return "".join(f'<td class="{k}">{v}</td>' if k else f"<td>{v}</td>" for k, v in pairs)
@@ -142,22 +143,22 @@ def summary_html(s: dict, feature: str, w: Window, controls: list[int]) -> str:
                                    (f"positions-{key}", f"{s[f'positions_{key}']:,}")) + "</tr>")
     rows.append("<tr>" + cells(("", "ratio (where it holds, to random)"), ("ratio", _num(s["ratio"], "+.1f")),
                                ("", ""), ("", "")) + "</tr>")
-    notes = ["Mean change in bits per next character (positive: the model needs the unit). Random "
+    notes = [f"Mean change in bits per next {unit} (positive: the model needs the unit). Random "
              f"units of layer {w.layer}: {', '.join(str(u) for u in controls)}."]
     if not s["positions_inside"]:
         notes.append(f"{feature} does not hold in this window: move the window or pick another overlay feature.")
     return f'<table class="effect">{"".join(rows)}</table>' + "".join(note_html(n) for n in notes)
 
 
-def legend_html(w: Window, stream: str) -> str:
+def legend_html(w: Window, stream: str, unit: str = "character") -> str:
     what = {"c": "cell state c"}.get(w.on, "hidden output h")
     gate = (f" (the {stream} stream itself is not pinned: zeroing pins the unit's hidden output)"
             if stream not in ("c", "h") else "")
     return (render.legend_html("h", label="Δ bits") + note_html(
-        f"Each character is coloured by how much zeroing layer {w.layer} unit {w.unit}'s {what}{gate} "
-        f"changes the cost of the character after it (red: harder to predict, blue: easier; colours "
-        f"saturate at ±1 bit; hover for the bits). Characters {w.start:,}–{w.stop:,}, read from "
-        f"a zero state at the first, with and without the edit; the last has no next character."))
+        f"Each {unit} is coloured by how much zeroing layer {w.layer} unit {w.unit}'s {what}{gate} "
+        f"changes the cost of the {unit} after it (red: harder to predict, blue: easier; colours "
+        f"saturate at ±1 bit; hover for the bits). {unit.capitalize()}s {w.start:,}–{w.stop:,}, read from "
+        f"a zero state at the first, with and without the edit; the last has no next {unit}."))
 
 
 def build(session: Session) -> View:
@@ -196,7 +197,7 @@ def build(session: Session) -> View:
             return message_html([missing[sel.recording]])
         w = window_of(session, sel)
         return note_html(f"Press the button to zero layer {w.layer} unit {w.unit} (and "
-                         f"{RANDOM_UNITS} random units of the layer, for scale) on characters "
+                         f"{RANDOM_UNITS} random units of the layer, for scale) on {units(session.rec)} "
                          f"{w.start:,}–{w.stop:,}; computed for this window only.")
 
     def draw(sel: Selection) -> None:
@@ -204,13 +205,12 @@ def build(session: Session) -> View:
         w, delta = result["window"], result["delta"]
         rec = session.rec
         mask = session.store.feature(w.recording, sel.feature)[w.start:w.stop] != 0  # [n]
-        table.text = summary_html(summary(delta, mask), sel.feature, w, result["controls"])
+        table.text = summary_html(summary(delta, mask), sel.feature, w, result["controls"], rec.unit_name)
         if result["feature"] is None:  # the text does not depend on the feature
             # Δbits as they are: the diverging palette's ±1 is ±1 bit, and the titles show the bits
-            out.text = render.colored_html(rec.text[w.start:w.stop], delta[0], "h",
-                                           start=w.start, title_fmt=TITLE_FMT)
+            out.text = coloured(rec, w.start, w.stop, delta[0], "h", title_fmt=TITLE_FMT)
         result["feature"] = sel.feature
-        legend.text = legend_html(w, sel.stream)  # the stream named may change (h ↔ a gate: same edit)
+        legend.text = legend_html(w, sel.stream, rec.unit_name)  # the stream named may change (h ↔ a gate)
 
     def drop() -> None:
         nonlocal result
@@ -231,7 +231,7 @@ def build(session: Session) -> View:
         elif result["feature"] != sel.feature:
             draw(sel)
         else:
-            legend.text = legend_html(result["window"], sel.stream)
+            legend.text = legend_html(result["window"], sel.stream, session.rec.unit_name)
         if steered is not None and steered != (w.recording, w.layer, w.unit, w.on):
             steered = None
             free.text = clamped.text = steer_note.text = ""
@@ -278,17 +278,21 @@ def build(session: Session) -> View:
         if said_missing(note):
             return
         w = asked = window_of(session, session.sel)
-        text = session.rec.text[w.start:w.stop]
-        what = f"zeroing layer {w.layer} unit {w.unit} and {RANDOM_UNITS} random units on {len(text):,} characters"
+        text = render.position_text(session.rec, w.start, w.stop)[0]  # the window's characters
+        n, unit = w.stop - w.start, units(session.rec)
+        what = f"zeroing layer {w.layer} unit {w.unit} and {RANDOM_UNITS} random units on {n:,} {unit}"
 
         def work(job: Job) -> dict:  # in a worker: the model's load and one hooked pass
             model, model_note = session.store.model(w.recording)
             controls = random_units(parts.widths(model)[(w.layer, w.on)], w.unit)  # of the edited stream
             began = time.perf_counter()
             delta = zeroed(model, text, w.layer, w.unit, w.on, controls,
-                           bar=Bar(job, len(text) * (1 + len(controls)), "zeroing"))
+                           bar=Bar(job, n * (1 + len(controls)), "zeroing"))
+            if delta.shape[1] != n:  # the model's tokenizer reads the window's text otherwise
+                raise ProbeError(f"the model reads the window as {delta.shape[1]:,} {unit}, the recording "
+                                 f"has {n:,}: its tokenizer differs from the recording's")
             return {"window": w, "delta": delta, "controls": controls, "feature": None,
-                    "note": f"{1 + len(controls)} units zeroed on {len(text):,} characters in "
+                    "note": f"{1 + len(controls)} units zeroed on {n:,} {unit} in "
                             f"{time.perf_counter() - began:.1f} s. {model_note}".strip()}
 
         def done(got: dict) -> None:

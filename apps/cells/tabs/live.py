@@ -8,6 +8,7 @@ from bokeh.models import Button, InlineStyleSheet, TextAreaInput
 from probe.errors import ProbeError
 from probe.output import render
 from probe.recording.record import activations
+from probe.text import tokens
 
 from ..jobs import Job, working
 from ..selection import Selection
@@ -73,7 +74,7 @@ def build(session: Session) -> View:
                                  "probe encode: live text shows the streams the model computes")
             return
         values = live["streams"][(sel.layer, sel.stream)][:, sel.unit]  # [n]
-        out.text = render.colored_html(live["text"], values, sel.stream)
+        out.text = render.colored_html(live["text"], values, sel.stream, spans=live.get("spans"))
 
     def clear() -> None:
         nonlocal live
@@ -91,16 +92,30 @@ def build(session: Session) -> View:
 
 
 def run(model, text: str) -> dict:
-    """Activations of typed text: {"text", "streams" {(layer, s): [n, units]}, "note"}."""
+    """Activations of typed text read by the model's tokenizer: {"text", "spans" (each
+    token's [start, stop) in text; None when positions are characters), "streams"
+    {(layer, s): [n, units]}, "note"}."""
     notes = []
     if len(text) > LIMIT:
         notes.append(f"only the first {LIMIT:,} of {len(text):,} characters were run.")
         text = text[:LIMIT]
     if not text:
         raise ProbeError("type some text first")
-    unknown = sorted(set(text) - set(model.vocab))
+    tok = tokens.of(model)
+    ids, spans, _ = tok.encode(text)
+    if tok.kind == "chars":
+        spans = None
+        unknown = sorted(set(text) - set(model.vocab))
+    else:
+        unk = tok.index[tokens.UNK]
+        unknown = sorted({text[a:b] for (a, b), i in zip(spans.tolist(), ids.tolist()) if i == unk} - {tokens.UNK})
     if unknown:
-        notes.append(f"{len(unknown)} character(s) outside the model's vocabulary were read as "
+        notes.append(f"{len(unknown)} {tok.unit}(s) outside the model's vocabulary were read as "
                      f"unknown: {' '.join(repr(c) for c in unknown[:10])}")
+    if not len(ids):
+        raise ProbeError(f"the text holds no {tok.unit} the model reads")
     streams, _ = activations(model, text)
-    return {"text": text, "streams": streams, "note": " ".join(notes)}
+    if spans is not None and len(spans) != len(next(iter(streams.values()))):
+        raise ProbeError(f"the model read {len(next(iter(streams.values())))} positions but its tokenizer "
+                         f"gives {len(spans)} {tok.unit}s")
+    return {"text": text, "spans": spans, "streams": streams, "note": " ".join(notes)}

@@ -9,7 +9,8 @@ it has built in the background (``index_ready``). Without this module in main.py
 ``TABS`` the dashboard works as before, only without these keys.
 
 A span is selected with the mouse in the window's text (press on one character and release
-on another, or click two characters) or typed as START:STOP. The search runs when the span,
+on another, or click two characters) or typed as START:STOP. In a word-level recording a
+span is a range of tokens, picked the same way, and the rows and snippets draw tokens. The search runs when the span,
 threshold, recording, layer or stream change, never on paging or a change of unit; the
 on/off index it reads is made ready in the background the first time.
 """
@@ -46,17 +47,19 @@ from probe.recording.h5format import RANGE
 from probe.recording.reader import Recording, open_recording
 
 from ..jobs import Job
-from ..selection import Param, Selection, clamp_start, is_stream_name
+from ..selection import Param, Selection, clamp_start, is_stream_name, line_start
 from ..session import Session, View, on_next_tick
 from ..store import Store
 from ..views import (
     MESSAGE_CSS,
     TEXT_CSS,
+    coloured,
     mark_range,
     message_html,
     note_div,
     note_html,
     reason,
+    units,
 )
 
 TITLE = "select & match"
@@ -64,6 +67,8 @@ TOP = 50              # matches listed
 INDEX_WAIT = 0.3      # seconds to wait for the on/off index before saying it is being built
 STACK_CHARS = 1000    # characters of the window shown as stacked rows
 BLOCK = 120           # characters per line of stacked rows
+TOKEN_STACK = 200     # tokens of the window shown as stacked rows (a word-level recording)
+TOKEN_BLOCK = 16      # tokens per line of stacked rows
 MAX_ROWS = 12         # cells shown as stacked rows
 SNIPPET_WIDTH = 760   # pixels of the matches table's "where" column
 CHAR_WIDTH = 7.83     # pixels a character of the snippets' font takes (13px DejaVu Sans Mono: render.css)
@@ -153,9 +158,9 @@ def fit_span(span, sel: Selection, rec: Recording) -> tuple[tuple[int, int] | No
     if a >= b:
         return None, [f"span={a}:{b} is empty (its stop must be after its start); no span selected"]
     if not (0 <= a and b <= T):
-        return None, [f"span={a}:{b} is outside {name} (characters 0:{T}); no span selected"]
+        return None, [f"span={a}:{b} is outside {name} ({units(rec)} 0:{T}); no span selected"]
     if b - a > MAX_SPAN:
-        return None, [f"span={a}:{b} is longer than {MAX_SPAN:,} characters; no span selected"]
+        return None, [f"span={a}:{b} is longer than {MAX_SPAN:,} {units(rec)}; no span selected"]
     return span, []
 
 
@@ -325,6 +330,7 @@ def build(session: Session) -> View:
 
     def update(sel: Selection) -> None:
         span = sel.extra["span"]
+        span_in.title = f"span START:STOP (or click two {units(session.rec)} in the text)"
         with session.quietly():
             span_in.value = f"{span[0]}:{span[1]}" if span else ""
             threshold_in.value = sel.extra["threshold"]
@@ -362,24 +368,24 @@ def build(session: Session) -> View:
         span, threshold = sel.extra["span"], sel.extra["threshold"]
         if span is None:
             cells_div.text = note_html(
-                "Select a span: click two characters of the text above (or press on one and release on "
+                f"Select a span: click two {units(session.rec)} of the text above (or press on one and release on "
                 "another), or type START:STOP. The cells on over it are listed and stacked below, and "
                 f"their {TOP} best matches over the whole recording are found.")
             return
         a, b = span
         try:
-            units = match.select(session.rec, sel.layer, sel.stream, a, b, threshold)
+            found = match.select(session.rec, sel.layer, sel.stream, a, b, threshold)
         except ProbeError as e:
             fail(app_words(str(e)))
             return
-        state["units"] = units
-        cells_div.text = cells_html(session.rec.text[a:b], sel, units)
+        state["units"] = found
+        cells_div.text = cells_html(session.rec, sel, found)
         ready = index_ready(session.store, sel.recording, sel.layer, sel.stream, threshold)
         try:
             ready.result(timeout=INDEX_WAIT)
         except FutureTimeout:
             note.text = note_html(f"building the on/off index of layer {sel.layer} {sel.stream} at "
-                                  f"{threshold:g} over {len(session.rec):,} characters (once: it is "
+                                  f"{threshold:g} over {len(session.rec):,} {units(session.rec)} (once: it is "
                                   "kept beside the recording)…")
             ready.add_done_callback(lambda f: on_next_tick(session.doc, partial(later, key)))
             return
@@ -401,13 +407,14 @@ def build(session: Session) -> View:
     def find(sel: Selection) -> None:
         """Search and explain in a worker (the feature columns are computed there the first
         time); a newer span, threshold or stream supersedes it."""
-        rec, units, key = session.rec, state["units"], state["key"]
+        rec, cells, key = session.rec, state["units"], state["key"]
+        unit, each = units(rec), units(rec, 1)
         threshold, layer, stream, name = sel.extra["threshold"], sel.layer, sel.stream, sel.recording
 
         def work(job: Job) -> dict:
-            hits = match.search(rec, layer, stream, units, threshold, top=TOP)
+            hits = match.search(rec, layer, stream, cells, threshold, top=TOP)
             job.check()
-            data = table_data(rec.text, hits, match.index(rec, layer, stream, threshold), units)
+            data = table_data(rec, hits, match.index(rec, layer, stream, threshold), cells)
             shared = None
             if len(hits):
                 shared = match.explain(rec, hits, session.store.features(name))
@@ -421,14 +428,14 @@ def build(session: Session) -> View:
             source.selected.indices = []
             if got["shared"] is not None:
                 explain_src.data = {k: got["shared"][k].tolist() for k in EXPLAIN}
-            which = "this cell is on" if len(units) == 1 else f"these {len(units)} cells are on together"
+            which = "this cell is on" if len(cells) == 1 else f"these {len(cells)} cells are on together"
             note.text = note_html(
                 f"The {len(hits)} best places over the whole recording where {which} (LSTMVis's ranking: most "
-                "of them on throughout, then fewest other cells on, then longest). Each character is coloured "
+                f"of them on throughout, then fewest other cells on, then longest). Each {each} is coloured "
                 "by how many of them are on there (white none, purple all); the match is underlined in orange. "
-                "Click a row to show it in the text. Beside: the features the matched characters share, against "
+                f"Click a row to show it in the text. Beside: the features the matched {unit} share, against "
                 "how often each holds over the recording."
-                if len(hits) else f"No other place where {which} for two characters or more (with a character "
+                if len(hits) else f"No other place where {which} for two {unit} or more (with a {each} "
                                   "before and after).")
 
         def failed(e: BaseException) -> None:  # shown on the page; the server keeps serving
@@ -439,22 +446,22 @@ def build(session: Session) -> View:
             if text == "queued":
                 note.text = note_html("queued: the search starts when a worker is free…")
             elif text == "running":
-                note.text = note_html(f"searching {len(rec):,} characters for where these cells are on…")
+                note.text = note_html(f"searching {len(rec):,} {unit} for where these cells are on…")
 
         session.jobs.submit(TAB, work, done, failed, status=status)
 
     def draw_rows(sel: Selection) -> None:
-        """The window's text once per cell, aligned character by character."""
+        """The window's text once per cell, aligned position by position."""
         rec = session.rec
         span = sel.extra["span"]
         cells = list(sel.extra["cells"]) or [(sel.layer, sel.stream, u) for u in (state["units"] or [])]
+        stack, block = (STACK_CHARS, BLOCK) if rec.char_level else (TOKEN_STACK, TOKEN_BLOCK)
         a = sel.start
         b = min(len(rec), a + sel.window)
         if span is not None and a <= span[0] < b:  # around the span, if it is in the window
-            a = max(a, min(span[0] - STACK_CHARS // 5, b - STACK_CHARS))
-            line = rec.text.rfind("\n", max(sel.start, a - BLOCK), a)
-            a = line + 1 if line >= 0 else a  # from the start of a line
-        b = min(b, a + STACK_CHARS)
+            a = max(a, min(span[0] - stack // 5, b - stack))
+            a = line_start(rec.tokens, a, min(block, a - sel.start))  # from the start of a line
+        b = min(b, a + stack)
         key = (sel.recording, tuple(cells[:MAX_ROWS]), len(cells), a, b, span)
         if key == state["rows"]:
             return
@@ -466,10 +473,10 @@ def build(session: Session) -> View:
             return
         shown = cells[:MAX_ROWS]
         more = f" (the first {MAX_ROWS} of {len(cells)})" if len(cells) > MAX_ROWS else ""
-        rows_note.text = note_html(f"Stacked rows: characters {a:,}–{b:,} of the window, once per cell{more}, "
+        rows_note.text = note_html(f"Stacked rows: {units(rec)} {a:,}–{b:,} of the window, once per cell{more}, "
                                    "each coloured by its cell (hover for the value); the span is underlined.")
         try:
-            rows_div.text = stacked_html(rec, shown, a, b, span)
+            rows_div.text = stacked_html(rec, shown, a, b, span, block)
         except Exception as e:  # noqa: BLE001 - a damaged stream: said, not raised
             rows_div.text = message_html([f"cannot stack the rows: {reason(e)}"])
 
@@ -508,7 +515,7 @@ def build(session: Session) -> View:
         r = hits.iloc[new[0]]
         sel, rec = session.sel, session.rec
         state["jumped"] = (matching(sel), int(r["start"]), int(r["stop"]))
-        session.select(start=jump_start(rec.text, int(r["start"]), sel.window))
+        session.select(start=jump_start(rec.tokens, int(r["start"]), sel.window))
 
     span_in.on_change("value", on_span)
     threshold_in.on_change("value", on_threshold)
@@ -525,38 +532,38 @@ def app_words(message: str) -> str:
     return message.replace("a lower --threshold", "a lower threshold").replace("--threshold", "threshold")
 
 
-def jump_start(text: str, position: int, window: int) -> int:
-    """A window start that shows ``position`` a few lines down, from the start of a line."""
-    a = max(0, position - 200)
-    line = text.rfind("\n", max(0, a - 120), a)
-    return clamp_start(line + 1 if line >= 0 else a, window, len(text))
+def jump_start(tokens, position: int, window: int) -> int:
+    """A window start that shows ``position`` a few lines down, from the start of a line
+    (``tokens``: ``rec.tokens``, characters or tokens)."""
+    return clamp_start(line_start(tokens, max(0, position - 200), 120), window, len(tokens))
 
 
-def cells_html(span_text: str, sel: Selection, units: list[int]) -> str:
+def cells_html(rec, sel: Selection, cells: list[int]) -> str:
+    """The cells on over the selected span, and the span's text."""
     what = "tanh(c)" if sel.stream == "c" else sel.stream
     (a, b), threshold = sel.extra["span"], sel.extra["threshold"]
+    span_text = render.position_text(rec, a, b)[0]
     shown = span_text if len(span_text) <= 60 else span_text[:57] + "…"
-    cells = "".join(f'<span class="cell">{sel.layer}:{sel.stream}:{u}</span>' for u in units)
-    return (f'<div class="cells note">{len(units)} cell{"s" if len(units) != 1 else ""} of layer {sel.layer} '
-            f"{html.escape(sel.stream)} on ({what} ≥ {threshold:g}) at every character of "
+    shown_cells = "".join(f'<span class="cell">{sel.layer}:{sel.stream}:{u}</span>' for u in cells)
+    return (f'<div class="cells note">{len(cells)} cell{"s" if len(cells) != 1 else ""} of layer {sel.layer} '
+            f"{html.escape(sel.stream)} on ({what} ≥ {threshold:g}) at every {units(rec, 1)} of "
             f"{a:,}:{b:,} <code>{html.escape(repr(shown))}</code>"
-            f"{' and off just before it' if a > 0 else ''}: {cells}</div>")
+            f"{' and off just before it' if a > 0 else ''}: {shown_cells}</div>")
 
 
-def stacked_html(rec, cells: list[tuple], a: int, b: int, span: tuple | None) -> str:
-    """Characters [a, b) once per cell, in lines of ``BLOCK``: each line of text is a block of
-    rows, one per cell, aligned character by character (↵ for newlines)."""
-    text = rec.text
+def stacked_html(rec, cells: list[tuple], a: int, b: int, span: tuple | None, block: int = BLOCK) -> str:
+    """Positions [a, b) once per cell, in lines of ``block``: each line of text is a block of
+    rows, one per cell, aligned position by position (↵ for newlines)."""
     values = {}
     for layer, stream in dict.fromkeys((c[0], c[1]) for c in cells):
         values[(layer, stream)] = rec.window(layer, stream, a, b)  # [n, units]
     parts = ['<div class="stack">']
-    for lo in range(a, b, BLOCK):
-        hi = min(b, lo + BLOCK)
+    for lo in range(a, b, block):
+        hi = min(b, lo + block)
         parts.append(f'<div class="block"><div class="at">{lo:,}</div>')
         for layer, stream, unit in cells:
-            row = render.colored_html(text[lo:hi], values[(layer, stream)][lo - a:hi - a, unit], stream,
-                                      start=lo, newlines="symbol", root_class="probe-text pickable")
+            row = coloured(rec, lo, hi, values[(layer, stream)][lo - a:hi - a, unit], stream,
+                           newlines="symbol", root_class="probe-text pickable")
             if span is not None:
                 row = mark_range(row, lo, *span, "sel")
             parts.append(f'<div class="srow"><span class="lab">{layer}:{stream}:{unit}</span>{row}</div>')
@@ -565,25 +572,33 @@ def stacked_html(rec, cells: list[tuple], a: int, b: int, span: tuple | None) ->
     return "".join(parts)
 
 
-def snippet_bounds(start: int, length: int) -> tuple[int, int, int]:
-    """(lo, hi, pad) of the snippet of a match starting at ``start`` in a text of ``length``:
-    ``BEFORE`` characters of context (fewer at the text's start: ``pad`` spaces instead, so
-    matches start in one column), then the match and what follows, ``SNIPPET`` in all."""
-    lo = max(0, start - BEFORE)
-    pad = BEFORE - (start - lo)
-    return lo, min(length, lo + SNIPPET - pad), pad
+def snippet_bounds(start: int, length: int, spans: np.ndarray | None = None) -> tuple[int, int, int]:
+    """(lo, hi, pad) of the positions of the snippet of a match starting at position ``start``
+    of ``length``: ``BEFORE`` characters of context (fewer at the text's start: ``pad`` spaces
+    instead, so matches start in one column), then the match and what follows, ``SNIPPET``
+    characters in all. ``spans`` [length, 2]: each position's characters (None: one each);
+    a token is shown whole or not at all (but the match's first always)."""
+    if spans is None:
+        lo = max(0, start - BEFORE)
+        pad = BEFORE - (start - lo)
+        return lo, min(length, lo + SNIPPET - pad), pad
+    first = int(spans[start, 0])
+    lo = min(start, int(np.searchsorted(spans[:, 0], first - BEFORE, side="left")))
+    pad = BEFORE - (first - int(spans[lo, 0]))
+    hi = int(np.searchsorted(spans[:, 1], int(spans[lo, 0]) + SNIPPET - pad, side="right"))
+    return lo, min(length, max(hi, start + 1)), pad
 
 
-def table_data(text: str, hits, bits: np.ndarray, units: list[int]) -> dict:
-    """The matches with a coloured snippet each: the count of the selected units on at each
-    character (from the on/off index ``bits`` [T, words]), over the match and its context,
+def table_data(rec, hits, bits: np.ndarray, cells: list[int]) -> dict:
+    """The matches with a coloured snippet each: the count of the selected cells on at each
+    position (from the on/off index ``bits`` [T, words]), over the match and its context,
     as wide as the column (``snippet_bounds``)."""
     snippets = []
+    spans = None if rec.char_level else rec.spans
     for s, e in zip(hits["start"].tolist(), hits["stop"].tolist()):
-        lo, hi, pad = snippet_bounds(s, len(text))
-        count = match.count_on(bits[lo:hi], units)  # [hi - lo]
-        snippet = render.colored_html(text[lo:hi], count / len(units), COUNT, start=lo, newlines="symbol",
-                                      titles=False)
+        lo, hi, pad = snippet_bounds(s, len(rec), spans)
+        count = match.count_on(bits[lo:hi], cells)  # [hi - lo]
+        snippet = coloured(rec, lo, hi, count / len(cells), COUNT, newlines="symbol", titles=False)
         snippet = mark_range(snippet, lo, s, min(e, hi), "hit")
         snippets.append(snippet.replace('<div class="probe-text">', f'<div class="probe-text">{" " * pad}', 1))
     data = {k: hits[k].tolist() for k in COLUMNS if k != "snippet"}

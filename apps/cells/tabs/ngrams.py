@@ -15,7 +15,7 @@ from probe.output import render
 
 from ..selection import Selection
 from ..session import Session, View
-from ..views import note_div, note_html, text_div
+from ..views import coloured, note_div, note_html, text_div, units
 
 TITLE = "beyond n-grams"
 MODES = ("advantage", "error category")
@@ -40,17 +40,17 @@ def build(session: Session) -> View:
         values = session.store.values(sel.recording, key[0], key[1], names.index(
             "advantage" if mode.value == MODES[0] else "category"), a, b)  # [b - a]
         note.text = note_html(f"against {info.get('spec_name', 'an n-gram model')} (order {info.get('order', '?')}); "
-                              f"characters {a:,}–{b:,}, as in the window above")
+                              f"{units(rec)} {a:,}–{b:,}, as in the window above")
         if mode.value == MODES[0]:
             legend.text = render.legend_html("g", label="n-gram bits − model bits (red: the model knows more)")
-            text.text = render.colored_html(rec.text[a:b], values, "g", start=a,
-                                            title_fmt="{position}  {char}  {value:+.2f} bits")
+            text.text = coloured(rec, a, b, values, "g", title_fmt="{position}  {char}  {value:+.2f} bits")
         else:
             cats = list(info.get("categories", []))
             colours = dict(enumerate(COLOURS[:len(cats)]))
-            legend.text = category_legend(cats, info.get("wrong_bits", 1.0))
-            text.text = render.category_html(rec.text[a:b], np.nan_to_num(values, nan=-1).astype(int), colours,
-                                             dict(enumerate(cats)), start=a)
+            legend.text = category_legend(cats, info.get("wrong_bits", 1.0), units(rec))
+            chars, spans = render.position_text(rec, a, b)
+            text.text = render.category_html(chars, np.nan_to_num(values, nan=-1).astype(int), colours,
+                                             dict(enumerate(cats)), start=a, spans=spans)
 
     def clear() -> None:
         text.text = legend.text = note.text = ""
@@ -69,9 +69,9 @@ def empty_note(folder: str, recording: str) -> str:
             "later runs take seconds.</div>")
 
 
-def category_legend(categories: list[str], wrong_bits: float) -> str:
+def category_legend(categories: list[str], wrong_bits: float, unit: str = "characters") -> str:
     """A colour key of the error categories."""
     keys = "".join(f'<span style="background:{c};padding:1px 6px;margin-right:6px">{html.escape(n)}</span>'
                    for n, c in zip(categories, COLOURS))
-    return (f'<div class="note">characters the model gets wrong (more than {wrong_bits:g} bit: p &lt; 1/2), '
+    return (f'<div class="note">{unit} the model gets wrong (more than {wrong_bits:g} bit: p &lt; 1/2), '
             f"by the first oracle that explains them: {keys}</div>")

@@ -61,7 +61,8 @@ def build(session: Session) -> View:
             note.text = note_html(f"this model has no gates (a plain {kind.upper()} records only "
                                   f"{' '.join(session.rec.streams)}): nothing saturates in [0, 1]")
         else:
-            note.text = analysis_note(result, "fraction of characters each gate unit spends left- (<0.1) or "
+            unit = session.rec.unit_name if session.rec is not None else "character"
+            note.text = analysis_note(result, f"fraction of {unit}s each gate unit spends left- (<0.1) or "
                                               "right- (>0.9) saturated; click a dot to show that unit")
         clear()
         if isinstance(result, dict):
