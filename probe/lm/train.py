@@ -333,7 +333,7 @@ def train(out: str | os.PathLike, config: TrainConfig | None = None, *, resume: 
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(step, steps, lr, warmup, min_lr_frac)
                 # periodic evaluation and checkpoint
-                if step % eval_every == 0 and step > 0:
+                if step % eval_every == 0 and step > 0 and not (history and history[-1]["step"] == step):
                     val = bits_per_char(model, val_ids)
                     history.append({"step": step, N: chars, f"val_{B}": round(val, 4),
                                     f"train_{B}": round(loss_ema / LN2, 4) if loss_ema else None})
