@@ -38,7 +38,7 @@ def test_the_reference_names_every_command_flag_and_example():
 
 def test_each_command_is_handled_in_the_module_that_declares_it():
     modules = {m.__name__ for m in MODULES}
-    assert len(COMMANDS) == 18 and len(set(COMMANDS.values())) == 18  # one handler per command
+    assert len(COMMANDS) == 19 and len(set(COMMANDS.values())) == 19  # one handler per command
     for name, run in COMMANDS.items():
         module = importlib.import_module(run.__module__)
         assert run.__module__ in modules, name
