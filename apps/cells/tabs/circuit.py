@@ -43,6 +43,7 @@ from probe.causal import pairs as pairs_mod
 from probe.errors import ProbeError
 from probe.lm import recurrence
 from probe.output import render
+from probe.text import tokens
 
 from ..jobs import Bar, Job, working
 from ..selection import Selection
@@ -145,7 +146,7 @@ def documents(rec, limit: int = PAIR_CHARS) -> list[tuple[str, str]]:
 def sweep(model, rec, feature: str, layer: int, stream: str, done=None) -> dict:
     """``patch.effects`` of every unit of ``layer``'s ``stream`` on ``PAIRS`` pairs made for
     ``feature`` from the recording's first ``PAIR_CHARS`` characters."""
-    made, made_report = pairs_mod.pairs(feature, documents(rec), PAIRS, SEED)
+    made, made_report = pairs_mod.pairs(feature, documents(rec), PAIRS, SEED, tokenizer=tokens.of(model))
     width = recurrence.widths(model)[(layer, stream)]
     res = patch.effects(model, made, layer=layer, stream=stream, random=min(RANDOM, width), seed=SEED, done=done)
     return {**res, "offered": made_report["offered"], "random": min(RANDOM, width)}
