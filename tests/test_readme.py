@@ -35,6 +35,7 @@ SHORTER = {
     ("gradients",): ["--limit", "3000"],
     ("dictionary",): ["--steps", "20"],
     ("ngram",): ["--limit", "50000"],
+    ("train", "--tokens words"): ["--steps", "2", "--limit", "80000"],  # a batch of 64 x 128 words
     ("train",): ["--steps", "2", "--limit", "20000"],
 }
 
@@ -75,7 +76,7 @@ def test_the_readme_pipeline_runs_in_order_on_a_fresh_folder(tmp_path):
     made = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")}
     for path in ("recordings/stdlib-test.h5", "runs/quote-cell.html", "runs/dirs.pt", "runs/dict.pt",
                  "runs/stdlib-10.ngram.npz", "lstmvis/stdlib-test", "runs/stdlib.pt", "runs/gru.pt",
-                 "recordings/train"):
+                 "recordings/train", "recordings/from-lstmvis.h5", "runs/words.pt", "recordings/words-test.h5"):
         assert path in made, f"{path} was not written"
 
     # the last line serves the dashboard on what the block recorded (here on a free port)

@@ -52,7 +52,8 @@ def device_flag(p: argparse.ArgumentParser) -> None:
 def text_flags(p: argparse.ArgumentParser) -> None:
     """--corpus | --text, and --glob: where the text comes from."""
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--corpus", default="stdlib", help="built-in corpus: stdlib (default) or linux")
+    src.add_argument("--corpus", default="stdlib", help="built-in corpus: stdlib (the standard library's source, the default), "
+                     "stdlib-prose (its docstrings and comments: for word-level models) or linux")
     src.add_argument("--text", help="a UTF-8 text file or a folder of them")
     p.add_argument("--glob", default="**/*", help="files to take from a --text folder (default **/*)")
 

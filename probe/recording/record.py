@@ -145,7 +145,7 @@ def record(model: CharRNN, documents: list[tuple[str, str]], out: str | os.PathL
         pool = ThreadPoolExecutor(1)  # the gates of one block while the next runs forward
         blocks = (feed.sequential(model, ids, spans, modules, tdtype, pool, BLOCK, set(keys)) if batch == 1
                   else feed.batched(model, ids, spans, modules, batch, burn_in, tdtype, pool, set(keys)))
-        bar = tqdm(total=T, unit="char", unit_scale=True, disable=not progress, desc="recording")
+        bar = tqdm(total=T, unit="char" if tokenizer.kind == "chars" else "token", unit_scale=True, disable=not progress, desc="recording")
         try:
             for start, vals, loss in blocks:
                 if stop.is_set():
