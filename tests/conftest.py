@@ -99,6 +99,30 @@ def synthetic(tmp_path):
     return write_recording(tmp_path / "syn.h5", text, data), data, feats
 
 
+def with_directions(src, recs, W=None, b=(0.0, 5.0)):
+    """A copy of the recording ``src`` in the folder ``recs`` with a hand-made derived stream
+    ``dir`` on layer 1: two units (alpha, beta), each a direction in 1:h (``W`` [8, 2])."""
+    import shutil
+
+    from probe import open_recording
+    from probe.recording import derived
+    dst = recs / src.name
+    shutil.copy(src, dst)
+    with open_recording(dst) as rec:
+        stamp = {"path": str(rec.path), "length": len(rec), "created": rec.created}
+        sha = rec.model_sha256
+    if W is None:
+        W = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)) * 10
+    spec = {"format": derived.FORMAT, "version": derived.VERSION, "kind": "directions", "stream": "dir",
+            "layer": 1, "inputs": [[1, "h"]], "unit_names": ["alpha", "beta"], "model_sha256": sha,
+            "fitted_on": stamp, "mean": torch.zeros(8), "scale": torch.ones(8),
+            "params": {"W": W, "b": torch.tensor(list(b)), "state_mean": torch.zeros(8)},
+            "metrics": {}, "config": {}}
+    with open_recording(dst) as rec:
+        derived.encode(rec, derived.save(spec, recs.parent / f"{src.stem}-dirs.pt"))
+    return dst
+
+
 # ---- word-level: positions are tokens (issue 28) ------------------------------------------
 
 PROSE = '''The cat sat on the mat, and the dog ran to the door.

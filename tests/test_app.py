@@ -25,6 +25,7 @@ from bokeh.command.util import build_single_handler_application
 from bokeh.events import ButtonClick, Tap
 from bokeh.models import ColumnDataSource, Div, Tabs
 from bokeh.server.server import Server
+from conftest import with_directions
 from tornado.ioloop import IOLoop
 
 from probe.analysis import cache as analysis
@@ -363,21 +364,9 @@ def settle(p: Page, *names: str) -> None:
 def test_a_derived_stream_is_shown_like_a_recorded_one(folder, tmp_path):
     """Issue #19: a stream added by probe encode is in the stream menu of its layer, shown
     coloured over its own range, its units named; tabs that need a model's own cell say so."""
-    from probe.recording import derived
     recs = tmp_path / "recordings"
     recs.mkdir()
-    shutil.copy(folder / "tiny.h5", recs / "tiny.h5")
-    with open_recording(recs / "tiny.h5") as rec:
-        stamp = {"path": str(rec.path), "length": len(rec), "created": rec.created}
-        sha = rec.model_sha256
-    W = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32))
-    spec = {"format": derived.FORMAT, "version": derived.VERSION, "kind": "directions", "stream": "dir",
-            "layer": 1, "inputs": [[1, "h"]], "unit_names": ["alpha", "beta"], "model_sha256": sha,
-            "fitted_on": stamp, "mean": torch.zeros(8), "scale": torch.ones(8),
-            "params": {"W": W * 10, "b": torch.tensor([0.0, 5.0]), "state_mean": torch.zeros(8)},
-            "metrics": {}, "config": {}}
-    with open_recording(recs / "tiny.h5") as rec:
-        derived.encode(rec, derived.save(spec, tmp_path / "dirs.pt"))
+    with_directions(folder / "tiny.h5", recs)
     with serving(recs) as server:
         p = Page(server, recording="tiny.h5", layer=1, stream="dir", unit=1)
         try:

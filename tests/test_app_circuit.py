@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import with_directions
 from test_app import TEXT, Page, click, folder, kinds, open_tab, orphan_recordings, pages, serving  # noqa: F401 - fixtures
 from test_browser import COLOURED, WALK, chromium, served, wait  # noqa: F401 - fixtures
 
@@ -235,20 +235,9 @@ def test_text_is_escaped(page):
 
 def test_a_derived_stream_is_said(folder, tmp_path):  # noqa: F811
     """A read-out (probe encode) is not a cell of the model: no circuit, nothing to patch."""
-    from probe.recording import derived
     recs = tmp_path / "recordings"
     recs.mkdir()
-    shutil.copy(folder / "tiny.h5", recs / "tiny.h5")
-    with open_recording(recs / "tiny.h5") as rec:
-        stamp = {"path": str(rec.path), "length": len(rec), "created": rec.created}
-        sha = rec.model_sha256
-    spec = {"format": derived.FORMAT, "version": derived.VERSION, "kind": "directions", "stream": "dir",
-            "layer": 1, "inputs": [[1, "h"]], "unit_names": ["alpha", "beta"], "model_sha256": sha,
-            "fitted_on": stamp, "mean": torch.zeros(8), "scale": torch.ones(8),
-            "params": {"W": torch.ones(8, 2), "b": torch.zeros(2), "state_mean": torch.zeros(8)},
-            "metrics": {}, "config": {}}
-    with open_recording(recs / "tiny.h5") as rec:
-        derived.encode(rec, derived.save(spec, tmp_path / "dirs.pt"))
+    with_directions(folder / "tiny.h5", recs, W=torch.ones(8, 2), b=(0.0, 0.0))
     with serving(recs) as server:
         p = Page(server, recording="tiny.h5", layer=1, stream="dir", unit=1, feature="in_short_string")
         try:

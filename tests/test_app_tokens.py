@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CODE, PROSE
+from conftest import CODE, PROSE, with_directions
 from test_app import Page, click, open_tab, pages, serving, settle  # noqa: F401 - fixtures
 
 from probe.causal import gradients
@@ -289,21 +289,9 @@ def test_the_circuit_tabs_patching_is_bars_or_one_line(page):
 
 
 def test_derived_features_show_token_contexts(folder, tmp_path, rec):
-    from probe.recording import derived
     recs = tmp_path / "recordings"
     recs.mkdir()
-    shutil.copy(folder / "words.h5", recs / "words.h5")
-    with open_recording(recs / "words.h5") as r:
-        stamp = {"path": str(r.path), "length": len(r), "created": r.created}
-        sha = r.model_sha256
-    W = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32))
-    spec = {"format": derived.FORMAT, "version": derived.VERSION, "kind": "directions", "stream": "dir",
-            "layer": 1, "inputs": [[1, "h"]], "unit_names": ["alpha", "beta"], "model_sha256": sha,
-            "fitted_on": stamp, "mean": torch.zeros(8), "scale": torch.ones(8),
-            "params": {"W": W * 10, "b": torch.tensor([0.0, 5.0]), "state_mean": torch.zeros(8)},
-            "metrics": {}, "config": {}}
-    with open_recording(recs / "words.h5") as r:
-        derived.encode(r, derived.save(spec, tmp_path / "dirs.pt"))
+    with_directions(folder / "words.h5", recs)
     with serving(recs) as server:
         p = Page(server, recording="words.h5", layer=1, stream="dir", unit=0)
         try:

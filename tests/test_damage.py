@@ -4,6 +4,7 @@ file, the dataset and the rows. A byte-flip fuzz test holds the reader to it."""
 from __future__ import annotations
 
 import multiprocessing
+import queue
 
 import numpy as np
 import pytest
@@ -48,46 +49,56 @@ def small(request, model_path, tmp_path):
     return out
 
 
-def read_in_child(path, original, timeout: float = 10.0) -> str:
-    """``everything(path)`` in a forked child: "same", "refused" (a one-line ProbeError naming
-    the file), "different" or "hung" (HDF5's C code can loop on damaged metadata, and nothing
-    in Python interrupts it)."""
+def read_all(paths: list, original, timeout: float = 10.0) -> dict[str, int]:
+    """``everything`` of each damaged file, read one after another in a forked child, counted
+    by outcome: "same", "refused" (a one-line ProbeError naming the file), "different",
+    "crashed" or "hung" (HDF5's C code can loop on damaged metadata, and nothing in Python
+    interrupts it: the child is killed and a new one goes on from the next file)."""
     ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
+    outcomes: dict[str, int] = {}
+    start = 0
+    while start < len(paths):
+        q = ctx.Queue()
 
-    def child():
-        try:
-            got = everything(path)
-        except ProbeError as e:
-            q.put("refused" if "\n" not in str(e) and str(path) in str(e) else f"bad message: {e}")
-            return
-        q.put("same" if same(got, original) else "different")
-    p = ctx.Process(target=child)
-    p.start()
-    p.join(timeout)
-    if p.is_alive():
+        def child(first: int) -> None:
+            for i in range(first, len(paths)):
+                try:
+                    got = "same" if same(everything(paths[i]), original) else "different"
+                except ProbeError as e:
+                    got = "refused" if "\n" not in str(e) and str(paths[i]) in str(e) else f"bad message: {e}"
+                q.put((i, got))
+        p = ctx.Process(target=child, args=(start,))
+        p.start()
+        while start < len(paths):
+            try:
+                i, got = q.get(timeout=timeout)
+            except queue.Empty:
+                got = "hung" if p.is_alive() else f"crashed ({p.exitcode})"
+                i = start
+            outcomes[got] = outcomes.get(got, 0) + 1
+            start = i + 1
+            if got == "hung" or got.startswith("crashed"):
+                break
         p.kill()
         p.join()
-        return "hung"
-    return q.get(timeout=5) if p.exitcode == 0 else f"crashed ({p.exitcode})"
+    return outcomes
 
 
 def test_flipped_bytes_give_the_original_values_or_a_probe_error(small, tmp_path):
     original = everything(small)
     data = bytearray(small.read_bytes())
     rng = np.random.default_rng(0)
-    outcomes: dict[str, int] = {}
+    paths = []
     for trial in range(300):
         bad = bytearray(data)
         # half the trials anywhere, half in the first 4 KB where HDF5 keeps most metadata
         span = len(bad) if trial % 2 else min(len(bad), 4096)
         for pos in rng.integers(0, span, size=int(rng.integers(1, 4))):
             bad[pos] ^= int(rng.integers(1, 256))
-        damaged = tmp_path / f"damaged-{trial}.h5"
-        damaged.write_bytes(bad)
-        got = read_in_child(damaged, original)
-        outcomes[got] = outcomes.get(got, 0) + 1
-        damaged.unlink()
+        paths.append(tmp_path / f"damaged-{trial}.h5")
+        paths[-1].write_bytes(bad)
+    outcomes = read_all(paths, original)
+    assert sum(outcomes.values()) == len(paths)
     # never a wrong value, a traceback or a crash; both outcomes happen
     assert set(outcomes) <= {"same", "refused", "hung"}, outcomes
     assert outcomes.get("refused", 0) > 50 and outcomes.get("same", 0) > 10, outcomes
