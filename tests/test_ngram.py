@@ -254,7 +254,7 @@ def test_the_default_ngram_model_is_built_once_and_cached(recording_path, tmp_pa
         return Fake()
     monkeypatch.setattr(advantage.corpora, "load", fake_load)
     with open_recording(recording_path) as rec:
-        with pytest.raises(ProbeError, match="not trained on a built-in corpus .stdlib, linux.: give an n-gram model"):
+        with pytest.raises(ProbeError, match="not trained on a built-in corpus .stdlib, stdlib-prose, linux.: give an n-gram model"):
             advantage.default_ngram(rec, order=3)
         rec.model_config["corpus"] = {"kind": "stdlib", "split": "train", "fingerprint": "f" * 64}
         a = advantage.default_ngram(rec, order=3)

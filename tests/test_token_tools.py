@@ -329,3 +329,29 @@ def test_a_word_recording_in_shards_opens_as_one(word_model, tmp_path):
     (folder / "p2.h5").unlink()
     with pytest.raises(ProbeError, match="missing shard 2/3"):
         open_recording(folder)
+
+
+def test_ngram_train_reads_the_word_models_own_training_corpus(word_model, tmp_path, capsys, monkeypatch):
+    """Without --corpus or --text, probe ngram train counts the --model's own training corpus
+    (the built-in one its checkpoint names), through its tokenizer."""
+    from probe.cli import ngram as ngram_cli
+    from probe.lm.model import save_checkpoint
+    seen = []
+    real = ngram_cli.load
+
+    def spy(name, split, **kw):
+        seen.append((name, split))
+        return real(None, split, text=str(tmp_path / "prose.txt"))
+    (tmp_path / "prose.txt").write_text(PROSE * 3)
+    monkeypatch.setattr(ngram_cli, "load", spy)
+    path = tmp_path / "w.pt"
+    save_checkpoint(path, word_model, {"kind": "stdlib-prose", "split": "train"})
+    assert main(["ngram", "train", "--model", str(path), "--order", "2", "--out", str(tmp_path / "a.npz"),
+                 "--quiet"]) == 0
+    save_checkpoint(path, word_model, {"kind": "text", "path": "elsewhere"})
+    assert main(["ngram", "train", "--model", str(path), "--order", "2", "--out", str(tmp_path / "b.npz"),
+                 "--quiet"]) == 0
+    assert main(["ngram", "train", "--model", str(path), "--corpus", "linux", "--order", "2",
+                 "--out", str(tmp_path / "c.npz"), "--quiet"]) == 0
+    assert seen == [("stdlib-prose", "train"), ("stdlib", "train"), ("linux", "train")]
+    assert "tokens" in capsys.readouterr().out

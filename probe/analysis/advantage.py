@@ -75,8 +75,9 @@ def default_ngram(rec, order: int = 10, progress: bool = False) -> ngram.NGram:
         except ProbeError:
             src = {}
     kind, split, fp = src.get("kind"), src.get("split", "train"), src.get("fingerprint", "")
-    if kind not in ("stdlib", "linux"):
-        raise ProbeError(f"{rec.path}: its model was not trained on a built-in corpus (stdlib, linux): give an "
+    if kind not in corpora.BUILTIN:
+        raise ProbeError(f"{rec.path}: its model was not trained on a built-in corpus ({', '.join(corpora.BUILTIN)}): "
+                         "give an "
                          "n-gram model of its training text (probe ngram train --text … --out NG; --ngram NG)")
     tokens, vocab = symbols(rec)
     path = cache_dir() / f"{kind}-{split}-{fp[:16]}-{order}{'' if tokens == 'chars' else '-' + tokens}.ngram.npz"

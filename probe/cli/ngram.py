@@ -15,7 +15,7 @@ from probe.files import atomic, check_target
 from probe.lm.model import load_model
 from probe.recording.reader import open_recording
 from probe.text import ngram
-from probe.text.corpus import load
+from probe.text.corpus import BUILTIN, load
 
 
 def add_ngram(sub) -> None:
@@ -24,10 +24,12 @@ def add_ngram(sub) -> None:
         "probe ngram train --corpus stdlib --order 10 --out stdlib-10.ngram.npz",
         "probe ngram train --text mycode/ --glob '**/*.py' --model runs/my.pt --out my.ngram.npz"],
         note="characters are read with --model's vocabulary (default the shipped LSTM's), so the n-grams "
-             "and the model score the same symbols; a word-level --model's tokens are read with its tokenizer")
+             "and the model score the same symbols; a word-level --model's tokens are read with its tokenizer. "
+             "Without --corpus or --text: the --model's own training corpus when it is a built-in one "
+             "(stdlib-prose for probe train --tokens words), else stdlib")
     ng.add_argument("action", choices=["train"], help="train: count and save")
     source_flags(ng, None, "train on at most N characters (default all)")
-    ng.set_defaults(split="train")
+    ng.set_defaults(split="train", corpus=None)  # None: the --model's own training corpus
     ng.add_argument("--order", type=int, default=10, help="highest order (default 10; orders 1..N are kept)")
     ng.add_argument("--out", required=True, help="the model file to write (.npz)")
     ng.add_argument("--force", action="store_true", help="overwrite an existing --out file")
@@ -38,7 +40,11 @@ def run_ngram(a: argparse.Namespace) -> int:
     out = check_target(a.out, a.force)
     ngram.check_order(a.order)
     model = load_model(a.model)
-    source = load(None if a.text else a.corpus, a.split, text=a.text, glob=a.glob)
+    corpus = None
+    if not a.text:  # the model's own training corpus when it is a built-in one
+        own = (getattr(model, "corpus", None) or {}).get("kind")
+        corpus = a.corpus or (own if own in BUILTIN else "stdlib")
+    source = load(corpus, a.split, text=a.text, glob=a.glob)
     if a.limit is not None:
         source = source.limited(a.limit)
     tokens = model.tokenizer.kind
