@@ -107,3 +107,12 @@ def test_the_tokenizer_is_kept_in_the_checkpoint_and_the_recording(word_model_pa
         assert tuple(rec.tokenizer["vocab"]) == model.vocab == tuple(rec.model_config["vocab"])
     with h5py.File(word_recording_path) as f:  # plain h5py: the file describes itself
         assert json.loads(f.attrs["tokens"])["kind"] == "words" and f["spans"].shape == (len(f["loss"]), 2)
+
+
+def test_the_text_of_positions_keeps_what_lies_between_tokens(word_recording_path, recording_path):
+    with open_recording(word_recording_path) as rec:
+        assert rec.text_of(0, 4) == "The cat sat on" and rec.text_of(3, 3) == ""
+        assert rec.document_texts() == [("a.txt", PROSE), ("b.py", CODE + PROSE.replace("cat", "bird"))]
+        assert rec.document_texts(limit=10) == [("a.txt", PROSE[:10])]
+    with open_recording(recording_path) as rec:
+        assert rec.text_of(5, 9) == rec.text[5:9]

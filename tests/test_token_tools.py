@@ -14,7 +14,6 @@ from probe import ProbeError, open_recording
 from probe.analysis import advantage, contexts, detectors, match
 from probe.analysis import cache as analysis
 from probe.cli import main
-from probe.lm.model import load_model
 from probe.readout import dictionary, directions, probes, readable
 from probe.recording import derived, h5format, shards
 from probe.recording import record as recorder
@@ -81,7 +80,7 @@ def test_analysis_ranks_the_planted_token_cells_first(word_synthetic):
 
 def test_the_causal_column_reads_a_word_recordings_documents(word_recording_path):
     with open_recording(word_recording_path) as rec:
-        assert analysis.document_texts(rec) == [("a.txt", PROSE), ("b.py", CODE + PROSE.replace("cat", "bird"))]
+        assert rec.document_texts() == [("a.txt", PROSE), ("b.py", CODE + PROSE.replace("cat", "bird"))]
         top = detectors.best(analysis.analysis(rec)["scores"], 1)
         eff = analysis.causal(rec, top, chars=len(rec.text), random=4)
         binary = top[top["metric"] == "auc"]
@@ -200,7 +199,7 @@ def test_the_ngram_baseline_reads_the_models_tokens(word_model, word_recording_p
     docs = [("a.txt", PROSE), ("b.py", CODE + PROSE.replace("cat", "bird"))]
     ng = ngram.train(docs, word_model.vocab, 1, discount=0.0, tokens="words")  # unigram frequencies
     with open_recording(word_recording_path) as rec:
-        nbits = ngram.bits(ng, analysis.document_texts(rec))
+        nbits = ngram.bits(ng, rec.document_texts())
         assert nbits.shape == (1, len(rec))
         # the order-1 model with no discount: each token's frequency among the recorded ids
         freq = np.bincount(rec.ids, minlength=len(word_model.vocab)) / len(rec)

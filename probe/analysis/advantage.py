@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.analysis.cache import document_texts
 from probe.errors import ProbeError
 from probe.text import corpus as corpora
 from probe.text import features as features_mod
@@ -262,7 +261,7 @@ def compare(rec, ng: ngram.NGram, force: bool = False) -> dict:
     LSTM loss; NaN where either is undefined), "by_distance": rows per DISTANCE_BINS,
     "by_feature": rows, "categories", "note"}."""
     note = check_vocab(rec, ng, force)
-    nbits = ngram.bits(ng, document_texts(rec))          # [order, T]
+    nbits = ngram.bits(ng, rec.document_texts())          # [order, T]
     if nbits.shape[1] != len(rec):
         raise ProbeError(f"{rec.path}: the n-gram model reads the text as {nbits.shape[1]:,} {ng.unit}s, the "
                          f"recording has {len(rec):,}: train one with the same model (probe ngram train --model …)")

@@ -218,7 +218,7 @@ def causal(rec: Recording, best_df: pd.DataFrame, *, chars: int = 20_000, random
     from probe.causal import intervene  # runs the model: torch only when asked for
     from probe.lm.model import for_recording
     model, _ = for_recording(rec)
-    docs = Corpus(document_texts(rec), rec.source).limited(chars).documents
+    docs = Corpus(rec.document_texts(), rec.source).limited(chars).documents
     rows = best_df[best_df["metric"] == "auc"].copy()
     rows["on"] = np.where(rows["stream"] == "c", "c", "h")
     parts = []
@@ -239,13 +239,6 @@ def _fmt(metric: str, value: float) -> str:
     if not np.isfinite(value):
         return ""
     return f"r={value:+.3f}" if metric == "r" else f"auc={value:.3f}"
-
-
-def document_texts(rec: Recording) -> list[tuple[str, str]]:
-    """[(name, text)] of the recording's documents, cut at their character offsets (positions
-    may be tokens): what a model reads again to measure an effect."""
-    names = rec.documents["name"].tolist()
-    return [(str(n), rec.text[a:b]) for n, (a, b) in zip(names, rec.text_documents)]
 
 
 def report_text(best_df: pd.DataFrame, sat_summary: pd.DataFrame, title: str = "", unit: str = "character") -> str:

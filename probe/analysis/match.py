@@ -281,11 +281,7 @@ def _frame(rec, start, length, n_on, n_union, jaccard) -> pd.DataFrame:
 def span_text(rec, start: np.ndarray, stop: np.ndarray, limit: int = 80) -> list[str]:
     """The text of positions [start, stop): for tokens, from the first token's first character
     to the last one's last (the spacing between them kept), at most ``limit`` characters."""
-    text = rec.text
-    if rec.char_level:
-        return [text[a:b][:limit] for a, b in zip(start.tolist(), stop.tolist())]
-    spans = rec.spans
-    return [text[spans[a, 0]:spans[b - 1, 1]][:limit] for a, b in zip(start.tolist(), stop.tolist())]
+    return [rec.text_of(a, b)[:limit] for a, b in zip(start.tolist(), stop.tolist())]
 
 
 def explain(rec: Recording, matches: pd.DataFrame, feats: pd.DataFrame | None = None,

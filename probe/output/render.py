@@ -212,12 +212,9 @@ def position_text(rec, start: int, stop: int) -> tuple[str, np.ndarray | None]:
     characters and None (a character recording), else the text from the first token's
     start to the last one's stop and each token's span in it."""
     if rec.char_level:
-        return rec.text[start:stop], None
+        return rec.text_of(start, stop), None
     spans = np.asarray(rec.spans[start:stop], dtype=np.int64).reshape(-1, 2)
-    if not len(spans):
-        return "", spans
-    lo = int(spans[0, 0])
-    return rec.text[lo:int(spans[-1, 1])], spans - lo
+    return rec.text_of(start, stop), spans - (spans[0, 0] if len(spans) else 0)
 
 
 def colored_html(text: str, values, stream: str, *, start: int = 0, mark: int | None = None,

@@ -154,6 +154,28 @@ class Reader:
         d = self.documents
         return list(zip(d["text_start"].astype(int).tolist(), d["text_stop"].astype(int).tolist()))
 
+    def text_of(self, start: int, stop: int) -> str:
+        """The text of positions [start, stop): for tokens, from the first one's first character
+        to the last one's last, what lies between them kept."""
+        if self.char_level:
+            return self.text[start:stop]
+        if stop <= start:
+            return ""
+        return self.text[int(self.spans[start, 0]):int(self.spans[stop - 1, 1])]
+
+    def document_texts(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """[(name, text)] of the documents, cut at their character offsets (positions may be
+        tokens): what a model reads again. ``limit``: at most that many characters in all."""
+        out, left, text = [], limit, self.text
+        for name, (a, b) in zip(self.documents["name"].tolist(), self.text_documents):
+            if left is not None:
+                if left <= 0:
+                    break
+                b = min(b, a + left)
+                left -= b - a
+            out.append((str(name), text[a:b]))
+        return out
+
     def features(self, names=None, **kw) -> pd.DataFrame:
         """``probe.text.features.compute`` for this recording: one row per position. The text
         is lexed per document by the rules its name picks, each feature read at a token's

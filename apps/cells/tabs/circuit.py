@@ -42,7 +42,6 @@ from probe.causal import circuit, patch
 from probe.causal import pairs as pairs_mod
 from probe.errors import ProbeError
 from probe.lm import recurrence
-from probe.output import render
 from probe.text import tokens
 
 from ..jobs import Bar, Job, working
@@ -125,28 +124,16 @@ def trace(model, rec, cell: tuple[int, str, int], at: int, steps: int, top: int)
     ``text``: the text of each position read, the last ``steps`` and ``at`` (a string of
     characters, or a list of tokens)."""
     first, doc = around(rec, at)
-    text = render.position_text(rec, first, at + 1)[0]
+    text = rec.text_of(first, at + 1)
     res = circuit.circuit(model, text, cell, at - first, steps=steps, top=top, seed=SEED)
     return {**res, "position": at, "first": first, "document_start": doc, "unit": rec.unit_name,
             "text": rec.tokens[at - res["steps"]:at + 1]}
 
 
-def documents(rec, limit: int = PAIR_CHARS) -> list[tuple[str, str]]:
-    """The recording's documents [(name, text)] in order, ``limit`` characters in all."""
-    out, left, text = [], limit, rec.text
-    for name, (a, b) in zip(rec.documents["name"], rec.text_documents):  # their characters
-        if left <= 0:
-            break
-        b = min(b, a + left)
-        out.append((str(name), text[a:b]))
-        left -= b - a
-    return out
-
-
 def sweep(model, rec, feature: str, layer: int, stream: str, done=None) -> dict:
     """``patch.effects`` of every unit of ``layer``'s ``stream`` on ``PAIRS`` pairs made for
     ``feature`` from the recording's first ``PAIR_CHARS`` characters."""
-    made, made_report = pairs_mod.pairs(feature, documents(rec), PAIRS, SEED, tokenizer=tokens.of(model))
+    made, made_report = pairs_mod.pairs(feature, rec.document_texts(PAIR_CHARS), PAIRS, SEED, tokenizer=tokens.of(model))
     width = recurrence.widths(model)[(layer, stream)]
     res = patch.effects(model, made, layer=layer, stream=stream, random=min(RANDOM, width), seed=SEED, done=done)
     return {**res, "offered": made_report["offered"], "random": min(RANDOM, width)}

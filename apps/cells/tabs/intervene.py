@@ -278,7 +278,7 @@ def build(session: Session) -> View:
         if said_missing(note):
             return
         w = asked = window_of(session, session.sel)
-        text = render.position_text(session.rec, w.start, w.stop)[0]  # the window's characters
+        text = session.rec.text_of(w.start, w.stop)  # the window's text
         n, unit = w.stop - w.start, units(session.rec)
         what = f"zeroing layer {w.layer} unit {w.unit} and {RANDOM_UNITS} random units on {n:,} {unit}"
 

@@ -42,7 +42,6 @@ from bokeh.models import (
 
 from probe.analysis import match
 from probe.errors import ProbeError
-from probe.output import render
 from probe.recording.h5format import RANGE
 from probe.recording.reader import Recording, open_recording
 
@@ -542,7 +541,7 @@ def cells_html(rec, sel: Selection, cells: list[int]) -> str:
     """The cells on over the selected span, and the span's text."""
     what = "tanh(c)" if sel.stream == "c" else sel.stream
     (a, b), threshold = sel.extra["span"], sel.extra["threshold"]
-    span_text = render.position_text(rec, a, b)[0]
+    span_text = rec.text_of(a, b)
     shown = span_text if len(span_text) <= 60 else span_text[:57] + "…"
     shown_cells = "".join(f'<span class="cell">{sel.layer}:{sel.stream}:{u}</span>' for u in cells)
     return (f'<div class="cells note">{len(cells)} cell{"s" if len(cells) != 1 else ""} of layer {sel.layer} '
