@@ -33,9 +33,10 @@ from probe.errors import ProbeError, deprecated
 from probe.lm import recurrence
 from probe.lm.model import CharRNN
 from probe.lm.recurrence import Hook
+from probe.recording import record as recorder
 from probe.recording.layers import activations
-from probe.text import tokens as toks
 from probe.text import features as features_mod
+from probe.text import tokens as toks
 
 BATCH = 128       # edits per batched pass
 
@@ -289,7 +290,7 @@ def position_features(model, texts: list[str], names: list[str] | None = None, *
     edges = np.cumsum([0] + [len(t) for t in texts])
     spans = None
     if tok.kind != "chars":
-        spans = np.concatenate([tok.encode(t)[1] + a for t, a in zip(texts, edges[:-1].tolist())])
+        spans = recorder.tokenize(tok, list(texts))[1]  # each document on its own, as recorded
     return features_mod.compute("".join(texts), names, documents=list(zip(edges[:-1].tolist(), edges[1:].tolist())),
                                 document_names=document_names, regex=regex, spans=spans)
 
