@@ -150,6 +150,20 @@ def test_verify_passes_a_sound_recording_and_says_when_it_cannot_check(recording
     assert "cannot verify: recorded without checksums" in capsys.readouterr().out
 
 
+def test_verify_reads_a_token_recordings_spans_and_ids(word_recording_path, tmp_path, capsys):
+    """Version 3's own tables (each position's span and id) are checked like every other."""
+    bad = tmp_path / "bad-spans.h5"
+    bad.write_bytes(word_recording_path.read_bytes())
+    data = bytearray(bad.read_bytes())
+    data[chunk_offset(bad, "spans", (0, 0)) + 5] ^= 0x10
+    bad.write_bytes(data)
+    assert main(["info", str(bad), "--verify"]) == 1
+    assert f"{bad}: damaged: spans rows 0–" in capsys.readouterr().out
+    with pytest.raises(ProbeError, match=r"bad-spans.h5: damaged data in spans"):
+        with open_recording(bad) as rec:
+            rec.tokens
+
+
 def test_our_fletcher32_is_hdf5s(tmp_path):
     """The recorder appends its own checksums: they must be exactly what HDF5 computes."""
     import h5py

@@ -69,7 +69,8 @@ def verify(rec: Reader, progress: bool = False) -> list[str] | None:
     from tqdm.auto import tqdm
     if rec.checksums != "fletcher32":
         return None
-    names = [n for n in h5format.TABLES if n != "documents/name"] + [
+    tokens = list(h5format.TOKEN_TABLES) if rec.version >= 3 else []  # spans, ids, documents' characters
+    names = [n for n in h5format.TABLES if n != "documents/name"] + tokens + [
         h5format.path(k, s) for k in rec.layer_ids for s in rec.streams]
     bad = []
     parts = [(p, f"{p.path.name}: ") for p in rec.parts] if hasattr(rec, "parts") else [(rec, "")]
