@@ -123,6 +123,36 @@ def with_directions(src, recs, W=None, b=(0.0, 5.0)):
     return dst
 
 
+def check_attribution(model, ids, cell: tuple[int, str, int], steps: int = 4, top: int = 3) -> None:
+    """A circuit node's weight is d cell / d node × node: checked for the ``top`` strongest
+    nodes by nudging the node in the recurrence (±1e-3) and reading the cell at the last id."""
+    import pytest
+
+    from probe.causal import circuit
+    from probe.lm import recurrence
+    at = len(ids) - 1
+    _, nodes = circuit.attribution(model, ids, cell, steps=steps)
+    for n in sorted(nodes, key=lambda n: -abs(n["weight"]))[:top]:
+        point, t_node = (n["layer"], n["stream"]), at - n["steps_back"]
+        seen = {}
+
+        def run(eps):
+            def nudge(k, s, t, v):
+                if t == t_node:
+                    seen["node"] = float(v[0, n["unit"]])
+                    v = v.clone()
+                    v[:, n["unit"]] += eps
+                    return v
+
+            def read(k, s, t, v):
+                if t == at:
+                    seen["cell"] = float(v[0, cell[2]])
+            recurrence.run(model, ids, [(point, nudge), ((cell[0], cell[1]), read)], head=False)
+            return seen["cell"]
+        grad = (run(1e-3) - run(-1e-3)) / 2e-3
+        assert n["weight"] == pytest.approx(grad * seen["node"], rel=1e-2, abs=1e-5), n
+
+
 # ---- word-level: positions are tokens (issue 28) ------------------------------------------
 
 PROSE = '''The cat sat on the mat, and the dog ran to the door.

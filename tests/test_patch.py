@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import check_attribution
 
 from probe.causal import pairs as pairs_mod
 from probe.causal import patch
@@ -176,31 +177,8 @@ def test_the_circuit_is_checked_by_intervention():
 def test_gradient_times_activation_is_the_finite_difference_times_the_value():
     """A node's weight is d cell / d node × node: checked for the strongest nodes by nudging
     the node in the recurrence and reading the cell."""
-    from probe.causal import circuit
-    from probe.lm import recurrence
     model = model_of("gru")
-    at = 60
-    ids = corpus.encode(CODE, model.vocab)[0][:at + 1]
-    _, nodes = circuit.attribution(model, ids, (1, "h", 3), steps=4)
-    for n in sorted(nodes, key=lambda n: -abs(n["weight"]))[:3]:
-        point, t_node = (n["layer"], n["stream"]), at - n["steps_back"]
-        seen = {}
-
-        def run(eps):
-            def hook(k, s, t, v):
-                if t == t_node:
-                    seen["node"] = float(v[0, n["unit"]])
-                    v = v.clone()
-                    v[:, n["unit"]] += eps
-                    return v
-
-            def read(k, s, t, v):
-                if t == at:
-                    seen["cell"] = float(v[0, 3])
-            recurrence.run(model, ids, [(point, hook), ((1, "h"), read)], head=False)
-            return seen["cell"]
-        grad = (run(1e-3) - run(-1e-3)) / 2e-3
-        assert n["weight"] == pytest.approx(grad * seen["node"], rel=1e-2, abs=1e-5), n
+    check_attribution(model, corpus.encode(CODE, model.vocab)[0][:61], (1, "h", 3))
 
 
 def test_probe_patch_and_circuit_commands(tmp_path, capsys):

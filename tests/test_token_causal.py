@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CODE, PROSE
+from conftest import CODE, PROSE, check_attribution
 from probe.causal import circuit, gradients, intervene, patch
 from probe.causal import pairs as pairs_mod
 from probe.causal.intervene import Edit
@@ -203,26 +203,7 @@ def test_the_circuit_of_a_word_model_is_per_token(word_model):
     streams, _ = stepwise(word_model, PROSE)
     assert res["target"]["value"] == pytest.approx(float(streams[(1, "c")][at, 2]), abs=1e-5)
     ids = word_model.tokenizer.encode(PROSE)[0][:at + 1]
-    _, nodes = circuit.attribution(word_model, ids, (1, "c", 2), steps=4)
-    for n in sorted(nodes, key=lambda n: -abs(n["weight"]))[:3]:  # gradient x value = finite difference x value
-        point, t_node = (n["layer"], n["stream"]), at - n["steps_back"]
-        seen = {}
-
-        def run(eps):
-            def nudge(k, s, t, v):
-                if t == t_node:
-                    seen["node"] = float(v[0, n["unit"]])
-                    v = v.clone()
-                    v[:, n["unit"]] += eps
-                    return v
-
-            def read(k, s, t, v):
-                if t == at:
-                    seen["cell"] = float(v[0, 2])
-            recurrence.run(word_model, ids, [(point, nudge), ((1, "c"), read)], head=False)
-            return seen["cell"]
-        grad = (run(1e-3) - run(-1e-3)) / 2e-3
-        assert n["weight"] == pytest.approx(grad * seen["node"], rel=1e-2, abs=1e-5), n
+    check_attribution(word_model, ids, (1, "c", 2))  # gradient x value = finite difference x value
     with pytest.raises(ProbeError, match=r"outside the text \(token positions 0\.\."):
         circuit.circuit(word_model, PROSE, (1, "c", 2), len(PROSE) - 1)
 

@@ -61,9 +61,9 @@ def test_a_tokenizer_is_kept_as_plain_values():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: tokens.Tokenizer("bytes", ("a",)), "unknown tokenizer 'bytes'"),
-    (lambda: tokens.words(["a", EOS]), "needs an <unk> token"),
-    (lambda: tokens.words(["a", UNK]), "needs an <eos> token"),
-    (lambda: tokens.words(["a", "a", UNK, EOS]), "lists 'a' twice"),
+    (lambda: tokens.words(["a", EOS]), "a words vocabulary needs <unk>, read for every word"),
+    (lambda: tokens.words(["a", UNK]), "a words vocabulary needs <eos>, read at every line end"),
+    (lambda: tokens.words(["a", "a", UNK, EOS]), "lists 'a' twice \\(ids 0 and 1\\)"),
     (lambda: tokens.Tokenizer("chars", ("ab",)), "single characters"),
     (lambda: tokens.from_config({"kind": "words"}), "needs kind and vocab"),
     (lambda: tokens.word_vocab(["a"], 0), "holds nothing"),

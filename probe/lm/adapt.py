@@ -53,7 +53,8 @@ def vocabulary(vocab, kind: str = "chars") -> toks.Tokenizer:
     """The vocabulary as probe holds it, with its tokenizer (``probe.text.tokens``): for
     ``chars`` single characters in index order (a string or a list); for ``words`` and
     ``vocab`` a list of tokens in index order (or a PyTorch word-LM ``Dictionary``, read
-    through its ``idx2word``), holding ``<unk>``, and ``<eos>`` for words. One line if not."""
+    through its ``idx2word``), holding ``<unk>``, and ``<eos>`` for words (``Tokenizer``
+    checks those, each token once, and single characters). One line if not."""
     if kind not in toks.KINDS:
         raise ProbeError(f"unknown tokens {kind!r}: choose {', '.join(toks.KINDS)}")
     vocab = getattr(vocab, "idx2word", vocab)  # word_language_model's Dictionary
@@ -63,27 +64,11 @@ def vocabulary(vocab, kind: str = "chars") -> toks.Tokenizer:
     odd = [t for t in items if not isinstance(t, str) or not t]
     if odd:
         raise ProbeError(f"a vocabulary's tokens are non-empty strings; got {odd[0]!r}")
-    if kind == "chars" and any(len(t) != 1 for t in items):
-        bad = next(t for t in items if len(t) != 1)
-        raise ProbeError(f"a chars vocabulary must be single characters in index order; got {bad!r} (a word or "
-                         "subword vocabulary: tokens='words' or 'vocab', probe import --tokens)")
-    seen: dict[str, int] = {}
-    for i, t in enumerate(items):
-        if t in seen:
-            raise ProbeError(f"the vocabulary lists {t!r} twice (ids {seen[t]} and {i})")
-        seen[t] = i
     if kind == "words":
         spaced = next((t for t in items if re.search(r"\s", t)), None)
         if spaced is not None:
             raise ProbeError(f"the words vocabulary holds {spaced!r}, which has whitespace: words are split on "
                              "whitespace, so no text reads as it")
-        if toks.EOS not in seen:
-            raise ProbeError(f"a words vocabulary needs {toks.EOS}, read at every line end (PyTorch's word LM "
-                             f"corpus adds it to each line)")
-    if kind != "chars" and toks.UNK not in seen:
-        raise ProbeError(f"a {kind} vocabulary needs {toks.UNK}, read for every word it does not hold, and the "
-                         f"model has no row named so: rename the token such words should read as (a rare one) to "
-                         f"{toks.UNK} in the vocabulary")
     return toks.Tokenizer(kind, tuple(items))
 
 

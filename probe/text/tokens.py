@@ -44,15 +44,22 @@ class Tokenizer:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ProbeError(f"unknown tokenizer {self.kind!r}: choose {', '.join(KINDS)}")
-        if len(set(self.vocab)) != len(self.vocab):
-            dup = next(t for t in self.vocab if self.vocab.count(t) > 1)
-            raise ProbeError(f"the vocabulary lists {dup!r} twice")
         if self.kind == "chars" and any(len(t) != 1 for t in self.vocab):
-            raise ProbeError("a character vocabulary holds single characters")
-        if self.kind != "chars" and UNK not in self.vocab:
-            raise ProbeError(f"a {self.kind} vocabulary needs an {UNK} token for what it does not hold")
-        if self.kind == "words" and EOS not in self.vocab:
-            raise ProbeError(f"a words vocabulary needs an {EOS} token for line ends")
+            bad = next(t for t in self.vocab if len(t) != 1)
+            raise ProbeError(f"a chars vocabulary must be single characters in index order; got {bad!r} (a word "
+                             "or subword vocabulary: tokens='words' or 'vocab', probe import --tokens)")
+        seen: dict[str, int] = {}
+        for i, t in enumerate(self.vocab):
+            if t in seen:
+                raise ProbeError(f"the vocabulary lists {t!r} twice (ids {seen[t]} and {i})")
+            seen[t] = i
+        if self.kind == "words" and EOS not in seen:
+            raise ProbeError(f"a words vocabulary needs {EOS}, read at every line end (PyTorch's word LM corpus "
+                             "adds it to each line)")
+        if self.kind != "chars" and UNK not in seen:
+            raise ProbeError(f"a {self.kind} vocabulary needs {UNK}, read for every word it does not hold, and the "
+                             f"model has no row named so: rename the token such words should read as (a rare one) "
+                             f"to {UNK} in the vocabulary")
 
     @cached_property
     def index(self) -> dict[str, int]:
