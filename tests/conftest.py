@@ -123,6 +123,18 @@ def with_directions(src, recs, W=None, b=(0.0, 5.0)):
     return dst
 
 
+def console_steps(section: str) -> list[tuple[str, list[str]]]:
+    """The first ```console block of a page's section: [(command after "$ ", the lines shown under it)]."""
+    block = section.split("```console", 1)[1].split("```", 1)[0]
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.strip().splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    return steps
+
+
 def check_attribution(model, ids, cell: tuple[int, str, int], steps: int = 4, top: int = 3) -> None:
     """A circuit node's weight is d cell / d node × node: checked for the ``top`` strongest
     nodes by nudging the node in the recurrence (±1e-3) and reading the cell at the last id."""

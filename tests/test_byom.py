@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from conftest import console_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "byom.md").read_text()
@@ -40,13 +41,7 @@ def blocks() -> dict[str, list[tuple[str, list[str]]]]:
     worked = DOC.split("## Three worked examples", 1)[1].split("\n## ", 1)[0]
     out = {}
     for section in worked.split("\n### ")[1:]:
-        block = section.split("```console", 1)[1].split("```", 1)[0]
-        steps: list[tuple[str, list[str]]] = []
-        for line in block.strip().splitlines():
-            if line.startswith("$ "):
-                steps.append((line[2:], []))
-            else:
-                steps[-1][1].append(line)
+        steps = console_steps(section)
         name = Path(shlex.split(steps[0][0])[1]).stem  # $ python examples/byom/NAME.py ...
         out[name] = steps
     return out

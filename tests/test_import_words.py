@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import console_steps
 from models_elsewhere import (
     WORDS_TRAIN,
     Dictionary,
@@ -257,13 +258,7 @@ SECTION = (ROOT / "docs" / "byom.md").read_text().split("## A word-level model",
 
 
 def test_the_pages_word_level_block_runs_as_written(tmp_path):
-    block = SECTION.split("```console", 1)[1].split("```", 1)[0]
-    steps: list[tuple[str, list[str]]] = []
-    for line in block.strip().splitlines():
-        if line.startswith("$ "):
-            steps.append((line[2:], []))
-        else:
-            steps[-1][1].append(line)
+    steps = console_steps(SECTION)
     assert [shlex.split(c)[:2] for c, _ in steps] == [["python", "examples/byom/word_lm.py"], ["probe", "import"],
                                                         ["probe", "record"], ["probe", "info"]]
     (tmp_path / "examples").mkdir()
