@@ -24,6 +24,7 @@ from probe.errors import ProbeError
 from probe.files import atomic
 from probe.recording.int8 import INT8_LEVELS, INT8_OFFSET, codebook, decode, encode  # noqa: F401
 from probe.recording.fletcher import fletcher32, fletcher32_numpy  # noqa: F401
+from probe.text.tokens import identity
 
 FORMAT = "probe-recording"
 VERSION = 3             # 3: positions are tokens (``spans``, ``ids``, ``tokens``); 2: ``widths``, a
@@ -145,7 +146,7 @@ def write_text(f: h5py.File, codepoints: np.ndarray, names: list[str], starts, s
     empty ``loss`` (returned, to be filled); chunked with Fletcher-32 checksums (the names,
     variable-length strings, are covered by ``digest``)."""
     N = len(codepoints)
-    spans = np.stack([np.arange(N), np.arange(1, N + 1)], 1) if spans is None else spans
+    spans = identity(N) if spans is None else spans
     T = len(spans)
     ids = codepoints if ids is None else ids
 
